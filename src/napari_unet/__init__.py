@@ -1,0 +1,42 @@
+"""napari-unet: train U-Net / U-Net++ models on your microscopy images and segment with them.
+
+The public Python API is importable without napari or Qt::
+
+    import napari_unet as nu
+    model = nu.load_model("default")           # the bundled nuclei model
+    labels = nu.segment(image, model)          # instance labels, same plane shape
+    result = nu.train(images, labels, out="my_model.pt")
+
+Names are imported lazily so that napari's plugin discovery stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_API = {
+    "ModelConfig": "napari_unet.config",
+    "NormalizationConfig": "napari_unet.config",
+    "build_model": "napari_unet.model",
+    "load_model": "napari_unet.checkpoint",
+    "save_model": "napari_unet.checkpoint",
+    "TrainedModel": "napari_unet.checkpoint",
+    "TrainConfig": "napari_unet.train",
+    "train": "napari_unet.train",
+    "PredictConfig": "napari_unet.predict",
+    "predict": "napari_unet.predict",
+    "segment": "napari_unet.predict",
+    "evaluate": "napari_unet.evaluate",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'napari_unet' has no attribute {name!r}")

@@ -1,0 +1,52 @@
+"""The ``napari-unet`` command line: one sub-command per module of this package.
+
+Each sub-command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args) -> int``. Errors that the user can fix (bad paths, shapes, settings,
+model files) print one ``error:`` line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from napari_unet import __version__
+from napari_unet.checkpoint import ModelFileError
+from napari_unet.config import ConfigError
+from napari_unet.io import DataError
+
+#: Sub-commands, in the order ``--help`` lists them.
+COMMANDS: tuple[str, ...] = ()
+
+#: Exceptions that mean "the input is wrong", not "the program is broken".
+USER_ERRORS = (DataError, ConfigError, ModelFileError, FileNotFoundError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every available sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="napari-unet",
+        description="Train U-Net models on your microscopy images and segment with them.",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-unet {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"napari_unet.cli.{name}")
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

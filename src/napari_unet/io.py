@@ -1,0 +1,215 @@
+"""Image and label files: reading, atomic writing, and finding training pairs.
+
+Everything written here goes to a temporary file in the destination folder first
+and is renamed into place only when complete, so an interrupted or failed write
+never leaves a truncated file and never replaces a good one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+#: File suffixes read as 2D images (or stacks, for TIFF).
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+_TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+class DataError(ValueError):
+    """Input data is missing, unreadable or inconsistent; the message says what to fix."""
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent
+    )
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True for a file whose suffix is one this package reads."""
+    path = Path(path)
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read a TIFF (any rank), PNG or JPEG file into a numpy array.
+
+    Raises
+    ------
+    DataError
+        If the file is missing, of an unsupported type, or unreadable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{str(path)!r} does not exist; check the path.")
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise DataError(
+            f"{str(path)!r} is not a supported image ({', '.join(IMAGE_SUFFIXES)}); "
+            "convert it to TIFF or PNG."
+        )
+    try:
+        if suffix in _TIFF_SUFFIXES:
+            import tifffile
+
+            return tifffile.imread(path)
+        import imageio.v3 as iio
+
+        return np.asarray(iio.imread(path))
+    except Exception as error:  # noqa: BLE001 - any decoder failure means "unreadable"
+        raise DataError(f"could not read {str(path)!r}: {error}; is the file corrupt?") from error
+
+
+def write_tiff(path: str | Path, data: np.ndarray) -> Path:
+    """Write ``data`` to a zlib-compressed TIFF atomically, keeping its dtype."""
+    import tifffile
+
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        tifffile.imwrite(tmp, np.asarray(data), compression="zlib")
+    return path
+
+
+def write_png(path: str | Path, data: np.ndarray) -> Path:
+    """Write a 2D (or RGB/RGBA) uint8/uint16 array to PNG atomically.
+
+    Raises
+    ------
+    DataError
+        If the values do not fit PNG's 8/16-bit unsigned range.
+    """
+    import imageio.v3 as iio
+
+    data = np.asarray(data)
+    if data.size and (data.min() < 0 or data.max() > np.iinfo(np.uint16).max):
+        raise DataError(
+            f"values from {data.min()} to {data.max()} do not fit a 16-bit PNG; save as TIFF."
+        )
+    out_dtype = np.uint8 if data.size == 0 or data.max() <= 255 else np.uint16
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        iio.imwrite(tmp, data.astype(out_dtype), extension=".png")
+    return path
+
+
+def write_labels(path: str | Path, labels: np.ndarray) -> Path:
+    """Write an integer label image to ``.tif``/``.tiff`` (any count) or ``.png`` (< 65,536 labels).
+
+    Raises
+    ------
+    DataError
+        If ``labels`` is not an integer array or does not fit the chosen format.
+    """
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"labels must be integers, got {labels.dtype}; round or cast them first.")
+    suffix = Path(path).suffix.lower()
+    if suffix in _TIFF_SUFFIXES:
+        return write_tiff(path, labels)
+    if suffix == ".png":
+        return write_png(path, labels)
+    raise DataError(f"cannot write labels to {suffix!r}; use .tif or .png.")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Sorted image files directly inside ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{str(folder)!r} is not a folder; check the path.")
+    return sorted(p for p in folder.iterdir() if is_image_file(p))
+
+
+def find_pairs(images_dir: str | Path, labels_dir: str | Path) -> list[tuple[Path, Path]]:
+    """Match images to labels by file stem (``a.png`` <-> ``a.tif`` is a pair).
+
+    Raises
+    ------
+    DataError
+        If a folder is missing or empty, or an image has no label file (or vice versa).
+    """
+    images = {p.stem: p for p in list_images(images_dir)}
+    labels = {p.stem: p for p in list_images(labels_dir)}
+    if not images:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {str(images_dir)!r}.")
+    missing_labels = sorted(set(images) - set(labels))
+    missing_images = sorted(set(labels) - set(images))
+    if missing_labels or missing_images:
+        raise DataError(
+            "image and label file names must match by stem; "
+            + (f"no labels for {missing_labels[:5]} " if missing_labels else "")
+            + (f"no images for {missing_images[:5]} " if missing_images else "")
+            + f"(in {str(images_dir)!r} / {str(labels_dir)!r})."
+        )
+    return [(images[stem], labels[stem]) for stem in sorted(images)]
+
+
+def is_dsb_folder(folder: str | Path) -> bool:
+    """True if ``folder`` holds the DSB 2018 layout ``<id>/images/<id>.png`` + ``<id>/masks/*.png``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    return any(
+        (sample / "images").is_dir() and (sample / "masks").is_dir()
+        for sample in folder.iterdir()
+        if sample.is_dir()
+    )
+
+
+def read_dsb_sample(sample_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one DSB sample folder: its image and its masks merged into instance labels.
+
+    Overlapping mask pixels keep the later mask's label.
+    """
+    sample_dir = Path(sample_dir)
+    image_files = list_images(sample_dir / "images")
+    if len(image_files) != 1:
+        raise DataError(
+            f"{str(sample_dir / 'images')!r} must hold exactly one image, found {len(image_files)}."
+        )
+    image = read_image(image_files[0])
+    mask_files = list_images(sample_dir / "masks") if (sample_dir / "masks").is_dir() else []
+    dtype = np.uint16 if len(mask_files) <= np.iinfo(np.uint16).max else np.uint32
+    labels = np.zeros(image.shape[:2], dtype=dtype)
+    for index, mask_file in enumerate(mask_files, start=1):
+        mask = read_image(mask_file)
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+        if mask.shape != labels.shape:
+            raise DataError(
+                f"mask {str(mask_file)!r} has shape {mask.shape}, the image {labels.shape}; "
+                "masks must match their image."
+            )
+        labels[mask > 0] = index
+    return image, labels
+
+
+def find_dsb_samples(folder: str | Path) -> list[Path]:
+    """Sorted DSB sample folders (those with ``images/`` inside) under ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{str(folder)!r} is not a folder; check the path.")
+    samples = sorted(p for p in folder.iterdir() if p.is_dir() and (p / "images").is_dir())
+    if not samples:
+        raise DataError(
+            f"no DSB samples (<id>/images/<id>.png + <id>/masks/*.png) found in {str(folder)!r}."
+        )
+    return samples

@@ -1,0 +1,211 @@
+"""napari reader: image files, label files and training-set folders.
+
+What opens, and as what:
+
+* **A training folder** holding ``images/`` and ``labels/`` (or ``masks/``) with
+  files matched by stem, as written by the napari-unet writer and read by
+  ``napari-unet train --images --labels``: one Image layer and one Labels layer
+  per pair, the Labels layer named ``"<stem> labels"``.
+* **A DSB 2018 folder** (``<id>/images/<id>.png`` + ``<id>/masks/*.png``), or one
+  such ``<id>`` sample folder: the same, with each sample's masks merged into
+  instance labels.
+* **A TIFF, PNG or JPEG file** (or a list of them): an Image layer, or a Labels
+  layer when the file is a label image. The rule, in order:
+
+  1. a TIFF written by the napari-unet Labels writer carries a marker in its
+     metadata and always opens as Labels;
+  2. otherwise a file opens as Labels when its pixels are integers or booleans
+     (not RGB/RGBA, not float) **and** its file name or its parent folder's name
+     contains one of the words ``label(s)``, ``mask(s)``, ``seg``,
+     ``segmentation``, ``annotation(s)``, ``gt``, ``ground_truth``, ``instances``
+     as a separate word (names are split on any character that is not a letter
+     or digit, e.g. ``cells_labels.tif`` or ``masks/cells.png``; case-insensitive);
+  3. everything else opens as an Image layer.
+
+  Pixel values alone cannot tell a 16-bit microscope image from a label image,
+  so the rule asks the name or the marker to say so, and the dtype to agree.
+
+``get_reader`` returns ``None`` for anything else (other suffixes, folders
+without pairs, unreadable headers) and never raises.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_unet import io
+
+PathOrPaths = str | Sequence[str]
+LayerData = tuple[Any, dict[str, Any], str]
+ReaderFunction = Callable[[PathOrPaths], list[LayerData]]
+
+#: Words in a file or folder name that mark an integer image as labels.
+LABEL_WORDS = frozenset(
+    {
+        "label",
+        "labels",
+        "mask",
+        "masks",
+        "seg",
+        "segmentation",
+        "annotation",
+        "annotations",
+        "gt",
+        "ground",  # "ground_truth" splits into "ground" + "truth"
+        "instances",
+    }
+)
+#: Key written into the TIFF metadata of files saved by the Labels writer.
+LABELS_MARKER = "napari_unet_layer_type"
+#: Sub-folder names that hold the label files of a training folder, in order of preference.
+LABEL_FOLDERS = ("labels", "masks")
+
+
+def get_reader(path: PathOrPaths) -> ReaderFunction | None:
+    """Return a reader function for ``path`` if napari-unet can open it, else None.
+
+    Parameters
+    ----------
+    path : str or list of str
+        A file, a folder, or a list of files.
+
+    Returns
+    -------
+    callable or None
+        ``read(path) -> list of (data, metadata, layer_type)``; None when the
+        path is not something this plugin reads. Never raises.
+    """
+    try:
+        if isinstance(path, (list, tuple)):
+            paths = [Path(p) for p in path]
+            if paths and all(io.is_image_file(p) for p in paths):
+                return read_files
+            return None
+        target = Path(path)
+        if target.is_dir():
+            if _training_folder_pairs(target) or _dsb_samples(target):
+                return read_folder
+            return None
+        if io.is_image_file(target):
+            return read_files
+    except (OSError, ValueError):
+        # A permission error or an odd path: not ours to open.
+        return None
+    return None
+
+
+def read_files(path: PathOrPaths) -> list[LayerData]:
+    """Read one or more image/label files, one layer each (see the module rule)."""
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    return [read_file(Path(p)) for p in paths]
+
+
+def read_file(path: Path) -> LayerData:
+    """Read one file as an Image or a Labels layer (see the module docstring)."""
+    data = io.read_image(path)
+    name = path.stem
+    if is_label_file(path, data):
+        return data, {"name": name}, "labels"
+    return data, {"name": name, "rgb": _is_rgb(data)}, "image"
+
+
+def read_folder(path: PathOrPaths) -> list[LayerData]:
+    """Read a training folder or a DSB folder as paired Image + Labels layers."""
+    folder = Path(path if isinstance(path, (str, Path)) else path[0])
+    layers: list[LayerData] = []
+    pairs = _training_folder_pairs(folder)
+    if pairs:
+        for image_path, labels_path in pairs:
+            image = io.read_image(image_path)
+            labels = _as_label_array(io.read_image(labels_path), labels_path)
+            layers.extend(_pair_layers(image_path.stem, image, labels))
+        return layers
+    for sample in _dsb_samples(folder):
+        image, labels = io.read_dsb_sample(sample)
+        layers.extend(_pair_layers(sample.name, image, labels))
+    return layers
+
+
+def is_label_file(path: Path, data: np.ndarray) -> bool:
+    """True if ``data`` read from ``path`` should open as a Labels layer (module rule)."""
+    if _has_labels_marker(path):
+        return True
+    integer = np.issubdtype(data.dtype, np.integer) or data.dtype == bool
+    if not integer or _is_rgb(data):
+        return False
+    words = _words(path.stem) | _words(path.parent.name)
+    return bool(words & LABEL_WORDS)
+
+
+def _words(name: str) -> set[str]:
+    return {word for word in re.split(r"[^a-z0-9]+", name.lower()) if word}
+
+
+def _is_rgb(data: np.ndarray) -> bool:
+    return data.ndim in (3, 4) and data.shape[-1] in (3, 4) and data.dtype != bool
+
+
+def _has_labels_marker(path: Path) -> bool:
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            metadata = tif.shaped_metadata
+    except Exception:  # noqa: BLE001 - an unreadable header simply carries no marker
+        return False
+    return bool(metadata) and metadata[0].get(LABELS_MARKER) == "labels"
+
+
+def _as_label_array(labels: np.ndarray, path: Path) -> np.ndarray:
+    """Labels as an integer array: RGB masks keep their first channel, bool becomes uint8."""
+    if labels.ndim == 3 and labels.shape[-1] in (3, 4):
+        labels = labels[..., 0]
+    if labels.dtype == bool:
+        return labels.astype(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise io.DataError(
+            f"{str(path)!r} holds {labels.dtype} values; label images must be integers."
+        )
+    return labels
+
+
+def _pair_layers(stem: str, image: np.ndarray, labels: np.ndarray) -> list[LayerData]:
+    return [
+        (image, {"name": stem, "rgb": _is_rgb(image)}, "image"),
+        (labels, {"name": f"{stem} labels"}, "labels"),
+    ]
+
+
+def _training_folder_pairs(folder: Path) -> list[tuple[Path, Path]]:
+    """Matched (image, labels) files of an ``images/`` + ``labels/`` folder, else []."""
+    images_dir = folder / "images"
+    if not images_dir.is_dir():
+        return []
+    for name in LABEL_FOLDERS:
+        labels_dir = folder / name
+        if labels_dir.is_dir() and io.list_images(labels_dir):
+            try:
+                return io.find_pairs(images_dir, labels_dir)
+            except io.DataError:
+                return []
+    return []
+
+
+def _dsb_samples(folder: Path) -> list[Path]:
+    """DSB sample folders under ``folder``, or ``[folder]`` if it is one sample; else []."""
+    if (folder / "images").is_dir() and (folder / "masks").is_dir():
+        return [folder]
+    if not io.is_dsb_folder(folder):
+        return []
+    return [
+        sample
+        for sample in io.find_dsb_samples(folder)
+        if (sample / "masks").is_dir() and len(io.list_images(sample / "images")) == 1
+    ]

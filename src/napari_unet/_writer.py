@@ -1,0 +1,116 @@
+"""napari writers: Labels layers to TIFF/PNG, Image + Labels pairs to a training folder.
+
+Every file is written through :func:`napari_unet.io.atomic_write`, so a failed or
+interrupted save never leaves a truncated file nor replaces a good one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_unet import io
+from napari_unet._pairs import match_pairs, spatial_shape
+from napari_unet._reader import LABELS_MARKER
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+
+def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """Write one Labels layer to ``.tif``/``.tiff`` (dtype kept) or ``.png``.
+
+    TIFFs are zlib-compressed and carry a marker that makes the napari-unet
+    reader open them as Labels again, whatever their name. PNG holds one 2D
+    plane with values from 0 to 65,535 (8-bit when they fit).
+
+    Raises
+    ------
+    DataError
+        If the labels are not integers, or do not fit a PNG (save as TIFF then).
+    """
+    labels = np.asarray(data)
+    target = Path(path)
+    if target.suffix.lower() == ".png":
+        if labels.ndim != 2:
+            raise io.DataError(
+                f"a PNG holds one 2D plane, the labels have shape {labels.shape}; save as .tif."
+            )
+        return [str(io.write_labels(target, labels))]
+    return [str(write_labels_tiff(target, labels))]
+
+
+def write_labels_tiff(path: str | Path, labels: np.ndarray) -> Path:
+    """Write integer ``labels`` to a compressed TIFF that reopens as a Labels layer."""
+    import tifffile
+
+    labels = np.asarray(labels)
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise io.DataError(f"labels must be integers, got {labels.dtype}; round or cast them.")
+    path = Path(path)
+    with io.atomic_write(path) as tmp:
+        tifffile.imwrite(tmp, labels, compression="zlib", metadata={LABELS_MARKER: "labels"})
+    return path
+
+
+def write_training_folder(path: str, layer_data: Sequence[LayerData]) -> list[str]:
+    """Write Image + Labels layer pairs to ``path/images/*.tif`` + ``path/labels/*.tif``.
+
+    Pairs are matched by shape and name (see :mod:`napari_unet._pairs`); each pair
+    is saved under the image layer's name, so ``napari-unet train --images
+    path/images --labels path/labels`` and the napari-unet reader read the folder
+    back. Files of the same name already in the folder are replaced (this is how
+    corrected labels are re-exported).
+
+    Raises
+    ------
+    DataError
+        If a layer has no partner of the same shape, or the path names a file.
+    """
+    folder = Path(path)
+    if folder.suffix.lower() in io.IMAGE_SUFFIXES or folder.is_file():
+        raise io.DataError(
+            f"{str(folder)!r} looks like a file; a training set is saved to a folder name."
+        )
+    images = [(d, m) for d, m, kind in layer_data if kind == "image"]
+    labels = [(d, m) for d, m, kind in layer_data if kind == "labels"]
+    pairs = match_pairs(
+        [(m["name"], spatial_shape(np.shape(d), bool(m.get("rgb")))) for d, m in images],
+        [(m["name"], tuple(np.shape(d))) for d, m in labels],
+    )
+    unpaired = [m["name"] for i, (_, m) in enumerate(images) if i not in {p[0] for p in pairs}]
+    unpaired += [m["name"] for j, (_, m) in enumerate(labels) if j not in {p[1] for p in pairs}]
+    if not pairs or unpaired:
+        raise io.DataError(
+            "every Image layer needs a Labels layer of the same shape to save a training set; "
+            f"unpaired: {unpaired or 'all layers'}."
+        )
+    written: list[str] = []
+    stems: set[str] = set()
+    for i, j in pairs:
+        image, image_meta = images[i]
+        stem = _unique(_safe_stem(image_meta["name"]), stems)
+        written.append(str(io.write_tiff(folder / "images" / f"{stem}.tif", np.asarray(image))))
+        written.append(
+            str(write_labels_tiff(folder / "labels" / f"{stem}.tif", np.asarray(labels[j][0])))
+        )
+    return written
+
+
+def _safe_stem(name: str) -> str:
+    """A file-name-safe version of a layer name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "image"
+
+
+def _unique(stem: str, taken: set[str]) -> str:
+    candidate, n = stem, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{stem}_{n}"
+    taken.add(candidate)
+    return candidate

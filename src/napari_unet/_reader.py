@@ -15,11 +15,12 @@ What opens, and as what:
   1. a TIFF written by the napari-unet Labels writer carries a marker in its
      metadata and always opens as Labels;
   2. otherwise a file opens as Labels when its pixels are integers or booleans
-     (not RGB/RGBA, not float) **and** its file name or its parent folder's name
-     contains one of the words ``label(s)``, ``mask(s)``, ``seg``,
-     ``segmentation``, ``annotation(s)``, ``gt``, ``ground_truth``, ``instances``
-     as a separate word (names are split on any character that is not a letter
-     or digit, e.g. ``cells_labels.tif`` or ``masks/cells.png``; case-insensitive);
+     (not RGB/RGBA, not float) **and** a name says so: the file name contains one
+     of the words ``label(s)``, ``mask(s)``, ``seg``, ``segmentation``,
+     ``annotation(s)``, ``gt``, ``ground_truth``, ``instances`` (names are split
+     into words on any character that is not a letter or digit; case-insensitive),
+     e.g. ``cells_labels.tif``, ``nuclei-mask.png``; or the parent folder's name
+     ends with one of them, e.g. ``labels/cells.png``, ``train_masks/cells.tif``;
   3. everything else opens as an Image layer.
 
   Pixel values alone cannot tell a 16-bit microscope image from a label image,
@@ -57,6 +58,7 @@ LABEL_WORDS = frozenset(
         "annotations",
         "gt",
         "ground",  # "ground_truth" splits into "ground" + "truth"
+        "truth",
         "instances",
     }
 )
@@ -138,12 +140,14 @@ def is_label_file(path: Path, data: np.ndarray) -> bool:
     integer = np.issubdtype(data.dtype, np.integer) or data.dtype == bool
     if not integer or _is_rgb(data):
         return False
-    words = _words(path.stem) | _words(path.parent.name)
-    return bool(words & LABEL_WORDS)
+    folder_words = _words(path.parent.name)
+    return bool(set(_words(path.stem)) & LABEL_WORDS) or (
+        bool(folder_words) and folder_words[-1] in LABEL_WORDS
+    )
 
 
-def _words(name: str) -> set[str]:
-    return {word for word in re.split(r"[^a-z0-9]+", name.lower()) if word}
+def _words(name: str) -> list[str]:
+    return [word for word in re.split(r"[^a-z0-9]+", name.lower()) if word]
 
 
 def _is_rgb(data: np.ndarray) -> bool:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -66,6 +67,30 @@ def default_model_path() -> Path:
     return Path(__file__).parent / "samples" / "default_model.pt"
 
 
+def _plain(value: Any, where: str = "metadata") -> Any:
+    """``value`` as types that ``torch.load(weights_only=True)`` accepts.
+
+    numpy scalars/arrays (e.g. a metric from numpy) and paths are converted;
+    without this a model would save fine but be refused when loaded.
+    """
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {_plain(k, where): _plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(
+        f"{where} is a {type(value).__name__}; model metadata may only hold numbers, "
+        "strings, lists and dicts."
+    )
+
+
 def model_payload(
     network: nn.Module,
     config: ModelConfig,
@@ -81,7 +106,7 @@ def model_payload(
         "format_version": FORMAT_VERSION,
         "config": config.to_dict(),
         "state_dict": state,
-        "metadata": dict(metadata or {}),
+        "metadata": _plain(dict(metadata or {})),
     }
 
 
@@ -138,7 +163,7 @@ def read_payload(path: str | Path) -> dict[str, Any]:
             "unread (loading it could run code). Only load model files from sources you trust; "
             "re-save it with napari-unet."
         ) from error
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - torch.load fails in many ways on garbage
         raise ModelFileError(
             f"{str(path)!r} is not a readable model file ({error}); it may be truncated or "
             "of another format."
@@ -163,8 +188,14 @@ def model_from_payload(
         config = ModelConfig.from_dict(payload["config"])
     except (ConfigError, KeyError, TypeError) as error:
         raise ModelFileError(f"{source!r} has an invalid config: {error}") from error
+    state = payload.get("state_dict")
+    metadata = payload.get("metadata", {})
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"{source!r} holds no valid weights (state_dict); re-save the model.")
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"{source!r} has invalid metadata (not a mapping); re-save the model.")
     network = build_model(config)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
         network.load_state_dict(state)
     except RuntimeError as error:
@@ -173,7 +204,7 @@ def model_from_payload(
         ) from error
     torch_device = device if isinstance(device, torch.device) else select_device(device)
     network.to(torch_device).eval()
-    return TrainedModel(network, config, dict(payload.get("metadata", {})), torch_device, source)
+    return TrainedModel(network, config, dict(metadata), torch_device, source)
 
 
 def load_model(
@@ -184,8 +215,9 @@ def load_model(
     Parameters
     ----------
     path : str, Path or TrainedModel
-        A ``.pt`` model file written by napari-unet, ``"default"``, or an already
-        loaded model (returned unchanged, moved to ``device`` if one is named).
+        A ``.pt`` model file written by napari-unet, ``"default"``, a bioimage.io
+        package (``.zip``, or its ``rdf.yaml``; see :mod:`napari_unet.bioimageio`), or
+        an already loaded model (returned unchanged, moved to ``device`` if one is named).
     device : str or torch.device
         ``"auto"`` (CUDA, MPS, CPU) or a torch device.
 
@@ -211,5 +243,10 @@ def load_model(
                 "the bundled default model is missing from this installation; reinstall "
                 "napari-unet or pass a model file."
             )
+    if Path(path).suffix.lower() in (".zip", ".yaml", ".yml"):
+        # A bioimage.io package; its reader needs the optional export extra, so import lazily.
+        from napari_unet.bioimageio import load_bioimageio
+
+        return load_bioimageio(path, device)
     payload = read_payload(path)
     return model_from_payload(payload, device, source=str(path))

@@ -159,6 +159,11 @@ class ModelConfig:
             object.__setattr__(
                 self, "normalization", NormalizationConfig.from_dict(self.normalization)
             )
+        _check(
+            isinstance(self.normalization, NormalizationConfig),
+            f"normalization must be a NormalizationConfig or a mapping, got "
+            f"{type(self.normalization).__name__}.",
+        )
 
     @property
     def out_channels(self) -> int:

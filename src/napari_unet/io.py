@@ -138,6 +138,19 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
+def _by_stem(files: list[Path]) -> dict[str, Path]:
+    """Files keyed by stem; two files with one stem (``a.png``, ``a.tif``) are refused."""
+    by_stem: dict[str, Path] = {}
+    for path in files:
+        if path.stem in by_stem:
+            raise DataError(
+                f"{by_stem[path.stem].name!r} and {path.name!r} in {str(path.parent)!r} share a "
+                "name; keep one file per image."
+            )
+        by_stem[path.stem] = path
+    return by_stem
+
+
 def find_pairs(images_dir: str | Path, labels_dir: str | Path) -> list[tuple[Path, Path]]:
     """Match images to labels by file stem (``a.png`` <-> ``a.tif`` is a pair).
 
@@ -146,8 +159,8 @@ def find_pairs(images_dir: str | Path, labels_dir: str | Path) -> list[tuple[Pat
     DataError
         If a folder is missing or empty, or an image has no label file (or vice versa).
     """
-    images = {p.stem: p for p in list_images(images_dir)}
-    labels = {p.stem: p for p in list_images(labels_dir)}
+    images = _by_stem(list_images(images_dir))
+    labels = _by_stem(list_images(labels_dir))
     if not images:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {str(images_dir)!r}.")
     missing_labels = sorted(set(images) - set(labels))

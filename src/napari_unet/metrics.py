@@ -174,6 +174,7 @@ def _compact_labels(labels: np.ndarray) -> tuple[np.ndarray, int]:
         raise DataError("label images must not hold negative labels; relabel them.")
     if largest <= 4 * flat.size + 65536:
         # Labels of sensible size: a lookup table built from the label counts.
+        flat = flat.astype(np.intp, copy=False)
         present = np.bincount(flat, minlength=1) > 0
         present[0] = True
         lookup = np.cumsum(present) - 1
@@ -230,21 +231,23 @@ def overlap_table(
 def _match(
     t_index: np.ndarray, p_index: np.ndarray, iou: np.ndarray, n_true: int, n_pred: int,
     threshold: float,
-) -> tuple[int, float]:
-    """Maximum one-to-one matching among pairs with ``IoU >= threshold``: (TP, summed IoU).
+) -> int:
+    """Size of the best one-to-one matching among pairs with ``IoU >= threshold`` (TP).
 
     Objects with a single candidate whose candidate also has a single one are
-    matched directly; the rest fall into small connected groups, each solved with
-    the Hungarian algorithm (most matches first, then largest IoU, as StarDist).
+    matched directly; the rest fall into connected groups, each solved with the
+    Hungarian algorithm (most matches first, then largest IoU, as StarDist). At
+    thresholds above 0.5 no object has two candidates, and at 0.5 only exact ties
+    do, so the groups are tiny; lower thresholds can form large dense groups.
     """
     keep = iou >= threshold
     t_index, p_index, iou = t_index[keep], p_index[keep], iou[keep]
     t_degree = np.bincount(t_index, minlength=n_true)
     p_degree = np.bincount(p_index, minlength=n_pred)
     unique = (t_degree[t_index] == 1) & (p_degree[p_index] == 1)
-    tp, iou_sum = int(np.count_nonzero(unique)), float(iou[unique].sum())
+    tp = int(np.count_nonzero(unique))
     if unique.all():
-        return tp, iou_sum
+        return tp
     t_index, p_index, iou = t_index[~unique], p_index[~unique], iou[~unique]
     graph = coo_matrix(
         (np.ones(len(iou)), (t_index, n_true + p_index)), shape=(n_true + n_pred,) * 2
@@ -261,12 +264,10 @@ def _match(
         candidate = np.zeros_like(scores, dtype=bool)
         candidate[row_of, col_of] = True
         # Each match is worth 1; the IoU term (< 1 in total) only breaks ties.
-        cost = -candidate - scores / (2 * min(scores.shape))
+        cost = -candidate.astype(float) - scores / (2 * min(scores.shape))
         r, c = linear_sum_assignment(cost)
-        matched = candidate[r, c]
-        tp += int(np.count_nonzero(matched))
-        iou_sum += float(scores[r, c][matched].sum())
-    return tp, iou_sum
+        tp += int(np.count_nonzero(candidate[r, c]))
+    return tp
 
 
 def match_instances(
@@ -295,16 +296,21 @@ def match_instances(
         If the shapes differ, labels are not non-negative integers, or a threshold
         is outside ``(0, 1]``.
     """
+    return _match_table(overlap_table(true_labels, pred_labels), thresholds)
+
+
+def _match_table(table: tuple[np.ndarray, ...], thresholds: Sequence[float]) -> dict[str, Any]:
+    """:func:`match_instances` on an :func:`overlap_table` result."""
     thresholds = [float(t) for t in thresholds]
     if not thresholds or not all(0.0 < t <= 1.0 for t in thresholds):
         raise DataError(f"IoU thresholds must lie in (0, 1], got {thresholds}.")
-    t_index, p_index, iou, true_areas, pred_areas = overlap_table(true_labels, pred_labels)
+    t_index, p_index, iou, true_areas, pred_areas = table
     n_true, n_pred = len(true_areas), len(pred_areas)
     result: dict[str, Any] = {"thresholds": thresholds, "n_true": n_true, "n_pred": n_pred}
     for key in (*_COUNT_LISTS, *_RATIO_LISTS):
         result[key] = []
     for threshold in thresholds:
-        tp, _ = _match(t_index, p_index, iou, n_true, n_pred, threshold)
+        tp = _match(t_index, p_index, iou, n_true, n_pred, threshold)
         fp, fn = n_pred - tp, n_true - tp
         result["tp"].append(tp)
         result["fp"].append(fp)
@@ -328,7 +334,12 @@ def panoptic_quality(true_labels: Any, pred_labels: Any) -> dict[str, float]:
     dict
         ``{"pq", "sq", "rq"}`` as floats.
     """
-    t_index, p_index, iou, true_areas, pred_areas = overlap_table(true_labels, pred_labels)
+    return _panoptic_table(overlap_table(true_labels, pred_labels))
+
+
+def _panoptic_table(table: tuple[np.ndarray, ...]) -> dict[str, float]:
+    """:func:`panoptic_quality` on an :func:`overlap_table` result."""
+    _, _, iou, true_areas, pred_areas = table
     matched = iou[iou > 0.5]
     tp = len(matched)
     fp, fn = len(pred_areas) - tp, len(true_areas) - tp
@@ -358,7 +369,8 @@ def instance_metrics(
         ``f1_50``, ``pq``, ``sq``, ``rq`` (floats); ``n_true``, ``n_pred``;
         and the per-threshold lists of :func:`match_instances`.
     """
-    matches = match_instances(true_labels, pred_labels, thresholds)
+    table = overlap_table(true_labels, pred_labels)
+    matches = _match_table(table, thresholds)
     at = {round(t, 6): i for i, t in enumerate(matches["thresholds"])}
 
     def pick(key: str, threshold: float) -> float:
@@ -370,7 +382,7 @@ def instance_metrics(
         "ap50": pick("ap", 0.5),
         "ap75": pick("ap", 0.75),
         "f1_50": pick("f1", 0.5),
-        **panoptic_quality(true_labels, pred_labels),
+        **_panoptic_table(table),
         **matches,
     }
 

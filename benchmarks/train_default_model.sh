@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Reproduce the bundled nuclei model (src/napari_unet/samples/default_model.pt).
+# Needs the DSB 2018 split next to the checkout (../shared/data/dsb2018); settings were chosen on
+# val only, never trained on it. Usage: bash benchmarks/train_default_model.sh [OUT_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data="${DSB_DIR:-../shared/data/dsb2018}"
+out="${1:-runs/default_model}"
+mkdir -p "$out"
+.venv/bin/napari-unet train \
+    --images "$data/train/images" --labels "$data/train/labels" \
+    --val-images "$data/val/images" --val-labels "$data/val/labels" \
+    --out "$out/model.pt" --preset tiny --target contour --loss bce+dice \
+    --patch-size 128 --batch-size 8 --sampling image \
+    --epochs 30 --steps-per-epoch 200 --lr 3e-3 --schedule onecycle --early-stopping 0 \
+    --seed 0 --device auto --half

@@ -1,0 +1,94 @@
+"""Save a screenshot of each napari-unet widget docked in napari to ``docs/images/``.
+
+Run it under a display (``xvfb-run -a`` on a headless machine)::
+
+    xvfb-run -a .venv/bin/python docs/make_screenshots.py
+
+It opens the bundled nuclei sample, trains a small model for a few epochs with the
+Train widget (so the live curves have something to show), segments the image
+with it in the Segment widget, scores the result in the Evaluate widget, and
+grabs the whole window after each step. The bundled default model is used for
+segmentation when it is installed, the freshly trained one otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import napari
+from qtpy.QtWidgets import QApplication
+
+OUT = Path(__file__).parent / "images"
+SIZE = (1500, 1000)
+
+
+def wait_for(widget: object, timeout_s: float = 900.0) -> None:
+    """Process Qt events until ``widget.running`` is False."""
+    app = QApplication.instance()
+    end = time.monotonic() + timeout_s
+    while widget.running:  # type: ignore[attr-defined]
+        if time.monotonic() > end:
+            raise TimeoutError(f"{type(widget).__name__} still running after {timeout_s} s")
+        app.processEvents()
+        time.sleep(0.02)
+    for _ in range(20):  # let the last repaints land
+        app.processEvents()
+        time.sleep(0.01)
+
+
+def shoot(viewer: napari.Viewer, name: str) -> Path:
+    """Save the whole window (canvas, layer list and docks) as ``docs/images/<name>.png``."""
+    path = OUT / f"{name}.png"
+    viewer.screenshot(str(path), canvas_only=False)
+    print(f"wrote {path}")
+    return path
+
+
+def main() -> int:
+    OUT.mkdir(parents=True, exist_ok=True)
+    viewer = napari.Viewer(title="napari-unet")
+    viewer.window.resize(*SIZE)
+    viewer.open_sample("napari-unet", "nuclei")
+
+    train_dock, train = viewer.window.add_plugin_dock_widget("napari-unet", "Train")
+    train.preset.setCurrentText("tiny")
+    train.epochs.setValue(8)
+    train.batch_size.setValue(4)
+    train.patch_size.setValue(128)
+    train.steps_per_epoch.setValue(8)
+    train.learning_rate.setText("3e-3")
+    train.device.setCurrentText("cpu")
+    train.update_state()
+    train.start()
+    wait_for(train)
+    shoot(viewer, "train_widget")
+
+    segment_dock, segment = viewer.window.add_plugin_dock_widget(
+        "napari-unet", "Segment", tabify=True
+    )
+    if segment.model.DEFAULT in segment.model.choices():
+        segment.model.select(segment.model.DEFAULT)
+    segment.image.set_layer(viewer.layers["nuclei"])
+    segment.update_state()
+    segment.start()
+    wait_for(segment)
+    viewer.layers["nuclei labels"].visible = False
+    shoot(viewer, "segment_widget")
+
+    evaluate_dock, evaluate = viewer.window.add_plugin_dock_widget(
+        "napari-unet", "Evaluate", tabify=True
+    )
+    evaluate.prediction.set_layer(segment.output)
+    evaluate.truth.set_layer(viewer.layers["nuclei labels"])
+    evaluate.update_state()
+    evaluate.start()
+    wait_for(evaluate)
+    shoot(viewer, "evaluate_widget")
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""Building blocks shared by the widgets: layer pickers, a model picker, hints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_unet.checkpoint import DEFAULT_MODEL_NAME, TrainedModel, default_model_path
+from napari_unet._widgets._registry import REGISTRY, SessionModel
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Layer
+
+#: Device choices offered in the widgets, as the core's ``device`` strings.
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def available_devices() -> list[str]:
+    """``auto`` and ``cpu``, plus ``cuda``/``mps`` when this machine has them."""
+    import torch
+
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+class HintLabel(QLabel):
+    """A word-wrapped label that says why an action is unavailable (empty when it is)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWordWrap(True)
+        self.setStyleSheet("color: #e0a040;")
+        self.hide()
+
+    def show_hint(self, text: str | None) -> None:
+        """Show ``text``, or hide the label when ``text`` is empty."""
+        self.setText(text or "")
+        self.setVisible(bool(text))
+
+
+class LayerCombo(QComboBox):
+    """A drop-down of the viewer's layers of one type, kept in sync with the layer list.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+        The viewer whose layers are listed.
+    layer_type : type
+        ``napari.layers.Image`` or ``napari.layers.Labels``.
+    """
+
+    #: Emitted when the selected layer changes (also when it is renamed or removed).
+    layer_changed = Signal()
+
+    def __init__(
+        self, viewer: napari.Viewer, layer_type: type, parent: QWidget | None = None
+    ) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._layer_type = layer_type
+        self._layers: list[Layer] = []
+        self.currentIndexChanged.connect(lambda _: self.layer_changed.emit())
+        events = viewer.layers.events
+        callbacks = [
+            (events.inserted, self._on_inserted),
+            (events.removed, self._on_removed),
+            (events.moved, self.refresh),
+        ]
+        callbacks += [(layer.events.name, self.refresh) for layer in viewer.layers]
+        self._callbacks = connect_until_destroyed(self, callbacks)
+        self.refresh()
+
+    def layer(self) -> Layer | None:
+        """The selected layer, or None when there is none of this type."""
+        index = self.currentIndex()
+        return self._layers[index] if 0 <= index < len(self._layers) else None
+
+    def set_layer(self, layer: Layer) -> None:
+        """Select ``layer`` (which must be listed)."""
+        self.setCurrentIndex(self._layers.index(layer))
+
+    def layers(self) -> list[Layer]:
+        """All listed layers, in layer-list order."""
+        return list(self._layers)
+
+    def _on_inserted(self, event: Any) -> None:
+        emitter = event.value.events.name
+        emitter.connect(self.refresh)
+        self._callbacks.append((emitter, self.refresh))
+        self.refresh()
+
+    def _on_removed(self, event: Any) -> None:
+        emitter = event.value.events.name
+        emitter.disconnect(self.refresh)
+        self._callbacks.remove((emitter, self.refresh))
+        self.refresh()
+
+    def refresh(self, *_: Any) -> None:
+        """Re-read the layer list, keeping the current selection when it still exists."""
+        current = self.layer()
+        self._layers = [layer for layer in self._viewer.layers if isinstance(layer, self._layer_type)]
+        self.blockSignals(True)
+        self.clear()
+        self.addItems([layer.name for layer in self._layers])
+        if current in self._layers:
+            self.setCurrentIndex(self._layers.index(current))
+        self.blockSignals(False)
+        self.layer_changed.emit()
+
+
+def connect_until_destroyed(
+    widget: QWidget, callbacks: list[tuple[Any, Callable[..., Any]]]
+) -> list[tuple[Any, Callable[..., Any]]]:
+    """Connect ``(emitter, callback)`` pairs and disconnect them all when ``widget`` is deleted.
+
+    Layers and the layer list outlive the widgets; without this, an event after a
+    widget's deletion would call into a deleted Qt object. Returns the live list,
+    to which later connections may be appended.
+    """
+    for emitter, callback in callbacks:
+        emitter.connect(callback)
+
+    def disconnect(*_: Any) -> None:
+        for emitter, callback in callbacks:
+            emitter.disconnect(callback)
+        callbacks.clear()
+
+    widget.destroyed.connect(disconnect)
+    return callbacks
+
+
+class ModelPicker(QWidget):
+    """Choose a model: the bundled default, one trained in this session, or a file.
+
+    Parameters
+    ----------
+    allow_scratch : bool
+        Offer "none (from scratch)" first (the Train widget's fine-tune choice).
+    follow_new : bool
+        Select each newly trained model as it appears (the Segment widget).
+    """
+
+    SCRATCH = "none (train from scratch)"
+    DEFAULT = "default (bundled nuclei model)"
+    FILE = "model file…"
+
+    #: Emitted whenever the choice (or the chosen file) changes.
+    changed = Signal()
+
+    def __init__(
+        self, allow_scratch: bool = False, follow_new: bool = False, parent: QWidget | None = None
+    ) -> None:
+        super().__init__(parent)
+        self._allow_scratch = allow_scratch
+        self._follow_new = follow_new
+        self.combo = QComboBox()
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("path to a .pt model file")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        self._file_row = QWidget()
+        row = QHBoxLayout(self._file_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.path_edit)
+        row.addWidget(browse)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.combo)
+        layout.addWidget(self._file_row)
+        self.combo.currentIndexChanged.connect(self._on_choice)
+        self.path_edit.textChanged.connect(lambda _: self.changed.emit())
+        REGISTRY.changed.connect(self._on_registry)
+        self.destroyed.connect(lambda *_: REGISTRY.changed.disconnect(self._on_registry))
+        self._fill()
+
+    def _fill(self, select: str | None = None) -> None:
+        current = select or self.combo.currentText()
+        items = [self.SCRATCH] if self._allow_scratch else []
+        if default_model_path().is_file():
+            items.append(self.DEFAULT)
+        items += [entry.name for entry in REGISTRY.entries()]
+        items.append(self.FILE)
+        self.combo.blockSignals(True)
+        self.combo.clear()
+        self.combo.addItems(items)
+        if current in items:
+            self.combo.setCurrentText(current)
+        elif not self._allow_scratch and len(items) > 1 and REGISTRY.entries():
+            self.combo.setCurrentText(REGISTRY.entries()[-1].name)
+        self.combo.blockSignals(False)
+        self._on_choice()
+
+    def _on_registry(self, entry: SessionModel | None) -> None:
+        self._fill(select=entry.name if entry is not None and self._follow_new else None)
+
+    def _on_choice(self, *_: Any) -> None:
+        self._file_row.setVisible(self.combo.currentText() == self.FILE)
+        self.changed.emit()
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Model file", "", "napari-unet model (*.pt)")
+        if path:
+            self.path_edit.setText(path)
+
+    def choices(self) -> list[str]:
+        """The entries offered, in order."""
+        return [self.combo.itemText(i) for i in range(self.combo.count())]
+
+    def select(self, text: str) -> None:
+        """Select the entry shown as ``text`` (a session model name or a fixed choice)."""
+        self.combo.setCurrentText(text)
+
+    def value(self) -> str | Path | TrainedModel | None:
+        """The chosen model: ``"default"``, a session ``TrainedModel``, a file path, or None."""
+        text = self.combo.currentText()
+        if text == self.SCRATCH:
+            return None
+        if text == self.DEFAULT:
+            return DEFAULT_MODEL_NAME
+        if text == self.FILE:
+            return Path(self.path_edit.text().strip()).expanduser()
+        entry = REGISTRY.get(text)
+        return entry.model if entry is not None else None
+
+    def problem(self) -> str | None:
+        """Why the choice cannot be used yet (no file picked, missing file), else None."""
+        if self.combo.currentText() != self.FILE:
+            return None
+        text = self.path_edit.text().strip()
+        if not text:
+            return "Choose a model file (.pt), or pick another model."
+        if not Path(text).expanduser().is_file():
+            return f"Model file {text!r} does not exist."
+        return None

@@ -1,0 +1,383 @@
+"""The Evaluate widget: score a segmentation against ground truth, export the table.
+
+Pick a predicted Labels layer and a ground-truth Labels layer (or an image and a
+model, which segments it first and adds the prediction as a layer). The scores
+are those of :mod:`napari_unet.metrics`: pixel accuracy, F1 (Dice), Jaccard
+(IoU), recall and precision of the foreground, and the instance scores (DSB
+score, TP/(TP+FP+FN) at IoU 0.5 and 0.75, F1 at 0.5, panoptic quality) with the
+per-threshold counts. A stack is scored plane by plane and averaged over planes,
+as an evaluation over a set of images is.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_unet import metrics
+from napari_unet._widgets._common import (
+    HintLabel,
+    LayerCombo,
+    ModelPicker,
+    connect_until_destroyed,
+)
+from napari_unet.checkpoint import ModelFileError, TrainedModel, load_model
+from napari_unet.config import ConfigError
+from napari_unet.io import DataError, atomic_write
+from napari_unet.predict import PredictConfig, Progress, Segmentation, predict_events
+
+if TYPE_CHECKING:
+    import napari
+
+COMPARE = "compare a prediction with ground truth"
+SEGMENT = "segment an image with a model, then compare"
+#: Summary rows of the table: (label shown, section, key in the metrics dictionaries).
+SUMMARY_ROWS = (
+    ("pixel accuracy", "pixel", "accuracy"),
+    ("pixel F1 (Dice)", "pixel", "f1"),
+    ("pixel Jaccard (IoU)", "pixel", "jaccard"),
+    ("pixel recall", "pixel", "recall"),
+    ("pixel precision", "pixel", "precision"),
+    ("DSB score (mean AP 0.50:0.95)", "instance", "dsb_score"),
+    ("AP @ IoU 0.50 (TP/(TP+FP+FN))", "instance", "ap50"),
+    ("AP @ IoU 0.75", "instance", "ap75"),
+    ("F1 @ IoU 0.50", "instance", "f1_50"),
+    ("panoptic quality (PQ)", "instance", "pq"),
+    ("true objects", "instance", "n_true"),
+    ("predicted objects", "instance", "n_pred"),
+    ("planes scored", "instance", "n_images"),
+)
+THRESHOLD_COLUMNS = ("IoU", "TP", "FP", "FN", "precision", "recall", "F1", "AP")
+
+
+def planes(labels: Any) -> np.ndarray:
+    """``(N, H, W)`` view of a 2D label image or a stack of any depth."""
+    array = np.asarray(labels)
+    if array.ndim < 2:
+        raise DataError(f"labels of shape {array.shape} are not an image.")
+    return array.reshape((-1, *array.shape[-2:]))
+
+
+def score(
+    truth: Any, prediction: Any
+) -> Generator[tuple[int, int], None, dict[str, dict[str, Any]]]:
+    """Score ``prediction`` against ``truth`` plane by plane, yielding (done, total).
+
+    Returns
+    -------
+    dict
+        ``{"pixel": mean_pixel_metrics(...), "instance": mean_instance_metrics(...)}``.
+    """
+    truth_planes, predicted_planes = planes(truth), planes(prediction)
+    if truth_planes.shape != predicted_planes.shape:
+        raise DataError(
+            f"the prediction has shape {np.shape(prediction)} and the ground truth "
+            f"{np.shape(truth)}; pick layers of the same image."
+        )
+    pixel_rows, instance_rows = [], []
+    total = len(truth_planes)
+    for index, (true_plane, predicted_plane) in enumerate(
+        zip(truth_planes, predicted_planes, strict=True), start=1
+    ):
+        pixel_rows.append(metrics.pixel_metrics(true_plane, predicted_plane))
+        instance_rows.append(metrics.instance_metrics(true_plane, predicted_plane))
+        yield index, total
+    return {
+        "pixel": metrics.mean_pixel_metrics(pixel_rows),
+        "instance": metrics.mean_instance_metrics(instance_rows),
+    }
+
+
+def segment_and_score(
+    image: Any,
+    rgb: bool,
+    model: str | Path | TrainedModel,
+    truth: Any,
+) -> Generator[tuple[int, int], None, tuple[dict[str, dict[str, Any]], Segmentation]]:
+    """Segment ``image`` with ``model`` (default settings), then :func:`score` it."""
+    trained = load_model(model)
+    progress: Progress
+    segmentation = yield from (
+        (progress.done, progress.total)
+        for progress in _progress(predict_events(image, trained, PredictConfig(), rgb=rgb))
+    )
+    scores = yield from score(truth, segmentation.labels)
+    return scores, segmentation
+
+
+def _progress(
+    events: Generator[Progress, None, Segmentation],
+) -> Generator[Progress, None, Segmentation]:
+    return (yield from events)
+
+
+class EvaluateWidget(QWidget):
+    """Pixel and instance metrics of a Labels layer against ground truth.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer whose Labels (and Image) layers are offered.
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        from napari.layers import Image, Labels
+
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker: Any = None
+        self.scores: dict[str, dict[str, Any]] | None = None
+
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        self.mode = QComboBox()
+        self.mode.addItems([COMPARE, SEGMENT])
+        form.addRow("Mode", self.mode)
+        self.prediction = LayerCombo(napari_viewer, Labels)
+        form.addRow("Prediction", self.prediction)
+        self.image = LayerCombo(napari_viewer, Image)
+        form.addRow("Image", self.image)
+        self.model = ModelPicker(follow_new=True)
+        form.addRow("Model", self.model)
+        self.truth = LayerCombo(napari_viewer, Labels)
+        form.addRow("Ground truth", self.truth)
+        layout.addLayout(form)
+        self._rows = {
+            widget: form.labelForField(widget) for widget in (self.prediction, self.image, self.model)
+        }
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Evaluate")
+        self.run_button.clicked.connect(self.start)
+        self.export_button = QPushButton("Export CSV…")
+        self.export_button.setEnabled(False)
+        self.export_button.clicked.connect(self._export_dialog)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.export_button)
+        layout.addLayout(buttons)
+        self.hint = HintLabel()
+        layout.addWidget(self.hint)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        layout.addWidget(self.progress)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        self.table = QTableWidget(len(SUMMARY_ROWS), 2)
+        self.table.setHorizontalHeaderLabels(["metric", "value"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
+        for row, (label, _, _) in enumerate(SUMMARY_ROWS):
+            self.table.setItem(row, 0, QTableWidgetItem(label))
+            self.table.setItem(row, 1, QTableWidgetItem(""))
+        self.table.setMinimumHeight(
+            self.table.horizontalHeader().height()
+            + sum(self.table.rowHeight(r) for r in range(len(SUMMARY_ROWS)))
+            + 4
+        )
+        layout.addWidget(self.table)
+        layout.addWidget(QLabel("Per IoU threshold (counts summed, ratios averaged over planes)"))
+        self.thresholds = QTableWidget(0, len(THRESHOLD_COLUMNS))
+        self.thresholds.setHorizontalHeaderLabels(list(THRESHOLD_COLUMNS))
+        self.thresholds.verticalHeader().setVisible(False)
+        self.thresholds.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        layout.addWidget(self.thresholds)
+
+        for signal in (
+            self.mode.currentIndexChanged,
+            self.prediction.layer_changed,
+            self.image.layer_changed,
+            self.truth.layer_changed,
+            self.model.changed,
+        ):
+            signal.connect(self.update_state)
+        events = napari_viewer.layers.events
+        connect_until_destroyed(self, [(events.inserted, self._default_truth)])
+        self._default_truth()
+        self.update_state()
+
+    def _default_truth(self, *_: Any) -> None:
+        """Prefer a ground-truth layer other than the prediction, ideally named like truth."""
+        prediction, truth = self.prediction.layer(), self.truth.layer()
+        if truth is not None and truth is not prediction:
+            return
+        others = [layer for layer in self.truth.layers() if layer is not prediction]
+        if others:
+            self.truth.set_layer(others[0])
+
+    @property
+    def running(self) -> bool:
+        """Whether an evaluation is in progress."""
+        return self.worker is not None
+
+    def update_state(self, *_: Any) -> str | None:
+        """Show the fields of the mode; enable Evaluate or say why not (returns the hint)."""
+        segmenting = self.mode.currentText() == SEGMENT
+        for widget, label in self._rows.items():
+            visible = segmenting != (widget is self.prediction)
+            widget.setVisible(visible)
+            label.setVisible(visible)
+        hint = None if self.running else self._problem()
+        self.hint.show_hint(hint)
+        self.run_button.setEnabled(hint is None and not self.running)
+        return hint
+
+    def _problem(self) -> str | None:
+        truth = self.truth.layer()
+        if truth is None:
+            return "Add a ground-truth Labels layer."
+        if self.mode.currentText() == SEGMENT:
+            image = self.image.layer()
+            if image is None:
+                return "Add an Image layer to segment."
+            shape = tuple(image.data.shape[:-1] if image.rgb else image.data.shape)
+            if shape != tuple(truth.data.shape):
+                return (
+                    f"Image {image.name!r} has shape {shape}, ground truth {truth.name!r} "
+                    f"{tuple(truth.data.shape)}; pick the labels of this image."
+                )
+            return self.model.problem()
+        prediction = self.prediction.layer()
+        if prediction is None:
+            return "Add the predicted Labels layer (e.g. from the Segment widget)."
+        if prediction is truth:
+            return "Prediction and ground truth are the same layer; pick two layers."
+        if tuple(prediction.data.shape) != tuple(truth.data.shape):
+            return (
+                f"Prediction {prediction.name!r} has shape {tuple(prediction.data.shape)}, "
+                f"ground truth {truth.name!r} {tuple(truth.data.shape)}; they must match."
+            )
+        return None
+
+    def start(self) -> None:
+        """Score in a worker thread (segmenting first in the model mode)."""
+        from napari.qt.threading import create_worker
+
+        if self.running or self.update_state() is not None:
+            return
+        truth = self.truth.layer()
+        if self.mode.currentText() == SEGMENT:
+            image = self.image.layer()
+            self._image_layer = image
+            work = segment_and_score
+            args: tuple[Any, ...] = (image.data, bool(image.rgb), self.model.value(), truth.data)
+        else:
+            work = score
+            args = (truth.data, self.prediction.layer().data)
+        self.status.setStyleSheet("")
+        self.status.setText("Scoring…")
+        self.progress.setRange(0, 0)
+        self.worker = create_worker(
+            work,
+            *args,
+            _connect={
+                "yielded": self._on_progress,
+                "returned": self._on_result,
+                "errored": self._on_error,
+                "finished": self._on_finished,
+            },
+        )
+        self.update_state()
+
+    def _on_progress(self, progress: tuple[int, int]) -> None:
+        done, total = progress
+        self.progress.setRange(0, max(1, total))
+        self.progress.setValue(done)
+
+    def _on_result(self, result: Any) -> None:
+        if self.mode.currentText() == SEGMENT:
+            scores, segmentation = result
+            image = self._image_layer
+            self.viewer.add_labels(
+                segmentation.labels, name=f"{image.name} labels", scale=image.scale
+            )
+        else:
+            scores = result
+        self.show_scores(scores)
+
+    def show_scores(self, scores: dict[str, dict[str, Any]]) -> None:
+        """Fill both tables from ``{"pixel": ..., "instance": ...}`` and allow export."""
+        self.scores = scores
+        for row, (_, section, key) in enumerate(SUMMARY_ROWS):
+            self.table.item(row, 1).setText(_fmt(scores[section][key]))
+        instance = scores["instance"]
+        self.thresholds.setRowCount(len(instance["thresholds"]))
+        for row, threshold in enumerate(instance["thresholds"]):
+            values = [threshold] + [
+                instance[key][row] for key in ("tp", "fp", "fn", "precision", "recall", "f1", "ap")
+            ]
+            for column, value in enumerate(values):
+                self.thresholds.setItem(row, column, QTableWidgetItem(_fmt(value)))
+        self.export_button.setEnabled(True)
+        self.status.setText(
+            f"DSB score {instance['dsb_score']:.3f} · pixel F1 {scores['pixel']['f1']:.3f} over "
+            f"{instance['n_images']} plane(s)."
+        )
+
+    def _on_error(self, error: Exception) -> None:
+        self.status.setStyleSheet("color: #e05050;")
+        self.status.setText(f"Evaluation failed: {error}")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self.update_state()
+
+    def rows(self) -> list[tuple[str, Any]]:
+        """The scores as flat ``(metric, value)`` rows, as exported to CSV."""
+        if self.scores is None:
+            return []
+        pixel, instance = self.scores["pixel"], self.scores["instance"]
+        rows: list[tuple[str, Any]] = [(f"pixel_{key}", pixel[key]) for key in metrics.PIXEL_KEYS]
+        rows += [(key, instance[key]) for key in (*metrics.INSTANCE_KEYS, "sq", "rq")]
+        rows += [(key, instance[key]) for key in ("n_true", "n_pred", "n_images")]
+        for index, threshold in enumerate(instance["thresholds"]):
+            for key in ("tp", "fp", "fn", "precision", "recall", "f1", "ap"):
+                rows.append((f"{key}@{threshold:.2f}", instance[key][index]))
+        return rows
+
+    def export_csv(self, path: str | Path) -> Path:
+        """Write the scores to ``path`` as ``metric,value`` rows (atomically)."""
+        rows = self.rows()
+        if not rows:
+            raise DataError("nothing to export yet; press Evaluate first.")
+        path = Path(path)
+        with atomic_write(path) as tmp:
+            with open(tmp, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["metric", "value"])
+                writer.writerows(rows)
+        return path
+
+    def _export_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export metrics", "metrics.csv", "CSV (*.csv)")
+        if path:
+            try:
+                self.status.setText(f"Saved {self.export_csv(path)}")
+            except (DataError, OSError, ConfigError, ModelFileError) as error:
+                self.status.setText(f"Export failed: {error}")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return f"{float(value):.4f}"

@@ -1,0 +1,376 @@
+"""The Segment widget: turn an Image layer into a new Labels layer with a U-Net.
+
+The widget gathers its settings into a :class:`~napari_unet.predict.PredictConfig`
+and runs :func:`napari_unet.predict.predict_events` in a napari ``thread_worker``
+with a progress bar and a Stop button. The input layer is never modified: the
+result is a new Labels layer named after the image (and, on request, the
+probability maps as Image layers), with the image's scale and translation.
+
+2D, RGB, multichannel (pick the channel axis), 3D and time stacks (segmented
+plane by plane) and dask-backed layers work alike. A dask layer is segmented
+chunk by chunk: the core returns a lazy result, which the worker computes one
+block of planes at a time into a new array (in memory, or in a temporary zarr
+store on disk when it would be large), so the stack is never loaded whole.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_unet._widgets._common import (
+    HintLabel,
+    LayerCombo,
+    ModelPicker,
+    available_devices,
+)
+from napari_unet.checkpoint import ModelFileError, TrainedModel, load_model
+from napari_unet.config import ConfigError
+from napari_unet.io import DataError
+from napari_unet.predict import PredictConfig, Progress, Segmentation, predict_events
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Image
+
+#: Output bigger than this is computed into a temporary zarr store rather than memory.
+IN_MEMORY_LIMIT = 2**30
+#: Names of the probability channels per model target.
+CHANNEL_NAMES = {
+    "foreground": ("probability",),
+    "contour": ("probability", "boundary"),
+    "distance": ("probability", "distance"),
+}
+
+
+def segment_layer(
+    data: Any,
+    model: str | Path | TrainedModel,
+    config: PredictConfig,
+    rgb: bool,
+    channel_axis: int | None,
+    stop: threading.Event,
+) -> Generator[Progress, None, tuple[Segmentation, str, bool]]:
+    """Load ``model``, segment ``data`` and materialise a lazy result block by block.
+
+    Yields
+    ------
+    Progress
+        The core's progress, then one per block of a dask result.
+
+    Returns
+    -------
+    segmentation, target, stopped
+        The result (numpy or zarr-backed labels), the model's target (to name the
+        probability channels) and whether Stop ended the run early.
+    """
+    trained = load_model(model, device=config.device)
+    segmentation = yield from predict_events(
+        data, trained, config, rgb=rgb, channel_axis=channel_axis, stop=stop
+    )
+    labels = segmentation.labels
+    if _is_dask(labels):
+        labels = yield from _materialise(labels, stop)
+    probabilities = segmentation.probabilities
+    if probabilities is not None and _is_dask(probabilities):
+        probabilities = yield from _materialise(probabilities, stop)
+    result = Segmentation(labels=labels, probabilities=probabilities)
+    return result, trained.config.target, stop.is_set()
+
+
+def _is_dask(array: Any) -> bool:
+    return type(array).__module__.startswith("dask")
+
+
+def _materialise(lazy: Any, stop: threading.Event) -> Generator[Progress, None, Any]:
+    """Compute a dask array one block of leading-axis chunks at a time."""
+    if lazy.nbytes <= IN_MEMORY_LIMIT:
+        out: Any = np.zeros(lazy.shape, lazy.dtype)
+    else:
+        import zarr
+
+        store = tempfile.mkdtemp(prefix="napari-unet-")
+        out = zarr.open_array(
+            store, mode="w", shape=lazy.shape, dtype=lazy.dtype, chunks=lazy.chunksize
+        )
+    if lazy.ndim <= 2:
+        out[...] = lazy.compute()
+        return out
+    bounds = np.cumsum((0, *lazy.chunks[0]))
+    total = len(bounds) - 1
+    for index, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True), start=1):
+        if stop.is_set():
+            break
+        out[start:end] = lazy[start:end].compute()
+        yield Progress(done=index, total=total, message=f"computed planes {start}-{end - 1}")
+    return out
+
+
+class SegmentWidget(QWidget):
+    """Segment an Image layer into a new Labels layer.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer whose Image layers are offered.
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        from napari.layers import Image
+
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker: Any = None
+        self.output: Any = None
+        self._stop = threading.Event()
+        defaults = PredictConfig()
+
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        self.image = LayerCombo(napari_viewer, Image)
+        form.addRow("Image", self.image)
+        self.channel_axis = QComboBox()
+        self.channel_axis.setToolTip(
+            "For a multichannel image held in one layer, the axis of its channels; "
+            "'none' segments every plane of a stack."
+        )
+        form.addRow("Channel axis", self.channel_axis)
+        self.model = ModelPicker(follow_new=True)
+        form.addRow("Model", self.model)
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.01, 0.99)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setValue(defaults.threshold)
+        form.addRow("Threshold", self.threshold)
+        self.separate = QCheckBox("split touching objects (watershed)")
+        self.separate.setChecked(defaults.separate)
+        form.addRow("Separate", self.separate)
+        self.min_size = QSpinBox()
+        self.min_size.setRange(0, 1_000_000)
+        self.min_size.setSuffix(" px")
+        self.min_size.setValue(int(defaults.min_size))
+        form.addRow("Minimum size", self.min_size)
+        self.tile_size = QSpinBox()
+        self.tile_size.setRange(0, 8192)
+        self.tile_size.setSingleStep(64)
+        self.tile_size.setSpecialValueText("auto (from memory)")
+        self.tile_size.setValue(defaults.tile_size or 0)
+        form.addRow("Tile size", self.tile_size)
+        self.tta = QCheckBox("average over flips and rotations (slower)")
+        self.tta.setChecked(defaults.tta)
+        form.addRow("TTA", self.tta)
+        self.device = QComboBox()
+        self.device.addItems(available_devices())
+        form.addRow("Device", self.device)
+        self.probabilities = QCheckBox("also add the probability map")
+        form.addRow("Output", self.probabilities)
+        layout.addLayout(form)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Segment")
+        self.run_button.clicked.connect(self.start)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.stop_button)
+        layout.addLayout(buttons)
+        self.hint = HintLabel()
+        layout.addWidget(self.hint)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        layout.addWidget(self.progress)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+
+        self.image.layer_changed.connect(self._fill_channel_axes)
+        for signal in (
+            self.image.layer_changed,
+            self.channel_axis.currentIndexChanged,
+            self.model.changed,
+            self.threshold.valueChanged,
+            self.min_size.valueChanged,
+            self.tile_size.valueChanged,
+            self.device.currentIndexChanged,
+        ):
+            signal.connect(self.update_state)
+        self.destroyed.connect(lambda *_: self._stop.set())
+        self._fill_channel_axes()
+        self.update_state()
+
+    def _fill_channel_axes(self) -> None:
+        image = self.image.layer()
+        self.channel_axis.blockSignals(True)
+        self.channel_axis.clear()
+        if image is not None and image.rgb:
+            self.channel_axis.addItem("RGB colour (last axis)", None)
+        else:
+            self.channel_axis.addItem("none (2D, or a stack of planes)", None)
+            if image is not None and image.data.ndim >= 3:
+                for axis, size in enumerate(image.data.shape[:-2]):
+                    self.channel_axis.addItem(f"axis {axis} ({size} channels)", axis)
+        self.channel_axis.setEnabled(self.channel_axis.count() > 1)
+        self.channel_axis.blockSignals(False)
+
+    @property
+    def running(self) -> bool:
+        """Whether a segmentation is in progress."""
+        return self.worker is not None
+
+    def config(self) -> PredictConfig:
+        """The widget's settings as a validated PredictConfig (ConfigError if invalid)."""
+        return PredictConfig(
+            tile_size=self.tile_size.value() or None,
+            tta=self.tta.isChecked(),
+            threshold=float(self.threshold.value()),
+            separate=self.separate.isChecked(),
+            min_size=self.min_size.value(),
+            device=self.device.currentText(),
+            return_probabilities=self.probabilities.isChecked(),
+        )
+
+    def update_state(self, *_: Any) -> str | None:
+        """Enable Segment, or show why it cannot run (returns the hint; None = ready)."""
+        hint = None
+        if not self.running:
+            if self.image.layer() is None:
+                hint = "Add an Image layer to segment (File > Open, or a sample)."
+            else:
+                hint = self.model.problem()
+                if hint is None and self.model.value() is None:
+                    hint = "Pick a model: train one with the Train widget, or choose a file."
+                if hint is None:
+                    try:
+                        self.config()
+                    except ConfigError as error:
+                        hint = str(error)
+        self.hint.show_hint(hint)
+        self.run_button.setEnabled(hint is None and not self.running)
+        self.stop_button.setEnabled(self.running and not self._stop.is_set())
+        return hint
+
+    def start(self) -> None:
+        """Segment the selected image in a worker thread."""
+        from napari.qt.threading import create_worker
+
+        if self.running or self.update_state() is not None:
+            return
+        image = self.image.layer()
+        try:
+            config = self.config()
+        except ConfigError as error:
+            self.hint.show_hint(str(error))
+            return
+        self._stop = threading.Event()
+        self._source = image
+        self._axis = self.channel_axis.currentData()
+        data = image.data[0] if image.multiscale else image.data
+        self.output = None
+        self.status.setStyleSheet("")
+        self.status.setText(f"Segmenting {image.name!r}…")
+        self.progress.setRange(0, 0)
+        self.worker = create_worker(
+            segment_layer,
+            data,
+            self.model.value(),
+            config,
+            bool(image.rgb),
+            self._axis,
+            self._stop,
+            _connect={
+                "yielded": self._on_progress,
+                "returned": self._on_result,
+                "errored": self._on_error,
+                "finished": self._on_finished,
+            },
+        )
+        self.update_state()
+
+    def stop(self) -> None:
+        """Stop after the current plane/block."""
+        self._stop.set()
+        self.stop_button.setEnabled(False)
+        self.status.setText("Stopping…")
+
+    def _on_progress(self, progress: Progress) -> None:
+        self.progress.setRange(0, max(1, progress.total))
+        self.progress.setValue(progress.done)
+        if not self._stop.is_set():
+            self.status.setText(progress.message or f"{progress.done}/{progress.total}")
+
+    def _on_result(self, result: tuple[Segmentation, str, bool]) -> None:
+        segmentation, target, stopped = result
+        source = self._source
+        scale, translate = _spatial(source, self._axis)
+        suffix = " (stopped)" if stopped else ""
+        self.output = self.viewer.add_labels(
+            segmentation.labels,
+            name=f"{source.name} labels{suffix}",
+            scale=scale,
+            translate=translate,
+        )
+        if segmentation.probabilities is not None:
+            names = CHANNEL_NAMES.get(target, ())
+            for index, channel in enumerate(segmentation.probabilities):
+                what = names[index] if index < len(names) else f"channel {index}"
+                self.viewer.add_image(
+                    channel,
+                    name=f"{source.name} {what}",
+                    colormap="magma",
+                    blending="additive",
+                    contrast_limits=(0.0, 1.0),
+                    scale=scale,
+                    translate=translate,
+                    visible=index == 0,
+                )
+        count = _count_objects(segmentation.labels)
+        objects = f" ({count} objects)" if count is not None else ""
+        if stopped:
+            self.status.setText(f"Stopped: {self.output.name!r} holds the planes done so far.")
+        else:
+            self.status.setText(f"Added {self.output.name!r}{objects}.")
+
+    def _on_error(self, error: Exception) -> None:
+        self.status.setStyleSheet("color: #e05050;")
+        self.status.setText(f"Segmentation failed: {error}")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self.update_state()
+
+
+def _spatial(layer: Image, channel_axis: int | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The layer's scale and translation without its channel axis (RGB has none in napari)."""
+    scale, translate = list(layer.scale), list(layer.translate)
+    if channel_axis is not None:
+        del scale[channel_axis], translate[channel_axis]
+    return tuple(scale), tuple(translate)
+
+
+def _count_objects(labels: Any) -> int | None:
+    """Number of objects of an in-memory result (None for an on-disk one: too costly)."""
+    if not isinstance(labels, np.ndarray):
+        return None
+    return int(np.count_nonzero(np.unique(labels)))

@@ -1,0 +1,645 @@
+"""The Train widget: train or fine-tune a U-Net on Image + Labels layers of the viewer.
+
+The widget gathers its settings into a :class:`~napari_unet.train.TrainConfig`,
+checks them and the data before any thread starts (the Start button stays
+disabled with a hint while something is wrong), then runs
+:func:`napari_unet.train.train_events` in a napari ``thread_worker``: the viewer
+stays responsive, a progress bar and live loss / Dice / IoU curves follow the
+run, and Stop ends it after the current step keeping the best model. Every
+finished (or stopped) model goes to the session registry, so the Segment widget
+can use it at once.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_unet._pairs import match_pairs, spatial_shape
+from napari_unet._widgets._common import (
+    HintLabel,
+    LayerCombo,
+    ModelPicker,
+    available_devices,
+    connect_until_destroyed,
+)
+from napari_unet._widgets._plots import TrainingCurves
+from napari_unet._widgets._registry import REGISTRY
+from napari_unet.checkpoint import ModelFileError, TrainedModel
+from napari_unet.config import PRESETS, TARGET_CHANNELS, ConfigError, ModelConfig
+from napari_unet.io import DataError
+from napari_unet.train import TrainConfig, TrainEvent, TrainResult, train_events
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Image, Labels
+
+#: Label modes as the widget shows them -> TrainConfig.label_mode.
+LABEL_MODES = {
+    "instances (0 = background, 1..N objects)": "instance",
+    "binary mask (0 = background)": "binary",
+    "scribbles (0 = unannotated, 1 = background, 2 = object)": "sparse",
+}
+VALIDATION_REGION = "held-out region of each image"
+VALIDATION_IMAGES = "whole images (a fraction of the planes)"
+#: Fewest rows/columns a held-out validation strip gets.
+MIN_STRIP = 16
+
+
+def _default(name: str) -> Any:
+    """Default of a TrainConfig field, so the widget starts from the core's defaults."""
+    for item in fields(TrainConfig):
+        if item.name == name:
+            return item.default
+    raise KeyError(name)
+
+
+@dataclass
+class TrainPlan:
+    """Everything one run needs, built and checked before a thread starts."""
+
+    images: list[Any]
+    labels: list[Any]
+    config: TrainConfig
+    val_images: list[Any] | None = None
+    val_labels: list[Any] | None = None
+    init: str | Path | TrainedModel | None = None
+    out: Path | None = None
+    log_csv: Path | None = None
+    description: dict[str, Any] = field(default_factory=dict)
+
+
+class PairRow(QWidget):
+    """One (Image layer, Labels layer) training pair with a remove button."""
+
+    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        from napari.layers import Image, Labels
+
+        super().__init__(parent)
+        self.image = LayerCombo(viewer, Image)
+        self.labels = LayerCombo(viewer, Labels)
+        self.remove = QToolButton()
+        self.remove.setText("✕")
+        self.remove.setToolTip("Remove this pair")
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.image, 1)
+        layout.addWidget(QLabel("↔"))
+        layout.addWidget(self.labels, 1)
+        layout.addWidget(self.remove)
+        self.image.layer_changed.connect(self.match_labels)
+        self.match_labels()
+
+    def match_labels(self) -> None:
+        """Pick the Labels layer that fits the image (same shape, then matching name)."""
+        image, current = self.image.layer(), self.labels.layer()
+        if image is None:
+            return
+        shape = spatial_shape(image.data.shape, image.rgb)
+        if current is not None and tuple(current.data.shape) == shape:
+            if current.name.lower().startswith(image.name.lower()):
+                return
+        candidates = self.labels.layers()
+        pairs = match_pairs(
+            [(image.name, shape)], [(lab.name, tuple(lab.data.shape)) for lab in candidates]
+        )
+        if pairs:
+            self.labels.set_layer(candidates[pairs[0][1]])
+
+    def pair(self) -> tuple[Image | None, Labels | None]:
+        """The selected (image, labels) layers; either may be None."""
+        return self.image.layer(), self.labels.layer()
+
+
+class TrainWidget(QWidget):
+    """Train a U-Net on (Image, Labels) layer pairs of the viewer.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer whose layers are offered as training data.
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker: Any = None
+        self.result: TrainResult | None = None
+        self._stop = threading.Event()
+        self._label = ""
+        # Re-check settings and data shortly after the last change (labels being painted).
+        self._check_timer = QTimer(self)
+        self._check_timer.setSingleShot(True)
+        self._check_timer.setInterval(250)
+        self._check_timer.timeout.connect(self.update_state)
+        self._build_ui()
+        events = napari_viewer.layers.events
+        self._callbacks = connect_until_destroyed(
+            self, [(events.inserted, self._on_inserted), (events.removed, self.schedule_check)]
+        )
+        for layer in napari_viewer.layers:
+            self._watch_labels(layer)
+        # Closing the widget mid-run ends the run (after the current step).
+        self.destroyed.connect(lambda *_: self._stop.set())
+        self.update_state()
+
+    # ---------------------------------------------------------------- UI
+    def _build_ui(self) -> None:
+        layout = QVBoxLayout(self)
+
+        data_box = QGroupBox("Training data")
+        data_layout = QVBoxLayout(data_box)
+        self._rows_layout = QVBoxLayout()
+        data_layout.addLayout(self._rows_layout)
+        self.add_pair_button = QPushButton("Add image/labels pair")
+        self.add_pair_button.clicked.connect(lambda: self.add_pair())
+        data_layout.addWidget(self.add_pair_button)
+        form = QFormLayout()
+        self.label_mode = QComboBox()
+        self.label_mode.addItems(list(LABEL_MODES))
+        self.label_mode.setToolTip(
+            "Scribbles: paint label 1 on background and label 2 on objects; unpainted "
+            "pixels are ignored by the loss."
+        )
+        form.addRow("Labels are", self.label_mode)
+        self.validation = QComboBox()
+        self.validation.addItems([VALIDATION_REGION, VALIDATION_IMAGES])
+        self.validation.setToolTip(
+            "Held-out region: the last part of each plane along its longer side (bottom "
+            "or right strip) is never trained on and scores each epoch. Whole images: a "
+            "seeded fraction of the images/planes is held out."
+        )
+        self.val_fraction = QDoubleSpinBox()
+        self.val_fraction.setRange(0.05, 0.5)
+        self.val_fraction.setSingleStep(0.05)
+        self.val_fraction.setValue(_default("val_fraction") or 0.1)
+        val_row = QHBoxLayout()
+        val_row.addWidget(self.validation, 1)
+        val_row.addWidget(self.val_fraction)
+        form.addRow("Validation", val_row)
+        data_layout.addLayout(form)
+        layout.addWidget(data_box)
+
+        model_box = QGroupBox("Model")
+        model_form = QFormLayout(model_box)
+        self.init_model = ModelPicker(allow_scratch=True)
+        self.init_model.setToolTip("Fine-tune a model (keeps its architecture), or start anew.")
+        model_form.addRow("Start from", self.init_model)
+        self.preset = QComboBox()
+        self.preset.addItems(["tiny", "fast", "reference", "unetpp"])
+        self.preset.setItemData(3, "U-Net++ (nested skips)", Qt.ToolTipRole)
+        self.preset.setCurrentText("fast")
+        model_form.addRow("Preset", self.preset)
+        self.target = QComboBox()
+        self.target.addItems(list(TARGET_CHANNELS))
+        self.target.setCurrentText(ModelConfig().target)
+        self.target.setToolTip(
+            "foreground: object probability; contour / distance add a second output "
+            "that helps separate touching objects."
+        )
+        model_form.addRow("Target", self.target)
+        layout.addWidget(model_box)
+
+        run_box = QGroupBox("Training")
+        run_form = QFormLayout(run_box)
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 100_000)
+        self.epochs.setValue(_default("epochs"))
+        run_form.addRow("Epochs", self.epochs)
+        self.batch_size = QSpinBox()
+        self.batch_size.setRange(1, 1024)
+        self.batch_size.setValue(_default("batch_size"))
+        run_form.addRow("Batch size", self.batch_size)
+        self.learning_rate = QLineEdit(f"{_default('learning_rate'):g}")
+        run_form.addRow("Learning rate", self.learning_rate)
+        self.patch_size = QSpinBox()
+        self.patch_size.setRange(8, 4096)
+        self.patch_size.setSingleStep(16)
+        self.patch_size.setValue(_default("patch_size"))
+        run_form.addRow("Patch size", self.patch_size)
+        self.steps_per_epoch = QSpinBox()
+        self.steps_per_epoch.setRange(0, 1_000_000)
+        self.steps_per_epoch.setSpecialValueText("auto (cover the images once)")
+        run_form.addRow("Steps per epoch", self.steps_per_epoch)
+        self.loss = QComboBox()
+        self.loss.addItems(["bce", "dice", "bce+dice"])
+        self.loss.setCurrentText(_default("loss"))
+        run_form.addRow("Loss", self.loss)
+        self.augment = QCheckBox("flips, rotations, intensity, noise")
+        self.augment.setChecked(_default("augment"))
+        run_form.addRow("Augment", self.augment)
+        self.device = QComboBox()
+        self.device.addItems(available_devices())
+        run_form.addRow("Device", self.device)
+        self.save_path = QLineEdit()
+        self.save_path.setPlaceholderText("optional: model.pt (kept in this session anyway)")
+        browse = QPushButton("…")
+        browse.setMaximumWidth(30)
+        browse.clicked.connect(self._browse_save)
+        save_row = QHBoxLayout()
+        save_row.addWidget(self.save_path, 1)
+        save_row.addWidget(browse)
+        run_form.addRow("Save to", save_row)
+        layout.addWidget(run_box)
+
+        buttons = QHBoxLayout()
+        self.start_button = QPushButton("Start training")
+        self.start_button.clicked.connect(self.start)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop)
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.stop_button)
+        layout.addLayout(buttons)
+        self.hint = HintLabel()
+        layout.addWidget(self.hint)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+        self.progress.setFormat("%p%")
+        layout.addWidget(self.progress)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        self.curves = TrainingCurves()
+        layout.addWidget(self.curves)
+
+        self.rows: list[PairRow] = []
+        self.add_pair()
+        for signal in (
+            self.label_mode.currentIndexChanged,
+            self.validation.currentIndexChanged,
+            self.val_fraction.valueChanged,
+            self.init_model.changed,
+            self.preset.currentIndexChanged,
+            self.target.currentIndexChanged,
+            self.epochs.valueChanged,
+            self.batch_size.valueChanged,
+            self.learning_rate.textChanged,
+            self.patch_size.valueChanged,
+            self.steps_per_epoch.valueChanged,
+            self.loss.currentIndexChanged,
+            self.device.currentIndexChanged,
+            self.save_path.textChanged,
+        ):
+            signal.connect(self.schedule_check)
+
+    def _browse_save(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save model as", "model.pt", "Model (*.pt)")
+        if path:
+            self.save_path.setText(path)
+
+    def add_pair(self) -> PairRow:
+        """Add a pair row, pre-set to an image not used by the other rows."""
+        row = PairRow(self.viewer)
+        used = {r.image.layer() for r in self.rows}
+        unused = [layer for layer in row.image.layers() if layer not in used]
+        if unused:
+            row.image.set_layer(unused[0])
+        row.image.layer_changed.connect(self.schedule_check)
+        row.labels.layer_changed.connect(self.schedule_check)
+        row.remove.clicked.connect(lambda: self.remove_pair(row))
+        self.rows.append(row)
+        self._rows_layout.addWidget(row)
+        self.schedule_check()
+        return row
+
+    def remove_pair(self, row: PairRow) -> None:
+        """Remove a pair row."""
+        self.rows.remove(row)
+        row.setParent(None)
+        row.deleteLater()
+        self.schedule_check()
+
+    def _on_inserted(self, event: Any) -> None:
+        self._watch_labels(event.value)
+        self.schedule_check()
+
+    def _watch_labels(self, layer: Any) -> None:
+        # Painting changes the data checks (e.g. "labels are empty").
+        if hasattr(layer.events, "paint"):
+            for emitter in (layer.events.paint, layer.events.data):
+                emitter.connect(self.schedule_check)
+                self._callbacks.append((emitter, self.schedule_check))
+
+    def schedule_check(self, *_: Any) -> None:
+        """Re-check settings and data soon (debounced)."""
+        self._check_timer.start()
+
+    # ---------------------------------------------------------------- checks
+    @property
+    def running(self) -> bool:
+        """Whether a training run is in progress."""
+        return self.worker is not None
+
+    def update_state(self) -> str | None:
+        """Check everything; enable Start or show why not. Returns the hint (None = ready)."""
+        for row in self.rows:
+            row.remove.setEnabled(len(self.rows) > 1)
+        # A fine-tuned model keeps its own architecture and target.
+        from_scratch = self.init_model.value() is None
+        self.preset.setEnabled(from_scratch)
+        self.target.setEnabled(from_scratch)
+        hint = None
+        if not self.running:
+            try:
+                self.plan(snapshot=False)
+            except (ConfigError, DataError, ModelFileError) as error:
+                hint = str(error)
+        self.hint.show_hint(hint)
+        self.start_button.setEnabled(hint is None and not self.running)
+        self.stop_button.setEnabled(self.running and not self._stop.is_set())
+        self._set_inputs_enabled(not self.running)
+        return hint
+
+    def _set_inputs_enabled(self, enabled: bool) -> None:
+        for child in self.findChildren(QGroupBox):
+            child.setEnabled(enabled)
+
+    def plan(self, snapshot: bool = True) -> TrainPlan:
+        """Build the run from the widget: data, validation split and TrainConfig.
+
+        Parameters
+        ----------
+        snapshot : bool
+            Copy the labels (numpy) so that painting during the run does not change
+            its data; checks skip the copy.
+
+        Raises
+        ------
+        DataError
+            No pairs, a labels layer of another shape, empty labels, an empty
+            validation region...
+        ConfigError
+            A setting the core refuses (its message is shown as the hint).
+        """
+        pairs = [row.pair() for row in self.rows]
+        if not pairs or any(image is None or labels is None for image, labels in pairs):
+            raise DataError(
+                "Add an Image layer and a Labels layer to train on (paint the Labels layer "
+                "with the brush), then pick them as a pair."
+            )
+        images = [image for image, _ in pairs]
+        if len({id(image) for image in images}) != len(images):
+            raise DataError("An image is picked twice; give each pair its own image.")
+        for image, labels in pairs:
+            shape = spatial_shape(image.data.shape, image.rgb)
+            if tuple(labels.data.shape) != shape:
+                raise DataError(
+                    f"Labels {labels.name!r} has shape {tuple(labels.data.shape)} but image "
+                    f"{image.name!r} has {shape}; pick the labels painted on this image."
+                )
+        if len({bool(image.rgb) for image in images}) > 1:
+            raise DataError("Mix of RGB and grey images; train on one kind at a time.")
+        try:
+            learning_rate = float(self.learning_rate.text())
+        except ValueError:
+            raise ConfigError(
+                f"Learning rate {self.learning_rate.text()!r} is not a number; try 1e-4."
+            ) from None
+        mode = LABEL_MODES[self.label_mode.currentText()]
+        label_arrays = [_snapshot(labels.data) if snapshot else labels.data for _, labels in pairs]
+        for (_, labels), array in zip(pairs, label_arrays, strict=True):
+            _check_labels(labels.name, array, mode)
+        image_arrays = [image.data for image in images]
+
+        init = self.init_model.value()
+        problem = self.init_model.problem()
+        if problem:
+            raise ModelFileError(problem)
+        in_channels = 3 if images[0].rgb else 1
+        model = ModelConfig.from_preset(
+            self.preset.currentText(), in_channels=in_channels, target=self.target.currentText()
+        )
+        region = self.validation.currentText() == VALIDATION_REGION
+        fraction = float(self.val_fraction.value())
+        config = TrainConfig(
+            model=model,
+            epochs=self.epochs.value(),
+            batch_size=self.batch_size.value(),
+            learning_rate=learning_rate,
+            patch_size=self.patch_size.value(),
+            augment=self.augment.isChecked(),
+            loss=self.loss.currentText(),
+            label_mode=mode,
+            val_fraction=0.0 if region else fraction,
+            device=self.device.currentText(),
+            steps_per_epoch=self.steps_per_epoch.value() or None,
+        )
+        plan = TrainPlan(image_arrays, label_arrays, config, init=init)
+        plan.description = {
+            "layers": [[image.name, labels.name] for image, labels in pairs],
+            "validation": (
+                f"held-out region ({fraction:.0%} of each plane)"
+                if region
+                else f"whole planes (fraction {fraction})"
+            ),
+        }
+        if region:
+            self._split_regions(plan, fraction)
+        elif sum(_n_planes(array) for array in label_arrays) < 2:
+            raise DataError(
+                "Whole-image validation needs at least 2 images or planes; choose "
+                f"{VALIDATION_REGION!r} or add another pair."
+            )
+        text = self.save_path.text().strip()
+        if text:
+            out = Path(text).expanduser()
+            if out.is_dir():
+                raise DataError(f"{text!r} is a folder; give a file name such as model.pt.")
+            plan.out = out
+            plan.log_csv = out.with_name(f"{out.stem}_log.csv")
+        return plan
+
+    @staticmethod
+    def _split_regions(plan: TrainPlan, fraction: float) -> None:
+        """Hold out the last ``fraction`` of every plane along its longer side."""
+        train_images, train_labels, val_images, val_labels = [], [], [], []
+        for image, labels in zip(plan.images, plan.labels, strict=True):
+            height, width = labels.shape[-2:]
+            axis = labels.ndim - 2 if height >= width else labels.ndim - 1
+            size = labels.shape[axis]
+            strip = min(max(math.ceil(size * fraction), MIN_STRIP), size // 2)
+            if strip < 1:
+                raise DataError(f"An image of shape {labels.shape} is too small to split.")
+            cut = size - strip
+            keep = [slice(None)] * image.ndim
+            held = [slice(None)] * image.ndim
+            keep[axis], held[axis] = slice(0, cut), slice(cut, size)
+            train_images.append(image[tuple(keep)])
+            val_images.append(image[tuple(held)])
+            train_labels.append(labels[tuple(keep[: labels.ndim])])
+            val_labels.append(labels[tuple(held[: labels.ndim])])
+        for what, arrays in (("training part", train_labels), ("held-out region", val_labels)):
+            if not any(_annotated(array) for array in arrays):
+                raise DataError(
+                    f"The {what} of the labels (validation holds out the last "
+                    f"{fraction:.0%} of each image, bottom or right) has no annotation; "
+                    "paint some there, or validate on whole images."
+                )
+        plan.images, plan.labels = train_images, train_labels
+        plan.val_images, plan.val_labels = val_images, val_labels
+
+    # ---------------------------------------------------------------- run
+    def start(self) -> None:
+        """Check the settings and start training in a worker thread."""
+        from napari.qt.threading import create_worker
+
+        if self.running:
+            return
+        try:
+            plan = self.plan()
+        except (ConfigError, DataError, ModelFileError) as error:
+            self.hint.show_hint(str(error))
+            self.start_button.setEnabled(False)
+            return
+        self._stop = threading.Event()
+        self.result = None
+        self.curves.clear()
+        self.progress.setValue(0)
+        self.status.setStyleSheet("")
+        self.status.setText("Preparing the data…")
+        self._label = self._model_label(plan)
+        self.worker = create_worker(
+            train_events,
+            plan.images,
+            plan.labels,
+            plan.config,
+            val_images=plan.val_images,
+            val_labels=plan.val_labels,
+            out=plan.out,
+            init=plan.init,
+            log_csv=plan.log_csv,
+            stop=self._stop,
+            data_description=plan.description,
+            _connect={
+                "yielded": self._on_event,
+                "returned": self._on_result,
+                "errored": self._on_error,
+                "finished": self._on_finished,
+            },
+        )
+        self.update_state()
+
+    def stop(self) -> None:
+        """Ask the run to end after the current step (the best model is kept)."""
+        self._stop.set()
+        self.stop_button.setEnabled(False)
+        self.status.setText("Stopping after this step…")
+
+    def _model_label(self, plan: TrainPlan) -> str:
+        if plan.out is not None:
+            return plan.out.stem
+        if plan.init is not None:
+            return "fine-tuned"
+        return self.preset.currentText()
+
+    def _on_event(self, event: TrainEvent) -> None:
+        total = max(1, event.epochs * event.steps_per_epoch)
+        if event.kind == "step":
+            done = (event.epoch - 1) * event.steps_per_epoch + event.step
+            self.progress.setValue(int(1000 * min(done, total) / total))
+            if not self._stop.is_set():
+                self.status.setText(
+                    f"epoch {event.epoch}/{event.epochs} · step {event.step}/"
+                    f"{event.steps_per_epoch} · loss {event.train_loss:.4f}"
+                )
+        elif event.kind == "epoch":
+            metrics = event.val_metrics or {}
+            self.progress.setValue(int(1000 * event.epoch / max(1, event.epochs)))
+            self.curves.add_epoch(
+                event.epoch, event.train_loss, event.val_loss, metrics.get("dice"), metrics.get("iou")
+            )
+            self.status.setText(
+                f"epoch {event.epoch}/{event.epochs} · loss {event.train_loss:.4f} · val loss "
+                f"{event.val_loss:.4f} · Dice {metrics.get('dice', math.nan):.3f} · IoU "
+                f"{metrics.get('iou', math.nan):.3f} · {event.elapsed_s:.0f} s"
+            )
+
+    def _on_result(self, result: TrainResult) -> None:
+        self.result = result
+        entry = REGISTRY.add(result.model, self._label, result.model_path)
+        how = "Stopped" if result.cancelled else "Stopped early" if result.stopped_early else "Done"
+        dice = result.model.metadata.get("val_metrics", {}).get("dice")
+        quality = f", val Dice {dice:.3f}" if dice is not None else ""
+        saved = f" Saved to {result.model_path}." if result.model_path else ""
+        self.progress.setValue(1000)
+        self.status.setText(
+            f"{how}: best epoch {result.best_epoch}{quality}. Model {entry.name!r} is ready "
+            f"in the Segment widget.{saved}"
+        )
+
+    def _on_error(self, error: Exception) -> None:
+        # napari shows the error as a notification; the widget says it too and recovers.
+        self.status.setStyleSheet("color: #e05050;")
+        self.status.setText(f"Training failed: {error}")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        _free_gpu_memory()
+        self.update_state()
+
+
+def _snapshot(data: Any) -> Any:
+    """A copy of numpy labels (painting during a run must not change its data); dask as is."""
+    return np.array(data) if isinstance(data, np.ndarray) else data
+
+
+def _n_planes(labels: Any) -> int:
+    return int(np.prod(labels.shape[:-2], dtype=np.int64))
+
+
+def _annotated(labels: Any) -> bool:
+    """Whether ``labels`` mark something (objects, or any scribble in sparse mode)."""
+    return bool(np.asarray((labels > 0).any()))
+
+
+def _check_labels(name: str, labels: Any, mode: str) -> None:
+    """Refuse labels that cannot train: all zero, or scribbles that are not 0/1/2."""
+    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
+        raise DataError(f"Labels {name!r} hold {labels.dtype} values; labels must be integers.")
+    if not _annotated(labels):
+        raise DataError(
+            f"Labels {name!r} are empty: paint some objects"
+            + (" (label 2) and background (label 1)" if mode == "sparse" else "")
+            + " first."
+        )
+    if mode == "sparse":
+        top = int(np.asarray(labels.max()))
+        if top > 2:
+            raise DataError(
+                f"Scribble labels use 1 = background and 2 = object, but {name!r} holds "
+                f"labels up to {top}; pick instance mode or repaint with labels 1 and 2."
+            )
+        if not np.asarray((labels == 2).any()):
+            raise DataError(f"Scribbles {name!r} mark no object: paint some with label 2.")
+
+
+def _free_gpu_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,225 @@
+"""``napari-unet train``: train a model on image/label folders and save it to one file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from napari_unet.config import PRESETS, ModelConfig, NormalizationConfig
+from napari_unet.io import DataError
+
+HELP = "train a U-Net on image/label folders (or a DSB 2018 folder) and save the model"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options of ``napari-unet train``."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--images", type=Path, help="folder of training images")
+    data.add_argument("--labels", type=Path, help="folder of label images (same file stems)")
+    data.add_argument(
+        "--dsb",
+        type=Path,
+        help="DSB 2018 folder (<id>/images/<id>.png + <id>/masks/*.png, or images/ + labels/)",
+    )
+    data.add_argument("--val-images", type=Path, help="folder of validation images")
+    data.add_argument("--val-labels", type=Path, help="folder of validation labels")
+    data.add_argument("--val-dsb", type=Path, help="DSB 2018 folder used for validation")
+    data.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of the training pairs held out for validation when no validation "
+        "folder is given (default 0.1)",
+    )
+    data.add_argument(
+        "--label-mode",
+        choices=("instance", "binary", "sparse"),
+        default="instance",
+        help="instance labels (default), binary masks, or sparse scribbles "
+        "(0 = unannotated, 1 = background, 2 = object)",
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--out", type=Path, required=True, help="model file to write (*.pt)")
+    model.add_argument(
+        "--preset", choices=sorted(PRESETS), default="fast", help="network size (default fast)"
+    )
+    model.add_argument(
+        "--target",
+        choices=("foreground", "contour", "distance"),
+        default="foreground",
+        help="what the network learns (default foreground)",
+    )
+    model.add_argument(
+        "--deep-supervision", action="store_true", help="U-Net++ only: one loss per nested level"
+    )
+    model.add_argument(
+        "--normalization",
+        choices=("percentile", "minmax", "none"),
+        default="percentile",
+        help="per-image intensity normalisation (default percentile 1-99.8)",
+    )
+    model.add_argument("--init", help="model file (or 'default') to fine-tune")
+    model.add_argument("--resume", type=Path, help="resume checkpoint (*.ckpt.pt) to continue")
+    model.add_argument("--half", action="store_true", help="save the weights as float16")
+    run = parser.add_argument_group("training")
+    run.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
+    run.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        help="batches per epoch (default: enough patches to cover the training images once)",
+    )
+    run.add_argument("--batch-size", type=int, default=8, help="patches per step (default 8)")
+    run.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    run.add_argument(
+        "--schedule",
+        choices=("plateau", "onecycle", "cosine"),
+        default="plateau",
+        help="learning-rate schedule (default plateau: x0.1 after --plateau-patience epochs)",
+    )
+    run.add_argument("--plateau-patience", type=int, default=5, help="default 5")
+    run.add_argument(
+        "--early-stopping",
+        type=int,
+        default=10,
+        help="stop after this many epochs without improvement (0 = never; default 10)",
+    )
+    run.add_argument("--patch-size", type=int, default=256, help="patch side (default 256)")
+    run.add_argument(
+        "--sampling",
+        choices=("area", "image"),
+        default="area",
+        help="pick patch images by area (default) or uniformly",
+    )
+    run.add_argument(
+        "--loss", choices=("bce", "dice", "bce+dice"), default="bce", help="default bce"
+    )
+    run.add_argument("--no-augment", action="store_true", help="switch augmentation off")
+    run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    run.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    run.add_argument("--log", type=Path, help="CSV log (default: next to --out, *.csv)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+    """Read training (and validation) pairs as the options say."""
+    from napari_unet.data import load_dsb, load_pairs_from_folders
+
+    if (args.dsb is None) == (args.images is None and args.labels is None):
+        raise DataError("give either --dsb DIR or both --images DIR and --labels DIR.")
+    if args.dsb is None and (args.images is None or args.labels is None):
+        raise DataError("--images and --labels go together; give both folders.")
+    if (args.val_images is None) != (args.val_labels is None):
+        raise DataError("--val-images and --val-labels go together; give both folders.")
+    if args.val_dsb is not None and args.val_images is not None:
+        raise DataError("give --val-dsb or --val-images/--val-labels, not both.")
+    if args.dsb is not None:
+        images, labels = load_dsb(args.dsb)
+        description = {"train_source": str(args.dsb)}
+    else:
+        images, labels = load_pairs_from_folders(args.images, args.labels)
+        description = {"train_source": f"{args.images} + {args.labels}"}
+    val_images = val_labels = None
+    if args.val_dsb is not None:
+        val_images, val_labels = load_dsb(args.val_dsb)
+        description["val_source"] = str(args.val_dsb)
+    elif args.val_images is not None:
+        val_images, val_labels = load_pairs_from_folders(args.val_images, args.val_labels)
+        description["val_source"] = f"{args.val_images} + {args.val_labels}"
+    return images, labels, val_images, val_labels, description
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train and report; user errors propagate to the CLI frame (exit code 2)."""
+    from tqdm import tqdm
+
+    from napari_unet.data import infer_in_channels
+    from napari_unet.train import TrainConfig, train_events
+
+    images, labels, val_images, val_labels, description = _load(args)
+    model_config = ModelConfig.from_preset(
+        args.preset,
+        in_channels=infer_in_channels(images, labels),
+        target=args.target,
+        deep_supervision=args.deep_supervision,
+        normalization=NormalizationConfig(mode=args.normalization),
+    )
+    config = TrainConfig(
+        model=model_config,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        patch_size=args.patch_size,
+        augment=not args.no_augment,
+        loss=args.loss,
+        label_mode=args.label_mode,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        early_stopping_patience=args.early_stopping or None,
+        plateau_patience=args.plateau_patience,
+        device=args.device,
+        steps_per_epoch=args.steps_per_epoch,
+        schedule=args.schedule,
+        sampling=args.sampling,
+        half_precision=args.half,
+    )
+    log = args.log if args.log is not None else args.out.with_suffix(".csv")
+    events = train_events(
+        images,
+        labels,
+        config,
+        val_images=val_images,
+        val_labels=val_labels,
+        out=args.out,
+        resume=args.resume,
+        init=args.init,
+        log_csv=log,
+        data_description=description,
+    )
+    bar = None
+    result = None
+    try:
+        while True:
+            event = next(events)
+            if event.kind == "step" and not args.quiet:
+                if bar is None:
+                    bar = tqdm(
+                        total=event.steps_per_epoch,
+                        desc=f"epoch {event.epoch}/{event.epochs}",
+                        unit="step",
+                        file=sys.stderr,
+                        leave=False,
+                    )
+                bar.update(1)
+                bar.set_postfix(loss=f"{event.train_loss:.4f}")
+            elif event.kind == "epoch":
+                if bar is not None:
+                    bar.close()
+                    bar = None
+                metrics = event.val_metrics or {}
+                print(
+                    f"epoch {event.epoch}/{event.epochs}  train_loss {event.train_loss:.4f}  "
+                    f"val_loss {event.val_loss:.4f}  val_dice {metrics.get('dice', 0):.4f}  "
+                    f"val_iou {metrics.get('iou', 0):.4f}  lr {event.learning_rate:.2e}  "
+                    f"{event.elapsed_s:.0f}s",
+                    flush=True,
+                )
+    except StopIteration as finished:
+        result = finished.value
+    finally:
+        if bar is not None:
+            bar.close()
+    best = result.history[result.best_epoch - 1] if result.best_epoch else {}
+    how = "cancelled" if result.cancelled else "stopped early" if result.stopped_early else "done"
+    print(
+        f"{how}: best epoch {result.best_epoch} (val_loss {result.best_val_loss:.4f}, "
+        f"val_dice {best.get('val_dice', float('nan')):.4f}, "
+        f"val_iou {best.get('val_iou', float('nan')):.4f}) after "
+        f"{result.model.metadata.get('elapsed_s', 0):.0f}s"
+    )
+    print(f"model: {result.model_path}")
+    print(f"log: {result.log_path}")
+    if result.checkpoint_path is not None:
+        print(f"resume checkpoint: {result.checkpoint_path}")
+    return 0

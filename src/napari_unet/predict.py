@@ -1,0 +1,657 @@
+"""Prediction: images, stacks and dask arrays to probabilities and instance labels.
+
+The work is a generator, :func:`predict_events`, that yields :class:`Progress`
+after every batch of tiles and returns a :class:`Segmentation`; the napari widget
+runs it in a worker thread, while scripts call the plain :func:`predict` or
+:func:`segment`. Each 2D plane is normalised exactly as in training
+(:func:`napari_unet.data.prepare_plane`, with the model's stored settings),
+predicted tile by tile with blended overlaps (:mod:`napari_unet.tiling`), passed
+through a sigmoid, and turned into labels by
+:func:`napari_unet.postprocess.probabilities_to_labels`.
+
+Shapes: a plane is ``(H, W)`` grey, ``(H, W, 3|4)`` RGB(A) or multichannel with a
+``channel_axis``; any axes before the plane (``Z``, ``T``, ``T, Z``) are a stack,
+predicted plane by plane. Labels have the image's shape without the channel axis;
+probabilities are ``(C_out, *labels.shape)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import threading
+import weakref
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_unet.checkpoint import TrainedModel, load_model
+from napari_unet.config import ConfigError, ModelConfig
+from napari_unet.data import prepare_plane, to_channels_first
+from napari_unet.io import DataError
+from napari_unet.model import select_device
+from napari_unet.postprocess import label_dtype, probabilities_to_labels
+from napari_unet.tiling import sliding_window, sliding_window_events, tile_grid
+
+#: Largest automatic tile side: bigger tiles are not faster on a CPU and only
+#: raise peak memory; a GPU gains from fewer, larger launches.
+MAX_AUTO_TILE = {"cpu": 1024, "other": 2048}
+MIN_AUTO_TILE = 256
+#: Fraction of the free memory that the activations of one batch of tiles may use.
+MEMORY_FRACTION = 0.25
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Settings of a prediction, checked when built.
+
+    Parameters
+    ----------
+    tile_size : int or None
+        Largest tile side in pixels (tiles are shrunk to cover each image evenly).
+        None picks one from the free memory of the device (256 to 1024 on a CPU).
+    overlap : int
+        Minimum overlap of neighbouring tiles, blended smoothly; less than half
+        the tile size.
+    tile_batch : int
+        Tiles predicted at once (helps on a GPU).
+    tta : bool
+        Test-time augmentation: average the 8 flips/rotations of every tile
+        (8x slower, slightly smoother and more accurate).
+    threshold : float
+        Foreground probability above which a pixel belongs to an object.
+    separate : bool
+        Split touching objects with a seeded watershed.
+    min_size : int
+        Objects with fewer pixels are removed.
+    fill_holes : bool
+        Fill holes inside objects.
+    labels_per_plane : bool
+        On a stack, number each plane's objects from 1 (otherwise labels are
+        unique across the whole stack).
+    device : str
+        ``"auto"`` (CUDA, MPS, CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+    return_probabilities : bool
+        Also return the probability maps.
+    """
+
+    tile_size: int | None = None
+    overlap: int = 64
+    tile_batch: int = 1
+    tta: bool = False
+    threshold: float = 0.5
+    separate: bool = True
+    min_size: int = 8
+    fill_holes: bool = True
+    labels_per_plane: bool = False
+    device: str = "auto"
+    return_probabilities: bool = False
+
+    def __post_init__(self) -> None:
+        def check(condition: bool, message: str) -> None:
+            if not condition:
+                raise ConfigError(message)
+
+        check(
+            self.tile_size is None
+            or (isinstance(self.tile_size, int) and 32 <= self.tile_size <= 16384),
+            f"tile_size must be None (automatic) or an integer from 32 to 16384, got "
+            f"{self.tile_size!r}; 512 is a good choice on a CPU.",
+        )
+        check(
+            isinstance(self.overlap, int) and 0 <= self.overlap <= 256,
+            f"overlap must be an integer from 0 to 256 pixels, got {self.overlap!r}; try 64.",
+        )
+        check(
+            self.tile_size is None or 2 * self.overlap < self.tile_size,
+            f"overlap ({self.overlap}) must be less than half of tile_size ({self.tile_size}); "
+            f"use overlap={self.tile_size // 8 if self.tile_size else 0} or a larger tile.",
+        )
+        check(
+            isinstance(self.tile_batch, int) and 1 <= self.tile_batch <= 256,
+            f"tile_batch must be an integer from 1 to 256, got {self.tile_batch!r}.",
+        )
+        check(
+            isinstance(self.threshold, (int, float)) and 0.0 < self.threshold < 1.0,
+            f"threshold must be a probability strictly between 0 and 1, got {self.threshold!r}; "
+            "the reference uses 0.5.",
+        )
+        check(
+            isinstance(self.min_size, int) and self.min_size >= 0,
+            f"min_size must be a non-negative number of pixels, got {self.min_size!r}.",
+        )
+        check(
+            isinstance(self.device, str) and _is_device_name(self.device),
+            f"device {self.device!r} is not a device name; use auto, cpu, cuda, cuda:N or mps.",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dictionary (for JSON)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PredictConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are refused."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"Unknown prediction setting(s) {unknown}; valid settings are {sorted(known)}."
+            )
+        return cls(**data)
+
+
+def _is_device_name(name: str) -> bool:
+    if name == "auto":
+        return True
+    try:
+        torch.device(name)
+    except RuntimeError:
+        return False
+    return True
+
+
+@dataclass
+class Progress:
+    """Progress of a prediction: ``done`` of ``total`` tiles, and what is happening."""
+
+    done: int
+    total: int
+    message: str = ""
+
+
+@dataclass
+class Segmentation:
+    """Result of a prediction.
+
+    Attributes
+    ----------
+    labels : np.ndarray or dask.array.Array
+        Instance labels, the image's shape without its channel axis; 0 is background.
+    probabilities : np.ndarray or dask.array.Array or None
+        ``(C_out, *labels.shape)`` sigmoid outputs, if asked for.
+    cancelled : bool
+        True if ``stop`` was set; planes not reached are left 0.
+    """
+
+    labels: Any
+    probabilities: Any = None
+    cancelled: bool = False
+
+
+# --------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the planes and channels of an image are, after moving channels last."""
+
+    leading: tuple[int, ...]  # stack axes before the plane (Z, T, ...)
+    height: int
+    width: int
+    channels: int | None  # None: grey planes without a channel axis
+
+    @property
+    def n_planes(self) -> int:
+        return math.prod(self.leading)
+
+
+def _arrange(
+    image: Any, in_channels: int, rgb: bool | None, channel_axis: int | None
+) -> tuple[Any, _Layout]:
+    """Move the channel axis last (dropping RGBA alpha) and check channels against the model.
+
+    Without ``rgb`` or ``channel_axis``, a last axis of 3 or 4 is taken as colour,
+    as napari guesses ``layer.rgb``: a spatial axis that short is not an image.
+    """
+    shape = tuple(int(n) for n in image.shape)
+    if channel_axis is not None:
+        if not -len(shape) <= channel_axis < len(shape):
+            raise DataError(
+                f"channel_axis {channel_axis} does not exist in an image of shape {shape}."
+            )
+        image = np.moveaxis(image, channel_axis, -1)
+        has_channels, colour = True, False
+    else:
+        looks_rgb = len(shape) >= 3 and shape[-1] in (3, 4)
+        if rgb and not looks_rgb:
+            raise DataError(
+                f"an RGB image needs a last axis of 3 or 4 colours, got shape {shape}; give "
+                "channel_axis for other layouts."
+            )
+        has_channels = colour = looks_rgb if rgb is None else bool(rgb)
+    if colour and image.shape[-1] == 4 and in_channels != 4:
+        image = image[..., :3]  # alpha carries no intensity
+    spatial = image.shape[:-1] if has_channels else image.shape
+    if not 2 <= len(spatial) <= 4:
+        raise DataError(
+            f"expected a 2D image or a stack of up to 2 extra axes (Z, T), got shape {shape}"
+            + (" with a channel axis" if has_channels else "")
+            + "; give rgb/channel_axis or split the data."
+        )
+    if min(spatial[-2:]) < 1:
+        raise DataError(f"the image of shape {shape} is empty.")
+    channels = int(image.shape[-1]) if has_channels else None
+    # Raises DataError with the fix when the channel count does not suit the model.
+    to_channels_first(np.zeros((channels or 1, 1, 1), np.float32), in_channels, channel_axis=0)
+    layout = _Layout(tuple(int(n) for n in spatial[:-2]), int(spatial[-2]), int(spatial[-1]), channels)
+    return image, layout
+
+
+def _network_input(plane: np.ndarray, config: ModelConfig, layout: _Layout) -> np.ndarray:
+    """``(C, H, W)`` float32 network input of one plane, normalised like in training."""
+    plane = np.asarray(plane)
+    if layout.channels is None:
+        return prepare_plane(plane, config.in_channels, config.normalization)
+    return prepare_plane(
+        np.moveaxis(plane, -1, 0), config.in_channels, config.normalization, channel_axis=0
+    )
+
+
+# --------------------------------------------------------------------------- network
+
+
+#: Fast inference copies, keyed by the network they were made from; the key also
+#: holds the parameters' versions, so a network trained further is rebuilt.
+_FAST: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], nn.Module]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _fold_batchnorm(network: nn.Module) -> nn.Module:
+    """A copy of ``network`` in eval mode with every (Conv2d, BatchNorm2d) pair folded.
+
+    Folding removes one full pass over every activation map; the result is
+    numerically the same network.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(network).eval()
+    for module in folded.modules():
+        if isinstance(module, nn.Sequential):
+            for i in range(len(module) - 1):
+                conv, norm = module[i], module[i + 1]
+                if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                    module[i] = fuse_conv_bn_eval(conv, norm)
+                    module[i + 1] = nn.Identity()
+    return folded
+
+
+def inference_network(network: nn.Module, device: torch.device) -> nn.Module:
+    """The fastest equivalent of ``network`` for inference on ``device`` (cached).
+
+    BatchNorm is folded into the convolutions and, on a CPU, weights and
+    activations use the channels-last layout, which oneDNN's convolutions run
+    fastest (see ``benchmarks/bench_predict.py``). The original network is not
+    modified.
+    """
+    key = (str(device),) + tuple((p.data_ptr(), p._version) for p in network.parameters())
+    cached = _FAST.get(network)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    fast = _fold_batchnorm(network).to(device)
+    if device.type == "cpu":
+        fast = fast.to(memory_format=torch.channels_last)
+    _FAST[network] = (key, fast)
+    return fast
+
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _d4() -> list[tuple[Transform, Transform]]:
+    """The 8 symmetries of a tile (4 rotations, each with and without a flip).
+
+    Returned as ``(forward, inverse)`` pairs acting on the last two axes.
+    """
+    pairs = []
+    for flip in (False, True):
+        for k in range(4):
+
+            def forward(t: torch.Tensor, k: int = k, flip: bool = flip) -> torch.Tensor:
+                return torch.rot90(t.flip(-1) if flip else t, k, dims=(-2, -1))
+
+            def inverse(t: torch.Tensor, k: int = k, flip: bool = flip) -> torch.Tensor:
+                t = torch.rot90(t, -k, dims=(-2, -1))
+                return t.flip(-1) if flip else t
+
+            pairs.append((forward, inverse))
+    return pairs
+
+
+class TilePredictor:
+    """Sigmoid probabilities of a batch of tiles: the predictor of :func:`sliding_window`.
+
+    Parameters
+    ----------
+    model : TrainedModel
+        The model; its network is wrapped by :func:`inference_network`.
+    tta : bool
+        Average the predictions of the 8 flips/rotations of each tile.
+    """
+
+    def __init__(self, model: TrainedModel, tta: bool = False) -> None:
+        self.model = model
+        self.network = inference_network(model.network, model.device)
+        self.transforms = _d4() if tta else None
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        if self.model.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return torch.sigmoid(self.network(x))
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        """``(N, C_in, h, w)`` float32 -> ``(N, C_out, h, w)`` float32 probabilities."""
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32))
+            x = x.to(self.model.device)
+            if self.transforms is None:
+                out = self._probabilities(x)
+            else:
+                out = sum(inverse(self._probabilities(forward(x))) for forward, inverse in self.transforms)
+                out = out / len(self.transforms)
+            return out.float().cpu().contiguous().numpy()
+
+
+def _free_memory(device: torch.device) -> int:
+    """Bytes of memory free for activations on ``device``."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        # Linux and macOS without psutil; free pages undercount the cache, erring small.
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def activation_bytes_per_pixel(config: ModelConfig) -> int:
+    """Rough peak bytes of activations per input pixel during inference.
+
+    Measured peaks are about 28 float32 values per base filter per pixel for a
+    U-Net (the full-resolution decoder step holds skip, upsampled, concatenated
+    and convolved maps at once), more for U-Net++ which keeps every nested node.
+    """
+    per_filter = 28 if config.architecture == "unet" else 28 + 4 * config.depth
+    return 4 * per_filter * config.base_filters
+
+
+def auto_tile_size(
+    config: ModelConfig, device: torch.device, tile_batch: int = 1, overlap: int = 64
+) -> int:
+    """Largest tile side whose activations fit in a fraction of the free memory.
+
+    The result is a multiple of the network's size step, between 256 (or four
+    times the overlap) and 1024 on a CPU / 2048 on a GPU.
+    """
+    budget = _free_memory(device) * MEMORY_FRACTION / tile_batch
+    side = int(math.sqrt(budget / activation_bytes_per_pixel(config)))
+    largest = MAX_AUTO_TILE["cpu" if device.type == "cpu" else "other"]
+    side = max(min(side, largest), MIN_AUTO_TILE, 4 * overlap)
+    return side // config.size_multiple * config.size_multiple
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+def _resolve_model(model: str | os.PathLike[str] | TrainedModel, device: str) -> TrainedModel:
+    """Load ``model`` on ``device``; a device that is not available is a ConfigError."""
+    try:
+        torch_device = None if device == "auto" else select_device(device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    return load_model(model, device="auto" if torch_device is None else torch_device)
+
+
+def _is_dask(image: Any) -> bool:
+    return type(image).__module__.startswith("dask.")
+
+
+def _plane_to_labels(
+    probabilities: np.ndarray, target: str, config: PredictConfig
+) -> np.ndarray:
+    return probabilities_to_labels(
+        probabilities,
+        target=target,
+        threshold=config.threshold,
+        separate=config.separate,
+        min_size=config.min_size,
+        fill_holes=config.fill_holes,
+    )
+
+
+def predict_events(
+    image: Any,
+    model: str | os.PathLike[str] | TrainedModel = "default",
+    config: PredictConfig | None = None,
+    *,
+    rgb: bool | None = None,
+    channel_axis: int | None = None,
+    stop: threading.Event | None = None,
+) -> Generator[Progress, None, Segmentation]:
+    """Predict instance labels of an image or stack, yielding progress.
+
+    Parameters
+    ----------
+    image : array_like or dask.array.Array
+        ``(H, W)``, ``(H, W, 3|4)``, multichannel with ``channel_axis``, or a stack
+        of those with up to two leading axes (``Z``, ``T``, ``T, Z``).
+    model : str, Path or TrainedModel
+        A model file, ``"default"`` (the bundled model) or a loaded model.
+    config : PredictConfig, optional
+        Tiling, augmentation and post-processing settings.
+    rgb : bool, optional
+        Whether the last axis is colour (napari's ``layer.rgb``); inferred if None
+        (last axis of 3 or 4).
+    channel_axis : int, optional
+        Axis holding the channels of a multichannel image.
+    stop : threading.Event, optional
+        When set, the prediction ends after the current batch of tiles.
+
+    Yields
+    ------
+    Progress
+        Tiles done / total after every batch (one event for a lazy dask result).
+
+    Returns
+    -------
+    Segmentation
+        Labels (and probabilities). For a dask input both are lazy dask arrays,
+        computed plane by plane when read (see :func:`_predict_dask`).
+
+    Raises
+    ------
+    DataError
+        If the image's shape or channels do not suit the model.
+    ConfigError
+        If a setting is invalid or the device is not available.
+    ModelFileError
+        If the model file cannot be loaded.
+    """
+    config = config or PredictConfig()
+    trained = _resolve_model(model, config.device)
+    model_config = trained.config
+    lazy = _is_dask(image)
+    arranged, layout = _arrange(
+        image if lazy else np.asarray(image), model_config.in_channels, rgb, channel_axis
+    )
+    tile = config.tile_size or auto_tile_size(
+        model_config, trained.device, config.tile_batch, config.overlap
+    )
+    predictor = TilePredictor(trained, config.tta)
+    if lazy:
+        yield Progress(1, 1, "lazy result: planes are predicted when they are read")
+        return _predict_dask(arranged, layout, predictor, config, tile)
+
+    n_tiles = len(tile_grid((layout.height, layout.width), tile, config.overlap))
+    total = layout.n_planes * n_tiles
+    labels = np.zeros((*layout.leading, layout.height, layout.width), dtype=np.uint32)
+    probabilities = (
+        np.zeros((model_config.out_channels, *labels.shape), dtype=np.float32)
+        if config.return_probabilities
+        else None
+    )
+    offset = 0
+    for plane_number, index in enumerate(np.ndindex(*layout.leading)):
+        x = _network_input(arranged[index], model_config, layout)
+        events = sliding_window_events(
+            x, predictor, tile, config.overlap, config.tile_batch, model_config.size_multiple
+        )
+        while True:
+            if stop is not None and stop.is_set():
+                return Segmentation(_narrow(labels), probabilities, cancelled=True)
+            try:
+                done = next(events)
+            except StopIteration as finished:
+                plane_probabilities = finished.value
+                break
+            where = f"plane {plane_number + 1}/{layout.n_planes}, " if layout.leading else ""
+            yield Progress(
+                plane_number * n_tiles + done, total, f"{where}tile {done}/{n_tiles}"
+            )
+        plane_labels = _plane_to_labels(plane_probabilities, model_config.target, config)
+        count = int(plane_labels.max(initial=0))
+        if not config.labels_per_plane:
+            if offset + count > np.iinfo(labels.dtype).max:
+                labels = labels.astype(np.uint64)
+            plane_labels = np.where(plane_labels > 0, plane_labels.astype(labels.dtype) + offset, 0)
+            offset += count
+        labels[index] = plane_labels
+        if probabilities is not None:
+            probabilities[(slice(None), *index)] = plane_probabilities
+    return Segmentation(_narrow(labels), probabilities)
+
+
+def _narrow(labels: np.ndarray) -> np.ndarray:
+    """``labels`` in the narrowest dtype of :func:`label_dtype` for its largest label."""
+    return labels.astype(label_dtype(int(labels.max(initial=0))), copy=False)
+
+
+def _dask_label_stride(n_planes: int) -> tuple[int, np.dtype]:
+    """Label offset between planes of a lazy stack, and the labels' dtype.
+
+    A lazy result cannot know how many objects earlier planes hold, so plane ``p``
+    numbers its objects from ``p * stride + 1``: unique across the stack but not
+    sequential. uint32 leaves at least 2**20 labels per plane up to 4,096 planes;
+    longer stacks use uint64 with 2**32 labels per plane.
+    """
+    if n_planes <= 4096:
+        return (2**32 - 1) // n_planes, np.dtype(np.uint32)
+    return 2**32, np.dtype(np.uint64)
+
+
+def _predict_dask(
+    image: Any, layout: _Layout, predictor: TilePredictor, config: PredictConfig, tile: int
+) -> Segmentation:
+    """Lazy prediction of a dask image: one task per plane.
+
+    Every chunk is one whole plane (the stack axes are rechunked to 1, the plane
+    axes to full size), so a chunk needs no overlap with its neighbours: its own
+    tiles overlap inside it, and normalisation sees the whole plane exactly as
+    the numpy path does. Memory is bounded by a few planes at a time, whatever
+    the length of the stack.
+    """
+    import dask.array as da
+
+    model_config = predictor.model.config
+    n_lead = len(layout.leading)
+    plane_axes = image.ndim - n_lead
+    image = image.rechunk((1,) * n_lead + (-1,) * plane_axes)
+    out_channels = model_config.out_channels
+
+    def plane_probabilities(block: np.ndarray) -> np.ndarray:
+        x = _network_input(block.reshape(block.shape[n_lead:]), model_config, layout)
+        probabilities = sliding_window(
+            x, predictor, tile, config.overlap, config.tile_batch, model_config.size_multiple
+        )
+        return probabilities.reshape((out_channels,) + (1,) * n_lead + probabilities.shape[1:])
+
+    # Index n_lead + 2 (the channel axis, if any) is contracted; the new axis 'k' is C_out.
+    in_index = tuple(range(image.ndim))
+    out_index = ("k",) + tuple(range(n_lead + 2))
+    probabilities = da.blockwise(
+        plane_probabilities,
+        out_index,
+        image,
+        in_index,
+        new_axes={"k": out_channels},
+        dtype=np.float32,
+        concatenate=True,
+    )
+    stride, dtype = _dask_label_stride(layout.n_planes)
+
+    def plane_labels(block: np.ndarray, block_info: dict[Any, Any] | None = None) -> np.ndarray:
+        labels = _plane_to_labels(block.reshape(block.shape[:1] + block.shape[-2:]), model_config.target, config)
+        labels = labels.astype(dtype).reshape(block.shape[1:])
+        if config.labels_per_plane:
+            return labels
+        count = int(labels.max(initial=0))
+        if count >= stride:
+            raise DataError(
+                f"a plane holds {count} objects, more than the {stride} a lazy stack of "
+                f"{layout.n_planes} planes can number uniquely; use labels_per_plane=True."
+            )
+        location = block_info[None]["chunk-location"][:n_lead] if block_info else ()
+        plane = int(np.ravel_multi_index(location, layout.leading)) if n_lead else 0
+        return np.where(labels > 0, labels + dtype.type(plane * stride), labels)
+
+    labels = probabilities.map_blocks(plane_labels, drop_axis=0, dtype=dtype)
+    return Segmentation(labels, probabilities if config.return_probabilities else None)
+
+
+def _run(events: Generator[Progress, None, Segmentation]) -> Segmentation:
+    while True:
+        try:
+            next(events)
+        except StopIteration as finished:
+            return finished.value
+
+
+def _split_options(config: PredictConfig | None, options: dict[str, Any]) -> tuple[PredictConfig, dict[str, Any]]:
+    """Apply keyword settings of :class:`PredictConfig` to ``config``; return the rest."""
+    fields = {f.name for f in dataclasses.fields(PredictConfig)}
+    settings = {k: v for k, v in options.items() if k in fields}
+    rest = {k: v for k, v in options.items() if k not in fields}
+    unknown = sorted(set(rest) - {"rgb", "channel_axis", "stop"})
+    if unknown:
+        raise TypeError(
+            f"unexpected argument(s) {unknown}; prediction settings are {sorted(fields)}"
+        )
+    return dataclasses.replace(config or PredictConfig(), **settings), rest
+
+
+def predict(
+    image: Any,
+    model: str | os.PathLike[str] | TrainedModel = "default",
+    config: PredictConfig | None = None,
+    **options: Any,
+) -> Segmentation:
+    """Predict labels (and probabilities) of an image or stack; see :func:`predict_events`.
+
+    ``options`` are :class:`PredictConfig` fields overriding ``config`` (e.g.
+    ``tta=True``) and ``rgb``/``channel_axis``/``stop``.
+    """
+    config, rest = _split_options(config, options)
+    return _run(predict_events(image, model, config, **rest))
+
+
+def segment(
+    image: Any,
+    model: str | os.PathLike[str] | TrainedModel = "default",
+    config: PredictConfig | None = None,
+    **options: Any,
+) -> Any:
+    """Instance labels of an image or stack (numpy in, numpy out; dask in, lazy dask out).
+
+    Examples
+    --------
+    >>> labels = segment(image, "default", min_size=20)  # doctest: +SKIP
+    """
+    return predict(image, model, config, **options).labels

@@ -1,0 +1,153 @@
+"""Tests of napari_unet.export: ONNX graphs and bioimage.io packages of tiny real models."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("bioimageio.core")
+onnxruntime = pytest.importorskip("onnxruntime")
+
+from napari_unet.checkpoint import ModelFileError, TrainedModel, save_model  # noqa: E402
+from napari_unet.config import ConfigError, ModelConfig  # noqa: E402
+from napari_unet.export import (  # noqa: E402
+    export_bioimageio,
+    export_model,
+    export_onnx,
+    make_test_input,
+)
+from napari_unet.model import build_model  # noqa: E402
+
+
+def tiny_model(**overrides: object) -> TrainedModel:
+    """A tiny model (base_filters 4, depth 2) with non-default weights and BatchNorm statistics."""
+    torch.manual_seed(0)
+    settings = dict(base_filters=4, depth=2, in_channels=3) | overrides
+    config = ModelConfig.from_preset("tiny", **settings)
+    network = build_model(config).train()
+    with torch.no_grad():
+        for _ in range(3):  # move the BatchNorm running statistics away from 0/1
+            network(torch.rand(2, config.in_channels, 24, 24) * 3)
+        for p in network.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    metadata = {"epochs": 3, "best_val_loss": 0.25, "val_metrics": {"dice": 0.8, "iou": 0.7}}
+    return TrainedModel(network.eval(), config, metadata)
+
+
+@pytest.fixture(scope="module")
+def model() -> TrainedModel:
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def package(model: TrainedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # bioimage.io's test runs separately below; skipping it here keeps the fixture fast.
+    return export_bioimageio(model, tmp_path_factory.mktemp("bmz") / "model.zip", test=False)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"in_channels": 1}, {"architecture": "unetpp", "target": "contour"}],
+    ids=["unet-grey", "unetpp-contour"],
+)
+def test_onnx_matches_pytorch_at_two_sizes(overrides: dict, tmp_path: Path) -> None:
+    trained = tiny_model(**overrides)
+    path = export_onnx(trained, tmp_path / "model.onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    channels = trained.config.in_channels
+    for shape in [(1, channels, 64, 48), (2, channels, 37, 61)]:  # the second is not a multiple of 4
+        x = torch.rand(*shape)
+        with torch.no_grad():
+            expected = trained.network(x).numpy()
+        got = session.run(None, {"input": x.numpy()})[0]
+        assert got.shape == expected.shape
+        assert expected.std() > 1e-3  # a real, non-constant output
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_onnx_records_normalisation_and_postprocessing(tmp_path: Path) -> None:
+    import json
+
+    import onnx
+
+    trained = tiny_model(in_channels=1)
+    graph = onnx.load(str(export_onnx(trained, tmp_path / "model.onnx")))
+    props = {p.key: p.value for p in graph.metadata_props}
+    assert json.loads(props["normalization"]) == trained.config.normalization.to_dict()
+    assert ModelConfig.from_dict(json.loads(props["napari_unet_config"])) == trained.config
+    assert props["postprocessing"] == "sigmoid"
+
+
+def test_package_passes_bioimageio_core_test(package: Path) -> None:
+    from bioimageio.core import test_model
+
+    summary = test_model(str(package))
+    failed = [d.name for d in summary.details if d.status != "passed"]
+    assert summary.status == "passed", failed
+
+
+def test_package_contents(package: Path, model: TrainedModel) -> None:
+    import yaml
+
+    with zipfile.ZipFile(package) as archive:
+        names = set(archive.namelist())
+        rdf = yaml.safe_load(archive.read("rdf.yaml"))
+        card = archive.read("README.md").decode()
+        test_input = np.load(archive.open("test_input.npy"))
+        test_output = np.load(archive.open("test_output.npy"))
+    assert {"weights_torchscript.pt", "weights.onnx", "cover.png", "README.md"} <= names
+    assert set(rdf["weights"]) == {"torchscript", "onnx"}
+    steps = {step["id"]: step.get("kwargs", {}) for step in rdf["inputs"][0]["preprocessing"]}
+    assert steps["scale_range"]["min_percentile"] == model.config.normalization.low
+    assert steps["scale_range"]["max_percentile"] == model.config.normalization.high
+    assert "sigmoid" in [step["id"] for step in rdf["outputs"][0]["postprocessing"]]
+    assert any("10.1007/978-3-319-24574-4_28" == cite.get("doi") for cite in rdf["cite"])
+    assert rdf["authors"] and rdf["license"] == "BSD-3-Clause" and rdf["covers"]
+    assert rdf["config"]["napari_unet"]["model"] == model.config.to_dict()
+    assert "## Validation" in card and "dice" in card
+    # The test output is our model's probability for the raw test input.
+    assert test_input.shape == (1, 3, 128, 128) and test_output.shape == (1, 1, 128, 128)
+    assert 0.0 <= test_output.min() and test_output.max() <= 1.0 and test_output.std() > 0
+
+
+def test_export_runs_bioimageio_test_and_uses_a_given_card(tmp_path: Path) -> None:
+    card = tmp_path / "card.md"
+    card.write_text("# My nuclei model\n\n## Validation\n\nChecked by hand.\n")
+    trained = tiny_model(in_channels=1, normalization={"mode": "minmax"})
+    path = export_bioimageio(
+        trained, tmp_path / "grey.zip", name="grey nuclei", authors=["A. Person"], documentation=card
+    )
+    with zipfile.ZipFile(path) as archive:
+        assert archive.read("README.md").decode() == card.read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_sample_crop_is_a_valid_size() -> None:
+    config = ModelConfig.from_preset("tiny", in_channels=1)  # depth 4: multiples of 16
+    crop = make_test_input(config, np.random.default_rng(0).random((100, 90)))
+    assert crop.shape == (1, 1, 80, 80) and crop.dtype == np.float32
+
+
+def test_export_model_infers_format_and_refuses_unknown(model: TrainedModel, tmp_path: Path) -> None:
+    path = export_model(model, tmp_path / "m.onnx")
+    assert path.is_file()
+    with pytest.raises(ConfigError, match="cannot tell the export format"):
+        export_model(model, tmp_path / "m.bin")
+    with pytest.raises(ConfigError, match="unknown"):
+        export_model(model, tmp_path / "m.bin", format="tflite")  # type: ignore[arg-type]
+
+
+def test_export_from_a_model_file(model: TrainedModel, tmp_path: Path) -> None:
+    model_file = save_model(tmp_path / "m.pt", model.network, model.config, model.metadata)
+    assert export_model(model_file, tmp_path / "m.onnx", "onnx").is_file()
+
+
+def test_imported_foreign_network_cannot_be_exported(tmp_path: Path) -> None:
+    foreign = TrainedModel(torch.nn.Identity(), ModelConfig(in_channels=1))
+    with pytest.raises(ModelFileError, match="not a napari-unet network"):
+        export_onnx(foreign, tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()

@@ -1,0 +1,290 @@
+"""Tests of the training engine napari_unet.train (and the losses it uses)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_blobs
+
+from napari_unet.checkpoint import ModelFileError, load_model
+from napari_unet.config import ConfigError, ModelConfig, NormalizationConfig
+from napari_unet.data import PatchSampler, load_pairs_from_folders, prepare_training_planes
+from napari_unet.losses import compute_loss
+from napari_unet.train import (
+    LOG_COLUMNS,
+    TrainConfig,
+    TrainingDivergedError,
+    default_checkpoint_path,
+    train,
+    train_events,
+)
+
+SAMPLES = Path(__file__).parents[1] / "src" / "napari_unet" / "samples" / "dsb2018"
+
+
+def small_config(**overrides) -> TrainConfig:
+    """A network small enough for a test: 8 base filters, depth 2, one grey channel."""
+    model = overrides.pop("model", ModelConfig.from_preset("tiny", base_filters=8, depth=2, in_channels=1))
+    values = dict(
+        model=model, epochs=2, batch_size=4, learning_rate=1e-2, patch_size=32,
+        steps_per_epoch=3, device="cpu", val_fraction=0.25,
+    )  # fmt: skip
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def weights_of(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.network.state_dict().items()}
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_loss_decreases_on_blobs(blobs) -> None:
+    result = train(*blobs, small_config(epochs=4, steps_per_epoch=6))
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < 0.8 * losses[0]
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+    assert result.history[-1]["val_dice"] > 0.5
+    assert not result.cancelled and not result.stopped_early
+
+
+def test_events_and_result(blobs, tmp_path) -> None:
+    events = train_events(*blobs, small_config(), out=tmp_path / "m.pt", log_csv=tmp_path / "log.csv")
+    kinds = []
+    while True:
+        try:
+            event = next(events)
+        except StopIteration as finished:
+            result = finished.value
+            break
+        kinds.append(event.kind)
+        if event.kind == "step":
+            assert event.val_loss is None and event.steps_per_epoch == 3
+        if event.kind == "epoch":
+            assert set(event.val_metrics) == {"dice", "iou"} and event.learning_rate > 0
+    assert kinds == ["step"] * 3 + ["epoch"] + ["step"] * 3 + ["epoch", "done"]
+    assert result.model_path == tmp_path / "m.pt" and result.log_path == tmp_path / "log.csv"
+    assert result.checkpoint_path == default_checkpoint_path(tmp_path / "m.pt")
+    assert 1 <= result.best_epoch <= 2
+    assert result.best_val_loss == min(row["val_loss"] for row in result.history)
+
+    with open(tmp_path / "log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == LOG_COLUMNS and [int(r["epoch"]) for r in rows] == [1, 2]
+
+    loaded = load_model(tmp_path / "m.pt", device="cpu")
+    meta = loaded.metadata
+    assert meta["best_epoch"] == result.best_epoch and meta["epochs_run"] == 2
+    assert len(meta["history"]) == 2 and meta["elapsed_s"] > 0
+    assert meta["data"]["train_planes"] == 3 and meta["data"]["val_planes"] == 1
+    assert TrainConfig.from_dict(meta["train_config"]) == small_config()
+    assert same_weights(weights_of(loaded), weights_of(result.model))
+    # The in-memory result and the file predict the same.
+    x = torch.rand(1, 1, 40, 40)
+    with torch.no_grad():
+        assert torch.allclose(loaded.network(x), result.model.network(x))
+
+
+def test_seeded_runs_are_reproducible(blobs) -> None:
+    a = train(*blobs, small_config(epochs=1))
+    b = train(*blobs, small_config(epochs=1))
+    c = train(*blobs, small_config(epochs=1, seed=1))
+    assert same_weights(weights_of(a.model), weights_of(b.model))
+    assert not same_weights(weights_of(a.model), weights_of(c.model))
+
+
+@pytest.mark.parametrize("schedule", ["plateau", "onecycle"])
+def test_resume_continues_where_it_stopped(blobs, tmp_path, schedule) -> None:
+    config = small_config(epochs=3, schedule=schedule, plateau_patience=1)
+    full = train(*blobs, config)
+    # Interrupt a run during its third epoch; its checkpoint holds the end of epoch 2.
+    stop = threading.Event()
+    for event in train_events(*blobs, config, out=tmp_path / "m.pt", stop=stop):
+        if event.epoch == 3:
+            stop.set()
+    checkpoint = default_checkpoint_path(tmp_path / "m.pt")
+    # The checkpoint is itself a loadable model file (of the last epoch's weights).
+    assert load_model(checkpoint, device="cpu").metadata["epochs_run"] == 2
+    resumed = train(*blobs, config, out=tmp_path / "m.pt", resume=checkpoint)
+    assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
+    # Weights, optimizer, schedule and random state were restored: the same as a run
+    # that was never interrupted.
+    for a, b in zip(resumed.history, full.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+        assert a["learning_rate"] == pytest.approx(b["learning_rate"])
+    assert resumed.best_epoch == full.best_epoch
+    assert load_model(tmp_path / "m.pt", device="cpu").metadata["epochs_run"] == 3
+
+
+def test_resume_with_more_epochs_extends_a_finished_run(blobs, tmp_path) -> None:
+    first = train(*blobs, small_config(epochs=2), out=tmp_path / "m.pt")
+    resumed = train(*blobs, small_config(epochs=3), resume=default_checkpoint_path(tmp_path / "m.pt"))
+    assert resumed.history[:2] == first.history and len(resumed.history) == 3
+
+
+def test_resume_refuses_a_plain_model_file(blobs, tmp_path) -> None:
+    train(*blobs, small_config(epochs=1), out=tmp_path / "m.pt")
+    with pytest.raises(ModelFileError, match="not a resume checkpoint"):
+        train(*blobs, small_config(), resume=tmp_path / "m.pt")
+
+
+def test_init_fine_tunes_an_existing_model(blobs, tmp_path) -> None:
+    base = train(*blobs, small_config(epochs=1, model=ModelConfig.from_preset(
+        "tiny", base_filters=8, depth=2, in_channels=1, target="contour")), out=tmp_path / "a.pt")  # fmt: skip
+    # The init model's architecture and target win over config.model.
+    tuned = train(*blobs, small_config(epochs=1), init=tmp_path / "a.pt")
+    assert tuned.model.config == base.model.config
+    assert tuned.model.metadata["init"] == str(tmp_path / "a.pt")
+    assert not same_weights(weights_of(base.model), weights_of(tuned.model))
+
+
+def test_cancel_before_first_epoch_keeps_a_valid_model(blobs, tmp_path) -> None:
+    stop = threading.Event()
+    events = train_events(*blobs, small_config(epochs=5), out=tmp_path / "m.pt", stop=stop)
+    steps = 0
+    while True:
+        try:
+            event = next(events)
+        except StopIteration as finished:
+            result = finished.value
+            break
+        if event.kind == "step":
+            steps += 1
+            stop.set()
+    assert steps == 1 and result.cancelled and result.best_epoch == 1
+    assert load_model(tmp_path / "m.pt", device="cpu").config == result.model.config
+
+
+def test_cancel_mid_run_keeps_the_best_epoch(blobs, tmp_path) -> None:
+    stop = threading.Event()
+    events = train_events(*blobs, small_config(epochs=5), out=tmp_path / "m.pt", stop=stop)
+    for event in events:
+        if event.kind == "step" and event.epoch == 2 and event.step == 2:
+            stop.set()
+    model = load_model(tmp_path / "m.pt", device="cpu")
+    assert model.metadata["epochs_run"] == 1 and model.metadata["best_epoch"] == 1
+    # Resuming from a cancelled run starts again after the last completed epoch.
+    resumed = train(*blobs, small_config(epochs=2), resume=default_checkpoint_path(tmp_path / "m.pt"))
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_model(blobs, tmp_path) -> None:
+    raw = small_config(model=ModelConfig.from_preset(
+        "tiny", base_filters=8, depth=2, in_channels=1, normalization=NormalizationConfig(mode="none")))  # fmt: skip
+    good = train(*blobs, dataclasses.replace(raw, epochs=1), out=tmp_path / "m.pt")
+    before = weights_of(load_model(tmp_path / "m.pt", device="cpu"))
+    # Values near float32's limit overflow inside the network: the loss is not finite.
+    huge = [image.astype(np.float32) * 1e36 for image in blobs[0]]
+    with pytest.raises(TrainingDivergedError, match="NaN or infinite.*learning rate"):
+        train(huge, blobs[1], raw, init=tmp_path / "m.pt", out=tmp_path / "m.pt")
+    assert same_weights(weights_of(load_model(tmp_path / "m.pt", device="cpu")), before)
+    assert good.best_epoch == 1
+
+
+def test_early_stopping_ends_the_run(blobs) -> None:
+    # A learning rate of ~0 cannot improve the validation loss for long.
+    result = train(*blobs, small_config(epochs=30, learning_rate=1e-12, min_lr=0.0,
+                                        early_stopping_patience=2, augment=False))  # fmt: skip
+    assert result.stopped_early and len(result.history) < 30
+    assert len(result.history) - result.best_epoch == 2
+
+
+@pytest.mark.parametrize("target", ["contour", "distance"])
+def test_two_channel_targets_train(blobs, target) -> None:
+    config = small_config(epochs=1, loss="bce+dice", model=ModelConfig.from_preset(
+        "tiny", base_filters=8, depth=2, in_channels=1, target=target))  # fmt: skip
+    result = train(*blobs, config)
+    assert result.model.config.out_channels == 2
+    assert np.isfinite(result.history[0]["val_loss"])
+
+
+def test_unetpp_deep_supervision_trains(blobs) -> None:
+    model = ModelConfig.from_preset("unetpp", base_filters=4, depth=2, in_channels=1,
+                                    deep_supervision=True)  # fmt: skip
+    result = train(*blobs, small_config(epochs=1, loss="dice", model=model))
+    assert np.isfinite(result.history[0]["train_loss"])
+    assert isinstance(result.model.network(torch.rand(1, 1, 32, 32)), torch.Tensor)
+
+
+def test_stacks_and_images_smaller_than_the_patch() -> None:
+    images, labels = make_blobs(n=3, shape=(24, 20))
+    stack_images, stack_labels = [np.stack(images)], [np.stack(labels)]  # one (Z, H, W) stack
+    result = train(stack_images, stack_labels, small_config(epochs=1, patch_size=48))
+    assert result.model.metadata["data"]["train_planes"] == 2
+
+
+def test_half_precision_file_is_smaller(blobs, tmp_path) -> None:
+    train(*blobs, small_config(epochs=1), out=tmp_path / "full.pt")
+    train(*blobs, small_config(epochs=1, half_precision=True), out=tmp_path / "half.pt")
+    assert (tmp_path / "half.pt").stat().st_size < 0.7 * (tmp_path / "full.pt").stat().st_size
+    assert load_model(tmp_path / "half.pt", device="cpu").config.in_channels == 1
+
+
+def test_sparse_mode_ignores_unannotated_pixels(blobs) -> None:
+    images, labels = blobs
+    # Scribbles: a few object pixels (2) and background pixels (1); the rest unannotated (0).
+    sparse = []
+    for label in labels:
+        scribble = np.zeros_like(label)
+        scribble[::4][label[::4] > 0] = 2
+        scribble[:, ::5][(label[:, ::5] == 0)] = 1
+        sparse.append(scribble)
+    planes = prepare_training_planes(images, sparse, 1, NormalizationConfig(), "contour", "sparse")
+    for plane, scribble in zip(planes, sparse):
+        assert np.array_equal(plane.weights[0] > 0, scribble > 0)
+        assert not plane.weights[1].any()  # scribbles say nothing about contours
+    # Whole-plane patches with augmentation: the weights still mark exactly the scribbles.
+    sampler = PatchSampler(planes, 56, "image", True, np.random.default_rng(0))
+    image, targets, weights = sampler.batch(8)
+    for k in range(8):
+        assert weights[k, 0].sum() in {float((s > 0).sum()) for s in sparse}
+    # No gradient reaches the network's output at an unannotated (or padded) pixel.
+    logits = torch.randn(targets.shape, requires_grad=True)
+    for loss in ("bce", "dice", "bce+dice"):
+        logits.grad = None
+        compute_loss(loss, logits, torch.from_numpy(targets), torch.from_numpy(weights)).backward()
+        assert torch.all(logits.grad[torch.from_numpy(weights) == 0] == 0)
+        assert torch.any(logits.grad[torch.from_numpy(weights) > 0] != 0)
+    # Changing every unannotated pixel's prediction leaves the loss unchanged.
+    w = torch.from_numpy(weights)
+    other = torch.where(w > 0, logits, torch.randn_like(logits) * 10)
+    for loss in ("bce", "dice", "bce+dice"):
+        a = compute_loss(loss, logits, torch.from_numpy(targets), w)
+        b = compute_loss(loss, other, torch.from_numpy(targets), w)
+        assert torch.allclose(a, b)
+    # End to end, a sparse run trains and scores only annotated pixels.
+    result = train(images, sparse, small_config(epochs=1, label_mode="sparse"))
+    assert np.isfinite(result.history[0]["val_loss"])
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ConfigError, match="learning_rate"):
+        TrainConfig(learning_rate=5.0)
+    with pytest.raises(ConfigError, match="loss"):
+        TrainConfig(loss="focal")
+    with pytest.raises(ConfigError, match="schedule"):
+        TrainConfig(schedule="step")
+    with pytest.raises(ConfigError, match="patch_size"):
+        TrainConfig(patch_size=4)
+    config = TrainConfig(epochs=3, schedule="cosine")
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_real_run_on_bundled_samples(tmp_path) -> None:
+    images, labels = load_pairs_from_folders(SAMPLES / "images", SAMPLES / "labels")
+    model = ModelConfig.from_preset("tiny", base_filters=8, in_channels=3)
+    config = small_config(model=model, epochs=1, steps_per_epoch=2, batch_size=2, patch_size=64,
+                          learning_rate=1e-3)  # fmt: skip
+    result = train(images[:2], labels[:2], config, val_images=images[2:3], val_labels=labels[2:3],
+                   out=tmp_path / "dsb.pt")  # fmt: skip
+    assert result.model.metadata["data"]["validation"] == "explicit"
+    assert load_model(tmp_path / "dsb.pt", device="cpu").config.in_channels == 3

@@ -1,0 +1,111 @@
+"""The Evaluate widget: the table shows the metrics module's numbers; CSV export."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from napari_unet import metrics
+from napari_unet._widgets import EvaluateWidget
+from napari_unet._widgets._evaluate import SUMMARY_ROWS, THRESHOLD_COLUMNS
+
+TIMEOUT_MS = 60_000
+
+
+def truth_and_prediction(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Ground truth with four discs; a prediction that shifts one, merges none, misses one."""
+    truth = np.zeros((size, size), np.uint16)
+    prediction = np.zeros_like(truth)
+    for index, (row, col) in enumerate([(12, 12), (12, 45), (45, 12), (45, 45)], start=1):
+        truth[disk((row, col), 8, shape=truth.shape)] = index
+    prediction[disk((12, 12), 8, shape=truth.shape)] = 3
+    prediction[disk((15, 45), 8, shape=truth.shape)] = 1  # shifted: IoU ~0.6
+    prediction[disk((45, 12), 6, shape=truth.shape)] = 7  # too small: IoU ~0.56
+    prediction[disk((30, 30), 3, shape=truth.shape)] = 9  # a false positive
+    return truth, prediction
+
+
+def dock(viewer) -> EvaluateWidget:
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Evaluate")
+    return widget
+
+
+def table_values(widget: EvaluateWidget) -> dict[str, str]:
+    return {
+        widget.table.item(row, 0).text(): widget.table.item(row, 1).text()
+        for row in range(widget.table.rowCount())
+    }
+
+
+def test_evaluate_shows_the_metrics_module_numbers_and_exports_csv(
+    make_napari_viewer, qtbot, tmp_path
+):
+    viewer = make_napari_viewer()
+    truth, prediction = truth_and_prediction()
+    viewer.add_labels(prediction, name="prediction")
+    viewer.add_labels(truth, name="truth")
+    widget = dock(viewer)
+    widget.prediction.set_layer(viewer.layers["prediction"])
+    widget.truth.set_layer(viewer.layers["truth"])
+    assert widget.update_state() is None
+    assert not widget.export_button.isEnabled()
+
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+
+    pixel = metrics.pixel_metrics(truth, prediction)
+    instance = metrics.instance_metrics(truth, prediction)
+    expected = {**{f"pixel_{k}": v for k, v in pixel.items()}, **instance}
+    shown = table_values(widget)
+    for label, section, key in SUMMARY_ROWS:
+        value = pixel[key] if section == "pixel" else instance.get(key, 1)
+        assert float(shown[label]) == pytest.approx(value, abs=5e-5), label
+    assert 0 < instance["dsb_score"] < 1  # a case with hits and misses
+    assert widget.thresholds.rowCount() == len(metrics.THRESHOLDS)
+    tp_column = THRESHOLD_COLUMNS.index("TP")
+    assert [int(widget.thresholds.item(r, tp_column).text()) for r in range(10)] == instance["tp"]
+
+    assert widget.export_button.isEnabled()
+    path = widget.export_csv(tmp_path / "scores.csv")
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["metric", "value"]
+    exported = {name: float(value) for name, value in rows[1:]}
+    for key in ("pixel_f1", "pixel_jaccard", "dsb_score", "ap50", "ap75", "f1_50", "pq"):
+        assert exported[key] == pytest.approx(expected[key])
+    assert exported["tp@0.50"] == instance["tp"][0]
+    # Nothing was added or changed in the viewer.
+    assert [layer.name for layer in viewer.layers] == ["prediction", "truth"]
+    np.testing.assert_array_equal(viewer.layers["truth"].data, truth)
+
+
+def test_stacks_are_scored_plane_by_plane(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    truth, prediction = truth_and_prediction()
+    viewer.add_labels(np.stack([prediction, truth]), name="prediction")
+    viewer.add_labels(np.stack([truth, truth]), name="truth")
+    widget = dock(viewer)
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    expected = metrics.mean_instance_metrics([(truth, prediction), (truth, truth)])
+    assert widget.scores["instance"]["dsb_score"] == pytest.approx(expected["dsb_score"])
+    assert widget.scores["instance"]["n_images"] == 2
+    assert widget.progress.value() == widget.progress.maximum()
+
+
+def test_invalid_choices_disable_evaluate(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = dock(viewer)
+    assert "ground-truth" in widget.update_state()
+    viewer.add_labels(np.zeros((10, 10), np.uint8), name="only")
+    assert "same layer" in widget.update_state()
+    viewer.add_labels(np.zeros((12, 10), np.uint8), name="other")
+    widget.prediction.set_layer(viewer.layers["only"])
+    widget.truth.set_layer(viewer.layers["other"])
+    assert "must match" in widget.update_state()
+    assert not widget.run_button.isEnabled()
+    with pytest.raises(Exception, match="nothing to export"):
+        widget.export_csv("never.csv")

@@ -1,0 +1,187 @@
+"""The Train widget in a real napari viewer: runs, live curves, stop, checks, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage.draw import disk
+
+from napari_unet._widgets import TrainWidget
+from napari_unet._widgets._registry import REGISTRY
+from napari_unet.checkpoint import TrainedModel
+
+TIMEOUT_MS = 120_000
+
+
+def blobs(size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A grey image of bright discs on a noisy background and its instance labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((size, size), np.uint16)
+    for index in range(1, 7):
+        centre = rng.integers(8, size - 8, 2)
+        labels[disk(tuple(centre), int(rng.integers(4, 8)), shape=labels.shape)] = index
+    image = (labels > 0) * 180 + rng.normal(30, 10, labels.shape)
+    return image.clip(0, 255).astype(np.uint8), labels
+
+
+@pytest.fixture(autouse=True)
+def _empty_registry():
+    REGISTRY.clear()
+    yield
+    REGISTRY.clear()
+
+
+@pytest.fixture
+def viewer_with_pair(make_napari_viewer):
+    viewer = make_napari_viewer()
+    image, labels = blobs()
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(labels, name="cells labels")
+    return viewer
+
+
+def dock(viewer) -> TrainWidget:
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Train")
+    return widget
+
+
+def tiny_settings(widget: TrainWidget, epochs: int = 2, steps: int = 2) -> None:
+    widget.preset.setCurrentText("tiny")
+    widget.epochs.setValue(epochs)
+    widget.batch_size.setValue(2)
+    widget.patch_size.setValue(32)
+    widget.steps_per_epoch.setValue(steps)
+    widget.device.setCurrentText("cpu")
+    widget.update_state()
+
+
+def test_train_two_epochs_draws_curves_and_registers_model(viewer_with_pair, qtbot, tmp_path):
+    widget = dock(viewer_with_pair)
+    row = widget.rows[0]
+    assert row.image.layer().name == "cells"
+    assert row.labels.layer().name == "cells labels"
+    tiny_settings(widget)
+    widget.save_path.setText(str(tmp_path / "cells.pt"))
+    assert widget.update_state() is None
+    assert widget.start_button.isEnabled()
+
+    widget.start()
+    assert widget.running
+    assert not widget.start_button.isEnabled() and widget.stop_button.isEnabled()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+
+    result = widget.result
+    assert result is not None and not result.cancelled
+    assert len(result.history) == 2
+    assert widget.curves.loss.series["train"].x == [1.0, 2.0]
+    assert len(widget.curves.loss.series["val"].y) == 2
+    assert len(widget.curves.quality.series["Dice"].y) == 2
+    assert widget.progress.value() == widget.progress.maximum()
+    assert (tmp_path / "cells.pt").is_file()
+    assert (tmp_path / "cells_log.csv").is_file()
+    entries = REGISTRY.entries()
+    assert len(entries) == 1 and entries[0].model is result.model
+    assert entries[0].name.startswith("cells")
+    # The input layers are untouched and the widget is ready for another run.
+    assert widget.start_button.isEnabled() and not widget.stop_button.isEnabled()
+    assert "ready in the Segment widget" in widget.status.text()
+
+
+def test_stop_mid_run_keeps_a_usable_model(viewer_with_pair, qtbot):
+    widget = dock(viewer_with_pair)
+    tiny_settings(widget, epochs=200, steps=2)
+    widget.start()
+    qtbot.waitUntil(lambda: len(widget.curves.loss.series["train"].x) >= 1, timeout=TIMEOUT_MS)
+    widget.stop()
+    assert not widget.stop_button.isEnabled()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+
+    result = widget.result
+    assert result.cancelled
+    assert 1 <= len(result.history) < 200
+    model = result.model
+    assert isinstance(model, TrainedModel)
+    with torch.no_grad():
+        logits = model.network(torch.zeros(1, 1, 40, 40, device=model.device))
+    assert logits.shape == (1, 1, 40, 40) and torch.isfinite(logits).all()
+    assert REGISTRY.entries()[0].model is model
+    assert widget.start_button.isEnabled()
+
+
+def test_fine_tune_a_session_model_on_scribbles(viewer_with_pair, qtbot):
+    widget = dock(viewer_with_pair)
+    tiny_settings(widget, epochs=1, steps=1)
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    first = REGISTRY.entries()[0]
+
+    # Scribbles: a few background (1) and object (2) strokes, the rest unannotated.
+    _, labels = blobs()
+    scribbles = np.zeros_like(labels)
+    scribbles[labels > 0] = 2
+    scribbles[::7, :] = np.where(labels[::7, :] == 0, 1, scribbles[::7, :])
+    viewer_with_pair.layers["cells labels"].data = scribbles
+    widget.label_mode.setCurrentIndex(2)
+    widget.init_model.select(first.name)
+    assert widget.update_state() is None
+    assert not widget.preset.isEnabled()  # a fine-tuned model keeps its architecture
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    assert widget.result is not None
+    assert widget.result.model.metadata["init"] == "memory"
+    assert len(REGISTRY.entries()) == 2
+
+
+def test_invalid_settings_disable_start_before_any_thread(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = dock(viewer)
+    hint = widget.update_state()
+    assert hint and "Add an Image layer" in hint
+    assert not widget.start_button.isEnabled() and widget.hint.isVisibleTo(widget)
+
+    image, labels = blobs()
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(np.zeros((32, 32), np.uint16), name="small labels")
+    assert "shape" in widget.update_state()
+    assert not widget.start_button.isEnabled()
+
+    viewer.add_labels(np.zeros_like(labels), name="cells labels")
+    widget.rows[0].match_labels()
+    assert widget.rows[0].labels.layer().name == "cells labels"
+    assert "empty" in widget.update_state()
+
+    viewer.layers["cells labels"].data = labels
+    tiny_settings(widget)
+    assert widget.update_state() is None
+    assert widget.start_button.isEnabled()
+
+    widget.learning_rate.setText("fast please")
+    assert "not a number" in widget.update_state()
+    widget.learning_rate.setText("2")  # the core's TrainConfig refuses it
+    assert "learning_rate" in widget.update_state()
+    widget.learning_rate.setText("1e-3")
+    widget.label_mode.setCurrentIndex(2)  # scribbles, but labels hold values up to 6
+    assert "Scribble" in widget.update_state()
+    widget.label_mode.setCurrentIndex(0)
+    widget.validation.setCurrentIndex(1)  # whole images need two planes
+    assert "at least 2" in widget.update_state()
+    widget.validation.setCurrentIndex(0)
+    assert widget.update_state() is None
+    assert widget.worker is None  # nothing ever started
+
+
+def test_error_in_the_run_is_reported_and_the_widget_recovers(viewer_with_pair, qtbot, tmp_path):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a model")
+    widget = dock(viewer_with_pair)
+    tiny_settings(widget, epochs=1, steps=1)
+    widget.init_model.select(widget.init_model.FILE)
+    widget.init_model.path_edit.setText(str(broken))
+    assert widget.update_state() is None  # the file exists; reading it happens in the run
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    assert widget.result is None
+    assert "Training failed" in widget.status.text()
+    assert widget.start_button.isEnabled()
+    assert REGISTRY.entries() == []

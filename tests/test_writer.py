@@ -1,0 +1,125 @@
+"""The napari writers: Labels to TIFF/PNG, Image + Labels pairs to a training folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet import io
+from napari_unet._reader import get_reader
+from napari_unet._writer import write_labels, write_training_folder
+from napari_unet.data import load_pairs_from_folders
+
+
+def labels_2d(dtype=np.uint16, top: int = 3) -> np.ndarray:
+    labels = np.zeros((20, 30), dtype)
+    labels[2:6, 2:6] = 1
+    labels[10:15, 5:25] = top
+    return labels
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.uint32, np.int64])
+def test_labels_tiff_keeps_dtype_and_is_compressed(tmp_path, dtype):
+    labels = labels_2d(dtype, top=70_000 if np.iinfo(dtype).max > 70_000 else 3)
+    written = write_labels(str(tmp_path / "out.tif"), labels, {"name": "out"})
+    assert written == [str(tmp_path / "out.tif")]
+    with tifffile.TiffFile(written[0]) as tif:
+        assert tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+        data = tif.asarray()
+    assert data.dtype == dtype
+    np.testing.assert_array_equal(data, labels)
+    (reopened, _, kind), = get_reader(written[0])(written[0])
+    assert kind == "labels"
+
+
+def test_labels_stack_to_tiff(tmp_path):
+    stack = np.stack([labels_2d(), labels_2d() * 2])
+    path = write_labels(str(tmp_path / "stack.tiff"), stack, {})[0]
+    np.testing.assert_array_equal(tifffile.imread(path), stack)
+
+
+def test_labels_png_when_the_range_fits(tmp_path):
+    small = labels_2d(np.int32, top=200)
+    path = write_labels(str(tmp_path / "small.png"), small, {})[0]
+    assert io.read_image(path).dtype == np.uint8
+    np.testing.assert_array_equal(io.read_image(path), small)
+    wide = labels_2d(np.int32, top=40_000)
+    path = write_labels(str(tmp_path / "wide.png"), wide, {})[0]
+    np.testing.assert_array_equal(io.read_image(path), wide)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (labels_2d(np.int64, top=70_000), "16-bit PNG"),
+        (np.stack([labels_2d()] * 2), "2D plane"),
+    ],
+)
+def test_labels_png_refuses_what_does_not_fit_and_writes_nothing(tmp_path, labels, message):
+    with pytest.raises(io.DataError, match=message):
+        write_labels(str(tmp_path / "bad.png"), labels, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_float_labels_are_refused(tmp_path):
+    with pytest.raises(io.DataError, match="integers"):
+        write_labels(str(tmp_path / "f.tif"), labels_2d().astype(float), {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_training_folder_round_trip_through_reader_and_training_loader(tmp_path):
+    labels = labels_2d()
+    grey = (labels > 0).astype(np.uint16) * 1000
+    rgb = np.stack([labels.astype(np.uint8) * 50] * 3, axis=-1)
+    layer_data = [
+        (grey, {"name": "cells/1"}, "image"),
+        (rgb, {"name": "colour", "rgb": True}, "image"),
+        (labels * 2, {"name": "colour labels"}, "labels"),
+        (labels, {"name": "cells/1 labels"}, "labels"),
+    ]
+    written = write_training_folder(str(tmp_path / "set"), layer_data)
+    assert sorted(written) == sorted(
+        str(tmp_path / "set" / sub / f"{stem}.tif")
+        for sub in ("images", "labels")
+        for stem in ("cells_1", "colour")
+    )
+    images, label_list = load_pairs_from_folders(tmp_path / "set" / "images", tmp_path / "set" / "labels")
+    np.testing.assert_array_equal(images[0], grey)  # cells_1 sorts first
+    np.testing.assert_array_equal(label_list[0], labels)
+    np.testing.assert_array_equal(images[1], rgb)
+    np.testing.assert_array_equal(label_list[1], labels * 2)
+    layers = get_reader(str(tmp_path / "set"))(str(tmp_path / "set"))
+    assert [(meta["name"], kind) for _, meta, kind in layers] == [
+        ("cells_1", "image"),
+        ("cells_1 labels", "labels"),
+        ("colour", "image"),
+        ("colour labels", "labels"),
+    ]
+    assert layers[2][1]["rgb"]
+
+
+def test_training_folder_refuses_unpaired_layers(tmp_path):
+    layer_data = [
+        (np.zeros((10, 10)), {"name": "a"}, "image"),
+        (np.zeros((12, 10), np.uint8), {"name": "a labels"}, "labels"),
+    ]
+    with pytest.raises(io.DataError, match="unpaired"):
+        write_training_folder(str(tmp_path / "set"), layer_data)
+    with pytest.raises(io.DataError, match="folder name"):
+        write_training_folder(str(tmp_path / "set.tif"), layer_data[:1])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_viewer_saves_labels_and_training_folder_with_the_plugin(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    labels = labels_2d()
+    viewer.add_image(labels.astype(np.float32), name="img")
+    viewer.add_labels(labels, name="img labels")
+    viewer.layers.selection = {viewer.layers["img labels"]}
+    viewer.layers.save(str(tmp_path / "seg.tif"), selected=True, plugin="napari-unet")
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "seg.tif"), labels)
+    viewer.layers.selection = set(viewer.layers)
+    viewer.layers.save(str(tmp_path / "train_set"), selected=True, plugin="napari-unet")
+    assert (tmp_path / "train_set" / "images" / "img.tif").is_file()
+    assert (tmp_path / "train_set" / "labels" / "img.tif").is_file()

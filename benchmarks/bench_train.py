@@ -6,17 +6,24 @@ on random 256x256 RGB batches of 8, counts the FLOPs of one step with
 achieved FLOP rate as a share of the float32 matrix-multiply rate measured in the same
 run (a large square ``torch.mm``), i.e. how close the step comes to the machine's peak.
 
+Both memory layouts are timed, alternating step by step so that a machine shared with
+other work slows both alike: NCHW (PyTorch's default) and channels-last (what
+:mod:`napari_unet.train` uses on CPU and CUDA). Each row's time is the fastest of its
+timed steps (the least disturbed by other processes).
+
 Usage::
 
     python benchmarks/bench_train.py                 # tiny, fast, reference
     python benchmarks/bench_train.py --quick         # tiny and fast, fewer steps
-    python benchmarks/bench_train.py --presets fast --channels-last --threads 2
+    OMP_NUM_THREADS=1 python benchmarks/bench_train.py --presets fast --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
+from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -47,16 +54,13 @@ def step_flops(network: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> in
     return counter.get_total_flops()
 
 
-def bench_preset(
-    preset: str, size: int, batch: int, steps: int, channels_last: bool
-) -> dict[str, float]:
-    """Time ``steps`` training steps of ``preset`` after two warm-up steps."""
+def make_step(preset: str, size: int, batch: int, channels_last: bool) -> Callable[[], None]:
+    """A closure running one training step (forward, loss, backward, Adam) on a fixed batch."""
     torch.manual_seed(0)
     network = build_model(preset=preset, in_channels=3).train()
     x = torch.rand(batch, 3, size, size)
     t = (torch.rand(batch, 1, size, size) > 0.5).float()
     w = torch.ones_like(t)
-    flops = step_flops(network, x, t)
     if channels_last:
         network = network.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -67,14 +71,25 @@ def bench_preset(
         compute_loss("bce", network(x), t, w).backward()
         optimizer.step()
 
-    for _ in range(2):
-        step()
-    start = time.perf_counter()
+    step()  # warm-up (oneDNN picks its kernels on the first call)
+    return step
+
+
+def bench_preset(preset: str, size: int, batch: int, steps: int) -> dict[str, float]:
+    """Fastest step time of each layout over ``steps`` alternating timed steps."""
+    network = build_model(preset=preset, in_channels=3).train()
+    flops = step_flops(network, torch.rand(batch, 3, size, size), torch.ones(batch, 1, size, size))
+    runners = {
+        "nchw": make_step(preset, size, batch, False),
+        "cl": make_step(preset, size, batch, True),
+    }
+    best = {name: math.inf for name in runners}
     for _ in range(steps):
-        step()
-    seconds = (time.perf_counter() - start) / steps
-    return {"s_per_step": seconds, "images_per_s": batch / seconds, "flop_rate": flops / seconds,
-            "gflop_per_step": flops / 1e9}  # fmt: skip
+        for name, step in runners.items():
+            start = time.perf_counter()
+            step()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {"flops": flops, **best}
 
 
 def main() -> None:
@@ -82,27 +97,32 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=None, help="default tiny fast reference")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per preset")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per preset and layout")
     parser.add_argument("--quick", action="store_true", help="tiny and fast, 2 timed steps")
-    parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     presets = args.presets or (["tiny", "fast"] if args.quick else ["tiny", "fast", "reference"])
-    steps = args.steps or (2 if args.quick else 5)
+    steps = args.steps or (2 if args.quick else 4)
     peak = matmul_rate()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"channels_last={args.channels_last}; float32 matmul: {peak / 1e9:.1f} GFLOP/s"
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.size}x{args.size}, "
+        f"batch {args.batch}; float32 matmul: {peak / 1e9:.1f} GFLOP/s"
     )
-    print(f"{'preset':<10} {'GFLOP/step':>10} {'s/step':>8} {'images/s':>9} {'GFLOP/s':>8} {'of matmul':>9}")
+    print(
+        f"{'preset':<10} {'layout':<6} {'GFLOP/step':>10} {'s/step':>7} {'images/s':>9} "
+        f"{'GFLOP/s':>8} {'of matmul':>9}"
+    )
     for preset in presets:
-        r = bench_preset(preset, args.size, args.batch, steps, args.channels_last)
-        print(
-            f"{preset:<10} {r['gflop_per_step']:>10.1f} {r['s_per_step']:>8.2f} "
-            f"{r['images_per_s']:>9.2f} {r['flop_rate'] / 1e9:>8.1f} {r['flop_rate'] / peak:>9.0%}"
-        )
+        result = bench_preset(preset, args.size, args.batch, steps)
+        for layout in ("nchw", "cl"):
+            seconds = result[layout]
+            rate = result["flops"] / seconds
+            print(
+                f"{preset:<10} {layout:<6} {result['flops'] / 1e9:>10.1f} {seconds:>7.2f} "
+                f"{args.batch / seconds:>9.2f} {rate / 1e9:>8.1f} {rate / peak:>9.0%}"
+            )
     # A second matmul measurement shows whether the machine was equally free throughout.
     print(f"float32 matmul again: {matmul_rate() / 1e9:.1f} GFLOP/s")
 

@@ -16,7 +16,7 @@ def make_blobs(
     for _ in range(n):
         label = np.zeros(shape, np.uint16)
         for index in range(1, 5):
-            radius = rng.integers(3, 7)
+            radius = rng.integers(3, max(4, min(7, min(shape) // 2 - 1)))
             r, c = rng.integers(radius, shape[0] - radius), rng.integers(radius, shape[1] - radius)
             label[(rows - r) ** 2 + (cols - c) ** 2 <= radius**2] = index
         image = np.clip((label > 0) * 140 + rng.normal(40, 12, shape), 0, 255).astype(np.uint8)
@@ -29,3 +29,37 @@ def make_blobs(
 def blobs() -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Four 48x48 grey blob images with instance labels."""
     return make_blobs()
+
+
+def make_threshold_model(in_channels: int = 1, target: str = "foreground", gain: float = 20.0):
+    """A real U-Net (depth 1, one filter) whose weights make it a known function.
+
+    Every output channel is ``sigmoid(gain * (x - 0.5))`` of the mean ``x`` of the
+    normalised input channels, so bright objects come out as objects. Prediction
+    tests get deterministic, meaningful output without training.
+    """
+    import torch
+
+    from napari_unet.checkpoint import TrainedModel
+    from napari_unet.config import ModelConfig
+    from napari_unet.model import build_model
+
+    config = ModelConfig(in_channels=in_channels, base_filters=1, depth=1, target=target)
+    network = build_model(config)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.zero_()
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.fill_(1.0)
+                module.running_mean.zero_()
+                module.running_var.fill_(1.0)
+        # Encoder and decoder blocks pass channel 0 through (centre tap of each 3x3
+        # conv); the decoder reads only the skip connection (concatenated first).
+        network.encoders[0][0].weight[0, :, 1, 1] = 1.0 / in_channels
+        network.encoders[0][3].weight[0, 0, 1, 1] = 1.0
+        network.decoders[0].conv[0].weight[0, 0, 1, 1] = 1.0
+        network.decoders[0].conv[3].weight[0, 0, 1, 1] = 1.0
+        network.head.weight[:, 0] = gain
+        network.head.bias[:] = -gain / 2
+    return TrainedModel(network.eval(), config)

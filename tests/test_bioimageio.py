@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,9 @@ from napari_unet.model import UNet, build_model  # noqa: E402
 def tiny_model(**overrides: object) -> TrainedModel:
     """A tiny model (base_filters 4, depth 2) with non-default weights and BatchNorm statistics."""
     torch.manual_seed(0)
-    config = ModelConfig.from_preset("tiny", **(dict(base_filters=4, depth=2, in_channels=3) | overrides))
+    config = ModelConfig.from_preset(
+        "tiny", **(dict(base_filters=4, depth=2, in_channels=3) | overrides)
+    )
     network = build_model(config).train()
     with torch.no_grad():
         for _ in range(3):  # move the BatchNorm running statistics away from 0/1
@@ -114,7 +115,7 @@ def test_rdf_yaml_path_is_accepted(package: Path, original: TrainedModel, tmp_pa
 def test_foreign_probability_package_is_converted_to_logits(
     package: Path, original: TrainedModel, image: np.ndarray, tmp_path: Path
 ) -> None:
-    """A package without our config whose TorchScript returns probabilities and has no sigmoid step."""
+    """A package not made by us whose TorchScript returns probabilities, without a sigmoid step."""
     rdf, content = unpacked(package, tmp_path)
     foreground = tiny_model(in_channels=3)
     # Its weights end in a sigmoid, as many zoo models do; the test output stays the same.
@@ -154,7 +155,9 @@ def test_package_without_weights_is_refused(package: Path, tmp_path: Path) -> No
 
 def test_package_with_a_z_axis_is_refused(package: Path, tmp_path: Path) -> None:
     rdf, content = unpacked(package, tmp_path)
-    content["inputs"][0]["axes"].insert(2, {"type": "space", "id": "z", "size": {"min": 1, "step": 1}})
+    content["inputs"][0]["axes"].insert(
+        2, {"type": "space", "id": "z", "size": {"min": 1, "step": 1}}
+    )
     content["outputs"][0]["axes"].insert(
         2, {"type": "space", "id": "z", "size": {"tensor_id": "input", "axis_id": "z"}}
     )
@@ -199,3 +202,17 @@ def test_layouts_round_trip() -> None:
     single = x[:1, :1]
     assert grey.to_package(single).shape == (4, 5)
     torch.testing.assert_close(grey.from_package(grey.to_package(single)), single)
+
+
+@pytest.mark.parametrize("weights", ["auto", "onnx"])
+def test_imported_package_segments_like_the_original(
+    package: Path, original: TrainedModel, weights: str
+) -> None:
+    from napari_unet.predict import predict
+
+    image = (np.random.default_rng(2).random((70, 90, 3)) * 255).astype(np.uint8)
+    imported = load_bioimageio(package, device="cpu", weights=weights)
+    got = predict(image, imported, device="cpu", return_probabilities=True)
+    expected = predict(image, original, device="cpu", return_probabilities=True)
+    np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(got.labels, expected.labels)

@@ -43,9 +43,21 @@ def test_export_bioimageio_then_use_it_as_model(
     write_png(sample, (np.random.default_rng(1).random((70, 90)) * 255).astype(np.uint8))
     out = tmp_path / "tiny.zip"
     argv = [
-        "export", "--model", str(model_file), "--format", "bioimageio", "--out", str(out),
-        "--name", "tiny test model", "--author", "A. Person", "--sample", str(sample),
-        "--tag", "nuclei",
+        "export",
+        "--model",
+        str(model_file),
+        "--format",
+        "bioimageio",
+        "--out",
+        str(out),
+        "--name",
+        "tiny test model",
+        "--author",
+        "A. Person",
+        "--sample",
+        str(sample),
+        "--tag",
+        "nuclei",
     ]
     assert main(argv) == 0  # includes bioimage.io's own test of the package
     assert "passed bioimage.io's test" in capsys.readouterr().out
@@ -58,7 +70,10 @@ def test_export_bioimageio_then_use_it_as_model(
 def test_bad_model_and_format_are_user_errors(
     model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    assert main(["export", "--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.onnx")]) == 2
+    assert (
+        main(["export", "--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.onnx")])
+        == 2
+    )
     assert "error:" in capsys.readouterr().err
     assert main(["export", "--model", str(model_file), "--out", str(tmp_path / "x.bin")]) == 2
     assert "cannot tell the export format" in capsys.readouterr().err

@@ -59,7 +59,10 @@ def test_onnx_matches_pytorch_at_two_sizes(overrides: dict, tmp_path: Path) -> N
     path = export_onnx(trained, tmp_path / "model.onnx")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     channels = trained.config.in_channels
-    for shape in [(1, channels, 64, 48), (2, channels, 37, 61)]:  # the second is not a multiple of 4
+    for shape in [
+        (1, channels, 64, 48),
+        (2, channels, 37, 61),
+    ]:  # the second is not a multiple of 4
         x = torch.rand(*shape)
         with torch.no_grad():
             expected = trained.network(x).numpy()
@@ -119,7 +122,11 @@ def test_export_runs_bioimageio_test_and_uses_a_given_card(tmp_path: Path) -> No
     card.write_text("# My nuclei model\n\n## Validation\n\nChecked by hand.\n")
     trained = tiny_model(in_channels=1, normalization={"mode": "minmax"})
     path = export_bioimageio(
-        trained, tmp_path / "grey.zip", name="grey nuclei", authors=["A. Person"], documentation=card
+        trained,
+        tmp_path / "grey.zip",
+        name="grey nuclei",
+        authors=["A. Person"],
+        documentation=card,
     )
     with zipfile.ZipFile(path) as archive:
         assert archive.read("README.md").decode() == card.read_text()
@@ -132,7 +139,9 @@ def test_sample_crop_is_a_valid_size() -> None:
     assert crop.shape == (1, 1, 80, 80) and crop.dtype == np.float32
 
 
-def test_export_model_infers_format_and_refuses_unknown(model: TrainedModel, tmp_path: Path) -> None:
+def test_export_model_infers_format_and_refuses_unknown(
+    model: TrainedModel, tmp_path: Path
+) -> None:
     path = export_model(model, tmp_path / "m.onnx")
     assert path.is_file()
     with pytest.raises(ConfigError, match="cannot tell the export format"):

@@ -30,11 +30,19 @@ SAMPLES = Path(__file__).parents[1] / "src" / "napari_unet" / "samples" / "dsb20
 
 def small_config(**overrides) -> TrainConfig:
     """A network small enough for a test: 8 base filters, depth 2, one grey channel."""
-    model = overrides.pop("model", ModelConfig.from_preset("tiny", base_filters=8, depth=2, in_channels=1))
+    model = overrides.pop(
+        "model", ModelConfig.from_preset("tiny", base_filters=8, depth=2, in_channels=1)
+    )
     values = dict(
-        model=model, epochs=2, batch_size=4, learning_rate=1e-2, patch_size=32,
-        steps_per_epoch=3, device="cpu", val_fraction=0.25,
-    )  # fmt: skip
+        model=model,
+        epochs=2,
+        batch_size=4,
+        learning_rate=1e-2,
+        patch_size=32,
+        steps_per_epoch=3,
+        device="cpu",
+        val_fraction=0.25,
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -57,7 +65,9 @@ def test_loss_decreases_on_blobs(blobs) -> None:
 
 
 def test_events_and_result(blobs, tmp_path) -> None:
-    events = train_events(*blobs, small_config(), out=tmp_path / "m.pt", log_csv=tmp_path / "log.csv")
+    events = train_events(
+        *blobs, small_config(), out=tmp_path / "m.pt", log_csv=tmp_path / "log.csv"
+    )
     kinds = []
     while True:
         try:
@@ -117,7 +127,7 @@ def test_resume_continues_where_it_stopped(blobs, tmp_path, schedule) -> None:
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
     # Weights, optimizer, schedule and random state were restored: the same as a run
     # that was never interrupted.
-    for a, b in zip(resumed.history, full.history):
+    for a, b in zip(resumed.history, full.history, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
         assert a["learning_rate"] == pytest.approx(b["learning_rate"])
@@ -127,7 +137,9 @@ def test_resume_continues_where_it_stopped(blobs, tmp_path, schedule) -> None:
 
 def test_resume_with_more_epochs_extends_a_finished_run(blobs, tmp_path) -> None:
     first = train(*blobs, small_config(epochs=2), out=tmp_path / "m.pt")
-    resumed = train(*blobs, small_config(epochs=3), resume=default_checkpoint_path(tmp_path / "m.pt"))
+    resumed = train(
+        *blobs, small_config(epochs=3), resume=default_checkpoint_path(tmp_path / "m.pt")
+    )
     assert resumed.history[:2] == first.history and len(resumed.history) == 3
 
 
@@ -138,8 +150,16 @@ def test_resume_refuses_a_plain_model_file(blobs, tmp_path) -> None:
 
 
 def test_init_fine_tunes_an_existing_model(blobs, tmp_path) -> None:
-    base = train(*blobs, small_config(epochs=1, model=ModelConfig.from_preset(
-        "tiny", base_filters=8, depth=2, in_channels=1, target="contour")), out=tmp_path / "a.pt")  # fmt: skip
+    base = train(
+        *blobs,
+        small_config(
+            epochs=1,
+            model=ModelConfig.from_preset(
+                "tiny", base_filters=8, depth=2, in_channels=1, target="contour"
+            ),
+        ),
+        out=tmp_path / "a.pt",
+    )
     # The init model's architecture and target win over config.model.
     tuned = train(*blobs, small_config(epochs=1), init=tmp_path / "a.pt")
     assert tuned.model.config == base.model.config
@@ -173,13 +193,22 @@ def test_cancel_mid_run_keeps_the_best_epoch(blobs, tmp_path) -> None:
     model = load_model(tmp_path / "m.pt", device="cpu")
     assert model.metadata["epochs_run"] == 1 and model.metadata["best_epoch"] == 1
     # Resuming from a cancelled run starts again after the last completed epoch.
-    resumed = train(*blobs, small_config(epochs=2), resume=default_checkpoint_path(tmp_path / "m.pt"))
+    resumed = train(
+        *blobs, small_config(epochs=2), resume=default_checkpoint_path(tmp_path / "m.pt")
+    )
     assert [row["epoch"] for row in resumed.history] == [1, 2]
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_model(blobs, tmp_path) -> None:
-    raw = small_config(model=ModelConfig.from_preset(
-        "tiny", base_filters=8, depth=2, in_channels=1, normalization=NormalizationConfig(mode="none")))  # fmt: skip
+    raw = small_config(
+        model=ModelConfig.from_preset(
+            "tiny",
+            base_filters=8,
+            depth=2,
+            in_channels=1,
+            normalization=NormalizationConfig(mode="none"),
+        )
+    )
     good = train(*blobs, dataclasses.replace(raw, epochs=1), out=tmp_path / "m.pt")
     before = weights_of(load_model(tmp_path / "m.pt", device="cpu"))
     # Values near float32's limit overflow inside the network: the loss is not finite.
@@ -192,24 +221,34 @@ def test_nan_loss_stops_and_keeps_the_last_good_model(blobs, tmp_path) -> None:
 
 def test_early_stopping_ends_the_run(blobs) -> None:
     # A learning rate of ~0 cannot improve the validation loss for long.
-    result = train(*blobs, small_config(epochs=30, learning_rate=1e-12, min_lr=0.0,
-                                        early_stopping_patience=2, augment=False))  # fmt: skip
+    result = train(
+        *blobs,
+        small_config(
+            epochs=30, learning_rate=1e-12, min_lr=0.0, early_stopping_patience=2, augment=False
+        ),
+    )
     assert result.stopped_early and len(result.history) < 30
     assert len(result.history) - result.best_epoch == 2
 
 
 @pytest.mark.parametrize("target", ["contour", "distance"])
 def test_two_channel_targets_train(blobs, target) -> None:
-    config = small_config(epochs=1, loss="bce+dice", model=ModelConfig.from_preset(
-        "tiny", base_filters=8, depth=2, in_channels=1, target=target))  # fmt: skip
+    config = small_config(
+        epochs=1,
+        loss="bce+dice",
+        model=ModelConfig.from_preset(
+            "tiny", base_filters=8, depth=2, in_channels=1, target=target
+        ),
+    )
     result = train(*blobs, config)
     assert result.model.config.out_channels == 2
     assert np.isfinite(result.history[0]["val_loss"])
 
 
 def test_unetpp_deep_supervision_trains(blobs) -> None:
-    model = ModelConfig.from_preset("unetpp", base_filters=4, depth=2, in_channels=1,
-                                    deep_supervision=True)  # fmt: skip
+    model = ModelConfig.from_preset(
+        "unetpp", base_filters=4, depth=2, in_channels=1, deep_supervision=True
+    )
     result = train(*blobs, small_config(epochs=1, loss="dice", model=model))
     assert np.isfinite(result.history[0]["train_loss"])
     assert isinstance(result.model.network(torch.rand(1, 1, 32, 32)), torch.Tensor)
@@ -239,7 +278,7 @@ def test_sparse_mode_ignores_unannotated_pixels(blobs) -> None:
         scribble[:, ::5][(label[:, ::5] == 0)] = 1
         sparse.append(scribble)
     planes = prepare_training_planes(images, sparse, 1, NormalizationConfig(), "contour", "sparse")
-    for plane, scribble in zip(planes, sparse):
+    for plane, scribble in zip(planes, sparse, strict=True):
         assert np.array_equal(plane.weights[0] > 0, scribble > 0)
         assert not plane.weights[1].any()  # scribbles say nothing about contours
     # Whole-plane patches with augmentation: the weights still mark exactly the scribbles.
@@ -282,9 +321,16 @@ def test_config_is_validated() -> None:
 def test_real_run_on_bundled_samples(tmp_path) -> None:
     images, labels = load_pairs_from_folders(SAMPLES / "images", SAMPLES / "labels")
     model = ModelConfig.from_preset("tiny", base_filters=8, in_channels=3)
-    config = small_config(model=model, epochs=1, steps_per_epoch=2, batch_size=2, patch_size=64,
-                          learning_rate=1e-3)  # fmt: skip
-    result = train(images[:2], labels[:2], config, val_images=images[2:3], val_labels=labels[2:3],
-                   out=tmp_path / "dsb.pt")  # fmt: skip
+    config = small_config(
+        model=model, epochs=1, steps_per_epoch=2, batch_size=2, patch_size=64, learning_rate=1e-3
+    )
+    result = train(
+        images[:2],
+        labels[:2],
+        config,
+        val_images=images[2:3],
+        val_labels=labels[2:3],
+        out=tmp_path / "dsb.pt",
+    )
     assert result.model.metadata["data"]["validation"] == "explicit"
     assert load_model(tmp_path / "dsb.pt", device="cpu").config.in_channels == 3

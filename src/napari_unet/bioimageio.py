@@ -55,8 +55,6 @@ from napari_unet.checkpoint import ModelFileError, TrainedModel
 from napari_unet.config import ConfigError, ModelConfig, NormalizationConfig
 from napari_unet.model import build_model, select_device
 
-#: Suffixes of paths that :func:`napari_unet.checkpoint.load_model` hands to this module.
-PACKAGE_SUFFIXES = (".zip", ".yaml", ".yml")
 #: Weight formats this module runs, in order of preference for foreign packages.
 WEIGHT_FORMATS = ("torchscript", "onnx", "pytorch_state_dict")
 WeightsChoice = Literal["auto", "native", "torchscript", "onnx", "pytorch_state_dict"]
@@ -66,11 +64,6 @@ _EXTRA_HINT = "install the export extra: pip install 'napari-unet[export]'"
 # Probabilities are clamped away from 0 and 1 before logit() so outputs stay finite.
 _PROBABILITY_EPS = 1e-6
 _NCHW = ("batch", "channel", "y", "x")
-
-
-def is_package_path(path: str | Path) -> bool:
-    """True for a path that names a bioimage.io package (``.zip``) or description (``.yaml``)."""
-    return Path(path).suffix.lower() in PACKAGE_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -108,6 +101,10 @@ class _OnnxRunner(nn.Module):
 
         self.session = onnxruntime.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _OnnxRunner:
+        # A session cannot be copied; sharing it is safe (run() is thread-safe, no parameters).
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.session.run(None, {self.input_name: x.detach().cpu().numpy()})[0]
@@ -189,7 +186,9 @@ def _require() -> None:
     try:
         import bioimageio.spec  # noqa: F401
     except ImportError as error:
-        raise ModelFileError(f"reading bioimage.io packages needs bioimageio.core; {_EXTRA_HINT}") from error
+        raise ModelFileError(
+            f"reading bioimage.io packages needs bioimageio.core; {_EXTRA_HINT}"
+        ) from error
 
 
 def _load_description(path: Path) -> Any:
@@ -216,9 +215,7 @@ def _load_description(path: Path) -> Any:
         )
         raise ModelFileError(f"bioimage.io package {str(path)!r} is invalid: {reason}")
     if descr.type != "model":
-        raise ModelFileError(
-            f"{str(path)!r} describes a bioimage.io {descr.type!r}, not a model."
-        )
+        raise ModelFileError(f"{str(path)!r} describes a bioimage.io {descr.type!r}, not a model.")
     return descr
 
 
@@ -265,11 +262,13 @@ def _layout(tensor: Any, kind: str, where: str) -> _Layout:
         else:
             raise ModelFileError(
                 f"{where}: the {kind} has a {axis.type} axis {axis_id!r}; napari-unet runs 2D "
-                "models whose tensors have batch, channel, y and x axes only (no z, time or index axes)."
+                "models whose tensors have batch, channel, y and x axes only (no z, time or "
+                "index axes)."
             )
     if "y" not in axes or "x" not in axes:
         raise ModelFileError(
-            f"{where}: the {kind} lacks a y or x axis (it has {axes}); napari-unet runs 2D image models."
+            f"{where}: the {kind} lacks a y or x axis (it has {axes}); napari-unet runs 2D "
+            "image models."
         )
     return _Layout(tuple(axes))
 
@@ -335,7 +334,9 @@ def _normalization(
                 )
         elif kind == "scale_range" and not seen_scale and clip is None:
             kwargs = step.kwargs
-            axes = {str(a) for a in kwargs.axes} if kwargs.axes is not None else {"channel", "y", "x"}
+            axes = (
+                {str(a) for a in kwargs.axes} if kwargs.axes is not None else {"channel", "y", "x"}
+            )
             if not {"y", "x"} <= axes:
                 raise ModelFileError(
                     f"{where}: scale_range normalises along axes {sorted(axes)}; napari-unet "
@@ -348,8 +349,8 @@ def _normalization(
                 )
             if kwargs.reference_tensor not in (None, tensor.id):
                 raise ModelFileError(
-                    f"{where}: scale_range takes its range from tensor {kwargs.reference_tensor!r}, "
-                    "which napari-unet cannot repeat."
+                    f"{where}: scale_range takes its range from tensor "
+                    f"{kwargs.reference_tensor!r}, which napari-unet cannot repeat."
                 )
             low, high = float(kwargs.min_percentile), float(kwargs.max_percentile)
             try:
@@ -359,9 +360,16 @@ def _normalization(
                     else NormalizationConfig(mode="percentile", low=low, high=high)
                 )
             except ConfigError as error:
-                raise ModelFileError(f"{where}: unusable scale_range percentiles: {error}") from error
+                raise ModelFileError(
+                    f"{where}: unusable scale_range percentiles: {error}"
+                ) from error
             seen_scale = True
-        elif kind == "clip" and clip is None and step.kwargs.min_percentile is None and step.kwargs.max_percentile is None:
+        elif (
+            kind == "clip"
+            and clip is None
+            and step.kwargs.min_percentile is None
+            and step.kwargs.max_percentile is None
+        ):
             clip = (step.kwargs.min, step.kwargs.max)
         else:
             raise ModelFileError(
@@ -426,7 +434,9 @@ def _runner(descr: Any, weights: str, where: str) -> tuple[nn.Module, str]:
     except ModelFileError:
         raise
     except Exception as error:  # noqa: BLE001 - any loader failure means unusable weights
-        raise ModelFileError(f"{where}: its {chosen} weights could not be loaded ({error}).") from error
+        raise ModelFileError(
+            f"{where}: its {chosen} weights could not be loaded ({error})."
+        ) from error
 
 
 def _formats(descr: Any) -> str:
@@ -439,8 +449,8 @@ def _native(descr: Any, ours: dict[str, Any], where: str) -> nn.Module:
     entry = descr.weights.torchscript
     if entry is None:
         raise ModelFileError(f"{where} has no torchscript weights to rebuild the network from.")
+    config = _own_config(ours, where)
     try:
-        config = ModelConfig.from_dict(ours["model"])
         traced = torch.jit.load(entry.get_reader(), map_location="cpu")
         # export.py traces a wrapper whose U-Net sits under "network."
         state = {
@@ -450,11 +460,47 @@ def _native(descr: Any, ours: dict[str, Any], where: str) -> nn.Module:
         }
         network = build_model(config)
         network.load_state_dict(state)
-    except (ConfigError, KeyError, TypeError, RuntimeError) as error:
+    except RuntimeError as error:
         raise ModelFileError(
             f"{where}: its napari-unet configuration does not match its weights ({error})."
         ) from error
     return network
+
+
+def _own_config(ours: dict[str, Any], where: str) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(ours["model"])
+    except (ConfigError, TypeError) as error:
+        raise ModelFileError(
+            f"{where}: its napari-unet configuration is invalid ({error})."
+        ) from error
+
+
+def _foreign_config(
+    in_channels: int,
+    out_channels: int,
+    step: tuple[int, int],
+    normalization: NormalizationConfig,
+    where: str,
+) -> ModelConfig:
+    """The ModelConfig of a package napari-unet did not make (see the module notes)."""
+    if out_channels != 1:
+        raise ModelFileError(
+            f"{where}: the output has {out_channels} channels; napari-unet uses packages "
+            "with a single foreground-probability channel (or packages it exported)."
+        )
+    multiple = min(step)
+    # depth only sets napari-unet's preferred tile multiple; PackageNetwork pads anyway.
+    depth = int(math.log2(multiple)) if multiple & (multiple - 1) == 0 else 0
+    try:
+        return ModelConfig(
+            in_channels=in_channels,
+            depth=min(6, max(1, depth)),
+            target="foreground",
+            normalization=normalization,
+        )
+    except ConfigError as error:
+        raise ModelFileError(f"{where}: {error}") from error
 
 
 def load_bioimageio(
@@ -511,27 +557,23 @@ def load_bioimageio(
         "license": str(descr.license) if descr.license is not None else None,
         "source": str(path),
     }
-    if ours is not None and weights in ("auto", "native"):
+    if weights == "native" and ours is None:
+        raise ModelFileError(
+            f"{where} was not exported by napari-unet; load it with weights='auto'."
+        )
+    # Our own packages are rebuilt natively unless a format is asked for (or TorchScript is gone).
+    native = ours is not None and (
+        weights == "native" or (weights == "auto" and descr.weights.torchscript is not None)
+    )
+    if native:
         network: nn.Module = _native(descr, ours, where)
         config = network.config
         info["weights_format"] = "native (from torchscript)"
-    elif weights == "native":
-        raise ModelFileError(f"{where} was not exported by napari-unet; load it with weights='auto'.")
     else:
         if ours is not None:
-            config = ModelConfig.from_dict(ours["model"])
+            config = _own_config(ours, where)
         else:
-            if out_channels != 1:
-                raise ModelFileError(
-                    f"{where}: the output has {out_channels} channels; napari-unet uses packages "
-                    "with a single foreground-probability channel (or packages it exported)."
-                )
-            multiple = min(step)
-            # depth only sets napari-unet's preferred tile multiple; the wrapper pads anyway.
-            depth = min(6, max(1, int(math.log2(multiple)) if multiple & (multiple - 1) == 0 else 1))
-            config = ModelConfig(
-                in_channels=in_channels, depth=depth, target="foreground", normalization=normalization
-            )
+            config = _foreign_config(in_channels, out_channels, step, normalization, where)
         runner, chosen = _runner(descr, weights, where)
         network = PackageNetwork(
             runner, input_layout, output_layout, min_size, step, clip, probabilities

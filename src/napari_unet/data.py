@@ -4,6 +4,10 @@ These functions are shared by training and prediction so that a model sees its
 inputs prepared identically in both. Shapes: a *plane* is one 2D image, either
 ``(H, W)`` grey, ``(H, W, 3|4)`` RGB/RGBA, or multichannel with an explicit
 ``channel_axis``; network input is ``(C, H, W)`` float32.
+
+The second part serves training: reading image/label folders (:func:`load_pairs_from_folders`,
+:func:`load_dsb`), splitting stacks into planes (:func:`split_planes`), building targets
+(:func:`make_targets`), and drawing augmented random patches (:class:`PatchSampler`).
 """
 
 from __future__ import annotations
@@ -165,9 +169,20 @@ def load_dsb(folder: str | Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return images, labels
 
 
-def _is_colour_pair(image_shape: tuple[int, ...], label_shape: tuple[int, ...]) -> bool:
-    """True when the image has one trailing channel axis more than its labels."""
-    return len(image_shape) == len(label_shape) + 1 and image_shape[:-1] == tuple(label_shape)
+def _channel_axis(image_shape: tuple[int, ...], label_shape: tuple[int, ...]) -> int | None:
+    """The image's channel axis (last, or just before ``H, W``), or None for grey images.
+
+    Returns None when the shapes are equal and raises ``ValueError`` when no single axis
+    explains the difference.
+    """
+    if image_shape == label_shape:
+        return None
+    if len(image_shape) == len(label_shape) + 1:
+        if image_shape[:-1] == label_shape:
+            return len(image_shape) - 1
+        if image_shape[:-3] + image_shape[-2:] == label_shape:
+            return len(image_shape) - 3
+    raise ValueError("no channel axis fits")
 
 
 def split_planes(
@@ -178,15 +193,17 @@ def split_planes(
     Parameters
     ----------
     images : sequence of array-like
-        Numpy or dask arrays: ``(H, W)`` grey, ``(H, W, C)`` colour/multichannel when the
-        labels are ``(H, W)``, or stacks ``(Z, H, W[, C])`` with labels ``(Z, H, W)``.
+        Numpy or dask arrays: ``(H, W)`` grey, ``(H, W, C)`` colour/multichannel (or
+        channels first, ``(C, H, W)``) when the labels are ``(H, W)``, or stacks
+        ``(Z, H, W[, C])`` / ``(Z, C, H, W)`` with labels ``(Z, H, W)``.
     labels : sequence of array-like
         Integer label images of the image shape without its channel axis.
 
     Returns
     -------
     image_planes, label_planes : list of np.ndarray
-        ``(H, W)`` or ``(H, W, C)`` image planes and ``(H, W)`` label planes.
+        ``(H, W)`` or ``(H, W, C)`` image planes (channels moved last) and ``(H, W)``
+        label planes.
     channels_last : bool
         Whether image planes carry a trailing channel axis.
 
@@ -205,15 +222,20 @@ def split_planes(
     image_planes: list[np.ndarray] = []
     label_planes: list[np.ndarray] = []
     colour_flags = set()
-    for index, (image, label) in enumerate(zip(images, labels)):
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
         image_shape, label_shape = tuple(image.shape), tuple(label.shape)
-        colour = _is_colour_pair(image_shape, label_shape)
-        if not colour and image_shape != label_shape:
+        try:
+            channel_axis = _channel_axis(image_shape, label_shape)
+        except ValueError:
             raise DataError(
                 f"pair {index}: image shape {image_shape} does not fit label shape "
                 f"{label_shape}; labels must have the image's shape (without its colour "
                 "axis). Check that the right label file goes with each image."
-            )
+            ) from None
+        colour = channel_axis is not None
+        if colour and channel_axis != len(image_shape) - 1:
+            image = np.moveaxis(image, channel_axis, -1)
+            image_shape = tuple(image.shape)
         if len(label_shape) < 2:
             raise DataError(f"pair {index}: labels of shape {label_shape} are not an image.")
         label_array = np.asarray(label)
@@ -242,10 +264,10 @@ def split_planes(
 
 def infer_in_channels(images: Sequence[Any], labels: Sequence[Any]) -> int:
     """Number of network input channels the first pair calls for (RGBA counts as 3)."""
-    _, _, channels_last = split_planes(images[:1], labels[:1])
+    planes, _, channels_last = split_planes(images[:1], labels[:1])
     if not channels_last:
         return 1
-    channels = int(images[0].shape[-1])
+    channels = int(planes[0].shape[-1])
     return 3 if channels == 4 else channels
 
 
@@ -317,9 +339,8 @@ def make_targets(
         else:
             # Pixels touching a neighbouring object count as outside, so touching
             # nuclei get separate distance peaks.
-            touching = (
-                ndimage.maximum_filter(instances, size=3) != ndimage.minimum_filter(instances, size=3)
-            ) & foreground
+            spread = ndimage.maximum_filter(instances, size=3)
+            touching = (spread != ndimage.minimum_filter(instances, size=3)) & foreground
             distance = ndimage.distance_transform_edt(foreground & ~touching)
             _, inverse = np.unique(instances, return_inverse=True)
             inverse = inverse.reshape(instances.shape)
@@ -377,7 +398,7 @@ def prepare_training_planes(
     image_planes, label_planes, channels_last = split_planes(images, labels)
     channel_axis = -1 if channels_last else None
     planes = []
-    for image, label in zip(image_planes, label_planes):
+    for image, label in zip(image_planes, label_planes, strict=True):
         if image.shape[0] < 1 or image.shape[1] < 1:
             raise DataError(f"a {what} image of shape {image.shape} is empty.")
         prepared = prepare_plane(image, in_channels, normalization, channel_axis)
@@ -512,4 +533,4 @@ class PatchSampler:
     def batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A stacked batch ``(N,C,S,S), (N,C_out,S,S), (N,C_out,S,S)``."""
         patches = [self.sample() for _ in range(batch_size)]
-        return tuple(np.stack(parts) for parts in zip(*patches))  # type: ignore[return-value]
+        return tuple(np.stack(parts) for parts in zip(*patches, strict=True))  # type: ignore[return-value]

@@ -206,9 +206,7 @@ def _metadata_strings(model: TrainedModel) -> dict[str, str]:
 def _describe_normalization(config: ModelConfig) -> str:
     norm = config.normalization
     if norm.mode == "percentile":
-        return (
-            f"percentile {norm.low:g} -> 0 and {norm.high:g} -> 1 over all channels of an image"
-        )
+        return f"percentile {norm.low:g} -> 0 and {norm.high:g} -> 1 over all channels of an image"
     if norm.mode == "minmax":
         return "min -> 0 and max -> 1 over all channels of an image"
     return "none (raw intensities as float32)"
@@ -270,7 +268,9 @@ def _sample_plane(sample: np.ndarray | str | Path | None) -> np.ndarray:
 
 
 def make_test_input(
-    config: ModelConfig, sample: np.ndarray | str | Path | None = None, channel_axis: int | None = None
+    config: ModelConfig,
+    sample: np.ndarray | str | Path | None = None,
+    channel_axis: int | None = None,
 ) -> np.ndarray:
     """A square ``(1, C, S, S)`` float32 crop of ``sample`` in raw intensities.
 
@@ -363,7 +363,7 @@ def model_card(model: TrainedModel, name: str, description: str) -> str:
 ## Model
 
 - Architecture: {config.architecture} (base filters {config.base_filters}, depth {config.depth})
-- Input: {config.in_channels} channel(s), any height and width of at least {config.size_multiple} pixels
+- Input: {config.in_channels} channel(s), height and width at least {config.size_multiple} pixels
 - Pre-processing: {_describe_normalization(config)}
 - Output: {outputs}; the network returns logits, the package applies a sigmoid
 - Target: {config.target}
@@ -434,9 +434,7 @@ def _preprocessing(config: ModelConfig) -> list[Any]:
         )
     axes = [AxisId("channel"), AxisId("y"), AxisId("x")]  # one range per sample, all channels
     return [
-        ScaleRangeDescr(
-            kwargs=ScaleRangeKwargs(axes=axes, min_percentile=low, max_percentile=high)
-        )
+        ScaleRangeDescr(kwargs=ScaleRangeKwargs(axes=axes, min_percentile=low, max_percentile=high))
     ]
 
 
@@ -514,10 +512,12 @@ def _model_description(
                     channel_names=[Identifier(n) for n in OUTPUT_CHANNEL_NAMES[config.target]]
                 ),
                 SpaceOutputAxis(
-                    id=AxisId("y"), size=SizeReference(tensor_id=TensorId(INPUT_ID), axis_id=AxisId("y"))
+                    id=AxisId("y"),
+                    size=SizeReference(tensor_id=TensorId(INPUT_ID), axis_id=AxisId("y")),
                 ),
                 SpaceOutputAxis(
-                    id=AxisId("x"), size=SizeReference(tensor_id=TensorId(INPUT_ID), axis_id=AxisId("x"))
+                    id=AxisId("x"),
+                    size=SizeReference(tensor_id=TensorId(INPUT_ID), axis_id=AxisId("x")),
                 ),
             ],
             test_tensor=FileDescr(source=folder / "test_output.npy"),
@@ -647,15 +647,24 @@ def export_bioimageio(
     raw = make_test_input(config, sample, channel_axis)
     probabilities = _probabilities(model, raw)
     name = _safe_name(name or f"napari-unet {config.architecture} {config.target} segmentation")
+    kind = "U-Net++" if config.architecture == "unetpp" else "U-Net"
     description = (
         description
-        or f"2D {config.architecture} ({'U-Net++' if config.architecture == 'unetpp' else 'U-Net'}) "
-        f"for {config.target} segmentation of microscopy images, trained with napari-unet. "
+        or f"2D {kind} for {config.target} segmentation of microscopy images, trained with "
+        "napari-unet. "
         f"Outputs per-pixel probabilities ({', '.join(OUTPUT_CHANNEL_NAMES[config.target])})."
     )
     all_tags = dict.fromkeys(
-        ["segmentation", "unet", "2d", "pytorch", "onnx", "napari", "napari-unet",
-         *(t.lower() for t in tags)]
+        [
+            "segmentation",
+            "unet",
+            "2d",
+            "pytorch",
+            "onnx",
+            "napari",
+            "napari-unet",
+            *(t.lower() for t in tags),
+        ]
     )
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix="napari-unet-export-") as tmp_name:
@@ -678,8 +687,14 @@ def export_bioimageio(
         _trace(network, example).save(str(folder / "weights_torchscript.pt"))
         _write_onnx(network, example, folder / "weights.onnx", _metadata_strings(model))
         descr = _build(
-            model, folder, name=name, description=description, authors=authors,
-            license=license, documentation=card_path, tags=list(all_tags),
+            model,
+            folder,
+            name=name,
+            description=description,
+            authors=authors,
+            license=license,
+            documentation=card_path,
+            tags=list(all_tags),
         )
         with atomic_write(path) as package:
             save_bioimageio_package(descr, output_path=package)
@@ -715,7 +730,8 @@ def check_package(path: str | Path) -> None:
     summary = test_model(str(path))
     if summary.status != "passed":
         raise ModelFileError(
-            f"the bioimage.io package {str(path)!r} fails bioimage.io's test: {_summary_text(summary)}"
+            f"the bioimage.io package {str(path)!r} fails bioimage.io's test: "
+            f"{_summary_text(summary)}"
         )
 
 

@@ -18,6 +18,8 @@ import numpy as np
 #: File suffixes read as 2D images (or stacks, for TIFF).
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 _TIFF_SUFFIXES = (".tif", ".tiff")
+#: The DSB 2018 sample images shipped in the package (``images/`` + ``labels/``, CC0).
+SAMPLES_DIR = Path(__file__).parent / "samples" / "dsb2018"
 
 
 class DataError(ValueError):

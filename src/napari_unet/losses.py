@@ -14,7 +14,9 @@ import torch.nn.functional as F
 LOSSES = ("bce", "dice", "bce+dice")
 
 
-def weighted_bce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def weighted_bce(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     """Binary cross-entropy averaged over the pixels (and channels) with non-zero weight."""
     per_pixel = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     return (per_pixel * weights).sum() / weights.sum().clamp_min(1.0)

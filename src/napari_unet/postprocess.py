@@ -152,6 +152,7 @@ def probabilities_to_labels(
     mask = foreground > threshold
     if min_size > 1:
         # Specks under min_size cannot become objects; dropping them first saves work.
+        # (max_size is the largest size removed.)
         mask = remove_small_objects(mask, max_size=min_size - 1)
     if not separate:
         labels = connected_components(mask, connectivity=1)
@@ -168,8 +169,11 @@ def probabilities_to_labels(
         seeds = _h_maxima_seeds(distance, mask, DISTANCE_TRANSFORM_H, floor=1.0)
         labels = _seeded_watershed(-distance, seeds, mask)
     if min_size > 1:
-        # max_size is the largest size removed: objects of min_size - 1 pixels or fewer go.
-        labels = remove_small_objects(labels, max_size=min_size - 1)
+        # Watershed fragments under min_size go too.
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_size
+        small[0] = False
+        labels[small[labels]] = 0
     if fill_holes:
         _fill_object_holes(labels)
     labels, _, _ = relabel_sequential(labels)

@@ -147,6 +147,11 @@ class PredictConfig:
         return cls(**data)
 
 
+def default_overlap(tile_size: int | None) -> int:
+    """The default overlap: 64 pixels, or a quarter of a smaller tile."""
+    return 64 if tile_size is None else min(64, tile_size // 4)
+
+
 def _is_device_name(name: str) -> bool:
     if name == "auto":
         return True
@@ -190,34 +195,49 @@ class Segmentation:
 
 @dataclass(frozen=True)
 class _Layout:
-    """Where the planes and channels of an image are, after moving channels last."""
+    """Where the planes and channels of an image are.
+
+    ``channel_axis`` is the input's channel axis (None for grey planes); after
+    :func:`_arrange` the channels are last, ``channels`` of them (alpha dropped).
+    """
 
     leading: tuple[int, ...]  # stack axes before the plane (Z, T, ...)
     height: int
     width: int
-    channels: int | None  # None: grey planes without a channel axis
+    channel_axis: int | None
+    channels: int | None
+    drop_alpha: bool
 
     @property
     def n_planes(self) -> int:
         return math.prod(self.leading)
 
+    @property
+    def labels_shape(self) -> tuple[int, ...]:
+        return (*self.leading, self.height, self.width)
 
-def _arrange(
-    image: Any, in_channels: int, rgb: bool | None, channel_axis: int | None
-) -> tuple[Any, _Layout]:
-    """Move the channel axis last (dropping RGBA alpha) and check channels against the model.
+
+def _layout(
+    shape: tuple[int, ...], in_channels: int, rgb: bool | None, channel_axis: int | None
+) -> _Layout:
+    """Find the plane and channel axes of an image of ``shape`` and check them.
 
     Without ``rgb`` or ``channel_axis``, a last axis of 3 or 4 is taken as colour,
     as napari guesses ``layer.rgb``: a spatial axis that short is not an image.
+
+    Raises
+    ------
+    DataError
+        If the layout or the channel count does not suit a model of ``in_channels``.
     """
-    shape = tuple(int(n) for n in image.shape)
+    shape = tuple(int(n) for n in shape)
     if channel_axis is not None:
         if not -len(shape) <= channel_axis < len(shape):
             raise DataError(
                 f"channel_axis {channel_axis} does not exist in an image of shape {shape}."
             )
-        image = np.moveaxis(image, channel_axis, -1)
-        has_channels, colour = True, False
+        channel_axis %= len(shape)
+        colour = False
     else:
         looks_rgb = len(shape) >= 3 and shape[-1] in (3, 4)
         if rgb and not looks_rgb:
@@ -225,23 +245,55 @@ def _arrange(
                 f"an RGB image needs a last axis of 3 or 4 colours, got shape {shape}; give "
                 "channel_axis for other layouts."
             )
-        has_channels = colour = looks_rgb if rgb is None else bool(rgb)
-    if colour and image.shape[-1] == 4 and in_channels != 4:
-        image = image[..., :3]  # alpha carries no intensity
-    spatial = image.shape[:-1] if has_channels else image.shape
+        colour = looks_rgb if rgb is None else bool(rgb)
+        channel_axis = len(shape) - 1 if colour else None
+    spatial = tuple(n for axis, n in enumerate(shape) if axis != channel_axis)
     if not 2 <= len(spatial) <= 4:
         raise DataError(
             f"expected a 2D image or a stack of up to 2 extra axes (Z, T), got shape {shape}"
-            + (" with a channel axis" if has_channels else "")
+            + (" with a channel axis" if channel_axis is not None else "")
             + "; give rgb/channel_axis or split the data."
         )
-    if min(spatial[-2:]) < 1:
+    if min(spatial) < 1:
         raise DataError(f"the image of shape {shape} is empty.")
-    channels = int(image.shape[-1]) if has_channels else None
+    channels = None if channel_axis is None else shape[channel_axis]
+    drop_alpha = colour and channels == 4 and in_channels != 4
+    if drop_alpha:
+        channels = 3  # alpha carries no intensity
     # Raises DataError with the fix when the channel count does not suit the model.
     to_channels_first(np.zeros((channels or 1, 1, 1), np.float32), in_channels, channel_axis=0)
-    layout = _Layout(tuple(int(n) for n in spatial[:-2]), int(spatial[-2]), int(spatial[-1]), channels)
+    return _Layout(spatial[:-2], spatial[-2], spatial[-1], channel_axis, channels, drop_alpha)
+
+
+def _arrange(
+    image: Any, in_channels: int, rgb: bool | None, channel_axis: int | None
+) -> tuple[Any, _Layout]:
+    """The image with its channels last (alpha dropped) and its :class:`_Layout`."""
+    layout = _layout(image.shape, in_channels, rgb, channel_axis)
+    if layout.channel_axis is not None:
+        image = np.moveaxis(image, layout.channel_axis, -1)
+    if layout.drop_alpha:
+        image = image[..., :3]
     return image, layout
+
+
+def labels_shape(
+    shape: tuple[int, ...],
+    in_channels: int,
+    rgb: bool | None = None,
+    channel_axis: int | None = None,
+) -> tuple[int, ...]:
+    """Shape of the labels :func:`predict` gives for an image of ``shape``.
+
+    Checks an image's layout and channels against a model taking ``in_channels``
+    channels without its pixels, so that a batch of files can be validated first.
+
+    Raises
+    ------
+    DataError
+        If the layout or the channel count does not suit the model.
+    """
+    return _layout(shape, in_channels, rgb, channel_axis).labels_shape
 
 
 def _network_input(plane: np.ndarray, config: ModelConfig, layout: _Layout) -> np.ndarray:
@@ -401,8 +453,12 @@ def auto_tile_size(
 # --------------------------------------------------------------------------- prediction
 
 
-def _resolve_model(model: str | os.PathLike[str] | TrainedModel, device: str) -> TrainedModel:
-    """Load ``model`` on ``device``; a device that is not available is a ConfigError."""
+def resolve_model(model: str | os.PathLike[str] | TrainedModel, device: str) -> TrainedModel:
+    """Load ``model`` (path, ``"default"`` or TrainedModel) on ``device`` for prediction.
+
+    ``device="auto"`` keeps a loaded model where it is. A device that is not
+    available raises :class:`~napari_unet.config.ConfigError`.
+    """
     try:
         torch_device = None if device == "auto" else select_device(device)
     except ValueError as error:
@@ -476,7 +532,7 @@ def predict_events(
         If the model file cannot be loaded.
     """
     config = config or PredictConfig()
-    trained = _resolve_model(model, config.device)
+    trained = resolve_model(model, config.device)
     model_config = trained.config
     lazy = _is_dask(image)
     arranged, layout = _arrange(
@@ -492,7 +548,7 @@ def predict_events(
 
     n_tiles = len(tile_grid((layout.height, layout.width), tile, config.overlap))
     total = layout.n_planes * n_tiles
-    labels = np.zeros((*layout.leading, layout.height, layout.width), dtype=np.uint32)
+    labels = np.zeros(layout.labels_shape, dtype=np.uint32)
     probabilities = (
         np.zeros((model_config.out_channels, *labels.shape), dtype=np.float32)
         if config.return_probabilities
@@ -573,9 +629,10 @@ def _predict_dask(
         )
         return probabilities.reshape((out_channels,) + (1,) * n_lead + probabilities.shape[1:])
 
-    # Index n_lead + 2 (the channel axis, if any) is contracted; the new axis 'k' is C_out.
-    in_index = tuple(range(image.ndim))
-    out_index = ("k",) + tuple(range(n_lead + 2))
+    # Axes a0, a1, ... of the input; the channel axis (if any) is contracted away
+    # and a new first axis "k" holds the output channels.
+    in_index = tuple(f"a{i}" for i in range(image.ndim))
+    out_index = ("k",) + in_index[: n_lead + 2]
     probabilities = da.blockwise(
         plane_probabilities,
         out_index,

@@ -39,7 +39,7 @@ from napari_unet._widgets._common import (
     ModelPicker,
     connect_until_destroyed,
 )
-from napari_unet.checkpoint import ModelFileError, TrainedModel, load_model
+from napari_unet.checkpoint import ModelFileError, TrainedModel
 from napari_unet.config import ConfigError
 from napari_unet.io import DataError, atomic_write
 from napari_unet.predict import PredictConfig, Progress, Segmentation, predict_events
@@ -76,10 +76,8 @@ def planes(labels: Any) -> np.ndarray:
     return array.reshape((-1, *array.shape[-2:]))
 
 
-def score(
-    truth: Any, prediction: Any
-) -> Generator[tuple[int, int], None, dict[str, dict[str, Any]]]:
-    """Score ``prediction`` against ``truth`` plane by plane, yielding (done, total).
+def score(truth: Any, prediction: Any) -> Generator[Progress, None, dict[str, dict[str, Any]]]:
+    """Score ``prediction`` against ``truth`` plane by plane, yielding progress.
 
     Returns
     -------
@@ -99,7 +97,7 @@ def score(
     ):
         pixel_rows.append(metrics.pixel_metrics(true_plane, predicted_plane))
         instance_rows.append(metrics.instance_metrics(true_plane, predicted_plane))
-        yield index, total
+        yield Progress(index, total, f"scored plane {index}/{total}")
     return {
         "pixel": metrics.mean_pixel_metrics(pixel_rows),
         "instance": metrics.mean_instance_metrics(instance_rows),
@@ -107,26 +105,12 @@ def score(
 
 
 def segment_and_score(
-    image: Any,
-    rgb: bool,
-    model: str | Path | TrainedModel,
-    truth: Any,
-) -> Generator[tuple[int, int], None, tuple[dict[str, dict[str, Any]], Segmentation]]:
+    image: Any, rgb: bool, model: str | Path | TrainedModel, truth: Any
+) -> Generator[Progress, None, tuple[dict[str, dict[str, Any]], Segmentation]]:
     """Segment ``image`` with ``model`` (default settings), then :func:`score` it."""
-    trained = load_model(model)
-    progress: Progress
-    segmentation = yield from (
-        (progress.done, progress.total)
-        for progress in _progress(predict_events(image, trained, PredictConfig(), rgb=rgb))
-    )
+    segmentation = yield from predict_events(image, model, PredictConfig(), rgb=rgb)
     scores = yield from score(truth, segmentation.labels)
     return scores, segmentation
-
-
-def _progress(
-    events: Generator[Progress, None, Segmentation],
-) -> Generator[Progress, None, Segmentation]:
-    return (yield from events)
 
 
 class EvaluateWidget(QWidget):
@@ -297,10 +281,9 @@ class EvaluateWidget(QWidget):
         )
         self.update_state()
 
-    def _on_progress(self, progress: tuple[int, int]) -> None:
-        done, total = progress
-        self.progress.setRange(0, max(1, total))
-        self.progress.setValue(done)
+    def _on_progress(self, progress: Progress) -> None:
+        self.progress.setRange(0, max(1, progress.total))
+        self.progress.setValue(progress.done)
 
     def _on_result(self, result: Any) -> None:
         if self.mode.currentText() == SEGMENT:

@@ -68,60 +68,73 @@ def segment_layer(
     rgb: bool,
     channel_axis: int | None,
     stop: threading.Event,
-) -> Generator[Progress, None, tuple[Segmentation, str, bool]]:
-    """Load ``model``, segment ``data`` and materialise a lazy result block by block.
+) -> Generator[Progress, None, tuple[Segmentation, str]]:
+    """Segment ``data`` with ``model``; compute a lazy (dask) result block by block.
 
     Yields
     ------
     Progress
-        The core's progress, then one per block of a dask result.
+        The core's progress, then one event per block of planes of a dask result.
 
     Returns
     -------
-    segmentation, target, stopped
-        The result (numpy or zarr-backed labels), the model's target (to name the
-        probability channels) and whether Stop ended the run early.
+    segmentation, target
+        The result (numpy, or zarr-backed when large; ``cancelled`` set when Stop
+        ended it early) and the model's target, which names the probability maps.
     """
-    trained = load_model(model, device=config.device)
+    # Session models are used as they are; files are read once here, on the CPU
+    # (predict_events moves the network to the configured device).
+    trained = model if isinstance(model, TrainedModel) else load_model(model, device="cpu")
     segmentation = yield from predict_events(
         data, trained, config, rgb=rgb, channel_axis=channel_axis, stop=stop
     )
-    labels = segmentation.labels
-    if _is_dask(labels):
-        labels = yield from _materialise(labels, stop)
-    probabilities = segmentation.probabilities
-    if probabilities is not None and _is_dask(probabilities):
-        probabilities = yield from _materialise(probabilities, stop)
-    result = Segmentation(labels=labels, probabilities=probabilities)
-    return result, trained.config.target, stop.is_set()
+    if _is_dask(segmentation.labels):
+        segmentation = yield from _materialise(segmentation, stop)
+    return segmentation, trained.config.target
 
 
 def _is_dask(array: Any) -> bool:
     return type(array).__module__.startswith("dask")
 
 
-def _materialise(lazy: Any, stop: threading.Event) -> Generator[Progress, None, Any]:
-    """Compute a dask array one block of leading-axis chunks at a time."""
+def _empty_like(lazy: Any) -> Any:
+    """A writable array for ``lazy``'s values: in memory, or a temporary zarr store if large."""
     if lazy.nbytes <= IN_MEMORY_LIMIT:
-        out: Any = np.zeros(lazy.shape, lazy.dtype)
-    else:
-        import zarr
+        return np.zeros(lazy.shape, lazy.dtype)
+    import zarr
 
-        store = tempfile.mkdtemp(prefix="napari-unet-")
-        out = zarr.open_array(
-            store, mode="w", shape=lazy.shape, dtype=lazy.dtype, chunks=lazy.chunksize
-        )
-    if lazy.ndim <= 2:
-        out[...] = lazy.compute()
-        return out
-    bounds = np.cumsum((0, *lazy.chunks[0]))
-    total = len(bounds) - 1
-    for index, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True), start=1):
+    store = tempfile.mkdtemp(prefix="napari-unet-")
+    return zarr.open_array(store, mode="w", shape=lazy.shape, dtype=lazy.dtype, chunks=lazy.chunksize)
+
+
+def _materialise(
+    lazy: Segmentation, stop: threading.Event
+) -> Generator[Progress, None, Segmentation]:
+    """Compute a lazy segmentation one block of leading-axis chunks at a time.
+
+    Labels and probabilities of a block are computed together, so the network runs
+    once per plane. Stop leaves the planes not reached at 0.
+    """
+    import dask
+
+    labels = _empty_like(lazy.labels)
+    probabilities = None if lazy.probabilities is None else _empty_like(lazy.probabilities)
+    if lazy.labels.ndim == 2:
+        blocks = [slice(None)]
+    else:
+        bounds = np.cumsum((0, *lazy.labels.chunks[0]))
+        blocks = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    for index, where in enumerate(blocks, start=1):
         if stop.is_set():
             break
-        out[start:end] = lazy[start:end].compute()
-        yield Progress(done=index, total=total, message=f"computed planes {start}-{end - 1}")
-    return out
+        if probabilities is None:
+            labels[where] = lazy.labels[where].compute()
+        else:
+            labels[where], probabilities[:, where] = dask.compute(
+                lazy.labels[where], lazy.probabilities[:, where]
+            )
+        yield Progress(index, len(blocks), f"computed block {index}/{len(blocks)}")
+    return Segmentation(labels, probabilities, cancelled=stop.is_set())
 
 
 class SegmentWidget(QWidget):
@@ -169,7 +182,7 @@ class SegmentWidget(QWidget):
         self.min_size.setValue(int(defaults.min_size))
         form.addRow("Minimum size", self.min_size)
         self.tile_size = QSpinBox()
-        self.tile_size.setRange(0, 8192)
+        self.tile_size.setRange(0, 16384)
         self.tile_size.setSingleStep(64)
         self.tile_size.setSpecialValueText("auto (from memory)")
         self.tile_size.setValue(defaults.tile_size or 0)
@@ -239,8 +252,12 @@ class SegmentWidget(QWidget):
 
     def config(self) -> PredictConfig:
         """The widget's settings as a validated PredictConfig (ConfigError if invalid)."""
+        tile = self.tile_size.value() or None
+        # Small tiles get a proportionally small overlap (it must stay under half a tile).
+        overlap = PredictConfig().overlap if tile is None else min(PredictConfig().overlap, tile // 4)
         return PredictConfig(
-            tile_size=self.tile_size.value() or None,
+            tile_size=tile,
+            overlap=overlap,
             tta=self.tta.isChecked(),
             threshold=float(self.threshold.value()),
             separate=self.separate.isChecked(),
@@ -318,8 +335,9 @@ class SegmentWidget(QWidget):
         if not self._stop.is_set():
             self.status.setText(progress.message or f"{progress.done}/{progress.total}")
 
-    def _on_result(self, result: tuple[Segmentation, str, bool]) -> None:
-        segmentation, target, stopped = result
+    def _on_result(self, result: tuple[Segmentation, str]) -> None:
+        segmentation, target = result
+        stopped = segmentation.cancelled
         source = self._source
         scale, translate = _spatial(source, self._axis)
         suffix = " (stopped)" if stopped else ""

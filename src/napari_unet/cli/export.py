@@ -31,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="author name (repeat for several; default 'napari-unet developers')",
     )
     package.add_argument(
-        "--license", default="BSD-3-Clause", help="SPDX licence id of the weights (default BSD-3-Clause)"
+        "--license",
+        default="BSD-3-Clause",
+        help="SPDX licence id of the weights (default BSD-3-Clause)",
     )
     package.add_argument(
         "--doc",
@@ -44,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="image the test input/output is cropped from (default: a bundled sample)",
     )
-    package.add_argument("--tag", action="append", dest="tags", default=[], help="extra tag (repeatable)")
+    package.add_argument(
+        "--tag", action="append", dest="tags", default=[], help="extra tag (repeatable)"
+    )
     package.add_argument(
         "--no-test",
         action="store_true",
@@ -60,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, device="cpu")
     fmt = args.format
     if fmt is None:
-        fmt = {suffix: name for name, suffix in FORMAT_SUFFIXES.items()}.get(args.out.suffix.lower())
+        fmt = {suffix: name for name, suffix in FORMAT_SUFFIXES.items()}.get(
+            args.out.suffix.lower()
+        )
     options = {}
     if fmt == "bioimageio":
         options = {

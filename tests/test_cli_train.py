@@ -1,0 +1,175 @@
+"""Tests of ``napari-unet train``: a real run, and every user error exits 2 writing nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_blobs
+
+from napari_unet.checkpoint import load_model
+from napari_unet.cli import main
+from napari_unet.io import write_png
+
+FAST = [
+    "--preset",
+    "tiny",
+    "--epochs",
+    "1",
+    "--steps-per-epoch",
+    "2",
+    "--batch-size",
+    "2",
+    "--patch-size",
+    "32",
+    "--device",
+    "cpu",
+    "--quiet",
+    "--lr",
+    "1e-3",
+]
+
+
+def write_pairs(folder: Path, n: int = 3, shape: tuple[int, int] = (40, 40)) -> tuple[Path, Path]:
+    images, labels = make_blobs(n=n, shape=shape, rgb=True)
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        write_png(folder / "images" / f"img{index}.png", image)
+        write_png(folder / "labels" / f"img{index}.png", label)
+    return folder / "images", folder / "labels"
+
+
+def test_train_writes_model_log_and_checkpoint(tmp_path, capsys) -> None:
+    images, labels = write_pairs(tmp_path / "data")
+    out = tmp_path / "run" / "model.pt"
+    code = main(
+        [
+            "train",
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--out",
+            str(out),
+            "--target",
+            "contour",
+            "--half",
+            *FAST,
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "epoch 1/1" in printed and "best epoch 1" in printed and str(out) in printed
+    model = load_model(out, device="cpu")
+    assert model.config.in_channels == 3 and model.config.target == "contour"
+    assert model.metadata["data"]["train_source"].startswith(str(images))
+    assert (tmp_path / "run" / "model.csv").is_file()
+    assert (tmp_path / "run" / "model.ckpt.pt").is_file()
+    # Resume to a second epoch from the checkpoint.
+    code = main(
+        [
+            "train",
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--out",
+            str(out),
+            "--resume",
+            str(tmp_path / "run" / "model.ckpt.pt"),
+            *FAST[:2],
+            "--epochs",
+            "2",
+            *FAST[4:],
+        ]
+    )
+    assert code == 0 and load_model(out, device="cpu").metadata["epochs_run"] == 2
+
+
+def test_train_with_validation_folders_and_dsb_layout(tmp_path) -> None:
+    write_pairs(tmp_path / "train")
+    write_pairs(tmp_path / "val", n=1, shape=(24, 30))
+    out = tmp_path / "m.pt"
+    code = main(
+        [
+            "train",
+            "--dsb",
+            str(tmp_path / "train"),
+            "--val-dsb",
+            str(tmp_path / "val"),
+            "--out",
+            str(out),
+            "--log",
+            str(tmp_path / "log.csv"),
+            *FAST,
+        ]
+    )
+    assert code == 0 and (tmp_path / "log.csv").is_file()
+    assert load_model(out, device="cpu").metadata["data"]["val_planes"] == 1
+
+
+def error_cases(tmp_path: Path) -> dict[str, list[str]]:
+    images, labels = write_pairs(tmp_path / "good")
+    # A label file of the wrong shape
+    bad_images, bad_labels = write_pairs(tmp_path / "shape")
+    write_png(bad_labels / "img1.png", np.ones((30, 30), np.uint16))
+    # Label files that mark nothing
+    empty_images, empty_labels = write_pairs(tmp_path / "empty")
+    for path in empty_labels.iterdir():
+        write_png(path, np.zeros((40, 40), np.uint16))
+    # Stems that do not match
+    odd_images, odd_labels = write_pairs(tmp_path / "stems")
+    (odd_labels / "img2.png").rename(odd_labels / "other.png")
+    return {
+        "missing folder": ["--images", str(tmp_path / "nope"), "--labels", str(labels)],
+        "only images": ["--images", str(images)],
+        "shape mismatch": ["--images", str(bad_images), "--labels", str(bad_labels)],
+        "empty labels": ["--images", str(empty_images), "--labels", str(empty_labels)],
+        "unmatched stems": ["--images", str(odd_images), "--labels", str(odd_labels)],
+        "bad lr": ["--images", str(images), "--labels", str(labels), "--lr", "3"],
+        "resume not a checkpoint": [
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--resume",
+            str(images / "img0.png"),
+        ],
+        "missing init": [
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--init",
+            str(tmp_path / "none.pt"),
+        ],
+    }
+
+
+def test_user_errors_exit_2_and_write_nothing(tmp_path, capsys) -> None:
+    for name, args in error_cases(tmp_path).items():
+        out_dir = tmp_path / f"out_{name.replace(' ', '_')}"
+        code = main(["train", "--out", str(out_dir / "m.pt"), *FAST, *args])
+        err = capsys.readouterr().err
+        assert code == 2, name
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, (name, err)
+        assert not out_dir.exists() or not any(out_dir.iterdir()), name
+
+
+def test_python_dash_m_runs_the_same_cli(tmp_path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "napari_unet", "train", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert completed.returncode == 0 and "--val-fraction" in completed.stdout
+
+
+@pytest.mark.parametrize("flag", ["--schedule", "--loss", "--target", "--sampling"])
+def test_choices_are_checked_by_argparse(flag) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--images", "x", "--labels", "y", "--out", "m.pt", flag, "nonsense"])
+    assert exit_info.value.code == 2

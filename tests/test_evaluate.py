@@ -1,0 +1,121 @@
+"""Evaluation of a model on labelled images (napari_unet.evaluate)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from conftest import make_blobs, make_threshold_model
+
+from napari_unet.evaluate import (
+    CSV_COLUMNS,
+    classify_modality,
+    evaluate,
+    overlay_image,
+    resize_pair,
+)
+from napari_unet.io import DataError, read_image
+from napari_unet.metrics import instance_metrics, pixel_metrics
+from napari_unet.predict import PredictConfig, predict
+
+PIXEL = ("accuracy", "f1", "jaccard", "recall", "precision")
+INSTANCE = ("dsb_score", "ap50", "ap75", "f1_50", "pq")
+
+
+def test_scores_match_the_metrics_module() -> None:
+    images, labels = make_blobs(n=3, shape=(40, 48))
+    model = make_threshold_model()
+    config = PredictConfig(threshold=0.5, min_size=0)
+    report = evaluate(model, images, labels, config, names=["a", "b", "c"])
+    assert set(report.summary) == {"n_images", "pixel", "instance"}
+    assert set(report.summary["pixel"]) == set(PIXEL)
+    assert set(report.summary["instance"]) == set(INSTANCE)
+    assert report.summary["n_images"] == 3
+    expected_pixel, expected_instance = [], []
+    for row, image, truth in zip(report.rows, images, labels):
+        result = predict(image, model, config, return_probabilities=True)
+        pixel = pixel_metrics(truth > 0, result.probabilities[0] > 0.5)
+        instance = instance_metrics(truth, result.labels)
+        for key in PIXEL:
+            assert row[key] == pytest.approx(pixel[key])
+        for key in INSTANCE:
+            assert row[key] == pytest.approx(instance[key])
+        assert row["n_true"] == 4 and set(row) == set(CSV_COLUMNS)
+        expected_pixel.append(pixel)
+        expected_instance.append(instance)
+    for key in PIXEL:
+        assert report.summary["pixel"][key] == pytest.approx(np.mean([p[key] for p in expected_pixel]))
+    for key in INSTANCE:
+        mean = np.mean([p[key] for p in expected_instance])
+        assert report.summary["instance"][key] == pytest.approx(mean)
+    assert report.summary["instance"]["dsb_score"] > 0.5  # the blobs are found
+
+
+def test_resize_protocol_compares_at_the_resized_size() -> None:
+    images, labels = make_blobs(n=2, shape=(48, 64), rgb=True)
+    model = make_threshold_model(in_channels=3)
+    report = evaluate(model, images, labels, resize=32)
+    assert all((row["height"], row["width"]) == (32, 32) for row in report.rows)
+    image, truth = resize_pair(images[0], labels[0], 32)
+    assert image.shape == (32, 32, 3) and truth.shape == (32, 32)
+    assert set(np.unique(truth)) <= set(np.unique(labels[0]))  # nearest: no new label values
+    result = predict(image, model, return_probabilities=True)
+    expected = pixel_metrics(truth > 0, result.probabilities[0] > 0.5)
+    assert report.rows[0]["f1"] == pytest.approx(expected["f1"])
+
+
+def test_modalities_and_per_modality_summaries() -> None:
+    rng = np.random.default_rng(0)
+    # grey stored as RGB, as in the DSB: dark (fluorescence) and bright (brightfield)
+    fluorescence = np.repeat(rng.integers(0, 60, (32, 32, 1)), 3, axis=-1).astype(np.uint8)
+    brightfield = np.repeat(rng.integers(180, 230, (32, 32, 1)), 3, axis=-1).astype(np.uint8)
+    stained = np.stack([rng.integers(180, 240, (32, 32)), rng.integers(60, 120, (32, 32)),
+                        rng.integers(150, 210, (32, 32))], axis=-1).astype(np.uint8)
+    assert classify_modality(fluorescence) == "fluorescence"
+    assert classify_modality(brightfield) == "brightfield"
+    assert classify_modality(stained) == "H&E"
+    assert classify_modality(fluorescence[..., 0]) == "fluorescence"
+    assert classify_modality(np.full((8, 8), 50_000, np.uint16)) == "brightfield"
+    labels = [np.zeros((32, 32), np.uint16)] * 3
+    report = evaluate(make_threshold_model(in_channels=3), [fluorescence, brightfield, stained], labels)
+    assert [row["modality"] for row in report.rows] == ["fluorescence", "brightfield", "H&E"]
+    assert set(report.per_modality) == {"fluorescence", "brightfield", "H&E"}
+    assert all(summary["n_images"] == 1 for summary in report.per_modality.values())
+    table = report.format_table()
+    assert "H&E" in table and "dsb_score" in table
+
+
+def test_csv_overlays_and_label_files(tmp_path) -> None:
+    images, labels = make_blobs(n=2, shape=(30, 36))
+    report = evaluate(
+        make_threshold_model(), images, labels, names=["one", "two"],
+        overlay_dir=tmp_path / "overlays", labels_dir=tmp_path / "labels",
+    )
+    path = report.write_csv(tmp_path / "score.csv")
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["image"] for row in rows] == ["one", "two"]
+    assert tuple(rows[0]) == CSV_COLUMNS
+    assert float(rows[1]["dsb_score"]) == pytest.approx(report.rows[1]["dsb_score"], abs=1e-6)
+    overlay = read_image(tmp_path / "overlays" / "one.png")
+    assert overlay.shape == (30, 3 * 36 + 8, 3)
+    assert read_image(tmp_path / "labels" / "two.tif").shape == (30, 36)
+    assert overlay_image(images[0], labels[0], labels[0]).dtype == np.uint8
+
+
+def test_bad_inputs_are_refused_before_any_output(tmp_path) -> None:
+    images, labels = make_blobs(n=2, shape=(30, 36))
+    model = make_threshold_model()
+    overlays = tmp_path / "overlays"
+    with pytest.raises(DataError, match="shape"):
+        evaluate(model, images, [labels[0], labels[1][:20]], overlay_dir=overlays)
+    assert not overlays.exists()  # the first image was not written either
+    with pytest.raises(DataError, match="no images"):
+        evaluate(model, [], [])
+    with pytest.raises(DataError, match="pair"):
+        evaluate(model, images, labels[:1])
+    with pytest.raises(DataError, match="integer"):
+        evaluate(model, images[:1], [labels[0].astype(np.float32)])
+    with pytest.raises(DataError, match="channel"):
+        evaluate(make_threshold_model(in_channels=2), [np.zeros((30, 36, 3), np.uint8)], labels[:1])

@@ -1,0 +1,106 @@
+"""Probabilities to instance labels (napari_unet.postprocess)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.measure import label as connected_components
+from skimage.segmentation import find_boundaries
+
+from napari_unet.postprocess import label_dtype, probabilities_to_labels
+
+
+def touching_discs(shape: tuple[int, int] = (64, 96)) -> np.ndarray:
+    """Labels of two radius-15 discs whose centres are 26 px apart (they overlap)."""
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.uint16)
+    labels[(rows - 32) ** 2 + (cols - 30) ** 2 < 15**2] = 1
+    labels[((rows - 32) ** 2 + (cols - 56) ** 2 < 15**2) & (labels == 0)] = 2
+    return labels
+
+
+def test_watershed_separates_touching_discs_that_components_merge() -> None:
+    truth = touching_discs()
+    foreground = (truth > 0).astype(np.float32)[None]
+    assert connected_components(truth > 0).max() == 1
+    assert probabilities_to_labels(foreground, separate=False).max() == 1
+    separated = probabilities_to_labels(foreground, "foreground", separate=True)
+    assert separated.max() == 2
+    # each predicted object is essentially one of the discs
+    for index in (1, 2):
+        overlap = np.bincount(truth[separated == index], minlength=3)[1:]
+        assert overlap.max() / overlap.sum() > 0.95
+
+
+def test_contour_target_splits_along_the_predicted_boundary() -> None:
+    truth = touching_discs()
+    boundary = find_boundaries(truth, mode="inner").astype(np.float32)
+    probabilities = np.stack([(truth > 0).astype(np.float32), boundary])
+    labels = probabilities_to_labels(probabilities, "contour")
+    assert labels.max() == 2
+    assert (labels > 0).sum() == (truth > 0).sum()  # the watershed fills the boundary too
+
+
+def test_distance_target_seeds_from_predicted_distance_maxima() -> None:
+    rows, cols = np.mgrid[:64, :96]
+    distance = np.zeros((64, 96), np.float32)
+    for centre in (30, 56):
+        radius = np.sqrt((rows - 32) ** 2 + (cols - centre) ** 2)
+        distance = np.maximum(distance, np.clip(1 - radius / 15, 0, 1))
+    probabilities = np.stack([(distance > 0).astype(np.float32), distance])
+    assert probabilities_to_labels(probabilities, "distance").max() == 2
+    assert probabilities_to_labels(probabilities, "distance", separate=False).max() == 1
+
+
+def test_small_objects_removed_and_holes_filled() -> None:
+    mask = np.zeros((40, 60), np.float32)
+    mask[5:25, 5:25] = 1
+    mask[12:16, 12:16] = 0  # a hole inside one object
+    mask[30:32, 50:52] = 1  # a 4-pixel speck
+    labels = probabilities_to_labels(mask[None], min_size=5, separate=False)
+    assert labels.max() == 1
+    assert labels[14, 14] == 1
+    assert labels[31, 51] == 0
+    kept = probabilities_to_labels(mask[None], min_size=0, separate=False, fill_holes=False)
+    assert kept.max() == 2 and kept[14, 14] == 0
+
+
+def test_a_gap_enclosed_by_two_objects_stays_background() -> None:
+    labels = np.zeros((30, 30), np.float32)
+    labels[5:25, 5:15] = 1
+    labels[5:25, 15:25] = 1
+    labels[10:20, 12:18] = 0
+    contour = np.zeros_like(labels)
+    contour[:, 14:16] = 1  # the two halves are separate objects
+    result = probabilities_to_labels(np.stack([labels, contour]), "contour", min_size=0)
+    assert result.max() == 2
+    assert result[15, 15] == 0
+
+
+def test_threshold_and_sequential_labels() -> None:
+    probabilities = np.zeros((1, 20, 40), np.float32)
+    probabilities[0, 2:8, 2:8] = 0.6
+    probabilities[0, 12:18, 30:36] = 0.4
+    assert probabilities_to_labels(probabilities, threshold=0.5).max() == 1
+    labels = probabilities_to_labels(probabilities, threshold=0.3)
+    assert sorted(np.unique(labels)) == [0, 1, 2]
+    assert labels.dtype == np.uint16
+    assert probabilities_to_labels(probabilities[0], threshold=0.3).max() == 2  # 2D input
+
+
+def test_label_dtype_widens_past_65535_objects() -> None:
+    assert label_dtype(65535) == np.uint16
+    assert label_dtype(65536) == np.uint32
+    assert label_dtype(2**32) == np.uint64
+    grid = np.zeros((1, 600, 600), np.float32)
+    grid[0, ::2, ::2] = 1  # 90,000 isolated pixels
+    labels = probabilities_to_labels(grid, separate=False)
+    assert labels.max() == 90_000
+    assert labels.dtype == np.uint32
+
+
+def test_wrong_channels_for_the_target_are_refused() -> None:
+    with pytest.raises(ValueError, match="needs"):
+        probabilities_to_labels(np.zeros((1, 8, 8)), "contour")
+    with pytest.raises(ValueError, match="unknown"):
+        probabilities_to_labels(np.zeros((1, 8, 8)), "edges")

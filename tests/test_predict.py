@@ -1,0 +1,213 @@
+"""Prediction of images, stacks and dask arrays (napari_unet.predict)."""
+
+from __future__ import annotations
+
+import threading
+
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+from conftest import make_blobs, make_threshold_model
+from skimage.segmentation import relabel_sequential
+
+from napari_unet.checkpoint import TrainedModel, save_model
+from napari_unet.config import ConfigError, ModelConfig
+from napari_unet.io import DataError
+from napari_unet.metrics import instance_metrics
+from napari_unet.model import build_model
+from napari_unet.predict import (
+    PredictConfig,
+    Progress,
+    auto_tile_size,
+    inference_network,
+    labels_shape,
+    predict,
+    predict_events,
+    segment,
+)
+
+
+def blob_stack(n: int = 3, shape: tuple[int, int] = (40, 52)) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = make_blobs(n=n, shape=shape)
+    return np.stack(images), np.stack(labels)
+
+
+def random_model(in_channels: int = 1, target: str = "foreground") -> TrainedModel:
+    """An untrained tiny U-Net with non-trivial BatchNorm statistics."""
+    torch.manual_seed(0)
+    config = ModelConfig.from_preset("tiny", in_channels=in_channels, base_filters=4, depth=2, target=target)
+    network = build_model(config)
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    return TrainedModel(network.eval(), config)
+
+
+def test_config_is_validated_with_a_fix_in_the_message() -> None:
+    with pytest.raises(ConfigError, match="less than half"):
+        PredictConfig(tile_size=64, overlap=40)
+    with pytest.raises(ConfigError, match="threshold"):
+        PredictConfig(threshold=1.5)
+    with pytest.raises(ConfigError, match="tile_size"):
+        PredictConfig(tile_size=8)
+    with pytest.raises(ConfigError, match="device"):
+        PredictConfig(device="gpu please")
+    with pytest.raises(ConfigError, match="Unknown"):
+        PredictConfig.from_dict({"tile": 3})
+    config = PredictConfig(tile_size=256, tta=True, min_size=3)
+    assert PredictConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_device_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="CUDA"):
+        predict(np.zeros((8, 8)), make_threshold_model(), device="cuda")
+
+
+def test_grey_image_is_segmented_into_its_objects() -> None:
+    images, labels = make_blobs(n=1, shape=(64, 80))
+    result = predict(images[0], make_threshold_model(), tile_size=32, overlap=8, return_probabilities=True)
+    assert result.labels.shape == (64, 80)
+    assert result.labels.dtype == np.uint16
+    assert result.probabilities.shape == (1, 64, 80)
+    assert 0 <= result.probabilities.min() and result.probabilities.max() <= 1
+    assert instance_metrics(labels[0], result.labels)["ap50"] > 0.7
+
+
+def test_inference_network_matches_the_network_and_leaves_it_alone() -> None:
+    model = random_model()
+    before = {k: v.clone() for k, v in model.network.state_dict().items()}
+    fast = inference_network(model.network, model.device)
+    assert inference_network(model.network, model.device) is fast  # cached
+    x = torch.rand(2, 1, 37, 45)
+    with torch.inference_mode():
+        expected = model.network(x)
+        got = fast(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    for key, value in model.network.state_dict().items():
+        assert torch.equal(value, before[key])
+    with torch.no_grad():
+        next(model.network.parameters()).add_(1.0)  # trained further: rebuilt
+    assert inference_network(model.network, model.device) is not fast
+
+
+def test_colour_layouts_and_channel_checks() -> None:
+    images, _ = make_blobs(n=1, shape=(30, 40), rgb=True)
+    rgb = images[0]
+    rgb_model = make_threshold_model(in_channels=3)
+    grey_model = make_threshold_model(in_channels=1)
+    assert segment(rgb, rgb_model).shape == (30, 40)
+    rgba = np.concatenate([rgb, np.full((30, 40, 1), 255, np.uint8)], axis=-1)
+    np.testing.assert_array_equal(segment(rgba, rgb_model), segment(rgb, rgb_model))
+    # grey image for an RGB model, RGB image for a grey model
+    np.testing.assert_array_equal(segment(rgb[..., 0], rgb_model), segment(rgb, grey_model))
+    # multichannel, channels first
+    two = np.stack([rgb[..., 0], rgb[..., 0]])
+    assert segment(two, make_threshold_model(in_channels=2), channel_axis=0).shape == (30, 40)
+    with pytest.raises(DataError, match="2 channel"):
+        segment(two, rgb_model, channel_axis=0)
+    with pytest.raises(DataError, match="RGB"):
+        segment(rgb[..., 0], rgb_model, rgb=True)
+    with pytest.raises(DataError, match="2D image"):
+        segment(np.zeros(5), grey_model)
+    assert labels_shape((4, 30, 40, 3), 3) == (4, 30, 40)
+    assert labels_shape((2, 30, 40), 2, channel_axis=0) == (30, 40)
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 2)])
+def test_stacks_keep_their_shape_and_get_unique_labels(shape: tuple[int, ...]) -> None:
+    images, truth = blob_stack(n=int(np.prod(shape)))
+    stack = images.reshape(*shape, *images.shape[1:])
+    labels = segment(stack, make_threshold_model(), min_size=0)
+    assert labels.shape == stack.shape
+    planes = labels.reshape(-1, *labels.shape[-2:])
+    seen: set[int] = set()
+    for plane, true_plane in zip(planes, truth):
+        values = set(np.unique(plane[plane > 0]).tolist())
+        assert values and not values & seen
+        seen |= values
+        assert instance_metrics(true_plane, plane)["ap50"] > 0.7
+    assert sorted(seen) == list(range(1, len(seen) + 1))  # sequential over the stack
+    per_plane = segment(stack, make_threshold_model(), min_size=0, labels_per_plane=True)
+    for plane in per_plane.reshape(-1, *labels.shape[-2:]):
+        assert plane.min() == 0 and np.unique(plane)[1] == 1
+
+
+def test_dask_path_is_lazy_and_equals_the_numpy_path() -> None:
+    images, _ = blob_stack(n=3)
+    model = random_model(target="contour")
+    config = PredictConfig(tile_size=32, overlap=8, min_size=0, return_probabilities=True)
+    eager = predict(images, model, config)
+    lazy = predict(da.from_array(images, chunks=(2, 20, 52)), model, config)
+    assert isinstance(lazy.labels, da.Array) and isinstance(lazy.probabilities, da.Array)
+    assert lazy.labels.chunksize == (1, 40, 52)  # one plane per chunk: memory bounded by it
+    labels, probabilities = da.compute(lazy.labels, lazy.probabilities)
+    np.testing.assert_allclose(probabilities, eager.probabilities, atol=1e-6)
+    # unique across planes, numbered from each plane's offset: same objects, same order
+    np.testing.assert_array_equal(relabel_sequential(labels)[0], eager.labels)
+    per_plane = PredictConfig(tile_size=32, overlap=8, min_size=0, labels_per_plane=True)
+    np.testing.assert_array_equal(
+        segment(da.from_array(images, chunks=1), model, per_plane).compute(),
+        segment(images, model, per_plane),
+    )
+
+
+def test_wide_label_dtype_for_many_objects_over_a_stack() -> None:
+    grid = np.zeros((2, 400, 400), np.float32)
+    grid[:, ::2, ::2] = 1.0  # 40,000 one-pixel objects per plane
+    labels = segment(grid, make_threshold_model(), separate=False, min_size=0, tile_size=400, overlap=0)
+    assert labels.max() == 80_000
+    assert labels.dtype == np.uint32
+
+
+def test_tta_prediction_is_flip_invariant() -> None:
+    model = random_model()
+    image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    config = PredictConfig(tta=True, return_probabilities=True)
+    plain = predict(image, model, config).probabilities[0]
+    flipped = predict(image[:, ::-1], model, config).probabilities[0]
+    rotated = predict(np.rot90(image), model, config).probabilities[0]
+    np.testing.assert_allclose(flipped[:, ::-1], plain, atol=1e-5)
+    np.testing.assert_allclose(np.rot90(plain), rotated, atol=1e-5)
+    # without TTA the same network is not symmetric, so the check above means something
+    plain_config = PredictConfig(return_probabilities=True)
+    without = predict(image, model, plain_config).probabilities[0]
+    without_flipped = predict(image[:, ::-1], model, plain_config).probabilities[0]
+    assert not np.allclose(without_flipped[:, ::-1], without, atol=1e-5)
+
+
+def test_events_report_progress_and_stop_cancels() -> None:
+    images, _ = blob_stack(n=3)
+    events = predict_events(images, make_threshold_model(), PredictConfig(tile_size=32, overlap=8))
+    progress: list[Progress] = []
+    while True:
+        try:
+            progress.append(next(events))
+        except StopIteration as finished:
+            result = finished.value
+            break
+    assert progress[-1].done == progress[-1].total == 3 * 4  # 4 tiles of 32 per 40x52 plane
+    assert "plane 3/3" in progress[-1].message
+    assert not result.cancelled
+
+    stop = threading.Event()
+    events = predict_events(images, make_threshold_model(), PredictConfig(tile_size=32, overlap=8), stop=stop)
+    next(events)
+    stop.set()
+    with pytest.raises(StopIteration) as finished:
+        next(events)
+    assert finished.value.value.cancelled
+    assert finished.value.value.labels[2].max() == 0  # the last plane was never reached
+
+
+def test_model_file_path_and_auto_tile_size(tmp_path) -> None:
+    model = make_threshold_model()
+    path = save_model(tmp_path / "model.pt", model.network, model.config)
+    images, _ = make_blobs(n=1)
+    np.testing.assert_array_equal(segment(images[0], path, device="cpu"), segment(images[0], model))
+    config = ModelConfig.from_preset("fast", in_channels=3)
+    tile = auto_tile_size(config, torch.device("cpu"))
+    assert 256 <= tile <= 1024 and tile % config.size_multiple == 0

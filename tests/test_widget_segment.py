@@ -1,0 +1,230 @@
+"""The Segment widget in a real viewer: 2D, RGB, multichannel, stacks, dask, stop, errors,
+and the human-in-the-loop cycle (segment, correct, fine-tune, segment again)."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from napari_unet._widgets import SegmentWidget, TrainWidget
+from napari_unet._widgets._registry import REGISTRY
+from napari_unet.checkpoint import TrainedModel
+from napari_unet.config import ModelConfig
+from napari_unet.model import build_model
+from napari_unet.train import TrainConfig, train
+
+TIMEOUT_MS = 120_000
+
+
+def blobs(size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A grey image of bright discs on a noisy background and its instance labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((size, size), np.uint16)
+    for index in range(1, 7):
+        centre = rng.integers(8, size - 8, 2)
+        labels[disk(tuple(centre), int(rng.integers(4, 8)), shape=labels.shape)] = index
+    image = (labels > 0) * 180 + rng.normal(30, 10, labels.shape)
+    return image.clip(0, 255).astype(np.uint8), labels
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> TrainedModel:
+    """A 4-filter U-Net that learned 'bright disc = object' in a few seconds."""
+    pairs = [blobs(seed=seed) for seed in range(4)]
+    config = TrainConfig(
+        model=ModelConfig(in_channels=1, base_filters=4, depth=2),
+        epochs=12,
+        batch_size=4,
+        learning_rate=1e-2,
+        patch_size=32,
+        steps_per_epoch=6,
+        val_fraction=0.25,
+        early_stopping_patience=None,
+        device="cpu",
+    )
+    return train([p[0] for p in pairs], [p[1] for p in pairs], config).model
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, tiny_model):
+    REGISTRY.clear()
+    REGISTRY.add(tiny_model, "tiny test model")
+    yield make_napari_viewer()
+    REGISTRY.clear()
+
+
+def dock(viewer) -> SegmentWidget:
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    widget.device.setCurrentText("cpu")
+    widget.tile_size.setValue(64)
+    return widget
+
+
+def run(widget: SegmentWidget, qtbot) -> None:
+    assert widget.update_state() is None, widget.hint.text()
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+
+
+def test_segment_2d_adds_labels_and_leaves_the_input_alone(viewer, qtbot):
+    image, truth = blobs(seed=7)
+    layer = viewer.add_image(image, name="cells", scale=(0.5, 0.5), translate=(10, 20))
+    widget = dock(viewer)
+    assert widget.model.value() is REGISTRY.entries()[0].model  # the session model is chosen
+    run(widget, qtbot)
+
+    np.testing.assert_array_equal(layer.data, image)
+    output = viewer.layers["cells labels"]
+    assert output is widget.output
+    assert type(output).__name__ == "Labels"
+    assert output.data.shape == image.shape
+    assert tuple(output.scale) == (0.5, 0.5) and tuple(output.translate) == (10, 20)
+    n_objects = len(np.unique(output.data)) - 1
+    assert n_objects >= 3
+    # The objects sit on the discs: most predicted pixels are true object pixels.
+    assert (truth[output.data > 0] > 0).mean() > 0.8
+    assert widget.run_button.isEnabled()
+    assert "objects" in widget.status.text()
+
+
+def test_probabilities_and_rgb(viewer, qtbot):
+    image, _ = blobs(seed=3)
+    viewer.add_image(np.stack([image] * 3, axis=-1), name="colour", rgb=True)
+    widget = dock(viewer)
+    assert not widget.channel_axis.isEnabled()
+    widget.probabilities.setChecked(True)
+    run(widget, qtbot)
+    assert viewer.layers["colour labels"].data.shape == image.shape
+    probability = viewer.layers["colour probability"]
+    assert probability.data.shape == image.shape
+    assert 0 <= probability.data.min() and probability.data.max() <= 1
+
+
+def test_stack_is_segmented_plane_by_plane_with_progress(viewer, qtbot):
+    stack = np.stack([blobs(seed=s)[0] for s in range(3)])
+    viewer.add_image(stack, name="stack")
+    widget = dock(viewer)
+    run(widget, qtbot)
+    labels = viewer.layers["stack labels"].data
+    assert labels.shape == stack.shape
+    for plane in range(3):
+        single = labels[plane]
+        assert len(np.unique(single)) > 2
+    # Labels are unique across planes (one Labels layer for the whole stack).
+    ids = [set(np.unique(labels[p])) - {0} for p in range(3)]
+    assert not (ids[0] & ids[1]) and not (ids[1] & ids[2])
+    assert widget.progress.maximum() == widget.progress.value()
+
+
+def test_dask_stack_gives_the_numpy_result(viewer, qtbot):
+    stack = np.stack([blobs(seed=s)[0] for s in range(3)])
+    viewer.add_image(stack, name="numpy")
+    viewer.add_image(da.from_array(stack, chunks=(1, 32, 32)), name="lazy")
+    widget = dock(viewer)
+    widget.image.set_layer(viewer.layers["numpy"])
+    run(widget, qtbot)
+    widget.image.set_layer(viewer.layers["lazy"])
+    run(widget, qtbot)
+    eager = viewer.layers["numpy labels"].data
+    lazy = viewer.layers["lazy labels"].data
+    assert isinstance(lazy, np.ndarray) and lazy.shape == stack.shape
+    # Same objects (the lazy path numbers planes with a stride, so compare masks and counts).
+    np.testing.assert_array_equal(eager > 0, lazy > 0)
+    for plane in range(3):
+        assert len(np.unique(eager[plane])) == len(np.unique(lazy[plane]))
+
+
+def test_multichannel_layer_with_a_channel_axis(viewer, qtbot):
+    two_channel = TrainedModel(
+        build_model(ModelConfig(in_channels=2, base_filters=4, depth=2)).eval(),
+        ModelConfig(in_channels=2, base_filters=4, depth=2),
+    )
+    entry = REGISTRY.add(two_channel, "two channels")
+    image, _ = blobs()
+    viewer.add_image(np.stack([image, 255 - image]), name="multi", scale=(3, 0.5, 0.5))
+    widget = dock(viewer)
+    widget.model.select(entry.name)
+    widget.channel_axis.setCurrentIndex(1)  # axis 0
+    assert widget.channel_axis.currentData() == 0
+    run(widget, qtbot)
+    output = viewer.layers["multi labels"]
+    assert output.data.shape == image.shape
+    assert tuple(output.scale) == (0.5, 0.5)
+
+
+def test_stop_mid_stack_keeps_the_planes_done(viewer, qtbot):
+    stack = np.stack([blobs(size=128, seed=s % 4)[0] for s in range(60)])
+    viewer.add_image(stack, name="long")
+    widget = dock(viewer)
+    widget.tile_size.setValue(32)  # 25 small tiles a plane, so Stop lands mid-stack
+    widget.start()
+    qtbot.waitUntil(lambda: widget.progress.value() > 0, timeout=TIMEOUT_MS)
+    widget.stop()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    output = widget.output
+    assert output.name == "long labels (stopped)"
+    assert output.data.shape == stack.shape
+    assert output.data[0].any() and not output.data[-1].any()
+    assert widget.run_button.isEnabled()
+
+
+def test_errors_are_reported_and_the_widget_recovers(viewer, qtbot):
+    image, _ = blobs()
+    viewer.add_image(np.stack([image, image]), name="two channels")
+    widget = dock(viewer)
+    widget.channel_axis.setCurrentIndex(1)  # 2 channels, but the model takes 1
+    run(widget, qtbot)
+    assert "failed" in widget.status.text() and "channel" in widget.status.text()
+    assert widget.output is None
+    assert [layer.name for layer in viewer.layers] == ["two channels"]
+    assert widget.run_button.isEnabled()
+
+
+def test_invalid_settings_disable_segment(make_napari_viewer, tmp_path):
+    REGISTRY.clear()
+    viewer = make_napari_viewer()
+    widget = dock(viewer)
+    assert "Add an Image layer" in widget.update_state()
+    viewer.add_image(np.zeros((16, 16), np.uint8), name="img")
+    if widget.model.DEFAULT not in widget.model.choices():
+        assert "model file" in widget.update_state()
+    widget.model.select(widget.model.FILE)
+    widget.model.path_edit.setText(str(tmp_path / "missing.pt"))
+    assert "does not exist" in widget.update_state()
+    assert not widget.run_button.isEnabled()
+    widget.model.path_edit.setText("")
+    assert "Choose a model file" in widget.update_state()
+
+
+def test_segment_correct_fine_tune_segment_again(viewer, qtbot):
+    """The human-in-the-loop cycle from the widgets alone."""
+    image, truth = blobs(seed=11)
+    viewer.add_image(image, name="cells")
+    segment = dock(viewer)
+    run(segment, qtbot)
+    corrected = viewer.layers["cells labels"]
+    # "Correct" with the brush: paint the true objects in, erase what is not one.
+    corrected.data = truth.astype(corrected.data.dtype)
+
+    _, trainer = viewer.window.add_plugin_dock_widget("napari-unet", "Train")
+    trainer.rows[0].image.set_layer(viewer.layers["cells"])
+    trainer.rows[0].labels.set_layer(corrected)
+    trainer.init_model.select(REGISTRY.entries()[0].name)
+    trainer.epochs.setValue(1)
+    trainer.steps_per_epoch.setValue(2)
+    trainer.batch_size.setValue(2)
+    trainer.patch_size.setValue(32)
+    trainer.device.setCurrentText("cpu")
+    assert trainer.update_state() is None, trainer.hint.text()
+    trainer.start()
+    qtbot.waitUntil(lambda: not trainer.running, timeout=TIMEOUT_MS)
+    assert len(REGISTRY.entries()) == 2
+
+    # The Segment widget follows the newest model; segmenting again adds a new layer.
+    assert segment.model.value() is REGISTRY.entries()[-1].model
+    run(segment, qtbot)
+    assert segment.output.name == "cells labels [1]"
+    np.testing.assert_array_equal(corrected.data, truth)  # the corrected layer is kept
+    assert isinstance(trainer, TrainWidget)

@@ -45,7 +45,9 @@ def test_scores_match_the_metrics_module() -> None:
         expected_pixel.append(pixel)
         expected_instance.append(instance)
     for key in PIXEL:
-        assert report.summary["pixel"][key] == pytest.approx(np.mean([p[key] for p in expected_pixel]))
+        assert report.summary["pixel"][key] == pytest.approx(
+            np.mean([p[key] for p in expected_pixel])
+        )
     for key in INSTANCE:
         mean = np.mean([p[key] for p in expected_instance])
         assert report.summary["instance"][key] == pytest.approx(mean)
@@ -70,15 +72,23 @@ def test_modalities_and_per_modality_summaries() -> None:
     # grey stored as RGB, as in the DSB: dark (fluorescence) and bright (brightfield)
     fluorescence = np.repeat(rng.integers(0, 60, (32, 32, 1)), 3, axis=-1).astype(np.uint8)
     brightfield = np.repeat(rng.integers(180, 230, (32, 32, 1)), 3, axis=-1).astype(np.uint8)
-    stained = np.stack([rng.integers(180, 240, (32, 32)), rng.integers(60, 120, (32, 32)),
-                        rng.integers(150, 210, (32, 32))], axis=-1).astype(np.uint8)
+    stained = np.stack(
+        [
+            rng.integers(180, 240, (32, 32)),
+            rng.integers(60, 120, (32, 32)),
+            rng.integers(150, 210, (32, 32)),
+        ],
+        axis=-1,
+    ).astype(np.uint8)
     assert classify_modality(fluorescence) == "fluorescence"
     assert classify_modality(brightfield) == "brightfield"
     assert classify_modality(stained) == "H&E"
     assert classify_modality(fluorescence[..., 0]) == "fluorescence"
     assert classify_modality(np.full((8, 8), 50_000, np.uint16)) == "brightfield"
     labels = [np.zeros((32, 32), np.uint16)] * 3
-    report = evaluate(make_threshold_model(in_channels=3), [fluorescence, brightfield, stained], labels)
+    report = evaluate(
+        make_threshold_model(in_channels=3), [fluorescence, brightfield, stained], labels
+    )
     assert [row["modality"] for row in report.rows] == ["fluorescence", "brightfield", "H&E"]
     assert set(report.per_modality) == {"fluorescence", "brightfield", "H&E"}
     assert all(summary["n_images"] == 1 for summary in report.per_modality.values())
@@ -89,8 +99,12 @@ def test_modalities_and_per_modality_summaries() -> None:
 def test_csv_overlays_and_label_files(tmp_path) -> None:
     images, labels = make_blobs(n=2, shape=(30, 36))
     report = evaluate(
-        make_threshold_model(), images, labels, names=["one", "two"],
-        overlay_dir=tmp_path / "overlays", labels_dir=tmp_path / "labels",
+        make_threshold_model(),
+        images,
+        labels,
+        names=["one", "two"],
+        overlay_dir=tmp_path / "overlays",
+        labels_dir=tmp_path / "labels",
     )
     path = report.write_csv(tmp_path / "score.csv")
     with open(path, newline="") as handle:

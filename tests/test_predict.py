@@ -36,7 +36,9 @@ def blob_stack(n: int = 3, shape: tuple[int, int] = (40, 52)) -> tuple[np.ndarra
 def random_model(in_channels: int = 1, target: str = "foreground") -> TrainedModel:
     """An untrained tiny U-Net with non-trivial BatchNorm statistics."""
     torch.manual_seed(0)
-    config = ModelConfig.from_preset("tiny", in_channels=in_channels, base_filters=4, depth=2, target=target)
+    config = ModelConfig.from_preset(
+        "tiny", in_channels=in_channels, base_filters=4, depth=2, target=target
+    )
     network = build_model(config)
     for module in network.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -69,11 +71,13 @@ def test_unavailable_device_is_a_config_error() -> None:
 
 def test_grey_image_is_segmented_into_its_objects() -> None:
     images, labels = make_blobs(n=1, shape=(64, 80))
-    result = predict(images[0], make_threshold_model(), tile_size=32, overlap=8, return_probabilities=True)
+    result = predict(
+        images[0], make_threshold_model(), tile_size=32, overlap=8, return_probabilities=True
+    )
     assert result.labels.shape == (64, 80)
     assert result.labels.dtype == np.uint16
     assert result.probabilities.shape == (1, 64, 80)
-    assert 0 <= result.probabilities.min() and result.probabilities.max() <= 1
+    assert result.probabilities.min() >= 0 and result.probabilities.max() <= 1
     assert instance_metrics(labels[0], result.labels)["ap50"] > 0.7
 
 
@@ -158,7 +162,9 @@ def test_dask_path_is_lazy_and_equals_the_numpy_path() -> None:
 def test_wide_label_dtype_for_many_objects_over_a_stack() -> None:
     grid = np.zeros((2, 400, 400), np.float32)
     grid[:, ::2, ::2] = 1.0  # 40,000 one-pixel objects per plane
-    labels = segment(grid, make_threshold_model(), separate=False, min_size=0, tile_size=400, overlap=0)
+    labels = segment(
+        grid, make_threshold_model(), separate=False, min_size=0, tile_size=400, overlap=0
+    )
     assert labels.max() == 80_000
     assert labels.dtype == np.uint32
 
@@ -194,7 +200,9 @@ def test_events_report_progress_and_stop_cancels() -> None:
     assert not result.cancelled
 
     stop = threading.Event()
-    events = predict_events(images, make_threshold_model(), PredictConfig(tile_size=32, overlap=8), stop=stop)
+    events = predict_events(
+        images, make_threshold_model(), PredictConfig(tile_size=32, overlap=8), stop=stop
+    )
     next(events)
     stop.set()
     with pytest.raises(StopIteration) as finished:

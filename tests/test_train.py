@@ -334,3 +334,12 @@ def test_real_run_on_bundled_samples(tmp_path) -> None:
     )
     assert result.model.metadata["data"]["validation"] == "explicit"
     assert load_model(tmp_path / "dsb.pt", device="cpu").config.in_channels == 3
+
+
+def test_single_dask_image_validates_on_its_training_data(blobs) -> None:
+    import dask.array as da
+
+    image, label = da.from_array(blobs[0][0], chunks=24), da.from_array(blobs[1][0], chunks=24)
+    result = train([image], [label], small_config(epochs=1))
+    assert result.model.metadata["data"]["validation"] == "training data (no split)"
+    assert result.model.metadata["data"]["train_planes"] == 1

@@ -25,6 +25,16 @@ def blobs(size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return image.clip(0, 255).astype(np.uint8), labels
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # Tiny networks gain nothing from intra-op threads, while on a busy 2-core
+    # machine competing OpenMP threads make each step up to 100x slower.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _empty_registry():
     REGISTRY.clear()

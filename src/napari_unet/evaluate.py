@@ -41,7 +41,16 @@ PIXEL_KEYS = ("accuracy", "f1", "jaccard", "recall", "precision")
 INSTANCE_KEYS = ("dsb_score", "ap50", "ap75", "f1_50", "pq")
 MODALITIES = ("fluorescence", "brightfield", "H&E")
 #: Columns of the per-image CSV, in order.
-CSV_COLUMNS = ("image", "modality", "height", "width", "n_true", "n_pred", *PIXEL_KEYS, *INSTANCE_KEYS)
+CSV_COLUMNS = (
+    "image",
+    "modality",
+    "height",
+    "width",
+    "n_true",
+    "n_pred",
+    *PIXEL_KEYS,
+    *INSTANCE_KEYS,
+)
 
 #: Mean HSV saturation (0-255) above which an image is taken as stained (H&E).
 SATURATION_HE = 15.0
@@ -97,7 +106,11 @@ def resize_pair(image: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.nd
 
     channels = image.shape[2:] if image.ndim == 3 else ()
     image = resize(
-        image, (size, size, *channels), order=1, mode="constant", preserve_range=True,
+        image,
+        (size, size, *channels),
+        order=1,
+        mode="constant",
+        preserve_range=True,
         anti_aliasing=False,
     ).astype(np.float32)
     labels = resize(
@@ -118,7 +131,9 @@ def _display_rgb(image: np.ndarray) -> np.ndarray:
     return (scaled * 255).astype(np.uint8)
 
 
-def overlay_image(image: np.ndarray, true_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarray:
+def overlay_image(
+    image: np.ndarray, true_labels: np.ndarray, pred_labels: np.ndarray
+) -> np.ndarray:
     """Side-by-side uint8 RGB: the image | true labels | predicted labels.
 
     Labels are drawn in random colours on black, split by white 4-pixel bars.
@@ -168,7 +183,9 @@ class EvaluationReport:
 
     def format_table(self) -> str:
         """Plain-text table: all images, then one line per modality."""
-        header = f"{'images':<14}{'n':>5} " + "".join(f"{k:>10}" for k in PIXEL_KEYS + INSTANCE_KEYS)
+        header = f"{'images':<14}{'n':>5} " + "".join(
+            f"{k:>10}" for k in PIXEL_KEYS + INSTANCE_KEYS
+        )
         lines = ["pixel metrics (mean over images) | instance metrics", header]
         groups = [("all", self.summary), *self.per_modality.items()]
         for name, summary in groups:
@@ -180,7 +197,9 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
-def _summarise(pixel_rows: list[dict[str, float]], instance_rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _summarise(
+    pixel_rows: list[dict[str, float]], instance_rows: list[dict[str, Any]]
+) -> dict[str, Any]:
     pixel = mean_pixel_metrics(pixel_rows)
     instance = mean_instance_metrics(instance_rows)
     return {
@@ -249,6 +268,8 @@ def evaluate_events(
     if resize is not None and not (isinstance(resize, int) and resize >= 16):
         raise DataError(f"resize must be a size of at least 16 pixels, got {resize!r}; try 256.")
     names = list(names) if names is not None else [f"image_{i:03d}" for i in range(len(images))]
+    if len(names) != len(images):
+        raise DataError(f"got {len(names)} names for {len(images)} images; give one name each.")
     trained = resolve_model(model, config.device)
     for name, image, truth in zip(names, images, labels):
         truth = np.asarray(truth)

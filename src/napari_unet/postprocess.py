@@ -68,9 +68,7 @@ def _h_maxima_seeds(height: np.ndarray, mask: np.ndarray, h: float, floor: float
     return seeds
 
 
-def _seeded_watershed(
-    elevation: np.ndarray, seeds: np.ndarray, mask: np.ndarray
-) -> np.ndarray:
+def _seeded_watershed(elevation: np.ndarray, seeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Watershed of ``elevation`` from labelled ``seeds`` inside ``mask``.
 
     Mask components without a seed are kept as objects of their own, so that a

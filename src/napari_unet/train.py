@@ -52,6 +52,8 @@ from napari_unet.checkpoint import (
 )
 from napari_unet.config import ConfigError, ModelConfig
 from napari_unet.data import LABEL_MODES, PatchSampler, PlaneData, prepare_training_planes
+from napari_unet.distributed import all_mean, init_from_env, rank_rng, wrap_model
+from napari_unet.distributed import validate as distributed_validate
 from napari_unet.io import atomic_write
 from napari_unet.losses import LOSSES, compute_loss
 from napari_unet.metrics import pixel_metrics
@@ -322,6 +324,8 @@ class _Run:
             torch.channels_last if device.type in ("cuda", "cpu") else torch.contiguous_format
         )
         network.to(memory_format=self.memory_format)
+        # What the training step calls: the network, or its DistributedDataParallel wrapper.
+        self.train_network: nn.Module = network
         self.optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
         total_steps = config.epochs * steps_per_epoch
         self.per_step_schedule = config.schedule in ("onecycle", "cosine")
@@ -363,7 +367,7 @@ class _Run:
         self.network.train()
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            outputs = self.network(x)
+            outputs = self.train_network(x)
         loss = compute_loss(self.config.loss, outputs, t, w)
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -507,6 +511,8 @@ def train_events(
         device = select_device(config.device)
     except ValueError as error:
         raise ConfigError(str(error)) from error
+    # Under torchrun: join the process group (NCCL on this rank's GPU, gloo on a CPU).
+    group, device = init_from_env(device)
 
     # Model config and starting weights come from the resumed run or the init model.
     resume_payload = _read_checkpoint(resume) if resume is not None else None
@@ -536,9 +542,11 @@ def train_events(
         val_planes = [planes[i] for i in val_index]
 
     rng = np.random.default_rng(config.seed)
+    rank_rng(rng, config.seed, group)  # each rank its own patches
     sampler = PatchSampler(train_planes, config.patch_size, config.sampling, config.augment, rng)
+    # By default an epoch covers the data once over all ranks together.
     steps_per_epoch = config.steps_per_epoch or max(
-        1, math.ceil(sampler.patches_per_epoch() / config.batch_size)
+        1, math.ceil(sampler.patches_per_epoch() / (config.batch_size * group.world_size))
     )
 
     with torch.random.fork_rng(devices=[]):  # seeded weights without touching global state
@@ -550,6 +558,8 @@ def train_events(
         network.load_state_dict(init_model.network.state_dict())
     network.to(device)
     run = _Run(config, model_config, network, device, steps_per_epoch)
+    if group.active:
+        run.train_network = wrap_model(network, device)
 
     if resume_payload is not None:
         state = resume_payload["training_state"]
@@ -565,7 +575,11 @@ def train_events(
         run.epochs_since_best = int(state["epochs_since_best"])
         run.elapsed_before = float(state["elapsed_s"])
         _restore_rng_state(rng, state["rng"])
+        if not group.is_main:  # the checkpoint holds rank 0's stream only
+            rank_rng(rng, config.seed, group, run.epoch)
 
+    if not group.is_main:  # only rank 0 writes the model, log and checkpoint
+        out = log_csv = checkpoint = None
     out_path = Path(out) if out is not None else None
     log_path = Path(log_csv) if log_csv is not None else None
     checkpoint_path = (
@@ -673,13 +687,13 @@ def train_events(
                 break
         if cancelled and run.best_state is not None:
             break  # a partial epoch is neither validated nor checkpointed
-        val_loss, val_metrics = run.validate(val_planes)
+        val_loss, val_metrics = distributed_validate(run, val_planes, group)
         if not math.isfinite(val_loss):
             raise diverged("validation")
         run.epoch += 1
         row = {
             "epoch": run.epoch,
-            "train_loss": float(np.mean(losses)),
+            "train_loss": all_mean(float(np.mean(losses)), group),
             "val_loss": val_loss,
             "val_dice": val_metrics["dice"],
             "val_iou": val_metrics["iou"],

@@ -36,12 +36,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--json", action="store_true", help="print only the summary as one JSON object"
     )
     output.add_argument(
-        "--save-overlays", type=Path, metavar="DIR",
+        "--save-overlays",
+        type=Path,
+        metavar="DIR",
         help="write image | truth | prediction PNGs to DIR",
     )
     settings = parser.add_argument_group("prediction")
     settings.add_argument(
-        "--resize", type=int, metavar="N",
+        "--resize",
+        type=int,
+        metavar="N",
         help="resize images and labels to N x N first (256 = the reference protocol)",
     )
     settings.add_argument("--tile", type=int, help="largest tile side (default: from memory)")

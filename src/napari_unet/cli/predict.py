@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write <name>_probabilities.tif (float32, channels first)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    from napari_unet.distributed import add_scale_arguments
+
+    add_scale_arguments(parser)  # --scheduler/--workers/--zarr/--block/--halo (scaling out)
 
 
 def _is_zarr(path: Path) -> bool:
@@ -79,9 +82,7 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
         elif path.is_dir():
             images = list_images(path)
             if not images:
-                raise DataError(
-                    f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {str(path)!r}."
-                )
+                raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {str(path)!r}.")
             found.extend(images)
         elif not path.exists():
             raise DataError(f"{str(path)!r} does not exist; check the path.")
@@ -124,7 +125,9 @@ def _stem(path: Path) -> str:
     return path.name[: -len(_ZARR_SUFFIX)] if _is_zarr(path) else path.stem
 
 
-def _write_planes(path: Path, planes: Iterator[np.ndarray], shape: tuple[int, ...], dtype: Any) -> None:
+def _write_planes(
+    path: Path, planes: Iterator[np.ndarray], shape: tuple[int, ...], dtype: Any
+) -> None:
     """Write 2D planes one by one to a compressed TIFF of ``shape``, atomically.
 
     Planes are separate grey pages (never read as RGB), and only one is in
@@ -134,13 +137,21 @@ def _write_planes(path: Path, planes: Iterator[np.ndarray], shape: tuple[int, ..
 
     with atomic_write(path) as tmp:
         tifffile.imwrite(
-            tmp, data=planes, shape=shape, dtype=dtype, compression="zlib",
+            tmp,
+            data=planes,
+            shape=shape,
+            dtype=dtype,
+            compression="zlib",
             photometric="minisblack",
         )
 
 
 def run(args: argparse.Namespace) -> int:
     """Validate every input first, then segment and write; returns the exit code."""
+    from napari_unet.distributed import run_cli, wants_scale
+
+    if wants_scale(args):
+        return run_cli(args)  # block-wise Zarr output on a dask scheduler
     from tqdm import tqdm
 
     from napari_unet.predict import (
@@ -245,7 +256,9 @@ def _segment_lazy(
 
         def label_planes() -> Iterator[np.ndarray]:
             offset = 0
-            for index in tqdm(indices, desc=name, unit="plane", disable=args.quiet, file=sys.stderr):
+            for index in tqdm(
+                indices, desc=name, unit="plane", disable=args.quiet, file=sys.stderr
+            ):
                 if store is None:
                     plane = labels[index].compute()
                 else:

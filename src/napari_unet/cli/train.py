@@ -16,16 +16,21 @@ HELP = "train a U-Net on image/label folders (or a DSB 2018 folder) and save the
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``napari-unet train``."""
     data = parser.add_argument_group("data")
-    data.add_argument("--images", type=Path, help="folder of training images")
-    data.add_argument("--labels", type=Path, help="folder of label images (same file stems)")
+    data.add_argument("--images", type=Path, metavar="DIR", help="folder of training images")
+    data.add_argument(
+        "--labels", type=Path, metavar="DIR", help="folder of label images (same file stems)"
+    )
     data.add_argument(
         "--dsb",
         type=Path,
+        metavar="DIR",
         help="DSB 2018 folder (<id>/images/<id>.png + <id>/masks/*.png, or images/ + labels/)",
     )
-    data.add_argument("--val-images", type=Path, help="folder of validation images")
-    data.add_argument("--val-labels", type=Path, help="folder of validation labels")
-    data.add_argument("--val-dsb", type=Path, help="DSB 2018 folder used for validation")
+    data.add_argument("--val-images", type=Path, metavar="DIR", help="folder of validation images")
+    data.add_argument("--val-labels", type=Path, metavar="DIR", help="folder of validation labels")
+    data.add_argument(
+        "--val-dsb", type=Path, metavar="DIR", help="DSB 2018 folder used for validation"
+    )
     data.add_argument(
         "--val-fraction",
         type=float,
@@ -41,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(0 = unannotated, 1 = background, 2 = object)",
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--out", type=Path, required=True, help="model file to write (*.pt)")
+    model.add_argument(
+        "--out", type=Path, required=True, metavar="MODEL", help="model file to write (*.pt)"
+    )
     model.add_argument(
         "--preset", choices=sorted(PRESETS), default="fast", help="network size (default fast)"
     )
@@ -60,8 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="percentile",
         help="per-image intensity normalisation (default percentile 1-99.8)",
     )
-    model.add_argument("--init", help="model file (or 'default') to fine-tune")
-    model.add_argument("--resume", type=Path, help="resume checkpoint (*.ckpt.pt) to continue")
+    model.add_argument("--init", metavar="MODEL", help="model file (or 'default') to fine-tune")
+    model.add_argument(
+        "--resume", type=Path, metavar="CKPT", help="resume checkpoint (*.ckpt.pt) to continue"
+    )
     model.add_argument("--half", action="store_true", help="save the weights as float16")
     run = parser.add_argument_group("training")
     run.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
@@ -98,7 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-augment", action="store_true", help="switch augmentation off")
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     run.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
-    run.add_argument("--log", type=Path, help="CSV log (default: next to --out, *.csv)")
+    run.add_argument(
+        "--log", type=Path, metavar="CSV", help="CSV log (default: next to --out, *.csv)"
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -135,8 +146,11 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_unet.data import infer_in_channels
+    from napari_unet.distributed import quiet_unless_main
     from napari_unet.train import TrainConfig, train_events
 
+    if not quiet_unless_main():
+        args.quiet = True  # under torchrun, rank 0 alone shows progress and the summary
     images, labels, val_images, val_labels, description = _load(args)
     model_config = ModelConfig.from_preset(
         args.preset,

@@ -1,0 +1,233 @@
+"""Prediction speed and memory on a CPU.
+
+Prints two tables:
+
+1. Speed, per preset (tiny, fast, reference): megapixels per second for segmenting
+   one RGB image (2048 x 2048; 1024 x 1024 with ``--quick``) end to end
+   (normalisation, tiling, network, blending, watershed), and the achieved FLOP
+   rate of the network as a share of the float32 matmul rate measured in the same
+   run: for the inference network on a 512 x 512 tile (BatchNorm folded, channels
+   last), for the plain eager network on the same tile, and for the whole
+   end-to-end call (network FLOPs / wall time).
+2. Memory: peak resident memory of a fresh process that segments a lazily
+   generated dask stack of N x 2048 x 2048 float32 planes (never materialised)
+   into a Zarr store on disk, plane by plane, for two stack lengths: the peak
+   must stay far under the stack's size and not grow with N.
+
+Weights are random: speed does not depend on them. Run with ``nice`` on a shared
+machine; every rate is the best of a few repeats.
+
+Usage::
+
+    python benchmarks/bench_predict.py [--quick] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from napari_unet.checkpoint import TrainedModel
+from napari_unet.config import ModelConfig
+from napari_unet.model import build_model
+from napari_unet.predict import PredictConfig, TilePredictor, auto_tile_size, predict
+
+PRESETS = ("tiny", "fast", "reference")
+
+
+def best_time(function: Callable[[], object], repeats: int, warm_up: bool = True) -> float:
+    """Smallest wall time of ``repeats`` calls (after one warm-up call)."""
+    if warm_up:
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
+    """float32 matmul FLOP/s (best of ``repeats``)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return 2 * size**3 / best_time(lambda: a @ b, repeats)
+
+
+def network_flops(network: torch.nn.Module, x: torch.Tensor) -> int:
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        network(x)
+    return counter.get_total_flops()
+
+
+def random_model(preset: str, in_channels: int = 3) -> TrainedModel:
+    torch.manual_seed(0)
+    config = ModelConfig.from_preset(preset, in_channels=in_channels)
+    return TrainedModel(build_model(config).eval(), config)
+
+
+def synthetic_rgb(size: int, seed: int = 0) -> np.ndarray:
+    """Bright noisy discs on a dark background, RGB uint8."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(30, 8, (size, size)).astype(np.float32)
+    rows, cols = np.ogrid[:size, :size]
+    for r, c, radius in zip(*rng.integers(0, size, (2, size)), rng.integers(6, 16, size)):
+        box = (slice(max(r - radius, 0), r + radius), slice(max(c - radius, 0), c + radius))
+        disc = (rows[box[0]] - r) ** 2 + (cols[:, box[1]] - c) ** 2 <= radius**2
+        image[box][disc] += 150
+    return np.repeat(np.clip(image, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def speed_table(image_size: int, repeats: int) -> list[dict[str, float | str]]:
+    """One row per preset; ``repeats`` timed calls each (best kept)."""
+    image = synthetic_rgb(image_size)
+    tile_input = torch.rand(1, 3, 512, 512)
+    rows = []
+    for preset in PRESETS:
+        model = random_model(preset)
+        predictor = TilePredictor(model)
+        fast_net = predictor.network
+        tile_flops = network_flops(fast_net, tile_input)
+        fast_input = tile_input.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            fast_s = best_time(lambda: fast_net(fast_input), 3)
+            eager_s = best_time(lambda: model.network(tile_input), 3)
+        mm_tile = matmul_rate()
+        config = PredictConfig()  # automatic tile size, as a user gets it
+        with FlopCounterMode(display=False) as counter:  # also the warm-up call
+            predict(image, model, config)
+        total_flops = counter.get_total_flops()
+        end_to_end_s = best_time(lambda: predict(image, model, config), repeats, warm_up=False)
+        mm_end = matmul_rate()
+        matmul = max(mm_tile, mm_end)
+        rows.append(
+            {
+                "preset": preset,
+                "tile": auto_tile_size(model.config, model.device, 1, config.overlap),
+                "mpx_per_s": image_size**2 / 1e6 / end_to_end_s,
+                "seconds": end_to_end_s,
+                "matmul_gflops": matmul / 1e9,
+                "net_gflops": tile_flops / fast_s / 1e9,
+                "net_ratio": tile_flops / fast_s / matmul,
+                "eager_ratio": tile_flops / eager_s / matmul,
+                "end_to_end_ratio": total_flops / end_to_end_s / matmul,
+            }
+        )
+    return rows
+
+
+def memory_child(n_planes: int, size: int, preset: str) -> dict[str, float]:
+    """Segment a lazy N x size x size stack into a Zarr store; report resident memory."""
+    import dask
+    import dask.array as da
+
+    def plane(block_id: tuple[int, int, int]) -> np.ndarray:
+        return synthetic_rgb(size, seed=block_id[0])[None, ..., 0].astype(np.float32)
+
+    stack = da.map_blocks(plane, dtype=np.float32, chunks=((1,) * n_planes, (size,), (size,)))
+    model = random_model(preset, in_channels=1)
+    labels = predict(stack, model, PredictConfig()).labels
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        dask.config.set(scheduler="threads", num_workers=1),
+    ):
+        da.to_zarr(labels, f"{folder}/labels.zarr")
+    return {
+        "planes": n_planes,
+        "stack_mib": stack.nbytes / 2**20,
+        "labels_mib": labels.nbytes / 2**20,
+        "baseline_rss_mib": baseline,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def memory_table(
+    plane_counts: list[int], size: int, preset: str, threads: int
+) -> list[dict[str, float]]:
+    rows = []
+    for n_planes in plane_counts:
+        # A fresh process per run, so that each peak is its own.
+        output = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--memory-child",
+                str(n_planes),
+                "--size",
+                str(size),
+                "--preset",
+                preset,
+                "--threads",
+                str(threads),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        rows.append(json.loads(output.strip().splitlines()[-1]))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1024 px image, 16-plane stack only")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, default=2048, help=argparse.SUPPRESS)
+    parser.add_argument("--preset", default="tiny", help="preset of the memory run (default tiny)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        print(json.dumps(memory_child(args.memory_child, args.size, args.preset)))
+        return
+
+    image_size = 1024 if args.quick else 2048
+    print(f"torch {torch.__version__}, {args.threads} threads")
+    print(
+        f"\nSpeed: one {image_size}x{image_size} RGB image, end to end; network on a 512x512 tile"
+    )
+    header = (
+        "preset",
+        "auto tile",
+        "Mpx/s",
+        "s/image",
+        "matmul GF/s",
+        "net GF/s",
+        "net/matmul",
+        "eager/matmul",
+        "end-to-end/matmul",
+    )
+    print(" | ".join(header))
+    for row in speed_table(image_size, repeats=1 if args.quick else 2):
+        print(
+            f"{row['preset']} | {row['tile']} | {row['mpx_per_s']:.3f} | {row['seconds']:.1f} | "
+            f"{row['matmul_gflops']:.0f} | {row['net_gflops']:.0f} | {row['net_ratio']:.0%} | "
+            f"{row['eager_ratio']:.0%} | {row['end_to_end_ratio']:.0%}"
+        )
+    counts = [16] if args.quick else [16, 48]
+    print(
+        f"\nMemory: lazy dask stack of N x 2048 x 2048 float32 -> Zarr labels "
+        f"({args.preset} preset)"
+    )
+    print("planes | stack MiB | labels MiB | RSS before MiB | peak RSS MiB | seconds")
+    for row in memory_table(counts, 2048, args.preset, args.threads):
+        print(
+            f"{row['planes']} | {row['stack_mib']:.0f} | {row['labels_mib']:.0f} | "
+            f"{row['baseline_rss_mib']:.0f} | {row['peak_rss_mib']:.0f} | {row['seconds']:.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""``napari-unet evaluate``: metrics table, JSON, CSV, overlays and error paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from conftest import make_blobs, make_threshold_model
+
+from napari_unet.checkpoint import save_model
+from napari_unet.cli import main
+from napari_unet.evaluate import evaluate
+from napari_unet.io import read_image, write_png
+from napari_unet.predict import PredictConfig
+
+
+def write_dataset(folder: Path, n: int = 3, shape: tuple[int, int] = (32, 40)) -> tuple[Path, Path]:
+    images, labels = make_blobs(n=n, shape=shape, rgb=True)
+    for index, (image, label) in enumerate(zip(images, labels)):
+        write_png(folder / "images" / f"s{index}.png", image)
+        write_png(folder / "labels" / f"s{index}.png", label)
+    return folder / "images", folder / "labels"
+
+
+def model_file(tmp_path: Path) -> str:
+    model = make_threshold_model(in_channels=3)
+    return str(save_model(tmp_path / "model.pt", model.network, model.config))
+
+
+def test_json_prints_exactly_the_summary(tmp_path: Path, capsys) -> None:
+    images_dir, labels_dir = write_dataset(tmp_path)
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            model_file(tmp_path),
+            "--images",
+            str(images_dir),
+            "--labels",
+            str(labels_dir),
+            "--json",
+            "--quiet",
+            "--min-size",
+            "0",
+        ]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)  # the whole output is one JSON object
+    assert set(summary) == {"n_images", "pixel", "instance"}
+    assert set(summary["pixel"]) == {"accuracy", "f1", "jaccard", "recall", "precision"}
+    assert set(summary["instance"]) == {"dsb_score", "ap50", "ap75", "f1_50", "pq"}
+    images = [read_image(p) for p in sorted(images_dir.iterdir())]
+    labels = [read_image(p) for p in sorted(labels_dir.iterdir())]
+    expected = evaluate(
+        make_threshold_model(in_channels=3), images, labels, PredictConfig(min_size=0)
+    )
+    assert summary["n_images"] == 3
+    for group in ("pixel", "instance"):
+        for key, value in expected.summary[group].items():
+            assert np.isclose(summary[group][key], value)
+
+
+def test_table_csv_and_overlays(tmp_path: Path, capsys) -> None:
+    images_dir, labels_dir = write_dataset(tmp_path)
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            model_file(tmp_path),
+            "--images",
+            str(images_dir),
+            "--labels",
+            str(labels_dir),
+            "--csv",
+            str(tmp_path / "score.csv"),
+            "--save-overlays",
+            str(tmp_path / "results"),
+            "--resize",
+            "32",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "dsb_score" in out and "fluorescence" in out
+    lines = (tmp_path / "score.csv").read_text().splitlines()
+    assert lines[0].startswith("image,modality,") and len(lines) == 4
+    assert read_image(tmp_path / "results" / "s0.png").shape == (32, 3 * 32 + 8, 3)
+
+
+def test_dsb_layout(tmp_path: Path, capsys) -> None:
+    images, labels = make_blobs(n=2, shape=(30, 30), rgb=True)
+    for index, (image, label) in enumerate(zip(images, labels)):
+        sample = tmp_path / "dsb" / f"id{index}"
+        write_png(sample / "images" / f"id{index}.png", image)
+        for value in np.unique(label[label > 0]):
+            write_png(sample / "masks" / f"m{value}.png", (label == value).astype(np.uint8) * 255)
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            model_file(tmp_path),
+            "--dsb",
+            str(tmp_path / "dsb"),
+            "--json",
+            "--quiet",
+            "--min-size",
+            "0",
+        ]
+    )
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_images"] == 2 and summary["instance"]["ap50"] > 0.7
+
+
+def test_bad_inputs_exit_2_without_outputs(tmp_path: Path, capsys) -> None:
+    images_dir, labels_dir = write_dataset(tmp_path / "data")
+    write_png(labels_dir / "s1.png", np.zeros((10, 10), np.uint16))  # labels of another shape
+    model = model_file(tmp_path)
+    csv_path, overlays = tmp_path / "score.csv", tmp_path / "results"
+    args = [
+        "evaluate",
+        "--model",
+        model,
+        "--csv",
+        str(csv_path),
+        "--save-overlays",
+        str(overlays),
+        "--quiet",
+    ]
+    assert main([*args, "--images", str(images_dir), "--labels", str(labels_dir)]) == 2
+    assert "shape" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*args, "--images", str(empty), "--labels", str(labels_dir)]) == 2
+    assert "no images" in capsys.readouterr().err
+    assert main([*args, "--images", str(images_dir)]) == 2
+    assert "go together" in capsys.readouterr().err
+    assert main([*args]) == 2
+    assert "--dsb" in capsys.readouterr().err
+    assert not csv_path.exists() and not overlays.exists()

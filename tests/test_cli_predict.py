@@ -1,0 +1,167 @@
+"""``napari-unet predict``: images, folders, TIFF and Zarr stacks to label TIFFs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import make_blobs, make_threshold_model
+
+from napari_unet.checkpoint import save_model
+from napari_unet.cli import main
+from napari_unet.io import write_png
+from napari_unet.metrics import instance_metrics
+
+
+def model_file(tmp_path: Path, in_channels: int = 1) -> Path:
+    model = make_threshold_model(in_channels=in_channels)
+    return save_model(tmp_path / f"model{in_channels}.pt", model.network, model.config)
+
+
+def outputs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_folder_and_files_give_one_label_tiff_each(tmp_path: Path, capsys) -> None:
+    images, labels = make_blobs(n=2, shape=(40, 44))
+    folder = tmp_path / "images"
+    for index, image in enumerate(images):
+        write_png(folder / f"img{index}.png", image)
+    single = tmp_path / "single.tif"
+    tifffile.imwrite(single, images[0])
+    out = tmp_path / "out"
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(model_file(tmp_path)),
+            str(folder),
+            str(single),
+            "--out",
+            str(out),
+            "--tile",
+            "32",
+            "--min-size",
+            "0",
+            "--save-probabilities",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    assert outputs(out) == [
+        "img0_labels.tif",
+        "img0_probabilities.tif",
+        "img1_labels.tif",
+        "img1_probabilities.tif",
+        "single_labels.tif",
+        "single_probabilities.tif",
+    ]
+    predicted = tifffile.imread(out / "img1_labels.tif")
+    assert predicted.shape == (40, 44) and predicted.dtype == np.uint16
+    assert instance_metrics(labels[1], predicted)["ap50"] > 0.7
+    np.testing.assert_array_equal(
+        tifffile.imread(out / "single_labels.tif"), tifffile.imread(out / "img0_labels.tif")
+    )
+    assert tifffile.imread(out / "img0_probabilities.tif").shape == (1, 40, 44)
+    assert "img1_labels.tif" in capsys.readouterr().out
+
+
+def test_tiff_and_zarr_stacks_give_the_same_sequential_labels(tmp_path: Path) -> None:
+    import zarr
+
+    images, _ = make_blobs(n=3, shape=(36, 40))
+    stack = np.stack(images)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    store = zarr.open(
+        str(tmp_path / "lazy.zarr"),
+        mode="w",
+        shape=stack.shape,
+        chunks=(1, 18, 40),
+        dtype=stack.dtype,
+    )
+    store[:] = stack
+    out = tmp_path / "out"
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(model_file(tmp_path)),
+            str(tmp_path / "stack.tif"),
+            str(tmp_path / "lazy.zarr"),
+            "--out",
+            str(out),
+            "--min-size",
+            "0",
+            "--quiet",
+            "--save-probabilities",
+        ]
+    )
+    assert code == 0
+    in_memory = tifffile.imread(out / "stack_labels.tif")
+    streamed = tifffile.imread(out / "lazy_labels.tif")
+    assert in_memory.shape == streamed.shape == (3, 36, 40)
+    np.testing.assert_array_equal(streamed, in_memory)
+    values = np.unique(in_memory)
+    np.testing.assert_array_equal(values, np.arange(values.size))  # unique over the stack
+    np.testing.assert_allclose(
+        tifffile.imread(out / "lazy_probabilities.tif"),
+        tifffile.imread(out / "stack_probabilities.tif"),
+        atol=1e-6,
+    )
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no scratch left
+
+
+def test_bad_inputs_exit_2_and_write_nothing(tmp_path: Path, capsys) -> None:
+    images, _ = make_blobs(n=1, shape=(30, 30))
+    good = write_png(tmp_path / "good.png", images[0])
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    two_channels = tmp_path / "two.tif"
+    tifffile.imwrite(two_channels, np.zeros((2, 30, 30), np.uint8), photometric="minisblack")
+    model = str(model_file(tmp_path, in_channels=3))
+    out = tmp_path / "out"
+    cases = [
+        ([str(good), str(broken)], "could not read"),
+        ([str(empty)], "no images"),
+        ([str(tmp_path / "missing.tif")], "does not exist"),
+        ([str(two_channels), "--channel-axis", "0"], "2 channel"),
+    ]
+    for inputs, message in cases:
+        assert main(["predict", "--model", model, *inputs, "--out", str(out), "--quiet"]) == 2
+        assert message in capsys.readouterr().err
+        assert outputs(out) == []
+    assert (
+        main(["predict", "--model", str(tmp_path / "nope.pt"), str(good), "--out", str(out)]) == 2
+    )
+    assert "does not exist" in capsys.readouterr().err
+    assert (
+        main(["predict", "--model", model, str(good), "--out", str(out), "--threshold", "2"]) == 2
+    )
+    assert "threshold" in capsys.readouterr().err
+    assert outputs(out) == []
+
+
+@pytest.mark.parametrize("name", ["a.png", "sub/a.tif"])
+def test_repeated_names_are_refused(tmp_path: Path, capsys, name: str) -> None:
+    images, _ = make_blobs(n=1, shape=(20, 20))
+    first = write_png(tmp_path / "a.png", images[0])
+    second = tmp_path / "other" / name
+    second.parent.mkdir(parents=True)
+    tifffile.imwrite(second, images[0])
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(model_file(tmp_path)),
+            str(first),
+            str(second),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ]
+    )
+    assert code == 2 and "overwrite" in capsys.readouterr().err

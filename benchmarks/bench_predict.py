@@ -11,11 +11,12 @@ Prints two tables:
    end-to-end call (network FLOPs / wall time).
 2. Memory: peak resident memory of a fresh process that segments a lazily
    generated dask stack of N x 2048 x 2048 float32 planes (never materialised)
-   into a Zarr store on disk, plane by plane, for two stack lengths: the peak
-   must stay far under the stack's size and not grow with N.
+   into a Zarr store on disk, plane by plane, for 16 and 32 planes (16 with
+   ``--quick``): the peak must stay far under the stack's size and not grow with N.
 
 Weights are random: speed does not depend on them. Run with ``nice`` on a shared
-machine; every rate is the best of a few repeats.
+machine. Network and matmul rates are the best of 3-5 calls; the end-to-end time
+is one call after a warm-up call (the one that counts the FLOPs).
 
 Usage::
 
@@ -210,13 +211,13 @@ def main() -> None:
         "end-to-end/matmul",
     )
     print(" | ".join(header))
-    for row in speed_table(image_size, repeats=1 if args.quick else 2):
+    for row in speed_table(image_size, repeats=1):
         print(
             f"{row['preset']} | {row['tile']} | {row['mpx_per_s']:.3f} | {row['seconds']:.1f} | "
             f"{row['matmul_gflops']:.0f} | {row['net_gflops']:.0f} | {row['net_ratio']:.0%} | "
             f"{row['eager_ratio']:.0%} | {row['end_to_end_ratio']:.0%}"
         )
-    counts = [16] if args.quick else [16, 48]
+    counts = [16] if args.quick else [16, 32]
     print(
         f"\nMemory: lazy dask stack of N x 2048 x 2048 float32 -> Zarr labels "
         f"({args.preset} preset)"

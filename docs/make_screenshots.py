@@ -1,8 +1,8 @@
 """Save a screenshot of each napari-unet widget docked in napari to ``docs/images/``.
 
-Run it under a display (``xvfb-run -a`` on a headless machine)::
+Run it under a display (a virtual one on a headless machine)::
 
-    xvfb-run -a .venv/bin/python docs/make_screenshots.py
+    xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python docs/make_screenshots.py
 
 It opens the bundled nuclei sample, trains a small model for a few epochs with the
 Train widget (so the live curves have something to show), segments the image
@@ -13,12 +13,19 @@ segmentation when it is installed, the freshly trained one otherwise.
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import napari
-from qtpy.QtWidgets import QApplication
+# Fresh napari settings in a temporary file: the screenshots do not depend on (or
+# change) the user's preferences, and only errors pop up as notifications.
+os.environ["NAPARI_CONFIG"] = str(Path(tempfile.mkdtemp()) / "settings.yaml")
+
+import napari  # noqa: E402
+from napari.settings import get_settings  # noqa: E402
+from qtpy.QtWidgets import QApplication  # noqa: E402
 
 OUT = Path(__file__).parent / "images"
 SIZE = (1500, 1000)
@@ -48,6 +55,7 @@ def shoot(viewer: napari.Viewer, name: str) -> Path:
 
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
+    get_settings().application.gui_notification_level = "error"
     viewer = napari.Viewer(title="napari-unet")
     viewer.window.resize(*SIZE)
     viewer.open_sample("napari-unet", "nuclei")

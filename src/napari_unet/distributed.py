@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
 import hashlib
 import io
 import json
@@ -162,6 +161,21 @@ def open_image(
         If the path does not exist or is not a readable Zarr/TIFF image.
     """
     import dask.array as da
+
+    array, axes = open_array(source, level=level, series=series)
+    if isinstance(array, LazyTiff):
+        return da.from_array(array, chunks=array.chunks, asarray=False), None
+    return da.from_zarr(array), axes
+
+
+def open_array(
+    source: str | os.PathLike[str], *, level: int = 0, series: int = 0
+) -> tuple[Any, list[dict[str, Any]] | None]:
+    """Like :func:`open_image`, but the zarr array (or :class:`LazyTiff`) itself.
+
+    Both are picklable and read only what a slice covers, so a task on any worker can
+    read its own block without a dask graph around it.
+    """
     import zarr
 
     path = Path(source)
@@ -169,10 +183,9 @@ def open_image(
         raise DataError(f"{str(path)!r} does not exist; check the path.")
     if path.suffix.lower() in _TIFF_SUFFIXES:
         try:
-            tiff = LazyTiff(path, series, level)
+            return LazyTiff(path, series, level), None
         except Exception as error:  # noqa: BLE001 - any tifffile failure means "unreadable"
             raise DataError(f"could not read the TIFF {str(path)!r}: {error}") from error
-        return da.from_array(tiff, chunks=tiff.chunks, asarray=False), None
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as error:  # noqa: BLE001
@@ -199,7 +212,37 @@ def open_image(
                 f"{str(path)!r} is a Zarr group without NGFF multiscales or an array '0'; "
                 "give the path of the array inside it."
             )
-    return da.from_zarr(node), axes
+    return node, axes
+
+
+class _Reader:
+    """Reads the network-ready pixels of a region of one plane from the source.
+
+    ``source`` is anything sliceable: a zarr array, a :class:`LazyTiff`, a numpy array or a
+    dask array. The channel axis (if any) comes out last, alpha dropped, as in
+    :func:`napari_unet.predict.predict`.
+    """
+
+    def __init__(self, source: Any, channel_axis: int | None, drop_alpha: bool) -> None:
+        self.source = source
+        self.channel_axis = channel_axis
+        self.drop_alpha = drop_alpha
+
+    def read(self, plane: tuple[int, ...], rows: slice, cols: slice) -> np.ndarray:
+        spatial = iter((*plane, rows, cols))
+        index = tuple(
+            slice(None) if axis == self.channel_axis else next(spatial)
+            for axis in range(len(plane) + 2 + (self.channel_axis is not None))
+        )
+        region = self.source[index]
+        if hasattr(region, "compute"):  # a dask source: read this region only, here
+            region = region.compute(scheduler="synchronous")
+        region = np.asarray(region)
+        if self.channel_axis is not None:
+            region = np.moveaxis(region, self.channel_axis - len(plane), -1)
+            if self.drop_alpha:
+                region = region[..., :3]
+        return region
 
 
 # --------------------------------------------------------------------------- model cache
@@ -250,7 +293,9 @@ def worker_predictor(reference: str | ModelBlob, device: str, tta: bool) -> Tile
             if isinstance(reference, ModelBlob):
                 import torch
 
-                payload = torch.load(io.BytesIO(reference.payload), weights_only=False)
+                payload = torch.load(
+                    io.BytesIO(reference.payload), map_location="cpu", weights_only=True
+                )
                 model = resolve_model(model_from_payload(payload, "cpu"), device)
             else:
                 model = resolve_model(reference, device)
@@ -284,7 +329,7 @@ def _starts(length: int, block: int) -> list[int]:
 
 def _blocks(
     leading: tuple[int, ...], height: int, width: int, block: int, halo: int
-) -> tuple[list[_Block], tuple[int, int]]:
+) -> list[_Block]:
     rows, cols = _starts(height, block), _starts(width, block)
     blocks = []
     for plane in np.ndindex(*leading):
@@ -294,7 +339,7 @@ def _blocks(
                 extended = (max(y0 - halo, 0), min(y1 + halo, height),
                             max(x0 - halo, 0), min(x1 + halo, width))
                 blocks.append(_Block(len(blocks), tuple(plane), i, j, (y0, y1, x0, x1), extended))
-    return blocks, (len(rows), len(cols))
+    return blocks
 
 
 @dataclass(frozen=True)
@@ -313,12 +358,17 @@ class _BlockJob:
 
 
 def _plane_statistics(
-    plane: np.ndarray, in_channels: int, colour: bool, normalization: NormalizationConfig
+    reader: _Reader,
+    index: tuple[int, ...],
+    stride: int,
+    in_channels: int,
+    colour: bool,
+    normalization: NormalizationConfig,
 ) -> tuple[float, float]:
     """``(low, high)`` of :func:`napari_unet.data.normalize` for one (subsampled) plane."""
     from napari_unet.data import to_channels_first
 
-    plane = np.asarray(plane)
+    plane = reader.read(index, slice(None, None, stride), slice(None, None, stride))
     x = to_channels_first(np.moveaxis(plane, -1, 0) if colour else plane, in_channels,
                           channel_axis=0 if colour else None)
     if not np.isfinite(x).all():
@@ -359,7 +409,7 @@ def _network_input(
 
 
 def _segment_block(
-    region: np.ndarray,
+    reader: _Reader,
     statistics: tuple[float, float],
     block: _Block,
     job: _BlockJob,
@@ -372,12 +422,12 @@ def _segment_block(
     from napari_unet.tiling import sliding_window
 
     predictor = worker_predictor(reference, job.config.device, job.config.tta)
-    x = _network_input(region, job, statistics)
+    ey0, ey1, ex0, ex1 = block.extended
+    x = _network_input(reader.read(block.plane, slice(ey0, ey1), slice(ex0, ex1)), job, statistics)
     probabilities = sliding_window(
         x, predictor, job.tile, job.config.overlap, job.config.tile_batch, job.multiple
     )
     labels = _plane_to_labels(probabilities, job.target, job.config).astype(np.uint32)
-    ey0, _, ex0, _ = block.extended
     y0, y1, x0, x1 = block.core
     core = labels[y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0]
     scratch = zarr.open_array(job.scratch, mode="r+")
@@ -423,11 +473,15 @@ def match_strips(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return pairs[2 * overlap > smaller].astype(np.uint64)
 
 
-def _face_pairs(result_a: tuple[Any, ...], result_b: tuple[Any, ...], side_a: str, side_b: str) -> np.ndarray:
+def _face_pairs(
+    result_a: tuple[Any, ...], result_b: tuple[Any, ...], side_a: str, side_b: str
+) -> np.ndarray:
+    """Pass 2: the matches across the face between two blocks (their strips)."""
     return match_strips(result_a[2][side_a], result_b[2][side_b])
 
 
 def _count_and_ids(result: tuple[Any, ...]) -> tuple[int, np.ndarray]:
+    """What the driver keeps of a block (its strips go to the face tasks only)."""
     return result[0], result[1]
 
 
@@ -520,9 +574,9 @@ def scheduler(name: str | None = None, workers: int | None = None) -> Iterator[d
         running ``dask.distributed`` scheduler (``tcp://host:8786``, e.g. of a
         ``dask_jobqueue.SLURMCluster``).
     workers : int, optional
-        With ``threads``/``processes``: the number of workers. With no name (or
-        ``"distributed"``): start a ``dask.distributed.LocalCluster`` of this many
-        single-threaded worker processes for the duration of the block.
+        With ``threads``/``processes``: the number of workers. With no name: start a
+        ``dask.distributed.LocalCluster`` of this many single-threaded worker processes
+        for the duration of the block.
 
     Yields
     ------
@@ -531,6 +585,11 @@ def scheduler(name: str | None = None, workers: int | None = None) -> Iterator[d
     """
     if workers is not None and workers < 1:
         raise ConfigError(f"workers must be a whole number >= 1, got {workers!r}.")
+    if name is not None and name not in LOCAL_SCHEDULERS and ":" not in name:
+        raise ConfigError(
+            f"scheduler {name!r} is unknown; use one of {LOCAL_SCHEDULERS} or the address of "
+            "a dask.distributed scheduler (tcp://host:8786)."
+        )
     if name == "processes":
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -555,8 +614,9 @@ def scheduler(name: str | None = None, workers: int | None = None) -> Iterator[d
             "a dask.distributed scheduler needs the 'distributed' package: "
             "pip install 'napari-unet[distributed]'."
         ) from error
-    if name is None or name == "distributed":
-        # One thread per worker process: torch already uses the cores a worker gets.
+    if name is None:
+        assert workers is not None  # no name and no workers is the threads case above
+        # One task thread per worker process; torch uses the worker's share of the cores.
         threads = max(1, (os.cpu_count() or 1) // workers)
         with LocalCluster(
             n_workers=workers,
@@ -569,7 +629,7 @@ def scheduler(name: str | None = None, workers: int | None = None) -> Iterator[d
         return
     try:
         client = Client(name, timeout="30s")
-    except OSError as error:
+    except (OSError, ValueError) as error:
         raise ConfigError(
             f"could not reach the dask scheduler at {name!r}: {error}; start it (e.g. "
             "dask_jobqueue.SLURMCluster(...).scheduler_address) or use --scheduler threads."
@@ -722,11 +782,13 @@ def segment_to_zarr(
     DataError, ConfigError, ModelFileError
         Unreadable input, bad layout or settings, unusable model (before writing).
     """
+    import uuid
+
     import dask
-    import dask.array as da
     import zarr
 
-    from napari_unet.predict import PredictConfig, _arrange, auto_tile_size, resolve_model
+    from napari_unet.postprocess import label_dtype
+    from napari_unet.predict import PredictConfig, _layout, auto_tile_size, resolve_model
 
     started = time.perf_counter()
     config = config or PredictConfig()
@@ -742,55 +804,60 @@ def segment_to_zarr(
     model_config = trained.config
     axes = None
     if isinstance(source, (str, os.PathLike)):
-        image, axes = open_image(source, level=level)
-    elif type(source).__module__.startswith("dask."):
-        image = source
+        image, axes = open_array(source, level=level)
+    elif hasattr(source, "__getitem__") and hasattr(source, "shape") and hasattr(source, "dtype"):
+        image = source  # zarr, dask or numpy: sliced block by block, never loaded whole
     else:
-        image = da.from_array(np.asarray(source), chunks=-1)
+        image = np.asarray(source)
     if channel_axis is None and axes is not None:
         channels = [i for i, axis in enumerate(axes) if axis.get("type") == "channel"]
         channel_axis = channels[0] if channels else None
-    arranged, layout = _arrange(image, model_config.in_channels, rgb, channel_axis)
+    layout = _layout(tuple(image.shape), model_config.in_channels, rgb, channel_axis)
     colour = layout.channel_axis is not None
     label_axes = (
         [axis for i, axis in enumerate(axes) if i != layout.channel_axis]
-        if axes is not None and len(axes) == image.ndim
+        if axes is not None and len(axes) == len(image.shape)
         else _default_axes(len(layout.labels_shape))
+    )
+    # One graph key each: every worker receives the reader and the model once.
+    reader = dask.delayed(
+        _Reader(image, layout.channel_axis, layout.drop_alpha), name=f"reader-{uuid.uuid4()}"
     )
     tile = config.tile_size or auto_tile_size(
         model_config, trained.device, config.tile_batch, config.overlap
     )
     halo = max(halo, config.overlap)
     margin = max(1, min(halo // 2, 32))
-    blocks, grid = _blocks(layout.leading, layout.height, layout.width, block, halo)
+    blocks = _blocks(layout.leading, layout.height, layout.width, block, halo)
     reference = model_reference(model)
-    # A serialised model becomes one graph key: each worker receives it once.
     reference_key: Any = (
-        dask.delayed(reference, pure=True) if isinstance(reference, ModelBlob) else reference
+        dask.delayed(reference, name=f"model-{reference.key}")
+        if isinstance(reference, ModelBlob)
+        else reference
     )
 
     out = Path(out)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        scratch = str(tmp / "scratch")
-        zarr.create_array(
-            scratch, shape=(len(blocks), min(block, layout.height), min(block, layout.width)),
-            chunks=(1, min(block, layout.height), min(block, layout.width)), dtype=np.uint32,
-            fill_value=0, zarr_format=2,
-        )
-        job = _BlockJob(config, model_config.target, model_config.in_channels,
-                        model_config.normalization, colour, tile, model_config.size_multiple,
-                        margin, scratch)
+    with scheduler(scheduler_name, workers) as compute_kwargs:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            scratch = str(tmp / "scratch")
+            zarr.create_array(
+                scratch, shape=(len(blocks), min(block, layout.height), min(block, layout.width)),
+                chunks=(1, min(block, layout.height), min(block, layout.width)), dtype=np.uint32,
+                fill_value=0, zarr_format=2,
+            )
+            job = _BlockJob(config, model_config.target, model_config.in_channels,
+                            model_config.normalization, colour, tile, model_config.size_multiple,
+                            margin, scratch)
 
-        with scheduler(scheduler_name, workers) as compute_kwargs:
             bar = _progress_bar(progress, compute_kwargs)
             # Pass 0: normalisation statistics per plane.
             stride = max(1, math.ceil(math.sqrt(layout.height * layout.width / MAX_STAT_PIXELS)))
             stat_tasks = [
                 dask.delayed(_plane_statistics)(
-                    arranged[plane][::stride, ::stride], model_config.in_channels, colour,
+                    reader, plane, stride, model_config.in_channels, colour,
                     model_config.normalization,
                 )
                 for plane in np.ndindex(*layout.leading)
@@ -802,10 +869,8 @@ def segment_to_zarr(
             # Passes 1 and 2: block labels (written to the scratch) and face matches.
             results = {}
             for b in blocks:
-                ey0, ey1, ex0, ex1 = b.extended
-                region = arranged[(*b.plane, slice(ey0, ey1), slice(ex0, ex1))]
                 results[b.plane, b.row, b.col] = dask.delayed(_segment_block, pure=False)(
-                    region, statistics[plane_number[b.plane]], b, job, reference_key
+                    reader, statistics[plane_number[b.plane]], b, job, reference_key
                 )
             number = {(b.plane, b.row, b.col): b.number for b in blocks}
             face_tasks, face_blocks = [], []
@@ -817,7 +882,9 @@ def segment_to_zarr(
                             dask.delayed(_face_pairs)(result, results[other], side_a, side_b)
                         )
                         face_blocks.append((number[plane, row, col], number[other]))
-            summaries = [dask.delayed(_count_and_ids)(results[b.plane, b.row, b.col]) for b in blocks]
+            summaries = [
+                dask.delayed(_count_and_ids)(results[b.plane, b.row, b.col]) for b in blocks
+            ]
             with bar:
                 summaries, pairs = dask.compute(summaries, face_tasks, **compute_kwargs)
             counts = [count for count, _ in summaries]
@@ -829,40 +896,54 @@ def segment_to_zarr(
             )
 
             # Pass 3: the final labels, chunk by chunk.
-            from napari_unet.postprocess import label_dtype
-
-            dtype = label_dtype(largest)
-            chunks = (1,) * len(layout.leading) + (min(block, layout.height), min(block, layout.width))
-            if ome:
-                group = zarr.open_group(str(tmp / "labels"), mode="w", zarr_format=2)
-                image_dir = _parent_ome_image(out)
-                group.attrs.update(_ome_label_attrs(name, label_axes, "../../" if image_dir else None))
-                final = group.create_array("0", shape=layout.labels_shape, chunks=chunks,
-                                           dtype=dtype, fill_value=0,
-                                           chunk_key_encoding={"name": "v2", "separator": "/"})
-                final_path = str(tmp / "labels" / "0")
-            else:
-                final = zarr.create_array(str(tmp / "labels"), shape=layout.labels_shape,
-                                          chunks=chunks, dtype=dtype, fill_value=0, zarr_format=2)
-                final_path = str(tmp / "labels")
-            del final
+            final_path = _create_output(
+                tmp / "labels", layout.labels_shape, block, label_dtype(largest), ome,
+                _ome_label_attrs(name, label_axes, "../../" if _parent_ome_image(out) else None),
+            )
             writes = [dask.delayed(_write_final)(b, tables[b.number], scratch, final_path)
                       for b in blocks]
             with bar:
                 dask.compute(*writes, **compute_kwargs)
 
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp / "labels", out)
-        if ome and _parent_ome_image(out) is not None:
-            _register_label(out.parent, out.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            if out.exists():
+                shutil.rmtree(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / "labels", out)
+            if ome and _parent_ome_image(out) is not None:
+                _register_label(out.parent, out.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return ScaleResult(
-        out, layout.labels_shape, np.dtype(dtype), largest, len(blocks),
+        out, layout.labels_shape, label_dtype(largest), largest, len(blocks),
         int(sum(len(p) for p in pairs)), time.perf_counter() - started,
     )
+
+
+def _create_output(
+    path: Path,
+    shape: tuple[int, ...],
+    block: int,
+    dtype: np.dtype,
+    ome: bool,
+    attrs: dict[str, Any],
+) -> str:
+    """Create the empty labels (chunks of one block) and return the path of the array.
+
+    ``ome``: a zarr v2 group with NGFF ``attrs`` and the array ``0`` ("/"-separated chunk
+    keys, as NGFF 0.4 asks); otherwise a bare zarr v2 array.
+    """
+    import zarr
+
+    chunks = (1,) * (len(shape) - 2) + (min(block, shape[-2]), min(block, shape[-1]))
+    if not ome:
+        zarr.create_array(str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+                          zarr_format=2)
+        return str(path)
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group.attrs.update(attrs)
+    group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+                       chunk_key_encoding={"name": "v2", "separator": "/"})
+    return str(path / "0")
 
 
 def _register_label(labels_dir: Path, name: str) -> None:
@@ -973,10 +1054,13 @@ def rank_rng(rng: np.random.Generator, seed: int, group: ProcessGroup, epoch: in
     run (``epoch`` > 0) does not replay the first epochs' streams.
     """
     if group.active:
-        rng.bit_generator.state = np.random.default_rng([seed, group.rank, epoch]).bit_generator.state
+        fresh = np.random.default_rng([seed, group.rank, epoch])
+        rng.bit_generator.state = fresh.bit_generator.state
 
 
-def validate(run: Any, planes: Sequence[Any], group: ProcessGroup) -> tuple[float, dict[str, float]]:
+def validate(
+    run: Any, planes: Sequence[Any], group: ProcessGroup
+) -> tuple[float, dict[str, float]]:
     """Validation of a training run, shared out over ranks and reduced.
 
     Every rank scores its share of the planes with the run's own ``validate`` (one plane
@@ -1094,7 +1178,8 @@ def add_scale_arguments(parser: Any) -> None:
         "--halo",
         type=int,
         default=DEFAULT_HALO,
-        help=f"context read around each block, about the largest object size (default {DEFAULT_HALO})",
+        help="context read around each block, about the largest object size "
+        f"(default {DEFAULT_HALO})",
     )
 
 

@@ -70,14 +70,15 @@ def test_local_cluster_gives_the_in_memory_labels(tmp_path, model_file, stack) -
     assert loaded_models() - before == 1
 
 
-def test_object_cut_by_block_edges_keeps_one_label(tmp_path, model_file) -> None:
+def test_object_cut_by_block_edges_keeps_one_label(tmp_path) -> None:
     image = np.full((100, 100), 30, np.uint8)
     image[10:20, 5:95] = 200  # a bar across three blocks
     image[40:70, 40:70] = 200  # a square on the corner of four blocks
     image[80:92, 26:32] = 200  # two objects 2 px apart, on either side of a block edge
     image[80:92, 34:40] = 200
+    # A model object (not a file) is serialised once and shipped to the workers.
     result = segment_to_zarr(
-        image, tmp_path / "labels.zarr", model_file, CONFIG, block=32, halo=16,
+        image, tmp_path / "labels.zarr", make_threshold_model(), CONFIG, block=32, halo=16,
         scheduler_name="synchronous",
     )
     labels = np.asarray(result.open())
@@ -122,7 +123,7 @@ def test_ome_zarr_labels_and_lazy_tiff(tmp_path, model_file, stack) -> None:
     from_ome = zarr.open_array(str(image / "labels" / "cells" / "0"), mode="r")[:]
     # The same stack as a tiled TIFF, read lazily tile by tile, gives the same labels.
     tiff = tmp_path / "stack.tif"
-    tifffile.imwrite(tiff, stack, tile=(32, 32))
+    tifffile.imwrite(tiff, stack, tile=(32, 32), photometric="minisblack")
     lazy_tiff, _ = open_image(tiff)
     assert lazy_tiff.chunks[1] == (32, 32, 32)
     from_tiff = segment_to_zarr(tiff, tmp_path / "tiff.zarr", model_file, CONFIG, block=64)

@@ -4,8 +4,8 @@ Segmentation of stacks larger than memory (:func:`segment_to_zarr`)
 ------------------------------------------------------------------------
 The input (OME-Zarr, Zarr, a TIFF read through ``tifffile``'s Zarr interface, or any
 numpy/dask array) is read lazily and cut, plane by plane, into square *blocks* that are
-also the chunks of the output Zarr. Four passes, each a dask graph, so the same code runs
-on dask's local threads or processes or on a ``dask.distributed`` cluster:
+also the chunks of the output Zarr. Four passes, in three dask computations, so the same
+code runs on dask's local threads or processes or on a ``dask.distributed`` cluster:
 
 0. Normalisation statistics per plane (percentiles as in training), from the whole plane
    up to :data:`MAX_STAT_PIXELS`, from a regular subsample above: a block normalised on
@@ -616,9 +616,17 @@ def scheduler(name: str | None = None, workers: int | None = None) -> Iterator[d
         ) from error
     if name is None:
         assert workers is not None  # no name and no workers is the threads case above
+        import dask
+
         # One task thread per worker process; torch uses the worker's share of the cores.
         threads = max(1, (os.cpu_count() or 1) // workers)
-        with LocalCluster(
+        # distributed sets MALLOC_TRIM_THRESHOLD_ in its workers to hand memory back to the
+        # OS sooner; then every large numpy temporary is a fresh mmap and page-faults, which
+        # measured 1.5x slower per block here (benchmarks/bench_scale.py). Memory stays
+        # bounded by the blocks in flight either way.
+        with dask.config.set(
+            {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+        ), LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
@@ -1117,32 +1125,6 @@ def quiet_unless_main() -> bool:
     return False
 
 
-__all__ = [
-    "DEFAULT_BLOCK",
-    "DEFAULT_HALO",
-    "LazyTiff",
-    "ModelBlob",
-    "ProcessGroup",
-    "ScaleResult",
-    "all_mean",
-    "environment_group",
-    "init_from_env",
-    "is_main_process",
-    "loaded_models",
-    "match_strips",
-    "model_reference",
-    "open_image",
-    "quiet_unless_main",
-    "rank_rng",
-    "relabel_tables",
-    "scheduler",
-    "segment_to_zarr",
-    "validate",
-    "worker_predictor",
-    "wrap_model",
-]
-
-
 # --------------------------------------------------------------------------- CLI
 
 
@@ -1253,3 +1235,33 @@ def run_cli(args: Any) -> int:
             f"{result.elapsed_s:.1f}s)"
         )
     return 0
+
+
+__all__ = [
+    "DEFAULT_BLOCK",
+    "DEFAULT_HALO",
+    "LazyTiff",
+    "ModelBlob",
+    "ProcessGroup",
+    "ScaleResult",
+    "add_scale_arguments",
+    "all_mean",
+    "environment_group",
+    "init_from_env",
+    "is_main_process",
+    "loaded_models",
+    "match_strips",
+    "model_reference",
+    "open_array",
+    "open_image",
+    "quiet_unless_main",
+    "rank_rng",
+    "relabel_tables",
+    "run_cli",
+    "scheduler",
+    "segment_to_zarr",
+    "validate",
+    "wants_scale",
+    "worker_predictor",
+    "wrap_model",
+]

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -88,11 +88,10 @@ def synthetic_rgb(size: int, seed: int = 0) -> np.ndarray:
     return np.repeat(np.clip(image, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
 
 
-def speed_table(image_size: int, repeats: int) -> list[dict[str, float | str]]:
-    """One row per preset; ``repeats`` timed calls each (best kept)."""
+def speed_table(image_size: int, repeats: int) -> Iterator[dict[str, float | str]]:
+    """One row per preset, as soon as it is measured; ``repeats`` timed calls each."""
     image = synthetic_rgb(image_size)
     tile_input = torch.rand(1, 3, 512, 512)
-    rows = []
     for preset in PRESETS:
         model = random_model(preset)
         predictor = TilePredictor(model)
@@ -110,20 +109,17 @@ def speed_table(image_size: int, repeats: int) -> list[dict[str, float | str]]:
         end_to_end_s = best_time(lambda: predict(image, model, config), repeats, warm_up=False)
         mm_end = matmul_rate()
         matmul = max(mm_tile, mm_end)
-        rows.append(
-            {
-                "preset": preset,
-                "tile": auto_tile_size(model.config, model.device, 1, config.overlap),
-                "mpx_per_s": image_size**2 / 1e6 / end_to_end_s,
-                "seconds": end_to_end_s,
-                "matmul_gflops": matmul / 1e9,
-                "net_gflops": tile_flops / fast_s / 1e9,
-                "net_ratio": tile_flops / fast_s / matmul,
-                "eager_ratio": tile_flops / eager_s / matmul,
-                "end_to_end_ratio": total_flops / end_to_end_s / matmul,
-            }
-        )
-    return rows
+        yield {
+            "preset": preset,
+            "tile": auto_tile_size(model.config, model.device, 1, config.overlap),
+            "mpx_per_s": image_size**2 / 1e6 / end_to_end_s,
+            "seconds": end_to_end_s,
+            "matmul_gflops": matmul / 1e9,
+            "net_gflops": tile_flops / fast_s / 1e9,
+            "net_ratio": tile_flops / fast_s / matmul,
+            "eager_ratio": tile_flops / eager_s / matmul,
+            "end_to_end_ratio": total_flops / end_to_end_s / matmul,
+        }
 
 
 def memory_child(n_planes: int, size: int, preset: str) -> dict[str, float]:
@@ -156,8 +152,8 @@ def memory_child(n_planes: int, size: int, preset: str) -> dict[str, float]:
 
 def memory_table(
     plane_counts: list[int], size: int, preset: str, threads: int
-) -> list[dict[str, float]]:
-    rows = []
+) -> Iterator[dict[str, float]]:
+    """One row per stack length, each measured in a fresh process."""
     for n_planes in plane_counts:
         # A fresh process per run, so that each peak is its own.
         output = subprocess.run(
@@ -177,8 +173,7 @@ def memory_table(
             capture_output=True,
             text=True,
         ).stdout
-        rows.append(json.loads(output.strip().splitlines()[-1]))
-    return rows
+        yield json.loads(output.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -215,7 +210,8 @@ def main() -> None:
         print(
             f"{row['preset']} | {row['tile']} | {row['mpx_per_s']:.3f} | {row['seconds']:.1f} | "
             f"{row['matmul_gflops']:.0f} | {row['net_gflops']:.0f} | {row['net_ratio']:.0%} | "
-            f"{row['eager_ratio']:.0%} | {row['end_to_end_ratio']:.0%}"
+            f"{row['eager_ratio']:.0%} | {row['end_to_end_ratio']:.0%}",
+            flush=True,
         )
     counts = [16] if args.quick else [16, 32]
     print(
@@ -226,7 +222,8 @@ def main() -> None:
     for row in memory_table(counts, 2048, args.preset, args.threads):
         print(
             f"{row['planes']} | {row['stack_mib']:.0f} | {row['labels_mib']:.0f} | "
-            f"{row['baseline_rss_mib']:.0f} | {row['peak_rss_mib']:.0f} | {row['seconds']:.0f}"
+            f"{row['baseline_rss_mib']:.0f} | {row['peak_rss_mib']:.0f} | {row['seconds']:.0f}",
+            flush=True,
         )
 
 

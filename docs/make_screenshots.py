@@ -82,7 +82,7 @@ def main() -> int:
     segment.update_state()
     segment.start()
     wait_for(segment)
-    viewer.layers["nuclei labels"].visible = False
+    viewer.layers["nuclei labels"].visible = False  # the ground truth
     shoot(viewer, "segment_widget")
 
     evaluate_dock, evaluate = viewer.window.add_plugin_dock_widget(

@@ -11,7 +11,11 @@ from skimage.draw import disk
 
 from napari_unet import metrics
 from napari_unet._widgets import EvaluateWidget
-from napari_unet._widgets._evaluate import SUMMARY_ROWS, THRESHOLD_COLUMNS
+from napari_unet._widgets._evaluate import SEGMENT, SUMMARY_ROWS, THRESHOLD_COLUMNS
+from napari_unet._widgets._registry import REGISTRY
+from napari_unet.checkpoint import TrainedModel
+from napari_unet.config import ModelConfig
+from napari_unet.model import build_model
 
 TIMEOUT_MS = 60_000
 
@@ -120,3 +124,27 @@ def test_invalid_choices_disable_evaluate(make_napari_viewer):
     assert not widget.run_button.isEnabled()
     with pytest.raises(Exception, match="nothing to export"):
         widget.export_csv("never.csv")
+
+
+def test_segment_with_a_model_then_score(make_napari_viewer, qtbot):
+    REGISTRY.clear()
+    config = ModelConfig(in_channels=1, base_filters=4, depth=2)
+    entry = REGISTRY.add(TrainedModel(build_model(config).eval(), config), "untrained")
+    viewer = make_napari_viewer()
+    truth, _ = truth_and_prediction()
+    viewer.add_image((truth > 0).astype(np.float32), name="cells")
+    viewer.add_labels(truth, name="truth")
+    widget = dock(viewer)
+    widget.mode.setCurrentText(SEGMENT)
+    assert not widget.prediction.isVisibleTo(widget) and widget.image.isVisibleTo(widget)
+    widget.model.select(entry.name)
+    assert widget.update_state() is None
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    REGISTRY.clear()
+
+    predicted = viewer.layers["cells segmentation"].data
+    assert predicted.shape == truth.shape
+    expected = metrics.instance_metrics(truth, predicted)
+    assert widget.scores["instance"]["dsb_score"] == pytest.approx(expected["dsb_score"])
+    assert widget.scores["pixel"]["f1"] == pytest.approx(metrics.pixel_metrics(truth, predicted)["f1"])

@@ -87,7 +87,7 @@ def test_segment_2d_adds_labels_and_leaves_the_input_alone(viewer, qtbot):
     run(widget, qtbot)
 
     np.testing.assert_array_equal(layer.data, image)
-    output = viewer.layers["cells labels"]
+    output = viewer.layers["cells segmentation"]
     assert output.name == widget.output.name
     assert type(output).__name__ == "Labels"
     assert output.data.shape == image.shape
@@ -107,7 +107,7 @@ def test_probabilities_and_rgb(viewer, qtbot):
     assert not widget.channel_axis.isEnabled()
     widget.probabilities.setChecked(True)
     run(widget, qtbot)
-    assert viewer.layers["colour labels"].data.shape == image.shape
+    assert viewer.layers["colour segmentation"].data.shape == image.shape
     probability = viewer.layers["colour probability"]
     assert probability.data.shape == image.shape
     assert 0 <= probability.data.min() and probability.data.max() <= 1
@@ -118,7 +118,7 @@ def test_stack_is_segmented_plane_by_plane_with_progress(viewer, qtbot):
     viewer.add_image(stack, name="stack")
     widget = dock(viewer)
     run(widget, qtbot)
-    labels = viewer.layers["stack labels"].data
+    labels = viewer.layers["stack segmentation"].data
     assert labels.shape == stack.shape
     for plane in range(3):
         single = labels[plane]
@@ -138,8 +138,8 @@ def test_dask_stack_gives_the_numpy_result(viewer, qtbot):
     run(widget, qtbot)
     widget.image.set_layer(viewer.layers["lazy"])
     run(widget, qtbot)
-    eager = viewer.layers["numpy labels"].data
-    lazy = viewer.layers["lazy labels"].data
+    eager = viewer.layers["numpy segmentation"].data
+    lazy = viewer.layers["lazy segmentation"].data
     assert isinstance(lazy, np.ndarray) and lazy.shape == stack.shape
     # Same objects (the lazy path numbers planes with a stride, so compare masks and counts).
     np.testing.assert_array_equal(eager > 0, lazy > 0)
@@ -160,7 +160,7 @@ def test_multichannel_layer_with_a_channel_axis(viewer, qtbot):
     widget.channel_axis.setCurrentIndex(1)  # axis 0
     assert widget.channel_axis.currentData() == 0
     run(widget, qtbot)
-    output = viewer.layers["multi labels"]
+    output = viewer.layers["multi segmentation"]
     assert output.data.shape == image.shape
     assert tuple(output.scale) == (0.5, 0.5)
 
@@ -176,7 +176,7 @@ def test_stop_mid_stack_keeps_the_planes_done(viewer, qtbot):
     widget.stop()
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
     output = widget.output
-    assert output.name == "long labels (stopped)"
+    assert output.name == "long segmentation (stopped)"
     assert output.data.shape == stack.shape
     assert output.data[0].any() and not output.data[-1].any()
     assert widget.run_button.isEnabled()
@@ -216,7 +216,7 @@ def test_segment_correct_fine_tune_segment_again(viewer, qtbot):
     viewer.add_image(image, name="cells")
     segment = dock(viewer)
     run(segment, qtbot)
-    corrected = viewer.layers["cells labels"]
+    corrected = viewer.layers["cells segmentation"]
     # "Correct" with the brush: paint the true objects in, erase what is not one.
     corrected.data = truth.astype(corrected.data.dtype)
 
@@ -237,6 +237,6 @@ def test_segment_correct_fine_tune_segment_again(viewer, qtbot):
     # The Segment widget follows the newest model; segmenting again adds a new layer.
     assert segment.model.value() is REGISTRY.entries()[-1].model
     run(segment, qtbot)
-    assert segment.output.name == "cells labels [1]"
+    assert segment.output.name == "cells segmentation [1]"
     np.testing.assert_array_equal(corrected.data, truth)  # the corrected layer is kept
     assert isinstance(trainer, TrainWidget)

@@ -13,9 +13,10 @@ code runs on dask's local threads or processes or on a ``dask.distributed`` clus
 1. One task per block reads the block plus a ``halo`` on every side, predicts it with the
    tiled predictor of :mod:`napari_unet.predict` and turns it into labels with the same
    post-processing, so an object near the block edge is seen whole. The block's own
-   pixels (its *core*) are written, with block-local label ids, to a scratch Zarr; the
-   task returns only its label count, the ids present in its core and the labels of thin
-   *strips* (``2 * margin`` wide) across each face it shares with a neighbour.
+   pixels (its *core*) are written, with block-local label ids, to a scratch Zarr, and
+   the labels of thin *strips* (``2 * margin`` wide) across each face it shares with a
+   neighbour to scratch files; the task returns only its label count and the ids present
+   in its core, so nothing of a block waits in memory for its neighbours.
 2. One small task per face pairs the labels that two neighbours gave the same object: in
    the strip both blocks labelled the same pixels, each with context on both sides, and
    labels are matched when most pixels of the smaller one lie in the other. Block-local
@@ -355,6 +356,7 @@ class _BlockJob:
     multiple: int
     margin: int
     scratch: str
+    strips: str
 
 
 def _plane_statistics(
@@ -414,8 +416,8 @@ def _segment_block(
     block: _Block,
     job: _BlockJob,
     reference: str | ModelBlob,
-) -> tuple[int, np.ndarray, dict[str, np.ndarray]]:
-    """Pass 1: labels of one block; writes its core, returns count, ids and face strips."""
+) -> tuple[int, np.ndarray]:
+    """Pass 1: labels of one block; writes its core and face strips, returns count and ids."""
     import zarr
 
     from napari_unet.predict import _plane_to_labels
@@ -445,7 +447,13 @@ def _segment_block(
         strips["left"] = labels[rows, x0 - m - ex0 : x0 + m - ex0]
     if x1 - ex0 < labels.shape[1]:
         strips["right"] = labels[rows, x1 - m - ex0 : x1 + m - ex0]
-    return int(labels.max(initial=0)), np.unique(core[core > 0]), strips
+    for side, strip in strips.items():
+        np.save(_strip_path(job.strips, block.number, side), strip)
+    return int(labels.max(initial=0)), np.unique(core[core > 0])
+
+
+def _strip_path(folder: str, block: int, side: str) -> str:
+    return os.path.join(folder, f"{block}-{side}.npy")
 
 
 def match_strips(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -474,15 +482,20 @@ def match_strips(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 
 def _face_pairs(
-    result_a: tuple[Any, ...], result_b: tuple[Any, ...], side_a: str, side_b: str
+    folder: str, face: tuple[int, str, int, str], *after: Any
 ) -> np.ndarray:
-    """Pass 2: the matches across the face between two blocks (their strips)."""
-    return match_strips(result_a[2][side_a], result_b[2][side_b])
+    """Pass 2: the matches across the face between two blocks, from their strips.
 
-
-def _count_and_ids(result: tuple[Any, ...]) -> tuple[int, np.ndarray]:
-    """What the driver keeps of a block (its strips go to the face tasks only)."""
-    return result[0], result[1]
+    ``after`` are the two block results, passed only so that this runs after both. Each
+    strip serves one face, so its file is removed once read.
+    """
+    block_a, side_a, block_b, side_b = face
+    strips = []
+    for block, side in ((block_a, side_a), (block_b, side_b)):
+        path = _strip_path(folder, block, side)
+        strips.append(np.load(path))
+        os.remove(path)
+    return match_strips(*strips)
 
 
 def relabel_tables(
@@ -858,7 +871,8 @@ def segment_to_zarr(
             )
             job = _BlockJob(config, model_config.target, model_config.in_channels,
                             model_config.normalization, colour, tile, model_config.size_multiple,
-                            margin, scratch)
+                            margin, scratch, str(tmp / "strips"))
+            os.mkdir(job.strips)
 
             bar = _progress_bar(progress, compute_kwargs)
             # Pass 0: normalisation statistics per plane.
@@ -886,13 +900,12 @@ def segment_to_zarr(
                 for side_a, side_b, other in (("bottom", "top", (plane, row + 1, col)),
                                               ("right", "left", (plane, row, col + 1))):
                     if other in results:
-                        face_tasks.append(
-                            dask.delayed(_face_pairs)(result, results[other], side_a, side_b)
-                        )
+                        face = (number[plane, row, col], side_a, number[other], side_b)
+                        face_tasks.append(dask.delayed(_face_pairs, pure=False)(
+                            job.strips, face, result, results[other]
+                        ))
                         face_blocks.append((number[plane, row, col], number[other]))
-            summaries = [
-                dask.delayed(_count_and_ids)(results[b.plane, b.row, b.col]) for b in blocks
-            ]
+            summaries = [results[b.plane, b.row, b.col] for b in blocks]
             with bar:
                 summaries, pairs = dask.compute(summaries, face_tasks, **compute_kwargs)
             counts = [count for count, _ in summaries]

@@ -20,7 +20,7 @@ import numpy as np
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
-    QFormLayout,
+    QGridLayout,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -131,22 +131,29 @@ class EvaluateWidget(QWidget):
         self.scores: dict[str, dict[str, Any]] | None = None
 
         layout = QVBoxLayout(self)
-        form = QFormLayout()
+        # A grid, not a form: rows whose widgets are hidden take no space in a grid.
+        grid = QGridLayout()
         self.mode = QComboBox()
         self.mode.addItems([COMPARE, SEGMENT])
-        form.addRow("Mode", self.mode)
         self.prediction = LayerCombo(napari_viewer, Labels)
-        form.addRow("Prediction", self.prediction)
         self.image = LayerCombo(napari_viewer, Image)
-        form.addRow("Image", self.image)
         self.model = ModelPicker(follow_new=True)
-        form.addRow("Model", self.model)
         self.truth = LayerCombo(napari_viewer, Labels)
-        form.addRow("Ground truth", self.truth)
-        layout.addLayout(form)
-        self._rows = {
-            widget: form.labelForField(widget) for widget in (self.prediction, self.image, self.model)
-        }
+        self._labels: dict[QWidget, QLabel] = {}
+        for row, (text, widget) in enumerate(
+            [
+                ("Mode", self.mode),
+                ("Prediction", self.prediction),
+                ("Image", self.image),
+                ("Model", self.model),
+                ("Ground truth", self.truth),
+            ]
+        ):
+            self._labels[widget] = QLabel(text)
+            grid.addWidget(self._labels[widget], row, 0)
+            grid.addWidget(widget, row, 1)
+        grid.setColumnStretch(1, 1)
+        layout.addLayout(grid)
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Evaluate")
         self.run_button.clicked.connect(self.start)
@@ -194,12 +201,21 @@ class EvaluateWidget(QWidget):
         ):
             signal.connect(self.update_state)
         events = napari_viewer.layers.events
-        connect_until_destroyed(self, [(events.inserted, self._default_truth)])
-        self._default_truth()
+        connect_until_destroyed(self, [(events.inserted, self._on_inserted)])
+        self._separate_truth()
         self.update_state()
 
-    def _default_truth(self, *_: Any) -> None:
-        """Prefer a ground-truth layer other than the prediction, ideally named like truth."""
+    def _on_inserted(self, event: Any) -> None:
+        """A new Labels layer (e.g. from the Segment widget) becomes the prediction."""
+        # Callbacks may run before the drop-downs' own; make sure they list the new layer.
+        self.prediction.refresh()
+        self.truth.refresh()
+        if event.value in self.prediction.layers():
+            self.prediction.set_layer(event.value)
+        self._separate_truth()
+
+    def _separate_truth(self) -> None:
+        """Keep the ground truth on another layer than the prediction when there is one."""
         prediction, truth = self.prediction.layer(), self.truth.layer()
         if truth is not None and truth is not prediction:
             return
@@ -215,10 +231,10 @@ class EvaluateWidget(QWidget):
     def update_state(self, *_: Any) -> str | None:
         """Show the fields of the mode; enable Evaluate or say why not (returns the hint)."""
         segmenting = self.mode.currentText() == SEGMENT
-        for widget, label in self._rows.items():
+        for widget in (self.prediction, self.image, self.model):
             visible = segmenting != (widget is self.prediction)
             widget.setVisible(visible)
-            label.setVisible(visible)
+            self._labels[widget].setVisible(visible)
         hint = None if self.running else self._problem()
         self.hint.show_hint(hint)
         self.run_button.setEnabled(hint is None and not self.running)
@@ -290,7 +306,10 @@ class EvaluateWidget(QWidget):
             scores, segmentation = result
             image = self._image_layer
             self.viewer.add_labels(
-                segmentation.labels, name=f"{image.name} labels", scale=image.scale
+                segmentation.labels,
+                name=f"{image.name} segmentation",
+                scale=image.scale,
+                translate=image.translate,
             )
         else:
             scores = result
@@ -304,7 +323,7 @@ class EvaluateWidget(QWidget):
         instance = scores["instance"]
         self.thresholds.setRowCount(len(instance["thresholds"]))
         for row, threshold in enumerate(instance["thresholds"]):
-            values = [threshold] + [
+            values = [f"{threshold:.2f}"] + [
                 instance[key][row] for key in ("tp", "fp", "fn", "precision", "recall", "f1", "ap")
             ]
             for column, value in enumerate(values):
@@ -361,6 +380,8 @@ class EvaluateWidget(QWidget):
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, str):
+        return value
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     return f"{float(value):.4f}"

@@ -3,7 +3,7 @@
 The widget gathers its settings into a :class:`~napari_unet.predict.PredictConfig`
 and runs :func:`napari_unet.predict.predict_events` in a napari ``thread_worker``
 with a progress bar and a Stop button. The input layer is never modified: the
-result is a new Labels layer named after the image (and, on request, the
+result is a new Labels layer named ``"<image> segmentation"`` (and, on request, the
 probability maps as Image layers), with the image's scale and translation.
 
 2D, RGB, multichannel (pick the channel axis), 3D and time stacks (segmented
@@ -343,7 +343,7 @@ class SegmentWidget(QWidget):
         suffix = " (stopped)" if stopped else ""
         self.output = self.viewer.add_labels(
             segmentation.labels,
-            name=f"{source.name} labels{suffix}",
+            name=f"{source.name} segmentation{suffix}",
             scale=scale,
             translate=translate,
         )

@@ -1,0 +1,71 @@
+"""Choose post-processing settings (threshold, seed threshold, minimum size) on a validation set.
+
+Predicts each validation image once, then re-runs only the post-processing for every
+combination of settings and prints a table of mean pixel F1, DSB score and F1 at IoU 0.5,
+best DSB score first. Use it on validation data only, never on a test set.
+
+    python benchmarks/tune_postprocess.py --model runs/default_model/model.pt \
+        --images ../shared/data/dsb2018/val/images --labels ../shared/data/dsb2018/val/labels
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import numpy as np
+
+from napari_unet.checkpoint import load_model
+from napari_unet.io import find_pairs, read_image
+from napari_unet.metrics import instance_metrics, pixel_metrics
+from napari_unet.postprocess import probabilities_to_labels
+from napari_unet.predict import PredictConfig, predict
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--labels", type=Path, required=True)
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.4, 0.5, 0.6])
+    parser.add_argument("--seed-thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    parser.add_argument("--min-sizes", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--tta", action="store_true")
+    args = parser.parse_args()
+
+    model = load_model(args.model)
+    config = PredictConfig(return_probabilities=True, tta=args.tta)
+    cases = []
+    for image_path, labels_path in find_pairs(args.images, args.labels):
+        probabilities = predict(read_image(image_path), model, config).probabilities
+        cases.append((probabilities, read_image(labels_path)))
+    print(f"{len(cases)} images, target {model.config.target}, tta={args.tta}")
+
+    rows = []
+    for threshold, seed_threshold, min_size in itertools.product(
+        args.thresholds, args.seed_thresholds, args.min_sizes
+    ):
+        pixel_f1, dsb, f1_50 = [], [], []
+        for probabilities, truth in cases:
+            labels = probabilities_to_labels(
+                probabilities,
+                model.config.target,
+                threshold=threshold,
+                min_size=min_size,
+                seed_threshold=seed_threshold,
+            )
+            pixel_f1.append(pixel_metrics(truth > 0, probabilities[0] > threshold)["f1"])
+            scores = instance_metrics(truth, labels)
+            dsb.append(scores["dsb_score"])
+            f1_50.append(scores["f1_50"])
+        rows.append(
+            (threshold, seed_threshold, min_size, np.mean(pixel_f1), np.mean(dsb), np.mean(f1_50))
+        )
+    print(f"{'threshold':>10}{'seed_thr':>10}{'min_size':>10}{'pixel_f1':>10}{'dsb':>10}{'f1_50':>10}")
+    for row in sorted(rows, key=lambda r: -r[4]):
+        print(f"{row[0]:>10.2f}{row[1]:>10.2f}{row[2]:>10d}{row[3]:>10.4f}{row[4]:>10.4f}{row[5]:>10.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -62,7 +62,8 @@ def main() -> int:
 
     train_dock, train = viewer.window.add_plugin_dock_widget("napari-unet", "Train")
     train.preset.setCurrentText("tiny")
-    train.epochs.setValue(8)
+    train.target.setCurrentText("contour")  # learned boundaries split touching nuclei
+    train.epochs.setValue(12)
     train.batch_size.setValue(4)
     train.patch_size.setValue(128)
     train.steps_per_epoch.setValue(8)

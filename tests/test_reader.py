@@ -105,7 +105,8 @@ def test_dsb_layout_opens_with_masks_merged(tmp_path):
         (sample / "masks").mkdir()
         iio.imwrite(sample / "images" / f"{sample_id}.png", np.stack([image] * 3, -1))
         for index in (1, 2):
-            iio.imwrite(sample / "masks" / f"m{index}.png", ((labels == index) * 255).astype(np.uint8))
+            mask = ((labels == index) * 255).astype(np.uint8)
+            iio.imwrite(sample / "masks" / f"m{index}.png", mask)
     layers = read(tmp_path)
     assert [kind for _, _, kind in layers] == ["image", "labels", "image", "labels"]
     assert layers[0][1]["rgb"]

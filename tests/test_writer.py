@@ -84,7 +84,8 @@ def test_training_folder_round_trip_through_reader_and_training_loader(tmp_path)
         for sub in ("images", "labels")
         for stem in ("cells_1", "colour")
     )
-    images, label_list = load_pairs_from_folders(tmp_path / "set" / "images", tmp_path / "set" / "labels")
+    folder = tmp_path / "set"
+    images, label_list = load_pairs_from_folders(folder / "images", folder / "labels")
     np.testing.assert_array_equal(images[0], grey)  # cells_1 sorts first
     np.testing.assert_array_equal(label_list[0], labels)
     np.testing.assert_array_equal(images[1], rgb)

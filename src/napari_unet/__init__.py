@@ -31,6 +31,8 @@ _API = {
     "predict": "napari_unet.predict",
     "segment": "napari_unet.predict",
     "evaluate": "napari_unet.evaluate",
+    "segment_to_zarr": "napari_unet.distributed",
+    "export_model": "napari_unet.export",
 }
 
 __all__ = ["__version__", *_API]

@@ -38,7 +38,9 @@ def match_pairs(
     pairs: list[tuple[int, int]] = []
     for i, (image_name, image_shape) in enumerate(images):
         candidates = [
-            j for j, (_, shape) in enumerate(labels) if j not in used and tuple(shape) == image_shape
+            j
+            for j, (_, shape) in enumerate(labels)
+            if j not in used and tuple(shape) == image_shape
         ]
         if not candidates:
             continue

@@ -41,6 +41,11 @@ def available_devices() -> list[str]:
     return devices
 
 
+def layer_data(layer: Layer) -> Any:
+    """A layer's full-resolution array (level 0 of a multiscale layer)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
 class HintLabel(QLabel):
     """A word-wrapped label that says why an action is unavailable (empty when it is)."""
 
@@ -116,7 +121,9 @@ class LayerCombo(QComboBox):
     def refresh(self, *_: Any) -> None:
         """Re-read the layer list, keeping the current selection when it still exists."""
         current = self.layer()
-        self._layers = [layer for layer in self._viewer.layers if isinstance(layer, self._layer_type)]
+        self._layers = [
+            layer for layer in self._viewer.layers if isinstance(layer, self._layer_type)
+        ]
         self.blockSignals(True)
         self.clear()
         self.addItems([layer.name for layer in self._layers])

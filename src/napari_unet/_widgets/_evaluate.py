@@ -38,6 +38,7 @@ from napari_unet._widgets._common import (
     LayerCombo,
     ModelPicker,
     connect_until_destroyed,
+    layer_data,
 )
 from napari_unet.checkpoint import ModelFileError, TrainedModel
 from napari_unet.config import ConfigError
@@ -248,11 +249,13 @@ class EvaluateWidget(QWidget):
             image = self.image.layer()
             if image is None:
                 return "Add an Image layer to segment."
-            shape = tuple(image.data.shape[:-1] if image.rgb else image.data.shape)
-            if shape != tuple(truth.data.shape):
+            shape = tuple(layer_data(image).shape)
+            shape = shape[:-1] if image.rgb else shape
+            truth_shape = tuple(layer_data(truth).shape)
+            if shape != truth_shape:
                 return (
                     f"Image {image.name!r} has shape {shape}, ground truth {truth.name!r} "
-                    f"{tuple(truth.data.shape)}; pick the labels of this image."
+                    f"{truth_shape}; pick the labels of this image."
                 )
             return self.model.problem()
         prediction = self.prediction.layer()
@@ -260,10 +263,11 @@ class EvaluateWidget(QWidget):
             return "Add the predicted Labels layer (e.g. from the Segment widget)."
         if prediction is truth:
             return "Prediction and ground truth are the same layer; pick two layers."
-        if tuple(prediction.data.shape) != tuple(truth.data.shape):
+        shapes = tuple(layer_data(prediction).shape), tuple(layer_data(truth).shape)
+        if shapes[0] != shapes[1]:
             return (
-                f"Prediction {prediction.name!r} has shape {tuple(prediction.data.shape)}, "
-                f"ground truth {truth.name!r} {tuple(truth.data.shape)}; they must match."
+                f"Prediction {prediction.name!r} has shape {shapes[0]}, ground truth "
+                f"{truth.name!r} {shapes[1]}; they must match."
             )
         return None
 
@@ -278,10 +282,15 @@ class EvaluateWidget(QWidget):
             image = self.image.layer()
             self._image_layer = image
             work = segment_and_score
-            args: tuple[Any, ...] = (image.data, bool(image.rgb), self.model.value(), truth.data)
+            args: tuple[Any, ...] = (
+                layer_data(image),
+                bool(image.rgb),
+                self.model.value(),
+                layer_data(truth),
+            )
         else:
             work = score
-            args = (truth.data, self.prediction.layer().data)
+            args = (layer_data(truth), layer_data(self.prediction.layer()))
         self.status.setStyleSheet("")
         self.status.setText("Scoring…")
         self.progress.setRange(0, 0)

@@ -87,13 +87,15 @@ class CurvePlot(QWidget):
         text_color = self.palette().windowText().color()
         metrics = painter.fontMetrics()
         line_h = metrics.height()
+        x0, x1, y0, y1 = self._limits()
+        y_labels = (_fmt(y0), _fmt(y1))
+        margin = max(metrics.horizontalAdvance(text) for text in y_labels) + 8
         plot = QRectF(
-            metrics.horizontalAdvance("0.000") + 8,
+            margin,
             line_h + 6,
-            max(10.0, self.width() - metrics.horizontalAdvance("0.000") - 16),
+            max(10.0, self.width() - margin - 8),
             max(10.0, self.height() - 2 * line_h - 14),
         )
-        x0, x1, y0, y1 = self._limits()
 
         def to_px(x: float, y: float) -> QPointF:
             return QPointF(
@@ -114,12 +116,12 @@ class CurvePlot(QWidget):
         painter.drawText(
             QRectF(0, plot.top() - line_h / 2, plot.left() - 4, line_h),
             int(Qt.AlignRight | Qt.AlignVCenter),
-            _fmt(y1),
+            y_labels[1],
         )
         painter.drawText(
             QRectF(0, plot.bottom() - line_h / 2, plot.left() - 4, line_h),
             int(Qt.AlignRight | Qt.AlignVCenter),
-            _fmt(y0),
+            y_labels[0],
         )
         painter.drawText(
             QRectF(plot.left(), plot.bottom() + 2, plot.width(), line_h),

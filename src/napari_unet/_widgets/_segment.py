@@ -41,10 +41,10 @@ from napari_unet._widgets._common import (
     LayerCombo,
     ModelPicker,
     available_devices,
+    layer_data,
 )
-from napari_unet.checkpoint import ModelFileError, TrainedModel, load_model
+from napari_unet.checkpoint import TrainedModel, load_model
 from napari_unet.config import ConfigError
-from napari_unet.io import DataError
 from napari_unet.predict import PredictConfig, Progress, Segmentation, predict_events
 
 if TYPE_CHECKING:
@@ -104,7 +104,9 @@ def _empty_like(lazy: Any) -> Any:
     import zarr
 
     store = tempfile.mkdtemp(prefix="napari-unet-")
-    return zarr.open_array(store, mode="w", shape=lazy.shape, dtype=lazy.dtype, chunks=lazy.chunksize)
+    return zarr.open_array(
+        store, mode="w", shape=lazy.shape, dtype=lazy.dtype, chunks=lazy.chunksize
+    )
 
 
 def _materialise(
@@ -239,8 +241,8 @@ class SegmentWidget(QWidget):
             self.channel_axis.addItem("RGB colour (last axis)", None)
         else:
             self.channel_axis.addItem("none (2D, or a stack of planes)", None)
-            if image is not None and image.data.ndim >= 3:
-                for axis, size in enumerate(image.data.shape[:-2]):
+            if image is not None and image.ndim >= 3:
+                for axis, size in enumerate(layer_data(image).shape[:-2]):
                     self.channel_axis.addItem(f"axis {axis} ({size} channels)", axis)
         self.channel_axis.setEnabled(self.channel_axis.count() > 1)
         self.channel_axis.blockSignals(False)
@@ -254,7 +256,8 @@ class SegmentWidget(QWidget):
         """The widget's settings as a validated PredictConfig (ConfigError if invalid)."""
         tile = self.tile_size.value() or None
         # Small tiles get a proportionally small overlap (it must stay under half a tile).
-        overlap = PredictConfig().overlap if tile is None else min(PredictConfig().overlap, tile // 4)
+        default = PredictConfig().overlap
+        overlap = default if tile is None else min(default, tile // 4)
         return PredictConfig(
             tile_size=tile,
             overlap=overlap,
@@ -301,7 +304,7 @@ class SegmentWidget(QWidget):
         self._stop = threading.Event()
         self._source = image
         self._axis = self.channel_axis.currentData()
-        data = image.data[0] if image.multiscale else image.data
+        data = layer_data(image)
         self.output = None
         self.status.setStyleSheet("")
         self.status.setText(f"Segmenting {image.name!r}…")

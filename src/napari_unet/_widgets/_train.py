@@ -45,6 +45,7 @@ from napari_unet._widgets._common import (
     ModelPicker,
     available_devices,
     connect_until_destroyed,
+    layer_data,
 )
 from napari_unet._widgets._plots import TrainingCurves
 from napari_unet._widgets._registry import REGISTRY
@@ -118,13 +119,13 @@ class PairRow(QWidget):
         image, current = self.image.layer(), self.labels.layer()
         if image is None:
             return
-        shape = spatial_shape(image.data.shape, image.rgb)
-        if current is not None and tuple(current.data.shape) == shape:
+        shape = spatial_shape(layer_data(image).shape, image.rgb)
+        if current is not None and tuple(layer_data(current).shape) == shape:
             if current.name.lower().startswith(image.name.lower()):
                 return
         candidates = self.labels.layers()
         pairs = match_pairs(
-            [(image.name, shape)], [(lab.name, tuple(lab.data.shape)) for lab in candidates]
+            [(image.name, shape)], [(lab.name, tuple(layer_data(lab).shape)) for lab in candidates]
         )
         if pairs:
             self.labels.set_layer(candidates[pairs[0][1]])
@@ -209,8 +210,11 @@ class TrainWidget(QWidget):
         self.init_model.setToolTip("Fine-tune a model (keeps its architecture), or start anew.")
         model_form.addRow("Start from", self.init_model)
         self.preset = QComboBox()
-        self.preset.addItems(["tiny", "fast", "reference", "unetpp"])
-        self.preset.setItemData(3, "U-Net++ (nested skips)", Qt.ToolTipRole)
+        self.preset.addItems(list(PRESETS))
+        for index, name in enumerate(PRESETS):
+            preset = PRESETS[name]
+            tip = f"{preset['architecture']}, {preset['base_filters']} base filters"
+            self.preset.setItemData(index, tip, Qt.ToolTipRole)
         self.preset.setCurrentText("fast")
         model_form.addRow("Preset", self.preset)
         self.target = QComboBox()
@@ -406,10 +410,10 @@ class TrainWidget(QWidget):
         if len({id(image) for image in images}) != len(images):
             raise DataError("An image is picked twice; give each pair its own image.")
         for image, labels in pairs:
-            shape = spatial_shape(image.data.shape, image.rgb)
-            if tuple(labels.data.shape) != shape:
+            shape = spatial_shape(layer_data(image).shape, image.rgb)
+            if tuple(layer_data(labels).shape) != shape:
                 raise DataError(
-                    f"Labels {labels.name!r} has shape {tuple(labels.data.shape)} but image "
+                    f"Labels {labels.name!r} has shape {tuple(layer_data(labels).shape)} but image "
                     f"{image.name!r} has {shape}; pick the labels painted on this image."
                 )
         if len({bool(image.rgb) for image in images}) > 1:
@@ -421,10 +425,12 @@ class TrainWidget(QWidget):
                 f"Learning rate {self.learning_rate.text()!r} is not a number; try 1e-4."
             ) from None
         mode = LABEL_MODES[self.label_mode.currentText()]
-        label_arrays = [_snapshot(labels.data) if snapshot else labels.data for _, labels in pairs]
+        label_arrays = [layer_data(labels) for _, labels in pairs]
+        if snapshot:
+            label_arrays = [_snapshot(array) for array in label_arrays]
         for (_, labels), array in zip(pairs, label_arrays, strict=True):
             _check_labels(labels.name, array, mode)
-        image_arrays = [image.data for image in images]
+        image_arrays = [layer_data(image) for image in images]
 
         init = self.init_model.value()
         problem = self.init_model.problem()
@@ -571,7 +577,11 @@ class TrainWidget(QWidget):
             metrics = event.val_metrics or {}
             self.progress.setValue(int(1000 * event.epoch / max(1, event.epochs)))
             self.curves.add_epoch(
-                event.epoch, event.train_loss, event.val_loss, metrics.get("dice"), metrics.get("iou")
+                event.epoch,
+                event.train_loss,
+                event.val_loss,
+                metrics.get("dice"),
+                metrics.get("iou"),
             )
             self.status.setText(
                 f"epoch {event.epoch}/{event.epochs} · loss {event.train_loss:.4f} · val loss "

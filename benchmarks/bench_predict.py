@@ -14,9 +14,11 @@ Prints two tables:
    into a Zarr store on disk, plane by plane, for 16 and 32 planes (16 with
    ``--quick``): the peak must stay far under the stack's size and not grow with N.
 
-Weights are random: speed does not depend on them. Run with ``nice`` on a shared
-machine. Network and matmul rates are the best of 3-5 calls; the end-to-end time
-is one call after a warm-up call (the one that counts the FLOPs).
+Weights are random: speed does not depend on them. On a shared machine each
+network call is paired with a matmul measurement taken just before it and the
+median ratio of 5 pairs is reported; the end-to-end time is one call after a
+warm-up call (the one that counts the FLOPs), against the mean of the matmul
+rates measured before and after it.
 
 Usage::
 
@@ -46,10 +48,9 @@ from napari_unet.predict import PredictConfig, TilePredictor, auto_tile_size, pr
 PRESETS = ("tiny", "fast", "reference")
 
 
-def best_time(function: Callable[[], object], repeats: int, warm_up: bool = True) -> float:
-    """Smallest wall time of ``repeats`` calls (after one warm-up call)."""
-    if warm_up:
-        function()
+def best_time(function: Callable[[], object], repeats: int) -> float:
+    """Smallest wall time of ``repeats`` calls, after one warm-up call."""
+    function()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -88,36 +89,55 @@ def synthetic_rgb(size: int, seed: int = 0) -> np.ndarray:
     return np.repeat(np.clip(image, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
 
 
-def speed_table(image_size: int, repeats: int) -> Iterator[dict[str, float | str]]:
-    """One row per preset, as soon as it is measured; ``repeats`` timed calls each."""
+def paired_ratio(function: Callable[[], object], flops: int, pairs: int = 5) -> tuple[float, float]:
+    """FLOP rate of ``function`` as a share of the matmul rate measured right before it.
+
+    On a shared machine the load changes from second to second, so each call is
+    paired with a matmul measurement taken just before it; the median over the
+    pairs is reported with the best rate of the function.
+    """
+    function()
+    ratios, rates = [], []
+    for _ in range(pairs):
+        matmul = matmul_rate(repeats=3)
+        start = time.perf_counter()
+        function()
+        rate = flops / (time.perf_counter() - start)
+        ratios.append(rate / matmul)
+        rates.append(rate)
+    return float(np.median(ratios)), max(rates)
+
+
+def speed_table(image_size: int) -> Iterator[dict[str, float | str]]:
+    """One row per preset, as soon as it is measured."""
     image = synthetic_rgb(image_size)
     tile_input = torch.rand(1, 3, 512, 512)
+    fast_input = tile_input.contiguous(memory_format=torch.channels_last)
     for preset in PRESETS:
         model = random_model(preset)
-        predictor = TilePredictor(model)
-        fast_net = predictor.network
+        fast_net = TilePredictor(model).network
         tile_flops = network_flops(fast_net, tile_input)
-        fast_input = tile_input.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            fast_s = best_time(lambda: fast_net(fast_input), 3)
-            eager_s = best_time(lambda: model.network(tile_input), 3)
-        mm_tile = matmul_rate()
+            net_ratio, net_rate = paired_ratio(lambda: fast_net(fast_input), tile_flops)
+            eager_ratio, _ = paired_ratio(lambda: model.network(tile_input), tile_flops)
         config = PredictConfig()  # automatic tile size, as a user gets it
         with FlopCounterMode(display=False) as counter:  # also the warm-up call
             predict(image, model, config)
         total_flops = counter.get_total_flops()
-        end_to_end_s = best_time(lambda: predict(image, model, config), repeats, warm_up=False)
-        mm_end = matmul_rate()
-        matmul = max(mm_tile, mm_end)
+        matmul_before = matmul_rate()
+        start = time.perf_counter()
+        predict(image, model, config)
+        end_to_end_s = time.perf_counter() - start
+        matmul = (matmul_before + matmul_rate()) / 2
         yield {
             "preset": preset,
             "tile": auto_tile_size(model.config, model.device, 1, config.overlap),
             "mpx_per_s": image_size**2 / 1e6 / end_to_end_s,
             "seconds": end_to_end_s,
             "matmul_gflops": matmul / 1e9,
-            "net_gflops": tile_flops / fast_s / 1e9,
-            "net_ratio": tile_flops / fast_s / matmul,
-            "eager_ratio": tile_flops / eager_s / matmul,
+            "net_gflops": net_rate / 1e9,
+            "net_ratio": net_ratio,
+            "eager_ratio": eager_ratio,
             "end_to_end_ratio": total_flops / end_to_end_s / matmul,
         }
 
@@ -183,14 +203,24 @@ def main() -> None:
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=2048, help=argparse.SUPPRESS)
     parser.add_argument("--preset", default="tiny", help="preset of the memory run (default tiny)")
+    parser.add_argument(
+        "--part", choices=("all", "speed", "memory"), default="all", help="which table(s) to run"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child, args.size, args.preset)))
         return
 
-    image_size = 1024 if args.quick else 2048
     print(f"torch {torch.__version__}, {args.threads} threads")
+    if args.part in ("all", "speed"):
+        print_speed(1024 if args.quick else 2048)
+    if args.part in ("all", "memory"):
+        print_memory([16] if args.quick else [16, 32], args.preset, args.threads)
+
+
+def print_speed(image_size: int) -> None:
+    """Print the speed table, row by row."""
     print(
         f"\nSpeed: one {image_size}x{image_size} RGB image, end to end; network on a 512x512 tile"
     )
@@ -205,21 +235,21 @@ def main() -> None:
         "eager/matmul",
         "end-to-end/matmul",
     )
-    print(" | ".join(header))
-    for row in speed_table(image_size, repeats=1):
+    print(" | ".join(header), flush=True)
+    for row in speed_table(image_size):
         print(
             f"{row['preset']} | {row['tile']} | {row['mpx_per_s']:.3f} | {row['seconds']:.1f} | "
             f"{row['matmul_gflops']:.0f} | {row['net_gflops']:.0f} | {row['net_ratio']:.0%} | "
             f"{row['eager_ratio']:.0%} | {row['end_to_end_ratio']:.0%}",
             flush=True,
         )
-    counts = [16] if args.quick else [16, 32]
-    print(
-        f"\nMemory: lazy dask stack of N x 2048 x 2048 float32 -> Zarr labels "
-        f"({args.preset} preset)"
-    )
-    print("planes | stack MiB | labels MiB | RSS before MiB | peak RSS MiB | seconds")
-    for row in memory_table(counts, 2048, args.preset, args.threads):
+
+
+def print_memory(counts: list[int], preset: str, threads: int) -> None:
+    """Print the memory table, row by row."""
+    print(f"\nMemory: lazy dask stack of N x 2048 x 2048 float32 -> Zarr labels ({preset} preset)")
+    print("planes | stack MiB | labels MiB | RSS before MiB | peak RSS MiB | seconds", flush=True)
+    for row in memory_table(counts, 2048, preset, threads):
         print(
             f"{row['planes']} | {row['stack_mib']:.0f} | {row['labels_mib']:.0f} | "
             f"{row['baseline_rss_mib']:.0f} | {row['peak_rss_mib']:.0f} | {row['seconds']:.0f}",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -32,6 +34,18 @@ def test_atomic_write_replaces_on_success(tmp_path: Path) -> None:
         assert not target.exists()  # nothing visible until the block succeeds
     assert target.read_text() == "new"
     assert [p.name for p in target.parent.iterdir()] == ["out.txt"]
+
+
+def test_atomic_write_gives_ordinary_file_permissions(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        target = tmp_path / "labels.tif"
+        with atomic_write(target) as tmp:
+            tmp.write_bytes(b"data")
+    finally:
+        os.umask(umask)
+    # readable by others like any file the user saves, not owner-only as mkstemp makes it
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
 
 
 def test_atomic_write_leaves_old_file_untouched_on_error(tmp_path: Path) -> None:

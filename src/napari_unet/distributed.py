@@ -822,6 +822,7 @@ def segment_to_zarr(
             f"got {halo}; try {DEFAULT_HALO}."
         )
     trained = resolve_model(model, config.device)
+    config = config.for_model(trained)
     model_config = trained.config
     axes = None
     if isinstance(source, (str, os.PathLike)):
@@ -1209,6 +1210,7 @@ def run_cli(args: Any) -> int:
         tta=args.tta,
         threshold=args.threshold,
         min_size=args.min_size,
+        seed_threshold=args.seed_threshold,
         separate=not args.no_separate,
         labels_per_plane=args.labels_per_plane,
         device=args.device,

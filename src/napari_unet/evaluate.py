@@ -271,6 +271,7 @@ def evaluate_events(
     if len(names) != len(images):
         raise DataError(f"got {len(names)} names for {len(images)} images; give one name each.")
     trained = resolve_model(model, config.device)
+    config = config.for_model(trained)
     for name, image, truth in zip(names, images, labels):
         truth = np.asarray(truth)
         if truth.ndim != 2 or not np.issubdtype(truth.dtype, np.integer):

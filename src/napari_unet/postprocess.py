@@ -109,6 +109,7 @@ def probabilities_to_labels(
     separate: bool = True,
     min_size: int = 0,
     fill_holes: bool = True,
+    seed_threshold: float = CONTOUR_CORE_THRESHOLD,
 ) -> np.ndarray:
     """Instance labels of one plane from the network's sigmoid outputs.
 
@@ -129,6 +130,9 @@ def probabilities_to_labels(
         Objects with fewer pixels are removed.
     fill_holes : bool
         Fill background holes that lie inside one object.
+    seed_threshold : float
+        ``contour`` target: boundary probability under which a foreground pixel is an
+        object core (a watershed seed). Lower values give fewer, safer seeds.
 
     Returns
     -------
@@ -156,7 +160,7 @@ def probabilities_to_labels(
         labels = connected_components(mask, connectivity=1)
     elif target == "contour":
         boundary = probabilities[1]
-        labels = _seeded_watershed(boundary, boundary < CONTOUR_CORE_THRESHOLD, mask)
+        labels = _seeded_watershed(boundary, boundary < seed_threshold, mask)
     elif target == "distance":
         distance = np.where(mask, probabilities[1], 0.0)
         seeds = _h_maxima_seeds(distance, mask, PREDICTED_DISTANCE_H, floor=0.0)

@@ -45,6 +45,13 @@ MAX_AUTO_TILE = {"cpu": 1024, "other": 2048}
 MIN_AUTO_TILE = 256
 #: Fraction of the free memory that the activations of one batch of tiles may use.
 MEMORY_FRACTION = 0.25
+#: Post-processing used when neither the caller nor the model file sets a value. A model
+#: file may carry values tuned on its validation data in ``metadata["postprocess"]``.
+DEFAULT_POSTPROCESS: dict[str, float | int] = {
+    "threshold": 0.5,
+    "min_size": 8,
+    "seed_threshold": 0.5,
+}
 
 
 @dataclass(frozen=True)
@@ -64,12 +71,19 @@ class PredictConfig:
     tta : bool
         Test-time augmentation: average the 8 flips/rotations of every tile
         (8x slower, slightly smoother and more accurate).
-    threshold : float
+    threshold : float or None
         Foreground probability above which a pixel belongs to an object.
     separate : bool
         Split touching objects with a seeded watershed.
-    min_size : int
+    min_size : int or None
         Objects with fewer pixels are removed.
+    seed_threshold : float or None
+        ``contour`` models: boundary probability under which a foreground pixel
+        seeds an object (see :mod:`napari_unet.postprocess`).
+
+    ``threshold``, ``min_size`` and ``seed_threshold`` left at None take the value
+    tuned for the model (its ``metadata["postprocess"]``), else :data:`DEFAULT_POSTPROCESS`;
+    see :meth:`for_model`.
     fill_holes : bool
         Fill holes inside objects.
     labels_per_plane : bool
@@ -85,9 +99,10 @@ class PredictConfig:
     overlap: int = 64
     tile_batch: int = 1
     tta: bool = False
-    threshold: float = 0.5
+    threshold: float | None = None
     separate: bool = True
-    min_size: int = 8
+    min_size: int | None = None
+    seed_threshold: float | None = None
     fill_holes: bool = True
     labels_per_plane: bool = False
     device: str = "auto"
@@ -117,13 +132,15 @@ class PredictConfig:
             isinstance(self.tile_batch, int) and 1 <= self.tile_batch <= 256,
             f"tile_batch must be an integer from 1 to 256, got {self.tile_batch!r}.",
         )
+        for name in ("threshold", "seed_threshold"):
+            value = getattr(self, name)
+            check(
+                value is None or (isinstance(value, (int, float)) and 0.0 < value < 1.0),
+                f"{name} must be a probability strictly between 0 and 1 (or None for the "
+                f"model's tuned value), got {value!r}; the reference threshold is 0.5.",
+            )
         check(
-            isinstance(self.threshold, (int, float)) and 0.0 < self.threshold < 1.0,
-            f"threshold must be a probability strictly between 0 and 1, got {self.threshold!r}; "
-            "the reference uses 0.5.",
-        )
-        check(
-            isinstance(self.min_size, int) and self.min_size >= 0,
+            self.min_size is None or (isinstance(self.min_size, int) and self.min_size >= 0),
             f"min_size must be a non-negative number of pixels, got {self.min_size!r}.",
         )
         check(
@@ -134,6 +151,19 @@ class PredictConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dictionary (for JSON)."""
         return dataclasses.asdict(self)
+
+    def for_model(self, model: TrainedModel) -> PredictConfig:
+        """This config with unset post-processing values filled in for ``model``.
+
+        Order: the value given here, then the model's ``metadata["postprocess"]``
+        (tuned on its validation data), then :data:`DEFAULT_POSTPROCESS`.
+        """
+        tuned = model.metadata.get("postprocess", {}) if isinstance(model.metadata, dict) else {}
+        filled = {
+            name: tuned.get(name, default) if getattr(self, name) is None else getattr(self, name)
+            for name, default in DEFAULT_POSTPROCESS.items()
+        }
+        return dataclasses.replace(self, **filled)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PredictConfig:
@@ -482,6 +512,7 @@ def _plane_to_labels(probabilities: np.ndarray, target: str, config: PredictConf
         separate=config.separate,
         min_size=config.min_size,
         fill_holes=config.fill_holes,
+        seed_threshold=config.seed_threshold,
     )
 
 
@@ -535,6 +566,7 @@ def predict_events(
     """
     config = config or PredictConfig()
     trained = resolve_model(model, config.device)
+    config = config.for_model(trained)
     model_config = trained.config
     lazy = _is_dask(image)
     arranged, layout = _arrange(

@@ -318,11 +318,10 @@ class _Run:
         self.device = device
         self.steps_per_epoch = steps_per_epoch
         self.cuda = device.type == "cuda"
-        # channels-last convolutions: faster on CUDA, and measured 6-14% faster per training
-        # step than NCHW on this project's 2-core CPU (benchmarks/bench_train.py).
-        self.memory_format = (
-            torch.channels_last if device.type in ("cuda", "cpu") else torch.contiguous_format
-        )
+        # channels-last convolutions on CUDA only: on this project's CPU a training step
+        # measured 10-20% slower than NCHW for the fast preset (128 and 256 px patches) and
+        # within noise for tiny (benchmarks/bench_train.py compares both layouts).
+        self.memory_format = torch.channels_last if self.cuda else torch.contiguous_format
         network.to(memory_format=self.memory_format)
         # What the training step calls: the network, or its DistributedDataParallel wrapper.
         self.train_network: nn.Module = network

@@ -46,6 +46,16 @@ def layer_data(layer: Layer) -> Any:
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
+def shrink(combo: QComboBox) -> QComboBox:
+    """Let ``combo`` be narrower than its longest entry (the open list still shows it whole).
+
+    Long layer names or choices would otherwise make the whole dock wide.
+    """
+    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(8)
+    return combo
+
+
 class HintLabel(QLabel):
     """A word-wrapped label that says why an action is unavailable (empty when it is)."""
 
@@ -82,6 +92,7 @@ class LayerCombo(QComboBox):
         self._viewer = viewer
         self._layer_type = layer_type
         self._layers: list[Layer] = []
+        shrink(self)
         self.currentIndexChanged.connect(lambda _: self.layer_changed.emit())
         events = viewer.layers.events
         callbacks = [
@@ -178,7 +189,7 @@ class ModelPicker(QWidget):
         super().__init__(parent)
         self._allow_scratch = allow_scratch
         self._follow_new = follow_new
-        self.combo = QComboBox()
+        self.combo = shrink(QComboBox())
         self.path_edit = QLineEdit()
         self.path_edit.setPlaceholderText("path to a .pt model file")
         browse = QPushButton("Browse…")

@@ -130,6 +130,7 @@ class EvaluateWidget(QWidget):
         self.viewer = napari_viewer
         self.worker: Any = None
         self.scores: dict[str, dict[str, Any]] | None = None
+        self._image_layer: Any = None  # the image segmented by the run in progress
 
         layout = QVBoxLayout(self)
         # A grid, not a form: rows whose widgets are hidden take no space in a grid.
@@ -278,6 +279,7 @@ class EvaluateWidget(QWidget):
         if self.running or self.update_state() is not None:
             return
         truth = self.truth.layer()
+        self._image_layer = None
         if self.mode.currentText() == SEGMENT:
             image = self.image.layer()
             self._image_layer = image
@@ -311,7 +313,7 @@ class EvaluateWidget(QWidget):
         self.progress.setValue(progress.done)
 
     def _on_result(self, result: Any) -> None:
-        if self.mode.currentText() == SEGMENT:
+        if self._image_layer is not None:
             scores, segmentation = result
             image = self._image_layer
             self.viewer.add_labels(

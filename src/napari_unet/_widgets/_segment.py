@@ -156,6 +156,9 @@ class SegmentWidget(QWidget):
         self.worker: Any = None
         self.output: Any = None
         self._stop = threading.Event()
+        # The layer and channel axis of the run in progress.
+        self._source: Image | None = None
+        self._axis: int | None = None
         defaults = PredictConfig()
 
         layout = QVBoxLayout(self)
@@ -171,17 +174,20 @@ class SegmentWidget(QWidget):
         self.model = ModelPicker(follow_new=True)
         form.addRow("Model", self.model)
         self.threshold = QDoubleSpinBox()
-        self.threshold.setRange(0.01, 0.99)
+        # The lowest value stands for "the model's tuned value" (PredictConfig None).
+        self.threshold.setRange(0.0, 0.99)
         self.threshold.setSingleStep(0.05)
-        self.threshold.setValue(defaults.threshold)
+        self.threshold.setSpecialValueText("model's tuned value")
+        self.threshold.setValue(0.0)
         form.addRow("Threshold", self.threshold)
         self.separate = QCheckBox("split touching objects (watershed)")
         self.separate.setChecked(defaults.separate)
         form.addRow("Separate", self.separate)
         self.min_size = QSpinBox()
-        self.min_size.setRange(0, 1_000_000)
+        self.min_size.setRange(-1, 1_000_000)
         self.min_size.setSuffix(" px")
-        self.min_size.setValue(int(defaults.min_size))
+        self.min_size.setSpecialValueText("model's tuned value")
+        self.min_size.setValue(-1)
         form.addRow("Minimum size", self.min_size)
         self.tile_size = QSpinBox()
         self.tile_size.setRange(0, 16384)
@@ -262,9 +268,9 @@ class SegmentWidget(QWidget):
             tile_size=tile,
             overlap=overlap,
             tta=self.tta.isChecked(),
-            threshold=float(self.threshold.value()),
+            threshold=float(self.threshold.value()) or None,
             separate=self.separate.isChecked(),
-            min_size=self.min_size.value(),
+            min_size=None if self.min_size.value() < 0 else self.min_size.value(),
             device=self.device.currentText(),
             return_probabilities=self.probabilities.isChecked(),
         )

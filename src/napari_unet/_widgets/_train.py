@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
+    QFrame,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -32,6 +33,7 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QToolButton,
     QVBoxLayout,
@@ -46,6 +48,7 @@ from napari_unet._widgets._common import (
     available_devices,
     connect_until_destroyed,
     layer_data,
+    shrink,
 )
 from napari_unet._widgets._plots import TrainingCurves
 from napari_unet._widgets._registry import REGISTRY
@@ -60,12 +63,12 @@ if TYPE_CHECKING:
 
 #: Label modes as the widget shows them -> TrainConfig.label_mode.
 LABEL_MODES = {
-    "instances (0 = background, 1..N objects)": "instance",
-    "binary mask (0 = background)": "binary",
-    "scribbles (0 = unannotated, 1 = background, 2 = object)": "sparse",
+    "instance labels": "instance",
+    "binary mask": "binary",
+    "scribbles (1 = bg, 2 = object)": "sparse",
 }
-VALIDATION_REGION = "held-out region of each image"
-VALIDATION_IMAGES = "whole images (a fraction of the planes)"
+VALIDATION_REGION = "held-out strip"
+VALIDATION_IMAGES = "whole images"
 #: Fewest rows/columns a held-out validation strip gets.
 MIN_STRIP = 16
 
@@ -169,7 +172,16 @@ class TrainWidget(QWidget):
 
     # ---------------------------------------------------------------- UI
     def _build_ui(self) -> None:
-        layout = QVBoxLayout(self)
+        # The form is taller than a laptop screen's dock area: let it scroll.
+        content = QWidget()
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        layout = QVBoxLayout(content)
 
         data_box = QGroupBox("Training data")
         data_layout = QVBoxLayout(data_box)
@@ -182,16 +194,17 @@ class TrainWidget(QWidget):
         self.label_mode = QComboBox()
         self.label_mode.addItems(list(LABEL_MODES))
         self.label_mode.setToolTip(
-            "Scribbles: paint label 1 on background and label 2 on objects; unpainted "
-            "pixels are ignored by the loss."
+            "Instance labels: 0 = background, 1..N = objects. Binary mask: 0 = background, "
+            "anything else = object. Scribbles: paint label 1 on background and label 2 on "
+            "objects; unpainted pixels (0) are ignored by the loss."
         )
         form.addRow("Labels are", self.label_mode)
         self.validation = QComboBox()
         self.validation.addItems([VALIDATION_REGION, VALIDATION_IMAGES])
         self.validation.setToolTip(
-            "Held-out region: the last part of each plane along its longer side (bottom "
-            "or right strip) is never trained on and scores each epoch. Whole images: a "
-            "seeded fraction of the images/planes is held out."
+            "Held-out strip: the last part (this fraction) of each plane along its longer "
+            "side, bottom or right, is never trained on and scores each epoch. Whole "
+            "images: a seeded fraction of the images/planes is held out."
         )
         self.val_fraction = QDoubleSpinBox()
         self.val_fraction.setRange(0.05, 0.5)
@@ -290,9 +303,15 @@ class TrainWidget(QWidget):
         layout.addWidget(self.status)
         self.curves = TrainingCurves()
         layout.addWidget(self.curves)
+        layout.addStretch(1)
 
         self.rows: list[PairRow] = []
         self.add_pair()
+        # Scroll vertically only: the dock is as wide as the form needs (see showEvent).
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self._scroll, self._content = scroll, content
+        for combo in content.findChildren(QComboBox):
+            shrink(combo)
         for signal in (
             self.label_mode.currentIndexChanged,
             self.validation.currentIndexChanged,
@@ -310,6 +329,12 @@ class TrainWidget(QWidget):
             self.save_path.textChanged,
         ):
             signal.connect(self.schedule_check)
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
+        """Fit the scroll area's width to the form once its widgets know their sizes."""
+        super().showEvent(event)
+        bar = self._scroll.verticalScrollBar().sizeHint().width()
+        self._scroll.setMinimumWidth(self._content.minimumSizeHint().width() + bar)
 
     def _browse_save(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save model as", "model.pt", "Model (*.pt)")
@@ -459,7 +484,7 @@ class TrainWidget(QWidget):
         plan.description = {
             "layers": [[image.name, labels.name] for image, labels in pairs],
             "validation": (
-                f"held-out region ({fraction:.0%} of each plane)"
+                f"held-out strip ({fraction:.0%} of each plane)"
                 if region
                 else f"whole planes (fraction {fraction})"
             ),
@@ -499,7 +524,7 @@ class TrainWidget(QWidget):
             val_images.append(image[tuple(held)])
             train_labels.append(labels[tuple(keep[: labels.ndim])])
             val_labels.append(labels[tuple(held[: labels.ndim])])
-        for what, arrays in (("training part", train_labels), ("held-out region", val_labels)):
+        for what, arrays in (("training part", train_labels), ("held-out strip", val_labels)):
             if not any(_annotated(array) for array in arrays):
                 raise DataError(
                     f"The {what} of the labels (validation holds out the last "

@@ -37,10 +37,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-batch", type=int, default=1, help="tiles per batch (default 1)")
     parser.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
     parser.add_argument(
-        "--threshold", type=float, default=0.5, help="foreground probability (default 0.5)"
+        "--threshold",
+        type=float,
+        help="foreground probability (default: the model's tuned value, else 0.5)",
     )
     parser.add_argument(
-        "--min-size", type=int, default=8, help="remove objects under N pixels (default 8)"
+        "--min-size",
+        type=int,
+        help="remove objects under N pixels (default: the model's tuned value, else 8)",
+    )
+    parser.add_argument(
+        "--seed-threshold",
+        type=float,
+        help="contour models: boundary probability under which pixels seed objects "
+        "(default: the model's tuned value, else 0.5)",
     )
     parser.add_argument(
         "--no-separate", action="store_true", help="connected components, no watershed split"
@@ -169,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
         tta=args.tta,
         threshold=args.threshold,
         min_size=args.min_size,
+        seed_threshold=args.seed_threshold,
         separate=not args.no_separate,
         labels_per_plane=args.labels_per_plane,
         device=args.device,

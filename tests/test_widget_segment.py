@@ -11,7 +11,8 @@ from skimage.draw import disk
 
 from napari_unet._widgets import SegmentWidget, TrainWidget
 from napari_unet._widgets._registry import REGISTRY
-from napari_unet.checkpoint import TrainedModel
+from napari_unet import metrics
+from napari_unet.checkpoint import TrainedModel, default_model_path
 from napari_unet.config import ModelConfig
 from napari_unet.model import build_model
 from napari_unet.train import TrainConfig, train
@@ -240,3 +241,31 @@ def test_segment_correct_fine_tune_segment_again(viewer, qtbot):
     assert segment.output.name == "cells segmentation [1]"
     np.testing.assert_array_equal(corrected.data, truth)  # the corrected layer is kept
     assert isinstance(trainer, TrainWidget)
+
+
+def test_post_processing_defaults_to_the_values_tuned_for_the_model(viewer):
+    widget = dock(viewer)
+    config = widget.config()
+    assert (config.threshold, config.min_size, config.seed_threshold) == (None, None, None)
+    assert widget.threshold.text() == widget.min_size.text() == "tuned for the model"
+    widget.threshold.setValue(0.3)
+    widget.min_size.setValue(0)
+    widget.seed_threshold.setValue(0.6)
+    config = widget.config()
+    assert (config.threshold, config.min_size, config.seed_threshold) == (0.3, 0, 0.6)
+
+
+@pytest.mark.skipif(not default_model_path().is_file(), reason="the bundled model is not installed")
+def test_bundled_model_segments_the_nuclei_sample(make_napari_viewer, qtbot):
+    REGISTRY.clear()
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-unet", "nuclei")
+    widget = dock(viewer)
+    widget.tile_size.setValue(0)  # automatic
+    widget.image.set_layer(viewer.layers["nuclei"])
+    widget.model.select(widget.model.DEFAULT)
+    assert widget.model.value() == "default"
+    run(widget, qtbot)
+    truth = viewer.layers["nuclei labels"].data
+    predicted = viewer.layers["nuclei segmentation"].data
+    assert metrics.instance_metrics(truth, predicted)["dsb_score"] > 0.5

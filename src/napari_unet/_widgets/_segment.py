@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 
 #: Output bigger than this is computed into a temporary zarr store rather than memory.
 IN_MEMORY_LIMIT = 2**30
+#: Shown by the post-processing fields when they take the model's tuned value.
+TUNED = "tuned for the model"
 #: Names of the probability channels per model target.
 CHANNEL_NAMES = {
     "foreground": ("probability",),
@@ -173,21 +175,33 @@ class SegmentWidget(QWidget):
         form.addRow("Channel axis", self.channel_axis)
         self.model = ModelPicker(follow_new=True)
         form.addRow("Model", self.model)
+        # Post-processing left at its lowest value ("tuned for the model") takes the
+        # value tuned for the chosen model on its validation data (PredictConfig None).
         self.threshold = QDoubleSpinBox()
-        # The lowest value stands for "the model's tuned value" (PredictConfig None).
         self.threshold.setRange(0.0, 0.99)
         self.threshold.setSingleStep(0.05)
-        self.threshold.setSpecialValueText("model's tuned value")
-        self.threshold.setValue(0.0)
+        self.threshold.setSpecialValueText(TUNED)
+        self.threshold.setValue(defaults.threshold or 0.0)
+        self.threshold.setToolTip("Foreground probability above which a pixel is an object.")
         form.addRow("Threshold", self.threshold)
         self.separate = QCheckBox("split touching objects (watershed)")
         self.separate.setChecked(defaults.separate)
         form.addRow("Separate", self.separate)
+        self.seed_threshold = QDoubleSpinBox()
+        self.seed_threshold.setRange(0.0, 0.99)
+        self.seed_threshold.setSingleStep(0.05)
+        self.seed_threshold.setSpecialValueText(TUNED)
+        self.seed_threshold.setValue(defaults.seed_threshold or 0.0)
+        self.seed_threshold.setToolTip(
+            "Contour models: boundary probability under which an object pixel seeds an object."
+        )
+        form.addRow("Seed threshold", self.seed_threshold)
         self.min_size = QSpinBox()
         self.min_size.setRange(-1, 1_000_000)
         self.min_size.setSuffix(" px")
-        self.min_size.setSpecialValueText("model's tuned value")
-        self.min_size.setValue(-1)
+        self.min_size.setSpecialValueText(TUNED)
+        self.min_size.setValue(-1 if defaults.min_size is None else defaults.min_size)
+        self.min_size.setToolTip("Objects with fewer pixels are removed.")
         form.addRow("Minimum size", self.min_size)
         self.tile_size = QSpinBox()
         self.tile_size.setRange(0, 16384)
@@ -230,6 +244,7 @@ class SegmentWidget(QWidget):
             self.channel_axis.currentIndexChanged,
             self.model.changed,
             self.threshold.valueChanged,
+            self.seed_threshold.valueChanged,
             self.min_size.valueChanged,
             self.tile_size.valueChanged,
             self.device.currentIndexChanged,
@@ -268,8 +283,9 @@ class SegmentWidget(QWidget):
             tile_size=tile,
             overlap=overlap,
             tta=self.tta.isChecked(),
-            threshold=float(self.threshold.value()) or None,
+            threshold=self.threshold.value() or None,
             separate=self.separate.isChecked(),
+            seed_threshold=self.seed_threshold.value() or None,
             min_size=None if self.min_size.value() < 0 else self.min_size.value(),
             device=self.device.currentText(),
             return_probabilities=self.probabilities.isChecked(),

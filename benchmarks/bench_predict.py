@@ -9,7 +9,7 @@ Prints two tables:
    run: for the inference network on a 512 x 512 tile (BatchNorm folded, channels
    last), for the plain eager network on the same tile, and for the whole
    end-to-end call (network FLOPs / wall time).
-2. Memory: peak resident memory of a fresh process that segments a lazily
+2. Memory (Linux): peak resident memory of a fresh process that segments a lazily
    generated dask stack of N x 2048 x 2048 float32 planes (never materialised)
    into a Zarr store on disk, plane by plane, for 16 and 32 planes (16 with
    ``--quick``): the peak must stay far under the stack's size and not grow with N.
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -142,6 +141,17 @@ def speed_table(image_size: int) -> Iterator[dict[str, float | str]]:
         }
 
 
+def resident_mib() -> tuple[float, float]:
+    """Current and peak resident memory of this process in MiB (Linux ``/proc``).
+
+    ``VmHWM`` is the peak of this process image only; ``getrusage``'s
+    ``ru_maxrss`` would also count the parent's memory at the fork before exec.
+    """
+    with open("/proc/self/status", encoding="ascii") as status:
+        fields = dict(line.split(":", 1) for line in status if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
 def memory_child(n_planes: int, size: int, preset: str) -> dict[str, float]:
     """Segment a lazy N x size x size stack into a Zarr store; report resident memory."""
     import dask
@@ -153,7 +163,7 @@ def memory_child(n_planes: int, size: int, preset: str) -> dict[str, float]:
     stack = da.map_blocks(plane, dtype=np.float32, chunks=((1,) * n_planes, (size,), (size,)))
     model = random_model(preset, in_channels=1)
     labels = predict(stack, model, PredictConfig()).labels
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    baseline, _ = resident_mib()
     start = time.perf_counter()
     with (
         tempfile.TemporaryDirectory() as folder,
@@ -165,7 +175,7 @@ def memory_child(n_planes: int, size: int, preset: str) -> dict[str, float]:
         "stack_mib": stack.nbytes / 2**20,
         "labels_mib": labels.nbytes / 2**20,
         "baseline_rss_mib": baseline,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": resident_mib()[1],
         "seconds": time.perf_counter() - start,
     }
 

@@ -114,7 +114,8 @@ def test_stop_mid_run_keeps_a_usable_model(viewer_with_pair, qtbot):
     assert isinstance(model, TrainedModel)
     with torch.no_grad():
         logits = model.network(torch.zeros(1, 1, 40, 40, device=model.device))
-    assert logits.shape == (1, 1, 40, 40) and torch.isfinite(logits).all()
+    assert logits.shape == (1, model.config.out_channels, 40, 40) and torch.isfinite(logits).all()
+    assert model.config.target == "contour"  # the widget's default: separates touching nuclei
     assert REGISTRY.entries()[0].model is model
     assert widget.start_button.isEnabled()
 

@@ -42,7 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.config import ModelConfig
 from napari_unet.model import build_model
-from napari_unet.predict import PredictConfig, TilePredictor, auto_tile_size, predict
+from napari_unet.prediction import PredictConfig, TilePredictor, auto_tile_size, predict
 
 PRESETS = ("tiny", "fast", "reference")
 

@@ -39,7 +39,7 @@ from napari_unet.checkpoint import save_model
 from napari_unet.config import ModelConfig
 from napari_unet.distributed import segment_to_zarr
 from napari_unet.model import build_model
-from napari_unet.predict import PredictConfig
+from napari_unet.prediction import PredictConfig
 
 
 def threshold_model(path: Path) -> Path:

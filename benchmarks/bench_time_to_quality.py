@@ -1,7 +1,7 @@
 """Validation pixel F1 against wall-clock training time, from scratch on DSB 2018.
 
 The figure a user feels: how good a model gets within a time budget on this machine.
-It trains with :func:`napari_unet.train.train_events` under a wall-clock budget
+It trains with :func:`napari_unet.training.train_events` under a wall-clock budget
 (default 600 s, counted from the first training step; reading the files is reported
 apart; ``--clock cpu`` counts this process's CPU seconds instead, for shared machines)
 and prints, after each epoch, the elapsed time (training *and* the per-epoch validation)
@@ -35,7 +35,7 @@ import torch
 from napari_unet.config import ModelConfig
 from napari_unet.data import load_dsb, prepare_training_planes
 from napari_unet.metrics import pixel_metrics
-from napari_unet.train import TrainConfig, _Run, train_events
+from napari_unet.training import TrainConfig, _Run, train_events
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ achieved FLOP rate as a share of the float32 matrix-multiply rate measured in th
 run (a large square ``torch.mm``), i.e. how close the step comes to the machine's peak.
 
 Both memory layouts are timed, alternating step by step so that a machine shared with
-other work slows both alike: NCHW (PyTorch's default, what :mod:`napari_unet.train`
+other work slows both alike: NCHW (PyTorch's default, what :mod:`napari_unet.training`
 uses on CPU) and channels-last (what it uses on CUDA). Each row's time is the fastest of
 its timed steps (the least disturbed by other processes).
 

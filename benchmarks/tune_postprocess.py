@@ -20,7 +20,7 @@ from napari_unet.checkpoint import load_model
 from napari_unet.io import find_pairs, read_image
 from napari_unet.metrics import instance_metrics, pixel_metrics
 from napari_unet.postprocess import probabilities_to_labels
-from napari_unet.predict import PredictConfig, predict
+from napari_unet.prediction import PredictConfig, predict
 
 
 def main() -> None:

@@ -208,7 +208,7 @@ def test_layouts_round_trip() -> None:
 def test_imported_package_segments_like_the_original(
     package: Path, original: TrainedModel, weights: str
 ) -> None:
-    from napari_unet.predict import predict
+    from napari_unet.prediction import predict
 
     image = (np.random.default_rng(2).random((70, 90, 3)) * 255).astype(np.uint8)
     imported = load_bioimageio(package, device="cpu", weights=weights)

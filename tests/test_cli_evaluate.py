@@ -10,9 +10,9 @@ from conftest import make_blobs, make_threshold_model
 
 from napari_unet.checkpoint import save_model
 from napari_unet.cli import main
-from napari_unet.evaluate import evaluate
+from napari_unet.evaluation import evaluate
 from napari_unet.io import read_image, write_png
-from napari_unet.predict import PredictConfig
+from napari_unet.prediction import PredictConfig
 
 
 def write_dataset(folder: Path, n: int = 3, shape: tuple[int, int] = (32, 40)) -> tuple[Path, Path]:

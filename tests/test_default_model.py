@@ -11,7 +11,7 @@ import pytest
 from napari_unet import io
 from napari_unet.checkpoint import default_model_path, load_model
 from napari_unet.metrics import mean_pixel_metrics
-from napari_unet.predict import DEFAULT_POSTPROCESS, PredictConfig, predict
+from napari_unet.prediction import DEFAULT_POSTPROCESS, PredictConfig, predict
 
 MODEL_CARD = Path(__file__).parents[1] / "docs" / "model_card.md"
 

@@ -19,7 +19,7 @@ from napari_unet.distributed import (
     relabel_tables,
     segment_to_zarr,
 )
-from napari_unet.predict import PredictConfig, predict
+from napari_unet.prediction import PredictConfig, predict
 
 CONFIG = PredictConfig(tile_size=256, overlap=16, min_size=4)
 

@@ -15,7 +15,7 @@ from napari_unet import metrics
 from napari_unet.checkpoint import TrainedModel, default_model_path
 from napari_unet.config import ModelConfig
 from napari_unet.model import build_model
-from napari_unet.train import TrainConfig, train
+from napari_unet.training import TrainConfig, train
 
 TIMEOUT_MS = 120_000
 

@@ -7,7 +7,9 @@ The public Python API is importable without napari or Qt::
     labels = nu.segment(image, model)          # instance labels, same plane shape
     result = nu.train(images, labels, out="my_model.pt")
 
-Names are imported lazily so that napari's plugin discovery stays fast.
+Names are imported lazily so that napari's plugin discovery stays fast. The modules
+behind ``train``, ``predict`` and ``evaluate`` are named ``training``, ``prediction`` and
+``evaluation`` so that importing them never shadows the functions of the same name.
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ _API = {
     "load_model": "napari_unet.checkpoint",
     "save_model": "napari_unet.checkpoint",
     "TrainedModel": "napari_unet.checkpoint",
-    "TrainConfig": "napari_unet.train",
-    "train": "napari_unet.train",
-    "PredictConfig": "napari_unet.predict",
-    "predict": "napari_unet.predict",
-    "segment": "napari_unet.predict",
-    "evaluate": "napari_unet.evaluate",
+    "TrainConfig": "napari_unet.training",
+    "train": "napari_unet.training",
+    "PredictConfig": "napari_unet.prediction",
+    "predict": "napari_unet.prediction",
+    "segment": "napari_unet.prediction",
+    "evaluate": "napari_unet.evaluation",
     "segment_to_zarr": "napari_unet.distributed",
     "export_model": "napari_unet.export",
 }

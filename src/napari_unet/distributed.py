@@ -11,7 +11,7 @@ code runs on dask's local threads or processes or on a ``dask.distributed`` clus
    up to :data:`MAX_STAT_PIXELS`, from a regular subsample above: a block normalised on
    its own would see other intensities than the network saw in training.
 1. One task per block reads the block plus a ``halo`` on every side, predicts it with the
-   tiled predictor of :mod:`napari_unet.predict` and turns it into labels with the same
+   tiled predictor of :mod:`napari_unet.prediction` and turns it into labels with the same
    post-processing, so an object near the block edge is seen whole. The block's own
    pixels (its *core*) are written, with block-local label ids, to a scratch Zarr, and
    the labels of thin *strips* (``2 * margin`` wide) across each face it shares with a
@@ -34,7 +34,7 @@ to every worker once as a single graph key.
 Distributed training (``torchrun``)
 ------------------------------------
 :func:`init_from_env` joins the process group that ``torchrun`` / ``srun`` describe in the
-environment (NCCL on GPUs, gloo on CPU); :func:`napari_unet.train.train_events` calls it,
+environment (NCCL on GPUs, gloo on CPU); :func:`napari_unet.training.train_events` calls it,
 wraps the network in ``DistributedDataParallel``, gives every rank its own random patch
 stream, reduces validation over ranks (:func:`validate`) and writes files on rank 0 only.
 """
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     import torch
 
     from napari_unet.checkpoint import TrainedModel
-    from napari_unet.predict import PredictConfig, TilePredictor
+    from napari_unet.prediction import PredictConfig, TilePredictor
 
 #: Planes with more pixels get their normalisation percentiles from a regular subsample.
 MAX_STAT_PIXELS = 2**24
@@ -221,7 +221,7 @@ class _Reader:
 
     ``source`` is anything sliceable: a zarr array, a :class:`LazyTiff`, a numpy array or a
     dask array. The channel axis (if any) comes out last, alpha dropped, as in
-    :func:`napari_unet.predict.predict`.
+    :func:`napari_unet.prediction.predict`.
     """
 
     def __init__(self, source: Any, channel_axis: int | None, drop_alpha: bool) -> None:
@@ -283,7 +283,7 @@ def worker_predictor(reference: str | ModelBlob, device: str, tta: bool) -> Tile
     worker process loads each model once however many blocks it runs.
     """
     from napari_unet.checkpoint import model_from_payload
-    from napari_unet.predict import TilePredictor, resolve_model
+    from napari_unet.prediction import TilePredictor, resolve_model
 
     if isinstance(reference, ModelBlob):
         key: tuple[Any, ...] = ("blob", reference.key, device, tta)
@@ -420,7 +420,7 @@ def _segment_block(
     """Pass 1: labels of one block; writes its core and face strips, returns count and ids."""
     import zarr
 
-    from napari_unet.predict import _plane_to_labels
+    from napari_unet.prediction import _plane_to_labels
     from napari_unet.tiling import sliding_window
 
     predictor = worker_predictor(reference, job.config.device, job.config.tta)
@@ -770,7 +770,7 @@ def segment_to_zarr(
     model : str, Path or TrainedModel
         Model file, ``"default"`` or a loaded model.
     config : PredictConfig, optional
-        Tiling and post-processing settings (as :func:`napari_unet.predict.predict`).
+        Tiling and post-processing settings (as :func:`napari_unet.prediction.predict`).
     block : int
         Block side in pixels: the unit of work and the output chunk side.
     halo : int, optional
@@ -788,7 +788,7 @@ def segment_to_zarr(
     name : str
         Name of the label image in the OME metadata.
     rgb, channel_axis : optional
-        Colour / channel layout as in :func:`napari_unet.predict.predict`.
+        Colour / channel layout as in :func:`napari_unet.prediction.predict`.
     level : int
         Resolution level of a multiscale input.
     progress : bool
@@ -809,7 +809,7 @@ def segment_to_zarr(
     import zarr
 
     from napari_unet.postprocess import label_dtype
-    from napari_unet.predict import PredictConfig, _layout, auto_tile_size, resolve_model
+    from napari_unet.prediction import PredictConfig, _layout, auto_tile_size, resolve_model
 
     started = time.perf_counter()
     config = config or PredictConfig()
@@ -1196,7 +1196,7 @@ def run_cli(args: Any) -> int:
     """
     from napari_unet.cli.predict import _stem, collect_inputs
     from napari_unet.io import read_image
-    from napari_unet.predict import PredictConfig, default_overlap, labels_shape, resolve_model
+    from napari_unet.prediction import PredictConfig, default_overlap, labels_shape, resolve_model
 
     if args.save_probabilities:
         raise ConfigError(

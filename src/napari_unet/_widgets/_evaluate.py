@@ -43,7 +43,7 @@ from napari_unet._widgets._common import (
 from napari_unet.checkpoint import ModelFileError, TrainedModel
 from napari_unet.config import ConfigError
 from napari_unet.io import DataError, atomic_write
-from napari_unet.predict import PredictConfig, Progress, Segmentation, predict_events
+from napari_unet.prediction import PredictConfig, Progress, Segmentation, predict_events
 
 if TYPE_CHECKING:
     import napari

@@ -1,7 +1,7 @@
 """The Segment widget: turn an Image layer into a new Labels layer with a U-Net.
 
-The widget gathers its settings into a :class:`~napari_unet.predict.PredictConfig`
-and runs :func:`napari_unet.predict.predict_events` in a napari ``thread_worker``
+The widget gathers its settings into a :class:`~napari_unet.prediction.PredictConfig`
+and runs :func:`napari_unet.prediction.predict_events` in a napari ``thread_worker``
 with a progress bar and a Stop button. The input layer is never modified: the
 result is a new Labels layer named ``"<image> segmentation"`` (and, on request, the
 probability maps as Image layers), with the image's scale and translation.
@@ -45,7 +45,7 @@ from napari_unet._widgets._common import (
 )
 from napari_unet.checkpoint import TrainedModel, load_model
 from napari_unet.config import ConfigError
-from napari_unet.predict import PredictConfig, Progress, Segmentation, predict_events
+from napari_unet.prediction import PredictConfig, Progress, Segmentation, predict_events
 
 if TYPE_CHECKING:
     import napari

@@ -1,9 +1,9 @@
 """The Train widget: train or fine-tune a U-Net on Image + Labels layers of the viewer.
 
-The widget gathers its settings into a :class:`~napari_unet.train.TrainConfig`,
+The widget gathers its settings into a :class:`~napari_unet.training.TrainConfig`,
 checks them and the data before any thread starts (the Start button stays
 disabled with a hint while something is wrong), then runs
-:func:`napari_unet.train.train_events` in a napari ``thread_worker``: the viewer
+:func:`napari_unet.training.train_events` in a napari ``thread_worker``: the viewer
 stays responsive, a progress bar and live loss / Dice / IoU curves follow the
 run, and Stop ends it after the current step keeping the best model. Every
 finished (or stopped) model goes to the session registry, so the Segment widget
@@ -55,7 +55,7 @@ from napari_unet._widgets._registry import REGISTRY
 from napari_unet.checkpoint import ModelFileError, TrainedModel
 from napari_unet.config import PRESETS, TARGET_CHANNELS, ConfigError, ModelConfig
 from napari_unet.io import DataError
-from napari_unet.train import TrainConfig, TrainEvent, TrainResult, train_events
+from napari_unet.training import TrainConfig, TrainEvent, TrainResult, train_events
 
 if TYPE_CHECKING:
     import napari

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from napari_unet import io
 from napari_unet.checkpoint import load_model
-from napari_unet.evaluate import evaluate
-from napari_unet.predict import PredictConfig
+from napari_unet.evaluation import evaluate
+from napari_unet.prediction import PredictConfig
 
 HELP = "segment the bundled sample images with the bundled (or a given) model and print metrics"
 

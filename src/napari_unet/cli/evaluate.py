@@ -117,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate and print the table (or JSON); returns the exit code."""
     from tqdm import tqdm
 
-    from napari_unet.evaluate import evaluate_events
-    from napari_unet.predict import PredictConfig, default_overlap, resolve_model
+    from napari_unet.evaluation import evaluate_events
+    from napari_unet.prediction import PredictConfig, default_overlap, resolve_model
 
     config = PredictConfig(
         tile_size=args.tile,

@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         return run_cli(args)  # block-wise Zarr output on a dask scheduler
     from tqdm import tqdm
 
-    from napari_unet.predict import (
+    from napari_unet.prediction import (
         PredictConfig,
         default_overlap,
         labels_shape,
@@ -250,7 +250,7 @@ def _segment_lazy(
     import dask
     from tqdm import tqdm
 
-    from napari_unet.predict import predict
+    from napari_unet.prediction import predict
 
     per_plane = dataclasses.replace(config, labels_per_plane=True)
     result = predict(image, model, per_plane, channel_axis=args.channel_axis)

@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_unet.data import infer_in_channels
     from napari_unet.distributed import quiet_unless_main
-    from napari_unet.train import TrainConfig, train_events
+    from napari_unet.training import TrainConfig, train_events
 
     if not quiet_unless_main():
         args.quiet = True  # under torchrun, rank 0 alone shows progress and the summary

@@ -1,4 +1,4 @@
-"""Prediction of images, stacks and dask arrays (napari_unet.predict)."""
+"""Prediction of images, stacks and dask arrays (napari_unet.prediction)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from napari_unet.config import ConfigError, ModelConfig
 from napari_unet.io import DataError
 from napari_unet.metrics import instance_metrics
 from napari_unet.model import build_model
-from napari_unet.predict import (
+from napari_unet.prediction import (
     PredictConfig,
     Progress,
     auto_tile_size,

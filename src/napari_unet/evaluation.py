@@ -35,7 +35,7 @@ from napari_unet.metrics import (
     mean_pixel_metrics,
     pixel_metrics,
 )
-from napari_unet.predict import PredictConfig, Progress, labels_shape, predict, resolve_model
+from napari_unet.prediction import PredictConfig, Progress, labels_shape, predict, resolve_model
 
 PIXEL_KEYS = ("accuracy", "f1", "jaccard", "recall", "precision")
 INSTANCE_KEYS = ("dsb_score", "ap50", "ap75", "f1_50", "pq")

@@ -1,4 +1,4 @@
-"""Tests of the training engine napari_unet.train (and the losses it uses)."""
+"""Tests of the training engine napari_unet.training (and the losses it uses)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from napari_unet.checkpoint import ModelFileError, load_model
 from napari_unet.config import ConfigError, ModelConfig, NormalizationConfig
 from napari_unet.data import PatchSampler, load_pairs_from_folders, prepare_training_planes
 from napari_unet.losses import compute_loss
-from napari_unet.train import (
+from napari_unet.training import (
     LOG_COLUMNS,
     TrainConfig,
     TrainingDivergedError,

@@ -1,4 +1,4 @@
-"""Evaluation of a model on labelled images (napari_unet.evaluate)."""
+"""Evaluation of a model on labelled images (napari_unet.evaluation)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import make_blobs, make_threshold_model
 
-from napari_unet.evaluate import (
+from napari_unet.evaluation import (
     CSV_COLUMNS,
     classify_modality,
     evaluate,
@@ -17,7 +17,7 @@ from napari_unet.evaluate import (
 )
 from napari_unet.io import DataError, read_image
 from napari_unet.metrics import instance_metrics, pixel_metrics
-from napari_unet.predict import PredictConfig, predict
+from napari_unet.prediction import PredictConfig, predict
 
 PIXEL = ("accuracy", "f1", "jaccard", "recall", "precision")
 INSTANCE = ("dsb_score", "ap50", "ap75", "f1_50", "pq")

@@ -1194,27 +1194,17 @@ def run_cli(args: Any) -> int:
     Every input is opened lazily and checked before anything is written; each is then
     segmented into ``OUT/<name>_labels.zarr``.
     """
+    from napari_unet.cli._options import prediction_config
     from napari_unet.cli.predict import _stem, collect_inputs
     from napari_unet.io import read_image
-    from napari_unet.prediction import PredictConfig, default_overlap, labels_shape, resolve_model
+    from napari_unet.prediction import labels_shape, resolve_model
 
     if args.save_probabilities:
         raise ConfigError(
             "--save-probabilities is not available with --zarr/--scheduler/--workers; "
             "drop it, or segment without those options."
         )
-    config = PredictConfig(
-        tile_size=args.tile,
-        overlap=default_overlap(args.tile) if args.overlap is None else args.overlap,
-        tile_batch=args.tile_batch,
-        tta=args.tta,
-        threshold=args.threshold,
-        min_size=args.min_size,
-        seed_threshold=args.seed_threshold,
-        separate=not args.no_separate,
-        labels_per_plane=args.labels_per_plane,
-        device=args.device,
-    )
+    config = prediction_config(args, labels_per_plane=args.labels_per_plane)
     model = resolve_model(args.model, config.device)
     sources = collect_inputs(args.inputs)
     stems = [_stem(path) for path in sources]

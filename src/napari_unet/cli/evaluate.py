@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from napari_unet.cli._options import add_prediction_arguments, prediction_config
 from napari_unet.io import (
     DataError,
     find_dsb_samples,
@@ -48,31 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="resize images and labels to N x N first (256 = the reference protocol)",
     )
-    settings.add_argument("--tile", type=int, help="largest tile side (default: from memory)")
-    settings.add_argument(
-        "--overlap", type=int, help="tile overlap (default 64, at most a quarter of --tile)"
-    )
-    settings.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
-    settings.add_argument(
-        "--threshold",
-        type=float,
-        help="foreground probability (default: the model's tuned value, else 0.5)",
-    )
-    settings.add_argument(
-        "--min-size",
-        type=int,
-        help="remove objects under N pixels (default: the model's tuned value, else 8)",
-    )
-    settings.add_argument(
-        "--seed-threshold",
-        type=float,
-        help="contour models: boundary probability under which pixels seed objects "
-        "(default: the model's tuned value, else 0.5)",
-    )
-    settings.add_argument(
-        "--no-separate", action="store_true", help="connected components, no watershed split"
-    )
-    settings.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    add_prediction_arguments(settings)
     settings.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -118,18 +95,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_unet.evaluation import evaluate_events
-    from napari_unet.prediction import PredictConfig, default_overlap, resolve_model
+    from napari_unet.prediction import resolve_model
 
-    config = PredictConfig(
-        tile_size=args.tile,
-        overlap=default_overlap(args.tile) if args.overlap is None else args.overlap,
-        tta=args.tta,
-        threshold=args.threshold,
-        min_size=args.min_size,
-        seed_threshold=args.seed_threshold,
-        separate=not args.no_separate,
-        device=args.device,
-    )
+    config = prediction_config(args)
     model = resolve_model(args.model, config.device)
     names, images, labels = load_evaluation_data(args)
     events = evaluate_events(

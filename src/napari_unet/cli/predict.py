@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet.cli._options import add_prediction_arguments, prediction_config
 from napari_unet.io import IMAGE_SUFFIXES, DataError, atomic_write, list_images, read_image
 
 HELP = "segment images, folders or TIFF/Zarr stacks with a model and write label TIFFs"
@@ -30,38 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, required=True, help="folder for <name>_labels.tif (created)"
     )
-    parser.add_argument("--tile", type=int, help="largest tile side (default: from free memory)")
-    parser.add_argument(
-        "--overlap", type=int, help="tile overlap (default 64, at most a quarter of --tile)"
-    )
-    parser.add_argument("--tile-batch", type=int, default=1, help="tiles per batch (default 1)")
-    parser.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        help="foreground probability (default: the model's tuned value, else 0.5)",
-    )
-    parser.add_argument(
-        "--min-size",
-        type=int,
-        help="remove objects under N pixels (default: the model's tuned value, else 8)",
-    )
-    parser.add_argument(
-        "--seed-threshold",
-        type=float,
-        help="contour models: boundary probability under which pixels seed objects "
-        "(default: the model's tuned value, else 0.5)",
-    )
-    parser.add_argument(
-        "--no-separate", action="store_true", help="connected components, no watershed split"
-    )
+    add_prediction_arguments(parser)
     parser.add_argument(
         "--labels-per-plane", action="store_true", help="number each plane of a stack from 1"
     )
     parser.add_argument(
         "--channel-axis", type=int, help="channel axis of multichannel images (RGB needs none)"
     )
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
     parser.add_argument(
         "--save-probabilities",
         action="store_true",
@@ -164,25 +140,11 @@ def run(args: argparse.Namespace) -> int:
         return run_cli(args)  # block-wise Zarr output on a dask scheduler
     from tqdm import tqdm
 
-    from napari_unet.prediction import (
-        PredictConfig,
-        default_overlap,
-        labels_shape,
-        predict_events,
-        resolve_model,
-    )
+    from napari_unet.prediction import labels_shape, predict_events, resolve_model
 
-    config = PredictConfig(
-        tile_size=args.tile,
-        overlap=default_overlap(args.tile) if args.overlap is None else args.overlap,
-        tile_batch=args.tile_batch,
-        tta=args.tta,
-        threshold=args.threshold,
-        min_size=args.min_size,
-        seed_threshold=args.seed_threshold,
-        separate=not args.no_separate,
+    config = prediction_config(
+        args,
         labels_per_plane=args.labels_per_plane,
-        device=args.device,
         return_probabilities=args.save_probabilities,
     )
     model = resolve_model(args.model, config.device)

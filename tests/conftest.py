@@ -31,6 +31,35 @@ def blobs() -> tuple[list[np.ndarray], list[np.ndarray]]:
     return make_blobs()
 
 
+def blob_pair(size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A grey image of bright discs on a noisy background and its instance labels."""
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((size, size), np.uint16)
+    for index in range(1, 7):
+        centre = rng.integers(8, size - 8, 2)
+        labels[disk(tuple(centre), int(rng.integers(4, 8)), shape=labels.shape)] = index
+    image = (labels > 0) * 180 + rng.normal(30, 10, labels.shape)
+    return image.clip(0, 255).astype(np.uint8), labels
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a test module with one torch intra-op thread, restoring the count afterwards.
+
+    Tiny networks gain nothing from intra-op threads, while on a busy 2-core machine
+    competing OpenMP threads make each step up to 100x slower. Activate it per module
+    with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def make_threshold_model(in_channels: int = 1, target: str = "foreground", gain: float = 20.0):
     """A real U-Net (depth 1, one filter) whose weights make it a known function.
 

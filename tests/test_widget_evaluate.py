@@ -6,7 +6,6 @@ import csv
 
 import numpy as np
 import pytest
-import torch
 from skimage.draw import disk
 
 from napari_unet import metrics
@@ -19,15 +18,7 @@ from napari_unet.model import build_model
 
 TIMEOUT_MS = 60_000
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny networks gain nothing from intra-op threads, while on a busy 2-core
-    # machine competing OpenMP threads make each step up to 100x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 def truth_and_prediction(size: int = 64) -> tuple[np.ndarray, np.ndarray]:

@@ -6,8 +6,7 @@ from __future__ import annotations
 import dask.array as da
 import numpy as np
 import pytest
-import torch
-from skimage.draw import disk
+from conftest import blob_pair
 
 from napari_unet._widgets import SegmentWidget, TrainWidget
 from napari_unet._widgets._registry import REGISTRY
@@ -19,32 +18,13 @@ from napari_unet.training import TrainConfig, train
 
 TIMEOUT_MS = 120_000
 
-
-def blobs(size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A grey image of bright discs on a noisy background and its instance labels."""
-    rng = np.random.default_rng(seed)
-    labels = np.zeros((size, size), np.uint16)
-    for index in range(1, 7):
-        centre = rng.integers(8, size - 8, 2)
-        labels[disk(tuple(centre), int(rng.integers(4, 8)), shape=labels.shape)] = index
-    image = (labels > 0) * 180 + rng.normal(30, 10, labels.shape)
-    return image.clip(0, 255).astype(np.uint8), labels
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny networks gain nothing from intra-op threads, while on a busy 2-core
-    # machine competing OpenMP threads make each step up to 100x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 @pytest.fixture(scope="module")
 def tiny_model() -> TrainedModel:
     """A 4-filter U-Net that learned 'bright disc = object' in a few seconds."""
-    pairs = [blobs(seed=seed) for seed in range(4)]
+    pairs = [blob_pair(seed=seed) for seed in range(4)]
     config = TrainConfig(
         model=ModelConfig(in_channels=1, base_filters=4, depth=2),
         epochs=12,
@@ -81,7 +61,7 @@ def run(widget: SegmentWidget, qtbot) -> None:
 
 
 def test_segment_2d_adds_labels_and_leaves_the_input_alone(viewer, qtbot):
-    image, truth = blobs(seed=7)
+    image, truth = blob_pair(seed=7)
     layer = viewer.add_image(image, name="cells", scale=(0.5, 0.5), translate=(10, 20))
     widget = dock(viewer)
     assert widget.model.value() is REGISTRY.entries()[0].model  # the session model is chosen
@@ -102,7 +82,7 @@ def test_segment_2d_adds_labels_and_leaves_the_input_alone(viewer, qtbot):
 
 
 def test_probabilities_and_rgb(viewer, qtbot):
-    image, _ = blobs(seed=3)
+    image, _ = blob_pair(seed=3)
     viewer.add_image(np.stack([image] * 3, axis=-1), name="colour", rgb=True)
     widget = dock(viewer)
     assert not widget.channel_axis.isEnabled()
@@ -115,7 +95,7 @@ def test_probabilities_and_rgb(viewer, qtbot):
 
 
 def test_stack_is_segmented_plane_by_plane_with_progress(viewer, qtbot):
-    stack = np.stack([blobs(seed=s)[0] for s in range(3)])
+    stack = np.stack([blob_pair(seed=s)[0] for s in range(3)])
     viewer.add_image(stack, name="stack")
     widget = dock(viewer)
     run(widget, qtbot)
@@ -131,7 +111,7 @@ def test_stack_is_segmented_plane_by_plane_with_progress(viewer, qtbot):
 
 
 def test_dask_stack_gives_the_numpy_result(viewer, qtbot):
-    stack = np.stack([blobs(seed=s)[0] for s in range(3)])
+    stack = np.stack([blob_pair(seed=s)[0] for s in range(3)])
     viewer.add_image(stack, name="numpy")
     viewer.add_image(da.from_array(stack, chunks=(1, 32, 32)), name="lazy")
     widget = dock(viewer)
@@ -154,7 +134,7 @@ def test_multichannel_layer_with_a_channel_axis(viewer, qtbot):
         ModelConfig(in_channels=2, base_filters=4, depth=2),
     )
     entry = REGISTRY.add(two_channel, "two channels")
-    image, _ = blobs()
+    image, _ = blob_pair()
     viewer.add_image(np.stack([image, 255 - image]), name="multi", scale=(3, 0.5, 0.5))
     widget = dock(viewer)
     widget.model.select(entry.name)
@@ -167,7 +147,7 @@ def test_multichannel_layer_with_a_channel_axis(viewer, qtbot):
 
 
 def test_stop_mid_stack_keeps_the_planes_done(viewer, qtbot):
-    stack = np.stack([blobs(size=128, seed=s % 4)[0] for s in range(60)])
+    stack = np.stack([blob_pair(size=128, seed=s % 4)[0] for s in range(60)])
     viewer.add_image(stack, name="long")
     widget = dock(viewer)
     widget.tile_size.setValue(32)  # 25 small tiles a plane, so Stop lands mid-stack
@@ -184,7 +164,7 @@ def test_stop_mid_stack_keeps_the_planes_done(viewer, qtbot):
 
 
 def test_errors_are_reported_and_the_widget_recovers(viewer, qtbot):
-    image, _ = blobs()
+    image, _ = blob_pair()
     viewer.add_image(np.stack([image, image]), name="two channels")
     widget = dock(viewer)
     widget.channel_axis.setCurrentIndex(1)  # 2 channels, but the model takes 1
@@ -213,7 +193,7 @@ def test_invalid_settings_disable_segment(make_napari_viewer, tmp_path):
 
 def test_segment_correct_fine_tune_segment_again(viewer, qtbot):
     """The human-in-the-loop cycle from the widgets alone."""
-    image, truth = blobs(seed=12)  # objects also in the held-out validation strip
+    image, truth = blob_pair(seed=12)  # objects also in the held-out validation strip
     viewer.add_image(image, name="cells")
     segment = dock(viewer)
     run(segment, qtbot)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from skimage.draw import disk
+from conftest import blob_pair
 
 from napari_unet._widgets import TrainWidget
 from napari_unet._widgets._registry import REGISTRY
@@ -13,26 +13,7 @@ from napari_unet.checkpoint import TrainedModel
 
 TIMEOUT_MS = 120_000
 
-
-def blobs(size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A grey image of bright discs on a noisy background and its instance labels."""
-    rng = np.random.default_rng(seed)
-    labels = np.zeros((size, size), np.uint16)
-    for index in range(1, 7):
-        centre = rng.integers(8, size - 8, 2)
-        labels[disk(tuple(centre), int(rng.integers(4, 8)), shape=labels.shape)] = index
-    image = (labels > 0) * 180 + rng.normal(30, 10, labels.shape)
-    return image.clip(0, 255).astype(np.uint8), labels
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny networks gain nothing from intra-op threads, while on a busy 2-core
-    # machine competing OpenMP threads make each step up to 100x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +26,7 @@ def _empty_registry():
 @pytest.fixture
 def viewer_with_pair(make_napari_viewer):
     viewer = make_napari_viewer()
-    image, labels = blobs()
+    image, labels = blob_pair()
     viewer.add_image(image, name="cells")
     viewer.add_labels(labels, name="cells labels")
     return viewer
@@ -128,7 +109,7 @@ def test_fine_tune_a_session_model_on_scribbles(viewer_with_pair, qtbot):
     first = REGISTRY.entries()[0]
 
     # Scribbles: a few background (1) and object (2) strokes, the rest unannotated.
-    _, labels = blobs()
+    _, labels = blob_pair()
     scribbles = np.zeros_like(labels)
     scribbles[labels > 0] = 2
     scribbles[::7, :] = np.where(labels[::7, :] == 0, 1, scribbles[::7, :])
@@ -151,7 +132,7 @@ def test_invalid_settings_disable_start_before_any_thread(make_napari_viewer):
     assert hint and "Add an Image layer" in hint
     assert not widget.start_button.isEnabled() and widget.hint.isVisibleTo(widget)
 
-    image, labels = blobs()
+    image, labels = blob_pair()
     viewer.add_image(image, name="cells")
     viewer.add_labels(np.zeros((32, 32), np.uint16), name="small labels")
     assert "shape" in widget.update_state()

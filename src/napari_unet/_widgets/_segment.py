@@ -228,6 +228,14 @@ class SegmentWidget(QWidget):
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.stop_button)
         layout.addLayout(buttons)
+        self.export_button = QPushButton("Export model…")
+        self.export_button.setToolTip(
+            "Save the selected model as a bioimage.io package (.zip: deepImageJ, ilastik, "
+            "QuPath, bioimage.io runners) or an ONNX file (.onnx)."
+        )
+        self.export_button.clicked.connect(self._export_dialog)
+        layout.addWidget(self.export_button)
+        self.export_worker = None
         self.hint = HintLabel()
         layout.addWidget(self.hint)
         self.progress = QProgressBar()
@@ -392,6 +400,49 @@ class SegmentWidget(QWidget):
             self.status.setText(f"Stopped: {self.output.name!r} holds the planes done so far.")
         else:
             self.status.setText(f"Added {self.output.name!r}{objects}.")
+
+    def _export_dialog(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export model", "model.zip", "bioimage.io package (*.zip);;ONNX (*.onnx)"
+        )
+        if path:
+            self.export_model(path)
+
+    def export_model(self, path: str | Path) -> None:
+        """Export the selected model to ``path`` (``.zip`` bioimage.io, ``.onnx``) in a worker."""
+        from napari.qt.threading import create_worker
+
+        from napari_unet.export import export_model
+
+        model = self.model.value()
+        if model is None or self.export_worker is not None:
+            return
+        self.export_button.setEnabled(False)
+        self.status.setStyleSheet("")
+        self.status.setText(f"Exporting the model to {path}…")
+        self.export_worker = create_worker(
+            export_model,
+            model,
+            path,
+            _connect={
+                "returned": self._on_exported,
+                "errored": self._on_export_error,
+                "finished": self._on_export_finished,
+            },
+        )
+
+    def _on_exported(self, path: Path) -> None:
+        self.status.setText(f"Exported the model to {path}.")
+
+    def _on_export_error(self, error: Exception) -> None:
+        self.status.setStyleSheet("color: #e05050;")
+        self.status.setText(f"Export failed: {error}")
+
+    def _on_export_finished(self) -> None:
+        self.export_worker = None
+        self.export_button.setEnabled(True)
 
     def _on_error(self, error: Exception) -> None:
         self.status.setStyleSheet("color: #e05050;")

@@ -209,3 +209,16 @@ def test_read_dsb_sample_errors(tmp_path: Path) -> None:
     make_dsb_sample(tmp_path, "nomasks", [])
     _, labels = read_dsb_sample(tmp_path / "nomasks")
     assert not labels.any()
+
+
+def test_write_tiff_keeps_a_three_plane_stack_apart_from_rgb(tmp_path: Path) -> None:
+    stack = np.arange(3 * 5 * 4, dtype=np.uint16).reshape(3, 5, 4)
+    write_tiff(tmp_path / "stack.tif", stack)
+    assert np.array_equal(tifffile.imread(tmp_path / "stack.tif"), stack)
+    with tifffile.TiffFile(tmp_path / "stack.tif") as tif:
+        assert tif.pages[0].photometric != tifffile.PHOTOMETRIC.RGB
+    colour = np.zeros((5, 4, 3), np.uint8)
+    write_tiff(tmp_path / "colour.tif", colour, rgb=True)
+    with tifffile.TiffFile(tmp_path / "colour.tif") as tif:
+        assert tif.pages[0].photometric == tifffile.PHOTOMETRIC.RGB
+        assert tif.asarray().shape == (5, 4, 3)

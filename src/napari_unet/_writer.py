@@ -95,7 +95,13 @@ def write_training_folder(path: str, layer_data: Sequence[LayerData]) -> list[st
     for i, j in pairs:
         image, image_meta = images[i]
         stem = _unique(_safe_stem(image_meta["name"]), stems)
-        written.append(str(io.write_tiff(folder / "images" / f"{stem}.tif", np.asarray(image))))
+        written.append(
+            str(
+                io.write_tiff(
+                    folder / "images" / f"{stem}.tif", np.asarray(image), bool(image_meta.get("rgb"))
+                )
+            )
+        )
         written.append(
             str(write_labels_tiff(folder / "labels" / f"{stem}.tif", np.asarray(labels[j][0])))
         )

@@ -85,13 +85,19 @@ def read_image(path: str | Path) -> np.ndarray:
         raise DataError(f"could not read {str(path)!r}: {error}; is the file corrupt?") from error
 
 
-def write_tiff(path: str | Path, data: np.ndarray) -> Path:
-    """Write ``data`` to a zlib-compressed TIFF atomically, keeping its dtype."""
+def write_tiff(path: str | Path, data: np.ndarray, rgb: bool = False) -> Path:
+    """Write ``data`` to a zlib-compressed TIFF atomically, keeping its dtype and shape.
+
+    ``rgb`` marks a last axis of 3/4 as colour. Otherwise every axis is a plane axis:
+    without this, tifffile would store a 3-plane stack ``(3, H, W)`` as one RGB image.
+    """
     import tifffile
 
     path = Path(path)
     with atomic_write(path) as tmp:
-        tifffile.imwrite(tmp, np.asarray(data), compression="zlib")
+        tifffile.imwrite(
+            tmp, np.asarray(data), compression="zlib", photometric="rgb" if rgb else "minisblack"
+        )
     return path
 
 

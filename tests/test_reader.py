@@ -8,7 +8,7 @@ import tifffile
 
 from napari_unet import io
 from napari_unet._reader import get_reader, is_label_file
-from napari_unet._sample_data import SAMPLES_DIR
+from napari_unet.io import SAMPLES_DIR
 from napari_unet._writer import write_labels_tiff
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from conftest import make_blobs
 from napari_unet.checkpoint import ModelFileError, load_model
 from napari_unet.config import ConfigError, ModelConfig, NormalizationConfig
 from napari_unet.data import PatchSampler, load_pairs_from_folders, prepare_training_planes
+from napari_unet.io import SAMPLES_DIR
 from napari_unet.losses import compute_loss
 from napari_unet.training import (
     LOG_COLUMNS,
@@ -25,7 +25,6 @@ from napari_unet.training import (
     train_events,
 )
 
-SAMPLES = Path(__file__).parents[1] / "src" / "napari_unet" / "samples" / "dsb2018"
 
 
 def small_config(**overrides) -> TrainConfig:
@@ -319,7 +318,7 @@ def test_config_is_validated() -> None:
 
 
 def test_real_run_on_bundled_samples(tmp_path) -> None:
-    images, labels = load_pairs_from_folders(SAMPLES / "images", SAMPLES / "labels")
+    images, labels = load_pairs_from_folders(SAMPLES_DIR / "images", SAMPLES_DIR / "labels")
     model = ModelConfig.from_preset("tiny", base_filters=8, in_channels=3)
     config = small_config(
         model=model, epochs=1, steps_per_epoch=2, batch_size=2, patch_size=64, learning_rate=1e-3

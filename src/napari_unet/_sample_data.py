@@ -6,15 +6,12 @@ The four images (CC0, from the 2018 Data Science Bowl / BBBC038; see
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from napari_unet import io
 
 LayerData = tuple[Any, dict[str, Any], str]
 
-#: Folder with ``images/*.png`` (RGB) and ``labels/*.png`` (uint16 instance labels).
-SAMPLES_DIR = Path(__file__).parent / "samples" / "dsb2018"
 _CREDIT = "2018 Data Science Bowl (BBBC038, Caicedo et al. 2019), CC0"
 # Stems of the single-image samples: a fluorescence image and an H&E tissue image.
 _FLUORESCENCE = "003cee89357d9fe13516167fd67b609a164651b21934585648c740d2c3d86dc1"
@@ -22,8 +19,8 @@ _HISTOLOGY = "00ae65c1c6631ae6f2be1a449902976e6eb8483bf6b0740d00530220832c6d3e"
 
 
 def _pair(stem: str, name: str) -> list[LayerData]:
-    image = io.read_image(SAMPLES_DIR / "images" / f"{stem}.png")
-    labels = io.read_image(SAMPLES_DIR / "labels" / f"{stem}.png")
+    image = io.read_image(io.SAMPLES_DIR / "images" / f"{stem}.png")
+    labels = io.read_image(io.SAMPLES_DIR / "labels" / f"{stem}.png")
     metadata = {"source": _CREDIT, "dsb_id": stem}
     return [
         (image, {"name": name, "rgb": True, "metadata": metadata}, "image"),
@@ -43,7 +40,7 @@ def make_histology_sample() -> list[LayerData]:
 
 def make_all_samples() -> list[LayerData]:
     """All four bundled DSB images, each with its labels (images differ in size)."""
-    stems = sorted(p.stem for p in io.list_images(SAMPLES_DIR / "images"))
+    stems = sorted(p.stem for p in io.list_images(io.SAMPLES_DIR / "images"))
     layers: list[LayerData] = []
     for index, stem in enumerate(stems, start=1):
         layers.extend(_pair(stem, f"dsb {index} ({stem[:8]})"))

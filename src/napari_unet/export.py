@@ -47,7 +47,15 @@ from napari_unet.bioimageio import CONFIG_KEY
 from napari_unet.checkpoint import ModelFileError, TrainedModel, default_model_path, load_model
 from napari_unet.config import ConfigError, ModelConfig
 from napari_unet.data import normalize, to_channels_first
-from napari_unet.io import DataError, atomic_write, list_images, read_image, write_png, write_tiff
+from napari_unet.io import (
+    SAMPLES_DIR,
+    DataError,
+    atomic_write,
+    list_images,
+    read_image,
+    write_png,
+    write_tiff,
+)
 from napari_unet.model import UNet, UNetPlusPlus
 
 ExportFormat = Literal["bioimageio", "onnx"]
@@ -258,7 +266,7 @@ def export_onnx(model: TrainedModel | str | Path, path: str | Path) -> Path:
 def _sample_plane(sample: np.ndarray | str | Path | None) -> np.ndarray:
     """The image the test tensors are made from: given, or the first bundled sample."""
     if sample is None:
-        images = list_images(Path(__file__).parent / "samples" / "dsb2018" / "images")
+        images = list_images(SAMPLES_DIR / "images")
         if not images:
             raise DataError("no bundled sample image found; pass sample= (an image or a path).")
         sample = images[0]

@@ -158,7 +158,7 @@ class PredictConfig:
         Order: the value given here, then the model's ``metadata["postprocess"]``
         (tuned on its validation data), then :data:`DEFAULT_POSTPROCESS`.
         """
-        tuned = model.metadata.get("postprocess", {}) if isinstance(model.metadata, dict) else {}
+        tuned = model.metadata.get("postprocess", {})
         filled = {
             name: tuned.get(name, default) if getattr(self, name) is None else getattr(self, name)
             for name, default in DEFAULT_POSTPROCESS.items()

@@ -98,6 +98,32 @@ def test_inference_network_matches_the_network_and_leaves_it_alone() -> None:
     assert inference_network(model.network, model.device) is not fast
 
 
+def test_compiled_prediction_matches_the_eager_one() -> None:
+    model = random_model(target="contour")
+    image = np.random.default_rng(0).random((40, 56)).astype(np.float32)
+    settings = dict(tile_size=32, overlap=8, return_probabilities=True)
+    eager = predict(image, model, **settings)
+    compiled = predict(image, model, compile=True, **settings)
+    np.testing.assert_allclose(compiled.probabilities, eager.probabilities, atol=1e-5)
+    np.testing.assert_array_equal(compiled.labels, eager.labels)
+    assert inference_network(model.network, model.device, compiled=True) is not (
+        inference_network(model.network, model.device)
+    )
+
+
+def test_failed_compilation_warns_and_predicts_uncompiled() -> None:
+    import torch._inductor.config as inductor_config
+
+    model = random_model()
+    image = np.random.default_rng(1).random((36, 44)).astype(np.float32)
+    expected = predict(image, model, tile_size=36, overlap=4).labels
+    # A compiler that does not exist: inductor cannot build the tile kernels.
+    with inductor_config.patch({"cpp.cxx": ("no-such-c++-compiler",)}):
+        with pytest.warns(RuntimeWarning, match="torch.compile failed"):
+            got = predict(image, model, tile_size=36, overlap=4, compile=True).labels
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_colour_layouts_and_channel_checks() -> None:
     images, _ = make_blobs(n=1, shape=(30, 40), rgb=True)
     rgb = images[0]

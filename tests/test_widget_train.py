@@ -160,7 +160,7 @@ def test_invalid_settings_disable_start_before_any_thread(make_napari_viewer):
     assert "at least 2" in widget.update_state()
     widget.validation.setCurrentIndex(0)
     assert widget.update_state() is None
-    assert widget.worker is None  # nothing ever started
+    assert widget.controls.worker is None  # nothing ever started
 
 
 def test_error_in_the_run_is_reported_and_the_widget_recovers(viewer_with_pair, qtbot, tmp_path):

@@ -276,19 +276,22 @@ def model_reference(model: str | os.PathLike[str] | TrainedModel) -> str | Model
     return str(Path(path).resolve())
 
 
-def worker_predictor(reference: str | ModelBlob, device: str, tta: bool) -> TilePredictor:
+def worker_predictor(
+    reference: str | ModelBlob, device: str, tta: bool, compile: bool = False
+) -> TilePredictor:
     """The tile predictor of a model, built once per process and reused by every block.
 
-    Keyed by file path and modification time (or a blob's hash), device and TTA, so a
-    worker process loads each model once however many blocks it runs.
+    Keyed by file path and modification time (or a blob's hash), device, TTA and
+    compilation, so a worker process loads (and compiles) each model once however
+    many blocks it runs.
     """
     from napari_unet.checkpoint import model_from_payload
     from napari_unet.prediction import TilePredictor, resolve_model
 
     if isinstance(reference, ModelBlob):
-        key: tuple[Any, ...] = ("blob", reference.key, device, tta)
+        key: tuple[Any, ...] = ("blob", reference.key, device, tta, compile)
     else:
-        key = ("file", reference, os.stat(reference).st_mtime_ns, device, tta)
+        key = ("file", reference, os.stat(reference).st_mtime_ns, device, tta, compile)
     with _PREDICTOR_LOCK:
         if key not in _PREDICTORS:
             if isinstance(reference, ModelBlob):
@@ -300,7 +303,7 @@ def worker_predictor(reference: str | ModelBlob, device: str, tta: bool) -> Tile
                 model = resolve_model(model_from_payload(payload, "cpu"), device)
             else:
                 model = resolve_model(reference, device)
-            _PREDICTORS[key] = TilePredictor(model, tta)
+            _PREDICTORS[key] = TilePredictor(model, tta, compile)
         return _PREDICTORS[key]
 
 
@@ -423,7 +426,9 @@ def _segment_block(
     from napari_unet.prediction import _plane_to_labels
     from napari_unet.tiling import sliding_window
 
-    predictor = worker_predictor(reference, job.config.device, job.config.tta)
+    predictor = worker_predictor(
+        reference, job.config.device, job.config.tta, job.config.compile
+    )
     ey0, ey1, ex0, ex1 = block.extended
     x = _network_input(reader.read(block.plane, slice(ey0, ey1), slice(ex0, ex1)), job, statistics)
     probabilities = sliding_window(

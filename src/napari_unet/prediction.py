@@ -22,6 +22,7 @@ import dataclasses
 import math
 import os
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -71,6 +72,13 @@ class PredictConfig:
     tta : bool
         Test-time augmentation: average the 8 flips/rotations of every tile
         (8x slower, slightly smoother and more accurate).
+    compile : bool
+        Compile the network with ``torch.compile`` (weights frozen into the
+        graph). The first tile of each new tile shape pays a compilation of
+        tens of seconds, after which every tile runs faster (see
+        ``benchmarks/bench_predict.py``): worth it for large images, stacks and
+        folders of same-sized images. Needs a C++ compiler on a CPU; without one
+        prediction warns and runs uncompiled.
     threshold : float or None
         Foreground probability above which a pixel belongs to an object.
     separate : bool
@@ -99,6 +107,7 @@ class PredictConfig:
     overlap: int = 64
     tile_batch: int = 1
     tta: bool = False
+    compile: bool = False
     threshold: float | None = None
     separate: bool = True
     min_size: int | None = None
@@ -341,7 +350,7 @@ def _network_input(plane: np.ndarray, config: ModelConfig, layout: _Layout) -> n
 
 #: Fast inference copies, keyed by the network they were made from; the key also
 #: holds the parameters' versions, so a network trained further is rebuilt.
-_FAST: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], nn.Module]] = (
+_FAST: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], dict[bool, nn.Module]]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -365,24 +374,34 @@ def _fold_batchnorm(network: nn.Module) -> nn.Module:
     return folded
 
 
-def inference_network(network: nn.Module, device: torch.device) -> nn.Module:
+def inference_network(
+    network: nn.Module, device: torch.device, compiled: bool = False
+) -> nn.Module:
     """The fastest equivalent of ``network`` for inference on ``device`` (cached).
 
     BatchNorm is folded into the convolutions and, on a CPU, weights and
     activations use the channels-last layout, which oneDNN's convolutions run
-    fastest (see ``benchmarks/bench_predict.py``). The original network is not
+    fastest (see ``benchmarks/bench_predict.py``). With ``compiled`` that network
+    is wrapped in ``torch.compile`` with frozen weights, which fuses the
+    element-wise work (ReLU, concatenation) into the convolutions; compilation
+    happens at the first call of each input shape. The original network is not
     modified.
     """
     tensors = [*network.parameters(), *network.buffers()]
     key = (str(device), *((t.data_ptr(), t._version) for t in tensors))
     cached = _FAST.get(network)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    fast = _fold_batchnorm(network).to(device)
-    if device.type == "cpu":
-        fast = fast.to(memory_format=torch.channels_last)
-    _FAST[network] = (key, fast)
-    return fast
+    if cached is None or cached[0] != key:
+        fast = _fold_batchnorm(network).to(device)
+        if device.type == "cpu":
+            fast = fast.to(memory_format=torch.channels_last)
+        cached = (key, {False: fast})
+        _FAST[network] = cached
+    versions = cached[1]
+    if compiled and True not in versions:
+        # Freezing turns the weights into constants of the graph (inference only),
+        # which lets inductor pre-pack them for oneDNN; one graph per tile shape.
+        versions[True] = torch.compile(versions[False], dynamic=False, options={"freezing": True})
+    return versions[compiled]
 
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -417,17 +436,37 @@ class TilePredictor:
         The model; its network is wrapped by :func:`inference_network`.
     tta : bool
         Average the predictions of the 8 flips/rotations of each tile.
+    compile : bool
+        Use the ``torch.compile`` version of the network (see :class:`PredictConfig`);
+        if compiling fails, warn once and predict with the uncompiled network.
     """
 
-    def __init__(self, model: TrainedModel, tta: bool = False) -> None:
+    def __init__(self, model: TrainedModel, tta: bool = False, compile: bool = False) -> None:
         self.model = model
-        self.network = inference_network(model.network, model.device)
+        self.eager = inference_network(model.network, model.device)
+        self.network = inference_network(model.network, model.device, compiled=compile)
         self.transforms = _d4() if tta else None
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.network is self.eager:
+            return self.network(x)
+        try:
+            return self.network(x)
+        except Exception as error:  # torch.compile's errors have no common base class
+            warnings.warn(
+                f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); "
+                "predicting without compiling. Install a C++ compiler (e.g. apt-get install "
+                "g++) or leave compile off.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self.network = self.eager
+            return self.network(x)
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
         if self.model.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        return torch.sigmoid(self.network(x))
+        return torch.sigmoid(self._logits(x))
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         """``(N, C_in, h, w)`` float32 -> ``(N, C_out, h, w)`` float32 probabilities."""
@@ -575,7 +614,7 @@ def predict_events(
     tile = config.tile_size or auto_tile_size(
         model_config, trained.device, config.tile_batch, config.overlap
     )
-    predictor = TilePredictor(trained, config.tta)
+    predictor = TilePredictor(trained, config.tta, config.compile)
     if lazy:
         yield Progress(1, 1, "lazy result: planes are predicted when they are read")
         return _predict_dask(arranged, layout, predictor, config, tile)

@@ -1,8 +1,9 @@
-"""Building blocks shared by the widgets: layer pickers, a model picker, hints."""
+"""Building blocks shared by the widgets: layer pickers, a model picker, run controls."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QProgressBar,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -268,3 +270,153 @@ class ModelPicker(QWidget):
         if not Path(text).expanduser().is_file():
             return f"Model file {text!r} does not exist."
         return None
+
+
+class RunControls(QWidget):
+    """Run and Stop buttons, a hint, a progress bar and a status line for one background run.
+
+    :meth:`run` starts a generator in a napari ``thread_worker``; the widget keeps
+    only what is its own: what to run, and what to do with what it yields and returns.
+    Errors are shown in the status line; :attr:`running_changed` tells the widget
+    when to re-check its state.
+
+    Parameters
+    ----------
+    run_text : str
+        The Run button's text.
+    failure : str
+        Start of the status line when a run fails, e.g. ``"Training failed"``.
+    stop_text : str or None
+        The status line after Stop is pressed. With it, the work is given the
+        :attr:`stop_event` as its ``stop`` keyword argument; None hides Stop.
+    buttons : sequence of QWidget
+        More buttons on the row of Run and Stop.
+    rows : sequence of QWidget
+        Widgets on their own rows between the buttons and the hint.
+    """
+
+    #: Emitted when a run starts and when it ends (returned, stopped or failed).
+    running_changed = Signal()
+
+    def __init__(
+        self,
+        run_text: str,
+        failure: str,
+        stop_text: str | None = "Stopping…",
+        buttons: Sequence[QWidget] = (),
+        rows: Sequence[QWidget] = (),
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.worker: Any = None
+        self.stop_event = threading.Event()
+        self._failure = failure
+        self._stop_text = stop_text
+        self.run_button = QPushButton(run_text)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.setVisible(stop_text is not None)
+        self.stop_button.clicked.connect(self.stop)
+        row = QHBoxLayout()
+        for button in (self.run_button, self.stop_button, *buttons):
+            row.addWidget(button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(row)
+        for widget in rows:
+            layout.addWidget(widget)
+        self.hint = HintLabel()
+        layout.addWidget(self.hint)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        layout.addWidget(self.progress)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        # Closing the widget mid-run ends the run (after its current step).
+        self.destroyed.connect(lambda *_: self.stop_event.set())
+
+    @property
+    def running(self) -> bool:
+        """Whether a run is in progress."""
+        return self.worker is not None
+
+    def show_hint(self, hint: str | None) -> None:
+        """Show why a run cannot start (None: it can) and enable Run and Stop to match."""
+        self.hint.show_hint(hint)
+        self.run_button.setEnabled(hint is None and not self.running)
+        self.stop_button.setEnabled(self.running and not self.stop_event.is_set())
+
+    def say(self, text: str, error: bool = False) -> None:
+        """Show ``text`` in the status line, in red for an ``error``."""
+        self.status.setStyleSheet("color: #e05050;" if error else "")
+        self.status.setText(text)
+
+    def show_progress(self, done: int, total: int, message: str | None = None) -> None:
+        """Show ``done`` of ``total``, and ``message`` unless a Stop is pending."""
+        self.progress.setRange(0, max(1, total))
+        self.progress.setValue(done)
+        # "Stopping…" stays until the run ends.
+        if message is not None and not self.stop_event.is_set():
+            self.status.setText(message)
+
+    def run(
+        self,
+        work: Callable[..., Generator[Any, None, Any]],
+        *args: Any,
+        message: str,
+        on_yielded: Callable[[Any], None],
+        on_returned: Callable[[Any], None],
+        busy: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """Run ``work(*args, **kwargs)`` in a worker thread.
+
+        Parameters
+        ----------
+        work : generator function
+            The run; given ``stop=`` :attr:`stop_event` too when Stop is shown.
+        message : str
+            The status line until the first progress.
+        on_yielded, on_returned : callable
+            Called in the GUI thread with each yielded value and with the result.
+        busy : bool
+            Show a busy bar until the first progress, rather than an empty one.
+        """
+        from napari.qt.threading import create_worker
+
+        self.stop_event = threading.Event()
+        if self._stop_text is not None:
+            kwargs["stop"] = self.stop_event
+        self.say(message)
+        self.progress.setRange(0, 0 if busy else 1)
+        self.progress.setValue(0)
+        self.worker = create_worker(
+            work,
+            *args,
+            **kwargs,
+            _connect={
+                "yielded": on_yielded,
+                "returned": on_returned,
+                "errored": self._on_error,
+                "finished": self._on_finished,
+            },
+        )
+        self.running_changed.emit()
+
+    def stop(self) -> None:
+        """Ask the run to end after its current step."""
+        self.stop_event.set()
+        self.stop_button.setEnabled(False)
+        self.status.setText(self._stop_text or "")
+
+    def _on_error(self, error: Exception) -> None:
+        # napari shows the error as a notification; the status line says it too.
+        self.say(f"{self._failure}: {error}", error=True)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self.running_changed.emit()

@@ -21,10 +21,8 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QGridLayout,
-    QHBoxLayout,
     QHeaderView,
     QLabel,
-    QProgressBar,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -34,9 +32,9 @@ from qtpy.QtWidgets import (
 
 from napari_unet import metrics
 from napari_unet._widgets._common import (
-    HintLabel,
     LayerCombo,
     ModelPicker,
+    RunControls,
     connect_until_destroyed,
     layer_data,
 )
@@ -128,7 +126,6 @@ class EvaluateWidget(QWidget):
 
         super().__init__()
         self.viewer = napari_viewer
-        self.worker: Any = None
         self.scores: dict[str, dict[str, Any]] | None = None
         self._image_layer: Any = None  # the image segmented by the run in progress
 
@@ -156,24 +153,18 @@ class EvaluateWidget(QWidget):
             grid.addWidget(widget, row, 1)
         grid.setColumnStretch(1, 1)
         layout.addLayout(grid)
-        buttons = QHBoxLayout()
-        self.run_button = QPushButton("Evaluate")
-        self.run_button.clicked.connect(self.start)
         self.export_button = QPushButton("Export CSV…")
         self.export_button.setEnabled(False)
         self.export_button.clicked.connect(self._export_dialog)
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.export_button)
-        layout.addLayout(buttons)
-        self.hint = HintLabel()
-        layout.addWidget(self.hint)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        layout.addWidget(self.progress)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
+        self.controls = controls = RunControls(
+            "Evaluate", "Evaluation failed", stop_text=None, buttons=[self.export_button]
+        )
+        controls.run_button.clicked.connect(self.start)
+        controls.running_changed.connect(self.update_state)
+        layout.addWidget(controls)
+        # The widget's own names for its controls (used by tests and scripts).
+        self.run_button = controls.run_button
+        self.hint, self.progress, self.status = controls.hint, controls.progress, controls.status
         self.table = QTableWidget(len(SUMMARY_ROWS), 2)
         self.table.setHorizontalHeaderLabels(["metric", "value"])
         self.table.verticalHeader().setVisible(False)
@@ -228,7 +219,7 @@ class EvaluateWidget(QWidget):
     @property
     def running(self) -> bool:
         """Whether an evaluation is in progress."""
-        return self.worker is not None
+        return self.controls.running
 
     def update_state(self, *_: Any) -> str | None:
         """Show the fields of the mode; enable Evaluate or say why not (returns the hint)."""
@@ -238,8 +229,7 @@ class EvaluateWidget(QWidget):
             widget.setVisible(visible)
             self._labels[widget].setVisible(visible)
         hint = None if self.running else self._problem()
-        self.hint.show_hint(hint)
-        self.run_button.setEnabled(hint is None and not self.running)
+        self.controls.show_hint(hint)
         return hint
 
     def _problem(self) -> str | None:
@@ -274,8 +264,6 @@ class EvaluateWidget(QWidget):
 
     def start(self) -> None:
         """Score in a worker thread (segmenting first in the model mode)."""
-        from napari.qt.threading import create_worker
-
         if self.running or self.update_state() is not None:
             return
         truth = self.truth.layer()
@@ -293,24 +281,16 @@ class EvaluateWidget(QWidget):
         else:
             work = score
             args = (layer_data(truth), layer_data(self.prediction.layer()))
-        self.status.setStyleSheet("")
-        self.status.setText("Scoring…")
-        self.progress.setRange(0, 0)
-        self.worker = create_worker(
+        self.controls.run(
             work,
             *args,
-            _connect={
-                "yielded": self._on_progress,
-                "returned": self._on_result,
-                "errored": self._on_error,
-                "finished": self._on_finished,
-            },
+            message="Scoring…",
+            on_yielded=self._on_progress,
+            on_returned=self._on_result,
         )
-        self.update_state()
 
     def _on_progress(self, progress: Progress) -> None:
-        self.progress.setRange(0, max(1, progress.total))
-        self.progress.setValue(progress.done)
+        self.controls.show_progress(progress.done, progress.total)
 
     def _on_result(self, result: Any) -> None:
         if self._image_layer is not None:
@@ -345,16 +325,6 @@ class EvaluateWidget(QWidget):
             f"{instance['n_images']} plane(s)."
         )
 
-    def _on_error(self, error: Exception) -> None:
-        self.status.setStyleSheet("color: #e05050;")
-        self.status.setText(f"Evaluation failed: {error}")
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
-        self.update_state()
-
     def rows(self) -> list[tuple[str, Any]]:
         """The scores as flat ``(metric, value)`` rows, as exported to CSV."""
         if self.scores is None:
@@ -385,9 +355,9 @@ class EvaluateWidget(QWidget):
         path, _ = QFileDialog.getSaveFileName(self, "Export metrics", "metrics.csv", "CSV (*.csv)")
         if path:
             try:
-                self.status.setText(f"Saved {self.export_csv(path)}")
+                self.controls.say(f"Saved {self.export_csv(path)}")
             except (DataError, OSError, ConfigError, ModelFileError) as error:
-                self.status.setText(f"Export failed: {error}")
+                self.controls.say(f"Export failed: {error}", error=True)
 
 
 def _fmt(value: Any) -> str:

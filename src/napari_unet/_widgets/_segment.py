@@ -27,9 +27,6 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -37,9 +34,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet._widgets._common import (
-    HintLabel,
     LayerCombo,
     ModelPicker,
+    RunControls,
     available_devices,
     layer_data,
 )
@@ -155,9 +152,7 @@ class SegmentWidget(QWidget):
 
         super().__init__()
         self.viewer = napari_viewer
-        self.worker: Any = None
         self.output: Any = None
-        self._stop = threading.Event()
         # The layer and channel axis of the run in progress.
         self._source: Image | None = None
         self._axis: int | None = None
@@ -219,32 +214,22 @@ class SegmentWidget(QWidget):
         form.addRow("Output", self.probabilities)
         layout.addLayout(form)
 
-        buttons = QHBoxLayout()
-        self.run_button = QPushButton("Segment")
-        self.run_button.clicked.connect(self.start)
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setEnabled(False)
-        self.stop_button.clicked.connect(self.stop)
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.stop_button)
-        layout.addLayout(buttons)
         self.export_button = QPushButton("Export model…")
         self.export_button.setToolTip(
             "Save the selected model as a bioimage.io package (.zip: deepImageJ, ilastik, "
             "QuPath, bioimage.io runners) or an ONNX file (.onnx)."
         )
         self.export_button.clicked.connect(self._export_dialog)
-        layout.addWidget(self.export_button)
-        self.export_worker = None
-        self.hint = HintLabel()
-        layout.addWidget(self.hint)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        layout.addWidget(self.progress)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
+        self.export_worker: Any = None
+        self.controls = controls = RunControls(
+            "Segment", "Segmentation failed", rows=[self.export_button]
+        )
+        controls.run_button.clicked.connect(self.start)
+        controls.running_changed.connect(self.update_state)
+        layout.addWidget(controls)
+        # The widget's own names for its controls (used by tests and scripts).
+        self.run_button, self.stop_button = controls.run_button, controls.stop_button
+        self.hint, self.progress, self.status = controls.hint, controls.progress, controls.status
 
         self.image.layer_changed.connect(self._fill_channel_axes)
         for signal in (
@@ -258,7 +243,6 @@ class SegmentWidget(QWidget):
             self.device.currentIndexChanged,
         ):
             signal.connect(self.update_state)
-        self.destroyed.connect(lambda *_: self._stop.set())
         self._fill_channel_axes()
         self.update_state()
 
@@ -279,7 +263,7 @@ class SegmentWidget(QWidget):
     @property
     def running(self) -> bool:
         """Whether a segmentation is in progress."""
-        return self.worker is not None
+        return self.controls.running
 
     def config(self) -> PredictConfig:
         """The widget's settings as a validated PredictConfig (ConfigError if invalid)."""
@@ -314,59 +298,41 @@ class SegmentWidget(QWidget):
                         self.config()
                     except ConfigError as error:
                         hint = str(error)
-        self.hint.show_hint(hint)
-        self.run_button.setEnabled(hint is None and not self.running)
-        self.stop_button.setEnabled(self.running and not self._stop.is_set())
+        self.controls.show_hint(hint)
         return hint
 
     def start(self) -> None:
         """Segment the selected image in a worker thread."""
-        from napari.qt.threading import create_worker
-
         if self.running or self.update_state() is not None:
             return
         image = self.image.layer()
         try:
             config = self.config()
         except ConfigError as error:
-            self.hint.show_hint(str(error))
+            self.controls.show_hint(str(error))
             return
-        self._stop = threading.Event()
         self._source = image
         self._axis = self.channel_axis.currentData()
-        data = layer_data(image)
         self.output = None
-        self.status.setStyleSheet("")
-        self.status.setText(f"Segmenting {image.name!r}…")
-        self.progress.setRange(0, 0)
-        self.worker = create_worker(
+        self.controls.run(
             segment_layer,
-            data,
+            layer_data(image),
             self.model.value(),
             config,
             bool(image.rgb),
             self._axis,
-            self._stop,
-            _connect={
-                "yielded": self._on_progress,
-                "returned": self._on_result,
-                "errored": self._on_error,
-                "finished": self._on_finished,
-            },
+            message=f"Segmenting {image.name!r}…",
+            on_yielded=self._on_progress,
+            on_returned=self._on_result,
         )
-        self.update_state()
 
     def stop(self) -> None:
         """Stop after the current plane/block."""
-        self._stop.set()
-        self.stop_button.setEnabled(False)
-        self.status.setText("Stopping…")
+        self.controls.stop()
 
     def _on_progress(self, progress: Progress) -> None:
-        self.progress.setRange(0, max(1, progress.total))
-        self.progress.setValue(progress.done)
-        if not self._stop.is_set():
-            self.status.setText(progress.message or f"{progress.done}/{progress.total}")
+        message = progress.message or f"{progress.done}/{progress.total}"
+        self.controls.show_progress(progress.done, progress.total, message)
 
     def _on_result(self, result: tuple[Segmentation, str]) -> None:
         segmentation, target = result
@@ -420,8 +386,7 @@ class SegmentWidget(QWidget):
         if model is None or self.export_worker is not None:
             return
         self.export_button.setEnabled(False)
-        self.status.setStyleSheet("")
-        self.status.setText(f"Exporting the model to {path}…")
+        self.controls.say(f"Exporting the model to {path}…")
         self.export_worker = create_worker(
             export_model,
             model,
@@ -434,25 +399,14 @@ class SegmentWidget(QWidget):
         )
 
     def _on_exported(self, path: Path) -> None:
-        self.status.setText(f"Exported the model to {path}.")
+        self.controls.say(f"Exported the model to {path}.")
 
     def _on_export_error(self, error: Exception) -> None:
-        self.status.setStyleSheet("color: #e05050;")
-        self.status.setText(f"Export failed: {error}")
+        self.controls.say(f"Export failed: {error}", error=True)
 
     def _on_export_finished(self) -> None:
         self.export_worker = None
         self.export_button.setEnabled(True)
-
-    def _on_error(self, error: Exception) -> None:
-        self.status.setStyleSheet("color: #e05050;")
-        self.status.setText(f"Segmentation failed: {error}")
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
-        self.update_state()
 
 
 def _spatial(layer: Image, channel_axis: int | None) -> tuple[tuple[float, ...], tuple[float, ...]]:

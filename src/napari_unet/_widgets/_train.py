@@ -13,7 +13,6 @@ can use it at once.
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +30,6 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QScrollArea,
     QSpinBox,
@@ -42,9 +40,9 @@ from qtpy.QtWidgets import (
 
 from napari_unet._pairs import match_pairs, spatial_shape
 from napari_unet._widgets._common import (
-    HintLabel,
     LayerCombo,
     ModelPicker,
+    RunControls,
     available_devices,
     connect_until_destroyed,
     layer_data,
@@ -150,9 +148,7 @@ class TrainWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.worker: Any = None
         self.result: TrainResult | None = None
-        self._stop = threading.Event()
         self._label = ""
         # Re-check settings and data shortly after the last change (labels being painted).
         self._check_timer = QTimer(self)
@@ -166,8 +162,6 @@ class TrainWidget(QWidget):
         )
         for layer in napari_viewer.layers:
             self._watch_labels(layer)
-        # Closing the widget mid-run ends the run (after the current step).
-        self.destroyed.connect(lambda *_: self._stop.set())
         self.update_state()
 
     # ---------------------------------------------------------------- UI
@@ -284,25 +278,15 @@ class TrainWidget(QWidget):
         run_form.addRow("Save to", save_row)
         layout.addWidget(run_box)
 
-        buttons = QHBoxLayout()
-        self.start_button = QPushButton("Start training")
-        self.start_button.clicked.connect(self.start)
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setEnabled(False)
-        self.stop_button.clicked.connect(self.stop)
-        buttons.addWidget(self.start_button)
-        buttons.addWidget(self.stop_button)
-        layout.addLayout(buttons)
-        self.hint = HintLabel()
-        layout.addWidget(self.hint)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1000)
-        self.progress.setValue(0)
-        self.progress.setFormat("%p%")
-        layout.addWidget(self.progress)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
+        self.controls = controls = RunControls(
+            "Start training", "Training failed", "Stopping after this step…"
+        )
+        controls.run_button.clicked.connect(self.start)
+        controls.running_changed.connect(self._on_running_changed)
+        layout.addWidget(controls)
+        # The widget's own names for its controls (used by tests and scripts).
+        self.start_button, self.stop_button = controls.run_button, controls.stop_button
+        self.hint, self.progress, self.status = controls.hint, controls.progress, controls.status
         self.curves = TrainingCurves()
         layout.addWidget(self.curves)
         layout.addStretch(1)
@@ -384,7 +368,7 @@ class TrainWidget(QWidget):
     @property
     def running(self) -> bool:
         """Whether a training run is in progress."""
-        return self.worker is not None
+        return self.controls.running
 
     def update_state(self) -> str | None:
         """Check everything; enable Start or show why not. Returns the hint (None = ready)."""
@@ -400,9 +384,7 @@ class TrainWidget(QWidget):
                 self.plan(snapshot=False)
             except (ConfigError, DataError, ModelFileError) as error:
                 hint = str(error)
-        self.hint.show_hint(hint)
-        self.start_button.setEnabled(hint is None and not self.running)
-        self.stop_button.setEnabled(self.running and not self._stop.is_set())
+        self.controls.show_hint(hint)
         self._set_inputs_enabled(not self.running)
         return hint
 
@@ -539,49 +521,36 @@ class TrainWidget(QWidget):
     # ---------------------------------------------------------------- run
     def start(self) -> None:
         """Check the settings and start training in a worker thread."""
-        from napari.qt.threading import create_worker
-
         if self.running:
             return
         try:
             plan = self.plan()
         except (ConfigError, DataError, ModelFileError) as error:
-            self.hint.show_hint(str(error))
-            self.start_button.setEnabled(False)
+            self.controls.show_hint(str(error))
             return
-        self._stop = threading.Event()
         self.result = None
         self.curves.clear()
-        self.progress.setValue(0)
-        self.status.setStyleSheet("")
-        self.status.setText("Preparing the data…")
         self._label = self._model_label(plan)
-        self.worker = create_worker(
+        self.controls.run(
             train_events,
             plan.images,
             plan.labels,
             plan.config,
+            message="Preparing the data…",
+            on_yielded=self._on_event,
+            on_returned=self._on_result,
+            busy=False,
             val_images=plan.val_images,
             val_labels=plan.val_labels,
             out=plan.out,
             init=plan.init,
             log_csv=plan.log_csv,
-            stop=self._stop,
             data_description=plan.description,
-            _connect={
-                "yielded": self._on_event,
-                "returned": self._on_result,
-                "errored": self._on_error,
-                "finished": self._on_finished,
-            },
         )
-        self.update_state()
 
     def stop(self) -> None:
         """Ask the run to end after the current step (the best model is kept)."""
-        self._stop.set()
-        self.stop_button.setEnabled(False)
-        self.status.setText("Stopping after this step…")
+        self.controls.stop()
 
     def _model_label(self, plan: TrainPlan) -> str:
         if plan.out is not None:
@@ -594,15 +563,15 @@ class TrainWidget(QWidget):
         total = max(1, event.epochs * event.steps_per_epoch)
         if event.kind == "step":
             done = (event.epoch - 1) * event.steps_per_epoch + event.step
-            self.progress.setValue(int(1000 * min(done, total) / total))
-            if not self._stop.is_set():
-                self.status.setText(
-                    f"epoch {event.epoch}/{event.epochs} · step {event.step}/"
-                    f"{event.steps_per_epoch} · loss {event.train_loss:.4f}"
-                )
+            self.controls.show_progress(
+                min(done, total),
+                total,
+                f"epoch {event.epoch}/{event.epochs} · step {event.step}/"
+                f"{event.steps_per_epoch} · loss {event.train_loss:.4f}",
+            )
         elif event.kind == "epoch":
             metrics = event.val_metrics or {}
-            self.progress.setValue(int(1000 * event.epoch / max(1, event.epochs)))
+            self.controls.show_progress(event.epoch, event.epochs)
             self.curves.add_epoch(
                 event.epoch,
                 event.train_loss,
@@ -623,20 +592,15 @@ class TrainWidget(QWidget):
         dice = result.model.metadata.get("val_metrics", {}).get("dice")
         quality = f", val Dice {dice:.3f}" if dice is not None else ""
         saved = f" Saved to {result.model_path}." if result.model_path else ""
-        self.progress.setValue(1000)
         self.status.setText(
             f"{how}: best epoch {result.best_epoch}{quality}. Model {entry.name!r} is ready "
             f"in the Segment widget.{saved}"
         )
 
-    def _on_error(self, error: Exception) -> None:
-        # napari shows the error as a notification; the widget says it too and recovers.
-        self.status.setStyleSheet("color: #e05050;")
-        self.status.setText(f"Training failed: {error}")
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        _free_gpu_memory()
+    def _on_running_changed(self) -> None:
+        if not self.running:
+            # Hand the run's cached GPU memory back (to a Segment run, other programs).
+            _free_gpu_memory()
         self.update_state()
 
 

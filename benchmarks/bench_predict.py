@@ -22,7 +22,10 @@ rates measured before and after it.
 
 Usage::
 
-    python benchmarks/bench_predict.py [--quick] [--threads N]
+    python benchmarks/bench_predict.py [--quick] [--threads N] [--compile]
+
+``--compile`` adds columns for ``PredictConfig(compile=True)``: the one-off compile
+time of the 512 x 512 graph, then the network and end-to-end rates once compiled.
 """
 
 from __future__ import annotations
@@ -107,7 +110,17 @@ def paired_ratio(function: Callable[[], object], flops: int, pairs: int = 5) -> 
     return float(np.median(ratios)), max(rates)
 
 
-def speed_table(image_size: int) -> Iterator[dict[str, float | str]]:
+def end_to_end(image: np.ndarray, model: TrainedModel, config: PredictConfig) -> tuple[float, float]:
+    """Seconds of one ``predict`` call after a warm-up call, and the mean matmul rate around it."""
+    predict(image, model, config)
+    matmul_before = matmul_rate()
+    start = time.perf_counter()
+    predict(image, model, config)
+    seconds = time.perf_counter() - start
+    return seconds, (matmul_before + matmul_rate()) / 2
+
+
+def speed_table(image_size: int, compiled: bool) -> Iterator[dict[str, float | str]]:
     """One row per preset, as soon as it is measured."""
     image = synthetic_rgb(image_size)
     tile_input = torch.rand(1, 3, 512, 512)
@@ -120,25 +133,35 @@ def speed_table(image_size: int) -> Iterator[dict[str, float | str]]:
             net_ratio, net_rate = paired_ratio(lambda: fast_net(fast_input), tile_flops)
             eager_ratio, _ = paired_ratio(lambda: model.network(tile_input), tile_flops)
         config = PredictConfig()  # automatic tile size, as a user gets it
-        with FlopCounterMode(display=False) as counter:  # also the warm-up call
+        with FlopCounterMode(display=False) as counter:
             predict(image, model, config)
         total_flops = counter.get_total_flops()
-        matmul_before = matmul_rate()
-        start = time.perf_counter()
-        predict(image, model, config)
-        end_to_end_s = time.perf_counter() - start
-        matmul = (matmul_before + matmul_rate()) / 2
-        yield {
+        seconds, matmul = end_to_end(image, model, config)
+        row: dict[str, float | str] = {
             "preset": preset,
             "tile": auto_tile_size(model.config, model.device, 1, config.overlap),
-            "mpx_per_s": image_size**2 / 1e6 / end_to_end_s,
-            "seconds": end_to_end_s,
+            "mpx_per_s": image_size**2 / 1e6 / seconds,
+            "seconds": seconds,
             "matmul_gflops": matmul / 1e9,
             "net_gflops": net_rate / 1e9,
             "net_ratio": net_ratio,
             "eager_ratio": eager_ratio,
-            "end_to_end_ratio": total_flops / end_to_end_s / matmul,
+            "end_to_end_ratio": total_flops / seconds / matmul,
         }
+        if compiled:
+            compiled_net = TilePredictor(model, compile=True).network
+            start = time.perf_counter()
+            with torch.inference_mode():
+                compiled_net(fast_input)  # compiles the 512x512 graph
+            row["compile_s"] = time.perf_counter() - start
+            with torch.inference_mode():
+                row["compiled_ratio"], _ = paired_ratio(
+                    lambda: compiled_net(fast_input), tile_flops
+                )
+            seconds, matmul = end_to_end(image, model, PredictConfig(compile=True))
+            row["compiled_mpx_per_s"] = image_size**2 / 1e6 / seconds
+            row["compiled_end_to_end_ratio"] = total_flops / seconds / matmul
+        yield row
 
 
 def resident_mib() -> tuple[float, float]:
@@ -214,6 +237,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=2048, help=argparse.SUPPRESS)
     parser.add_argument("--preset", default="tiny", help="preset of the memory run (default tiny)")
     parser.add_argument(
+        "--compile", action="store_true", help="also time PredictConfig(compile=True)"
+    )
+    parser.add_argument(
         "--part", choices=("all", "speed", "memory"), default="all", help="which table(s) to run"
     )
     args = parser.parse_args()
@@ -224,17 +250,17 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {args.threads} threads")
     if args.part in ("all", "speed"):
-        print_speed(1024 if args.quick else 2048)
+        print_speed(1024 if args.quick else 2048, args.compile)
     if args.part in ("all", "memory"):
         print_memory([16] if args.quick else [16, 64], args.preset, args.threads)
 
 
-def print_speed(image_size: int) -> None:
+def print_speed(image_size: int, compiled: bool) -> None:
     """Print the speed table, row by row."""
     print(
         f"\nSpeed: one {image_size}x{image_size} RGB image, end to end; network on a 512x512 tile"
     )
-    header = (
+    header = [
         "preset",
         "auto tile",
         "Mpx/s",
@@ -244,15 +270,22 @@ def print_speed(image_size: int) -> None:
         "net/matmul",
         "eager/matmul",
         "end-to-end/matmul",
-    )
+    ]
+    if compiled:
+        header += ["compile s", "compiled net/matmul", "compiled Mpx/s", "compiled e2e/matmul"]
     print(" | ".join(header), flush=True)
-    for row in speed_table(image_size):
-        print(
+    for row in speed_table(image_size, compiled):
+        line = (
             f"{row['preset']} | {row['tile']} | {row['mpx_per_s']:.3f} | {row['seconds']:.1f} | "
             f"{row['matmul_gflops']:.0f} | {row['net_gflops']:.0f} | {row['net_ratio']:.0%} | "
-            f"{row['eager_ratio']:.0%} | {row['end_to_end_ratio']:.0%}",
-            flush=True,
+            f"{row['eager_ratio']:.0%} | {row['end_to_end_ratio']:.0%}"
         )
+        if compiled:
+            line += (
+                f" | {row['compile_s']:.0f} | {row['compiled_ratio']:.0%} | "
+                f"{row['compiled_mpx_per_s']:.3f} | {row['compiled_end_to_end_ratio']:.0%}"
+            )
+        print(line, flush=True)
 
 
 def print_memory(counts: list[int], preset: str, threads: int) -> None:

@@ -133,3 +133,17 @@ def test_bad_inputs_are_refused_before_any_output(tmp_path) -> None:
         evaluate(model, images[:1], [labels[0].astype(np.float32)])
     with pytest.raises(DataError, match="channel"):
         evaluate(make_threshold_model(in_channels=2), [np.zeros((30, 36, 3), np.uint8)], labels[:1])
+
+
+def test_multichannel_images_are_scored_like_their_channels_last_copies() -> None:
+    images, labels = make_blobs(n=2, shape=(40, 48))
+    # Two channels: the blobs, and a dimmer copy; the channel axis first, as in many stacks.
+    stacks = [np.stack([image, image // 2]) for image in images]
+    model = make_threshold_model(in_channels=2, gain=40.0)
+    config = PredictConfig(threshold=0.5, min_size=0)
+    first = evaluate(model, stacks, labels, config, channel_axis=0)
+    last = evaluate(model, [np.moveaxis(s, 0, -1) for s in stacks], labels, config, channel_axis=2)
+    assert first.summary == last.summary
+    assert first.summary["instance"]["ap50"] > 0.7
+    with pytest.raises(DataError, match="channel"):
+        evaluate(make_threshold_model(in_channels=3), stacks, labels, config, channel_axis=0)

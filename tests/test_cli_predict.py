@@ -165,3 +165,18 @@ def test_repeated_names_are_refused(tmp_path: Path, capsys, name: str) -> None:
         ]
     )
     assert code == 2 and "overwrite" in capsys.readouterr().err
+
+
+def test_compile_flag_gives_the_same_labels(tmp_path: Path) -> None:
+    images, _ = make_blobs(n=2, shape=(40, 44))
+    folder = tmp_path / "images"
+    for index, image in enumerate(images):
+        write_png(folder / f"img{index}.png", image)
+    model = str(model_file(tmp_path))
+    common = ["predict", "--model", model, str(folder), "--tile", "32", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "eager")]) == 0
+    assert main([*common, "--out", str(tmp_path / "compiled"), "--compile"]) == 0
+    for name in ("img0_labels.tif", "img1_labels.tif"):
+        eager = tifffile.imread(tmp_path / "eager" / name)
+        assert eager.max() > 0
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "compiled" / name), eager)

@@ -3,6 +3,8 @@ and the human-in-the-loop cycle (segment, correct, fine-tune, segment again)."""
 
 from __future__ import annotations
 
+import warnings
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -92,6 +94,25 @@ def test_probabilities_and_rgb(viewer, qtbot):
     probability = viewer.layers["colour probability"]
     assert probability.data.shape == image.shape
     assert 0 <= probability.data.min() and probability.data.max() <= 1
+
+
+def test_compiled_network_gives_the_same_labels_in_the_worker_thread(viewer, qtbot):
+    image, _ = blob_pair(seed=5)
+    viewer.add_image(image, name="cells")
+    widget = dock(viewer)
+    run(widget, qtbot)
+    eager = viewer.layers["cells segmentation"].data.copy()
+    widget.compile.setChecked(True)
+    assert widget.config().compile
+    # The warnings machinery is process-wide, so this also sees the worker thread's warnings.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(widget, qtbot)
+    assert not [w for w in caught if "torch.compile failed" in str(w.message)]
+    assert "failed" not in widget.status.text()
+    compiled = viewer.layers[-1]
+    assert compiled.name != "cells segmentation"  # a second labels layer, next to the first
+    np.testing.assert_array_equal(compiled.data, eager)
 
 
 def test_stack_is_segmented_plane_by_plane_with_progress(viewer, qtbot):

@@ -45,7 +45,7 @@ def stack() -> np.ndarray:
     return np.stack(images)
 
 
-def test_local_cluster_gives_the_in_memory_labels(tmp_path, model_file, stack) -> None:
+def test_local_cluster_gives_the_in_memory_labels(tmp_path, model_file, stack, capsys) -> None:
     distributed = pytest.importorskip("distributed")
     source = tmp_path / "stack.zarr"
     zarr.create_array(str(source), data=stack, chunks=(1, 48, 48))
@@ -56,8 +56,11 @@ def test_local_cluster_gives_the_in_memory_labels(tmp_path, model_file, stack) -
     ) as cluster:
         result = segment_to_zarr(
             source, tmp_path / "labels.zarr", model_file, CONFIG, block=40, halo=24,
-            scheduler_name=cluster.scheduler_address,
+            scheduler_name=cluster.scheduler_address, progress=True,
         )
+    # The cluster's progress bar goes to stderr; stdout stays for results.
+    captured = capsys.readouterr()
+    assert "100% Completed" in captured.err and captured.out == ""
     labels = np.asarray(result.open())
     assert result.n_blocks == 3 * 3 * 3 and result.merged > 0
     assert labels.shape == stack.shape and labels.max() == result.n_objects

@@ -880,7 +880,6 @@ def segment_to_zarr(
                             margin, scratch, str(tmp / "strips"))
             os.mkdir(job.strips)
 
-            bar = _progress_bar(progress, compute_kwargs)
             # Pass 0: normalisation statistics per plane.
             stride = max(1, math.ceil(math.sqrt(layout.height * layout.width / MAX_STAT_PIXELS)))
             stat_tasks = [
@@ -890,8 +889,7 @@ def segment_to_zarr(
                 )
                 for plane in np.ndindex(*layout.leading)
             ]
-            with bar:
-                statistics = dask.compute(*stat_tasks, **compute_kwargs)
+            statistics = _compute(stat_tasks, compute_kwargs, progress)
             plane_number = {plane: k for k, plane in enumerate(np.ndindex(*layout.leading))}
 
             # Passes 1 and 2: block labels (written to the scratch) and face matches.
@@ -912,8 +910,8 @@ def segment_to_zarr(
                         ))
                         face_blocks.append((number[plane, row, col], number[other]))
             summaries = [results[b.plane, b.row, b.col] for b in blocks]
-            with bar:
-                summaries, pairs = dask.compute(summaries, face_tasks, **compute_kwargs)
+            done = _compute(summaries + face_tasks, compute_kwargs, progress)
+            summaries, pairs = done[: len(summaries)], done[len(summaries) :]
             counts = [count for count, _ in summaries]
             present = [ids for _, ids in summaries]
             matches = [(a, b, p) for (a, b), p in zip(face_blocks, pairs)]
@@ -929,8 +927,7 @@ def segment_to_zarr(
             )
             writes = [dask.delayed(_write_final)(b, tables[b.number], scratch, final_path)
                       for b in blocks]
-            with bar:
-                dask.compute(*writes, **compute_kwargs)
+            _compute(writes, compute_kwargs, progress)
 
             if out.exists():
                 shutil.rmtree(out)
@@ -983,18 +980,31 @@ def _register_label(labels_dir: Path, name: str) -> None:
         group.attrs["labels"] = [*names, name]
 
 
-def _progress_bar(enabled: bool, compute_kwargs: dict[str, Any]) -> Any:
-    """A re-enterable progress context for local ``dask.compute`` calls (or a no-op).
+def _compute(tasks: list[Any], compute_kwargs: dict[str, Any], progress: bool) -> list[Any]:
+    """The results of ``tasks`` (dask delayed objects), computed where ``compute_kwargs`` says.
 
-    A distributed cluster shows its progress on its dashboard instead.
+    With ``progress`` a text bar goes to stderr: dask's for the local schedulers, and
+    dask.distributed's (which follows the cluster's tasks) for a ``Client``.
     """
-    if not enabled or not isinstance(compute_kwargs["scheduler"], str):
-        return contextlib.nullcontext()
     import sys
 
-    from dask.diagnostics import ProgressBar
+    import dask
 
-    return ProgressBar(out=sys.stderr)
+    scheduler = compute_kwargs["scheduler"]
+    if isinstance(scheduler, str):
+        from dask.diagnostics import ProgressBar
+
+        bar = ProgressBar(out=sys.stderr) if progress else contextlib.nullcontext()
+        with bar:
+            return list(dask.compute(*tasks, **compute_kwargs))
+    futures = scheduler.compute(tasks)
+    if progress:
+        from distributed import progress as show_progress
+
+        # The console bar of dask.distributed writes to stdout, which is for results.
+        with contextlib.redirect_stdout(sys.stderr):
+            show_progress(futures, notebook=False)
+    return list(scheduler.gather(futures))
 
 
 # --------------------------------------------------------------------------- torchrun

@@ -6,6 +6,7 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 from skimage.draw import disk
 
 from napari_unet import metrics
@@ -15,6 +16,7 @@ from napari_unet._widgets._registry import REGISTRY
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.config import ModelConfig
 from napari_unet.model import build_model
+from napari_unet.prediction import predict
 
 TIMEOUT_MS = 60_000
 
@@ -140,3 +142,34 @@ def test_segment_with_a_model_then_score(make_napari_viewer, qtbot):
     assert widget.scores["instance"]["dsb_score"] == pytest.approx(expected["dsb_score"])
     pixel = metrics.pixel_metrics(truth, predicted)
     assert widget.scores["pixel"]["f1"] == pytest.approx(pixel["f1"])
+
+
+def test_model_mode_applies_test_time_augmentation(make_napari_viewer, qtbot):
+    REGISTRY.clear()
+    torch.manual_seed(1)
+    config = ModelConfig(in_channels=1, base_filters=4, depth=2)
+    model = TrainedModel(build_model(config).eval(), config)
+    truth, _ = truth_and_prediction()
+    image = (truth > 0).astype(np.float32)
+    with torch.no_grad():  # centre the logits so that about half the pixels are foreground
+        probabilities = predict(image, model, return_probabilities=True).probabilities[0]
+        logit = np.log(probabilities / (1 - probabilities))
+        model.network.head.bias -= float(np.median(logit))
+    entry = REGISTRY.add(model, "untrained")
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(truth, name="truth")
+    widget = dock(viewer)
+    widget.mode.setCurrentText(SEGMENT)
+    assert widget.tta.isVisibleTo(widget)
+    widget.model.select(entry.name)
+    widget.tta.setChecked(True)
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    REGISTRY.clear()
+    # An untrained network is not flip-invariant, so the averaged result is its own.
+    expected = predict(image, model, tta=True).labels
+    assert not np.array_equal(expected, predict(image, model).labels)
+    np.testing.assert_array_equal(viewer.layers["cells segmentation"].data, expected)
+    widget.mode.setCurrentIndex(0)
+    assert not widget.tta.isVisibleTo(widget)

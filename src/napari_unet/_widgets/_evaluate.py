@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QGridLayout,
@@ -104,10 +105,13 @@ def score(truth: Any, prediction: Any) -> Generator[Progress, None, dict[str, di
 
 
 def segment_and_score(
-    image: Any, rgb: bool, model: str | Path | TrainedModel, truth: Any
+    image: Any, rgb: bool, model: str | Path | TrainedModel, truth: Any, config: PredictConfig
 ) -> Generator[Progress, None, tuple[dict[str, dict[str, Any]], Segmentation]]:
-    """Segment ``image`` with ``model`` (default settings), then :func:`score` it."""
-    segmentation = yield from predict_events(image, model, PredictConfig(), rgb=rgb)
+    """Segment ``image`` with ``model`` and ``config``, then :func:`score` it.
+
+    Post-processing left unset in ``config`` uses the values tuned for the model.
+    """
+    segmentation = yield from predict_events(image, model, config, rgb=rgb)
     scores = yield from score(truth, segmentation.labels)
     return scores, segmentation
 
@@ -138,6 +142,7 @@ class EvaluateWidget(QWidget):
         self.image = LayerCombo(napari_viewer, Image)
         self.model = ModelPicker(follow_new=True)
         self.truth = LayerCombo(napari_viewer, Labels)
+        self.tta = QCheckBox("average over flips and rotations (slower)")
         self._labels: dict[QWidget, QLabel] = {}
         for row, (text, widget) in enumerate(
             [
@@ -145,6 +150,7 @@ class EvaluateWidget(QWidget):
                 ("Prediction", self.prediction),
                 ("Image", self.image),
                 ("Model", self.model),
+                ("TTA", self.tta),
                 ("Ground truth", self.truth),
             ]
         ):
@@ -224,7 +230,7 @@ class EvaluateWidget(QWidget):
     def update_state(self, *_: Any) -> str | None:
         """Show the fields of the mode; enable Evaluate or say why not (returns the hint)."""
         segmenting = self.mode.currentText() == SEGMENT
-        for widget in (self.prediction, self.image, self.model):
+        for widget in (self.prediction, self.image, self.model, self.tta):
             visible = segmenting != (widget is self.prediction)
             widget.setVisible(visible)
             self._labels[widget].setVisible(visible)
@@ -277,6 +283,7 @@ class EvaluateWidget(QWidget):
                 bool(image.rgb),
                 self.model.value(),
                 layer_data(truth),
+                PredictConfig(tta=self.tta.isChecked()),
             )
         else:
             work = score

@@ -444,7 +444,9 @@ class TilePredictor:
     def __init__(self, model: TrainedModel, tta: bool = False, compile: bool = False) -> None:
         self.model = model
         self.eager = inference_network(model.network, model.device)
-        self.network = inference_network(model.network, model.device, compiled=compile)
+        self.network = (
+            inference_network(model.network, model.device, compiled=True) if compile else self.eager
+        )
         self.transforms = _d4() if tta else None
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,6 @@ The wall time includes starting the LocalCluster (a few seconds).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import tempfile

@@ -8,14 +8,19 @@ run (a large square ``torch.mm``), i.e. how close the step comes to the machine'
 
 Both memory layouts are timed, alternating step by step so that a machine shared with
 other work slows both alike: NCHW (PyTorch's default, what :mod:`napari_unet.training`
-uses on CPU) and channels-last (what it uses on CUDA). Each row's time is the fastest of
-its timed steps (the least disturbed by other processes).
+uses on CPU) and channels-last. Each row's time is the fastest of its timed steps (the
+least disturbed by other processes).
+
+With ``--device cuda`` the variants are float32 NCHW, bf16 autocast NCHW and bf16
+autocast channels-last (what :mod:`napari_unet.training` uses on CUDA), and the ratio is
+taken against the bf16 matmul rate (the float32 one, TF32 allowed, is printed too).
 
 Usage::
 
     python benchmarks/bench_train.py                 # tiny, fast, reference
     python benchmarks/bench_train.py --quick         # tiny and fast, fewer steps
     OMP_NUM_THREADS=1 python benchmarks/bench_train.py --threads 1 --clock cpu  # shared machine
+    python benchmarks/bench_train.py --device cuda --batch 32   # a GPU
 """
 
 from __future__ import annotations
@@ -32,9 +37,23 @@ from napari_unet.losses import compute_loss
 from napari_unet.model import build_model
 
 
-def matmul_rate(clock: Callable[[], float], size: int = 2048, repeats: int = 8) -> float:
-    """Float32 FLOP/s of a ``size`` x ``size`` matrix product (best of ``repeats`` runs)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+#: (channels-last, bf16 autocast) of each timed variant, per device type.
+VARIANTS = {
+    "cpu": {"nchw": (False, False), "cl": (True, False)},
+    "cuda": {"fp32": (False, False), "bf16": (False, True), "bf16-cl": (True, True)},
+}
+
+
+def matmul_rate(
+    clock: Callable[[], float],
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    repeats: int = 8,
+) -> float:
+    """FLOP/s of a square matrix product in ``dtype`` (best of ``repeats`` runs)."""
+    size = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     torch.mm(a, b)
     best = 0.0
     for _ in range(repeats):
@@ -53,12 +72,19 @@ def step_flops(network: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> in
     return counter.get_total_flops()
 
 
-def make_step(preset: str, size: int, batch: int, channels_last: bool) -> Callable[[], None]:
+def make_step(
+    preset: str,
+    size: int,
+    batch: int,
+    device: torch.device,
+    channels_last: bool,
+    bf16: bool,
+) -> Callable[[], None]:
     """A closure running one training step (forward, loss, backward, Adam) on a fixed batch."""
     torch.manual_seed(0)
-    network = build_model(preset=preset, in_channels=3).train()
-    x = torch.rand(batch, 3, size, size)
-    t = (torch.rand(batch, 1, size, size) > 0.5).float()
+    network = build_model(preset=preset, in_channels=3).train().to(device)
+    x = torch.rand(batch, 3, size, size, device=device)
+    t = (torch.rand(batch, 1, size, size, device=device) > 0.5).float()
     w = torch.ones_like(t)
     if channels_last:
         network = network.to(memory_format=torch.channels_last)
@@ -67,22 +93,31 @@ def make_step(preset: str, size: int, batch: int, channels_last: bool) -> Callab
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        compute_loss("bce", network(x), t, w).backward()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            outputs = network(x)
+        compute_loss("bce", outputs, t, w).backward()
         optimizer.step()
 
-    step()  # warm-up (oneDNN picks its kernels on the first call)
+    for _ in range(3 if device.type == "cuda" else 1):
+        step()  # warm-up: oneDNN and cuDNN pick their kernels on the first calls
     return step
 
 
 def bench_preset(
-    preset: str, size: int, batch: int, steps: int, clock: Callable[[], float]
+    preset: str,
+    size: int,
+    batch: int,
+    steps: int,
+    clock: Callable[[], float],
+    device: torch.device,
 ) -> dict[str, float]:
-    """Fastest step time of each layout over ``steps`` alternating timed steps."""
-    network = build_model(preset=preset, in_channels=3).train()
-    flops = step_flops(network, torch.rand(batch, 3, size, size), torch.ones(batch, 1, size, size))
+    """Fastest step time of each variant over ``steps`` alternating timed steps."""
+    network = build_model(preset=preset, in_channels=3).train().to(device)
+    x, t = torch.rand(batch, 3, size, size, device=device), torch.ones(batch, 1, size, size, device=device)
+    flops = step_flops(network, x, t)
     runners = {
-        "nchw": make_step(preset, size, batch, False),
-        "cl": make_step(preset, size, batch, True),
+        name: make_step(preset, size, batch, device, channels_last, bf16)
+        for name, (channels_last, bf16) in VARIANTS[device.type].items()
     }
     best = {name: math.inf for name in runners}
     for _ in range(steps):
@@ -101,6 +136,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per preset and layout")
     parser.add_argument("--quick", action="store_true", help="tiny and fast, 2 timed steps")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument(
         "--clock",
         choices=("wall", "cpu"),
@@ -109,32 +145,58 @@ def main() -> None:
         "with one thread on a shared machine, cpu is the fair measure",
     )
     args = parser.parse_args()
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    device = torch.device(args.device)
+    if device.type not in VARIANTS:
+        parser.error(f"--device {args.device!r}: use cpu or cuda")
+    if device.type == "cuda":
+        if args.clock == "cpu":
+            parser.error("--clock cpu cannot time a GPU; leave it at wall")
+        torch.backends.cuda.matmul.allow_tf32 = True  # float32 rows: what a user's GPU does
+
+        def clock() -> float:
+            torch.cuda.synchronize()
+            return time.perf_counter()
+
+    else:
+        clock = time.perf_counter if args.clock == "wall" else time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
     presets = args.presets or (["tiny", "fast"] if args.quick else ["tiny", "fast", "reference"])
-    steps = args.steps or (2 if args.quick else 4)
-    before = matmul_rate(clock)
-    results = {preset: bench_preset(preset, args.size, args.batch, steps, clock) for preset in presets}
-    after = matmul_rate(clock)
+    steps = args.steps or (2 if args.quick else 4) * (5 if device.type == "cuda" else 1)
+    # On CUDA the training step runs in bf16: that product's rate is the peak to compare with.
+    peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    before = matmul_rate(clock, device, peak_dtype)
+    results = {
+        preset: bench_preset(preset, args.size, args.batch, steps, clock, device)
+        for preset in presets
+    }
+    after = matmul_rate(clock, device, peak_dtype)
     # The machine's rate is the better of the two measurements: a lower one was disturbed
     # (other work, or thread pools still starting), and dividing by it would flatter the ratio.
     peak = max(before, after)
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{torch.get_num_threads()} thread(s)"
+    )
+    extra = ""
+    if device.type == "cuda":
+        extra = f", float32 (TF32) matmul {matmul_rate(clock, device) / 1e9:.0f} GFLOP/s"
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.size}x{args.size}, "
-        f"batch {args.batch}, {args.clock} clock; float32 matmul before/after: "
-        f"{before / 1e9:.1f}/{after / 1e9:.1f} GFLOP/s, ratios against the higher"
+        f"torch {torch.__version__}, {where}, {args.size}x{args.size}, batch {args.batch}, "
+        f"{args.clock} clock; {str(peak_dtype).removeprefix('torch.')} matmul before/after: "
+        f"{before / 1e9:.1f}/{after / 1e9:.1f} GFLOP/s, ratios against the higher{extra}"
     )
     print(
-        f"{'preset':<10} {'layout':<6} {'GFLOP/step':>10} {'s/step':>7} {'images/s':>9} "
+        f"{'preset':<10} {'variant':<8} {'GFLOP/step':>10} {'ms/step':>8} {'images/s':>9} "
         f"{'GFLOP/s':>8} {'of matmul':>9}"
     )
     for preset, result in results.items():
-        for layout in ("nchw", "cl"):
-            seconds = result[layout]
+        for variant in VARIANTS[device.type]:
+            seconds = result[variant]
             rate = result["flops"] / seconds
             print(
-                f"{preset:<10} {layout:<6} {result['flops'] / 1e9:>10.1f} {seconds:>7.2f} "
+                f"{preset:<10} {variant:<8} {result['flops'] / 1e9:>10.1f} {seconds * 1e3:>8.1f} "
                 f"{args.batch / seconds:>9.2f} {rate / 1e9:>8.1f} {rate / peak:>9.0%}"
             )
 

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Reproduce the bundled nuclei model (src/napari_unet/samples/default_model.pt).
-# Needs the DSB 2018 split next to the checkout (../shared/data/dsb2018); settings were chosen on
-# val only, never trained on it. Usage: bash benchmarks/train_default_model.sh [OUT_DIR]
+# Needs the DSB 2018 split next to the checkout (../shared/data/dsb2018, or DSB_DIR); settings
+# were chosen on val only, never trained on it. Usage: bash benchmarks/train_default_model.sh [OUT_DIR]
 # Two one-cycle runs: stage 1 from scratch (OUT_DIR/stage1.pt), then stage 2, a gentler cycle
 # from stage 1 (OUT_DIR/model.pt). STAGES=1 stops after stage 1; TARGET=distance trains the
-# comparison run of the model card.
+# comparison run of the model card. PRESET, PATCH, EPOCHS, LR, SEED, STEPS and DEVICE change
+# stage 1's settings (benchmarks/gpu_check.sh uses them); NAPARI_UNET names the CLI to run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data="${DSB_DIR:-../shared/data/dsb2018}"
 out="${1:-runs/default_model}"
-target="${TARGET:-contour}"
+cli="${NAPARI_UNET:-.venv/bin/napari-unet}"
 mkdir -p "$out"
 # One intra-op thread: on a CPU shared with other work, 2 OpenMP threads spin-waited and ran
 # 3x slower per step than 1 (measured here under load).
@@ -17,12 +18,14 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 common=(
     --images "$data/train/images" --labels "$data/train/labels"
     --val-images "$data/val/images" --val-labels "$data/val/labels"
-    --loss bce+dice --patch-size 128 --batch-size 8 --sampling image
-    --steps-per-epoch 200 --schedule onecycle --early-stopping 0 --device auto --half
+    --loss bce+dice --patch-size "${PATCH:-128}" --batch-size 8 --sampling image
+    --steps-per-epoch "${STEPS:-200}" --schedule onecycle --early-stopping 0
+    --device "${DEVICE:-auto}" --half
 )
-.venv/bin/napari-unet train "${common[@]}" --out "$out/stage1.pt" \
-    --preset tiny --target "$target" --epochs 20 --lr 3e-3 --seed 0
+$cli train "${common[@]}" --out "$out/stage1.pt" \
+    --preset "${PRESET:-tiny}" --target "${TARGET:-contour}" --epochs "${EPOCHS:-20}" \
+    --lr "${LR:-3e-3}" --seed "${SEED:-0}"
 if [[ "${STAGES:-2}" == 2 ]]; then
-    .venv/bin/napari-unet train "${common[@]}" --out "$out/model.pt" \
+    $cli train "${common[@]}" --out "$out/model.pt" \
         --init "$out/stage1.pt" --epochs 12 --lr 1e-3 --seed 1
 fi

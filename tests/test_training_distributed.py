@@ -17,16 +17,18 @@ from napari_unet.checkpoint import load_model
 from napari_unet.distributed import ProcessGroup, environment_group, rank_rng
 
 
-def torchrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``torchrun --standalone --nproc_per_node=2 -m napari_unet train ...`` on the CPU."""
+def torchrun(
+    tmp_path: Path, *args: str, nproc: int = 2, device: str = "cpu"
+) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc_per_node=NPROC -m napari_unet train ...`` on ``device``."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     source = str(Path(napari_unet.__file__).parents[1])
     env["PYTHONPATH"] = os.pathsep.join([source, env.get("PYTHONPATH", "")])
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         "-m", "napari_unet", "train",
         "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
-        "--out", str(tmp_path / "model.pt"), "--preset", "tiny", "--device", "cpu",
+        "--out", str(tmp_path / "model.pt"), "--preset", "tiny", "--device", device,
         "--steps-per-epoch", "4", "--batch-size", "4", "--patch-size", "32", "--lr", "3e-3",
         "--val-fraction", "0.25", "--early-stopping", "0", "--quiet", *args,
     ]

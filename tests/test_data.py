@@ -175,6 +175,44 @@ def test_sampler_area_weighting_and_epoch_size() -> None:
     assert x.shape == (3, 1, 16, 16) and t.shape == w.shape == (3, 1, 16, 16)
 
 
+def _blob_sampler(seed: int = 0) -> PatchSampler:
+    images, labels = make_blobs(n=4, shape=(48, 48))
+    planes = prepare_training_planes(images, labels, 1, NormalizationConfig(), "contour")
+    return PatchSampler(planes, 32, "area", True, np.random.default_rng(seed))
+
+
+def test_threaded_batches_are_the_same_for_any_thread_count() -> None:
+    runs = {}
+    for threads in (1, 3):
+        sampler = _blob_sampler()
+        runs[threads] = list(sampler.epoch_batches(4, 7, threads))
+        runs[threads, "next"] = sampler.rng.integers(1 << 30)  # where the generator ends
+    assert len(runs[1]) == 7
+    for one, three in zip(runs[1], runs[3], strict=True):
+        assert all(np.array_equal(a, b) for a, b in zip(one, three, strict=True))
+    assert runs[1, "next"] == runs[3, "next"]
+    # Different batches of the epoch are different draws.
+    assert not np.array_equal(runs[1][0][0], runs[1][1][0])
+
+
+def test_unthreaded_batches_follow_the_sampler_stream() -> None:
+    direct = _blob_sampler()
+    expected = [direct.batch(4) for _ in range(3)]
+    batches = list(_blob_sampler().epoch_batches(4, 3, threads=0))
+    for got, want in zip(batches, expected, strict=True):
+        assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_closing_the_threaded_batches_early_stops_the_threads() -> None:
+    import threading
+
+    batches = _blob_sampler().epoch_batches(4, 1000, threads=2)
+    first = next(batches)
+    assert first[0].shape == (4, 1, 32, 32)
+    batches.close()  # what training does when the user stops
+    assert not [t for t in threading.enumerate() if t.name.startswith("napari-unet-patches")]
+
+
 def test_folder_readers(tmp_path) -> None:
     images, labels = make_blobs(n=2, shape=(16, 16))
     for name, image, label in zip(("a", "b"), images, labels, strict=True):

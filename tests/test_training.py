@@ -102,6 +102,20 @@ def test_events_and_result(blobs, tmp_path) -> None:
         assert torch.allclose(loaded.network(x), result.model.network(x))
 
 
+def test_loader_threads_train_the_same_model_for_any_count(blobs, tmp_path) -> None:
+    one = train(*blobs, small_config(loader_threads=1))
+    three = train(*blobs, small_config(loader_threads=3))
+    assert same_weights(weights_of(one.model), weights_of(three.model))
+    unthreaded = train(*blobs, small_config(loader_threads=0))
+    assert not same_weights(weights_of(one.model), weights_of(unthreaded.model))
+    # An interrupted threaded run resumes as if it never stopped.
+    config = small_config(epochs=3, loader_threads=2)
+    full = train(*blobs, config)
+    train(*blobs, small_config(epochs=2, loader_threads=2), out=tmp_path / "m.pt")
+    resumed = train(*blobs, config, resume=default_checkpoint_path(tmp_path / "m.pt"))
+    assert same_weights(weights_of(resumed.model), weights_of(full.model))
+
+
 def test_seeded_runs_are_reproducible(blobs) -> None:
     a = train(*blobs, small_config(epochs=1))
     b = train(*blobs, small_config(epochs=1))
@@ -313,6 +327,11 @@ def test_config_is_validated() -> None:
         TrainConfig(schedule="step")
     with pytest.raises(ConfigError, match="patch_size"):
         TrainConfig(patch_size=4)
+    with pytest.raises(ConfigError, match="loader_threads"):
+        TrainConfig(loader_threads=-1)
+    assert TrainConfig().resolved_loader_threads(torch.device("cpu")) == 0
+    assert 1 <= TrainConfig().resolved_loader_threads(torch.device("cuda")) <= 4
+    assert TrainConfig(loader_threads=2).resolved_loader_threads(torch.device("cpu")) == 2
     config = TrainConfig(epochs=3, schedule="cosine")
     assert TrainConfig.from_dict(config.to_dict()) == config
 

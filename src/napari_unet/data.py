@@ -12,7 +12,9 @@ The second part serves training: reading image/label folders (:func:`load_pairs_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -468,8 +470,8 @@ def augment_patch(
         weights = np.rot90(weights, turns, axes=(1, 2))
     image = np.array(image, dtype=np.float32)  # own copy before in-place edits
     gamma = np.float32(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
-    positive = image > 0
-    image[positive] = image[positive] ** gamma
+    # In place where positive: half the time of gathering and scattering those pixels.
+    np.power(image, gamma, out=image, where=image > 0)
     image *= np.float32(np.exp(rng.uniform(np.log(0.75), np.log(1.33))))
     image += np.float32(rng.uniform(-0.1, 0.1))
     if rng.random() < 0.5:
@@ -519,18 +521,62 @@ class PatchSampler:
         area = sum(h * w for h, w in (p.shape for p in self.planes))
         return max(len(self.planes), int(np.ceil(area / self.patch_size**2)))
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One random patch ``(image, targets, weights)`` as float32 arrays."""
-        plane = self.planes[int(self.rng.choice(len(self.planes), p=self.probabilities))]
+    def sample(self, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One random patch ``(image, targets, weights)`` as float32 arrays.
+
+        Drawn with ``rng``, or with the sampler's own generator when None.
+        """
+        rng = self.rng if rng is None else rng
+        plane = self.planes[int(rng.choice(len(self.planes), p=self.probabilities))]
         height, width = plane.shape
-        top = int(self.rng.integers(max(height - self.patch_size, 0) + 1))
-        left = int(self.rng.integers(max(width - self.patch_size, 0) + 1))
+        top = int(rng.integers(max(height - self.patch_size, 0) + 1))
+        left = int(rng.integers(max(width - self.patch_size, 0) + 1))
         patch = crop_patch(plane, top, left, self.patch_size)
         if self.augment:
-            patch = augment_patch(*patch, self.rng)
+            patch = augment_patch(*patch, rng)
         return patch
 
-    def batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A stacked batch ``(N,C,S,S), (N,C_out,S,S), (N,C_out,S,S)``."""
-        patches = [self.sample() for _ in range(batch_size)]
+    def batch(
+        self, batch_size: int, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A stacked batch ``(N,C,S,S), (N,C_out,S,S), (N,C_out,S,S)`` (see :meth:`sample`)."""
+        patches = [self.sample(rng) for _ in range(batch_size)]
         return tuple(np.stack(parts) for parts in zip(*patches, strict=True))  # type: ignore[return-value]
+
+    def epoch_batches(
+        self, batch_size: int, steps: int, threads: int = 0
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The ``steps`` batches of one epoch, in order.
+
+        With ``threads=0`` each batch is drawn from the sampler's generator when it is
+        asked for. With ``threads > 0`` every batch gets its own generator, seeded from the
+        sampler's one at the start of the epoch, and a pool of that many threads prepares
+        up to ``2 * threads`` batches ahead while the caller trains on the current one
+        (numpy releases the GIL in the array work). The batches are then the same for any
+        number of threads (not the same as with 0), and the sampler's generator ends the
+        epoch in the same state, so a resumed run continues identically. Closing the
+        iterator early drops the batches not yet started.
+        """
+        if threads == 0:
+            for _ in range(steps):
+                yield self.batch(batch_size)
+            return
+        seeds = iter(self.rng.integers(2**63, size=steps).tolist())
+        with ThreadPoolExecutor(threads, thread_name_prefix="napari-unet-patches") as pool:
+            pending: deque[Future[tuple[np.ndarray, np.ndarray, np.ndarray]]] = deque()
+
+            def submit_next() -> None:
+                seed = next(seeds, None)
+                if seed is not None:
+                    pending.append(pool.submit(self.batch, batch_size, np.random.default_rng(seed)))
+
+            for _ in range(2 * threads):
+                submit_next()
+            try:
+                while pending:
+                    batch = pending.popleft().result()
+                    submit_next()
+                    yield batch
+            finally:
+                for future in pending:
+                    future.cancel()

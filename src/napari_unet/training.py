@@ -24,10 +24,12 @@ What one run does (the reference recipe unless configured otherwise):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
 import math
+import os
 import threading
 import time
 from collections.abc import Generator, Sequence
@@ -130,6 +132,13 @@ class TrainConfig:
         How patches pick their image (see :class:`napari_unet.data.PatchSampler`).
     half_precision : bool
         Save weights as float16 (half the file size).
+    loader_threads : int or None
+        Threads that prepare batches ahead of the training step
+        (:meth:`napari_unet.data.PatchSampler.epoch_batches`). None chooses: 0 on a CPU,
+        where the step itself uses every core, and up to 4 on a GPU, where a step of the
+        ``fast`` preset took 11.5 ms and preparing its batch on one core about 45 ms
+        (measured on an H200). 0 and > 0 draw different (equally random) patches; every
+        value > 0 draws the same ones.
     """
 
     model: ModelConfig = field(default_factory=_reference_model)
@@ -150,6 +159,7 @@ class TrainConfig:
     schedule: Literal["plateau", "onecycle", "cosine"] = "plateau"
     sampling: Literal["area", "image"] = "area"
     half_precision: bool = False
+    loader_threads: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -211,6 +221,24 @@ class TrainConfig:
             self.sampling in SAMPLINGS,
             f"sampling {self.sampling!r} is unknown; use one of {SAMPLINGS}.",
         )
+        _check(
+            self.loader_threads is None
+            or (
+                isinstance(self.loader_threads, int)
+                and not isinstance(self.loader_threads, bool)
+                and 0 <= self.loader_threads <= 64
+            ),
+            f"loader_threads must be a whole number from 0 to 64, or None to let the device "
+            f"decide, got {self.loader_threads!r}.",
+        )
+
+    def resolved_loader_threads(self, device: torch.device) -> int:
+        """``loader_threads``, with None resolved for ``device`` (see the class docstring)."""
+        if self.loader_threads is not None:
+            return self.loader_threads
+        if device.type == "cpu":
+            return 0
+        return min(4, max(1, (os.cpu_count() or 2) - 1))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dictionary (the model config nested as a dictionary)."""
@@ -557,6 +585,7 @@ def train_events(
         network.load_state_dict(init_model.network.state_dict())
     network.to(device)
     run = _Run(config, model_config, network, device, steps_per_epoch)
+    loader_threads = config.resolved_loader_threads(device)
     if group.active:
         run.train_network = wrap_model(network, device)
 
@@ -666,24 +695,26 @@ def train_events(
     cancelled = stopped_early = False
     while run.epoch < config.epochs and not cancelled and not stopped_early:
         losses: list[float] = []
-        for step in range(1, steps_per_epoch + 1):
-            value = run.train_step(sampler.batch(config.batch_size))
-            if not math.isfinite(value):
-                raise diverged("training")
-            losses.append(value)
-            yield TrainEvent(
-                "step",
-                run.epoch + 1,
-                config.epochs,
-                step,
-                steps_per_epoch,
-                float(np.mean(losses)),
-                learning_rate=_lr(run.optimizer),
-                elapsed_s=elapsed(),
-            )
-            if stop is not None and stop.is_set():
-                cancelled = True
-                break
+        batches = sampler.epoch_batches(config.batch_size, steps_per_epoch, loader_threads)
+        with contextlib.closing(batches):  # stops the loader threads on cancel or error
+            for step, batch in enumerate(batches, start=1):
+                value = run.train_step(batch)
+                if not math.isfinite(value):
+                    raise diverged("training")
+                losses.append(value)
+                yield TrainEvent(
+                    "step",
+                    run.epoch + 1,
+                    config.epochs,
+                    step,
+                    steps_per_epoch,
+                    float(np.mean(losses)),
+                    learning_rate=_lr(run.optimizer),
+                    elapsed_s=elapsed(),
+                )
+                if stop is not None and stop.is_set():
+                    cancelled = True
+                    break
         if cancelled and run.best_state is not None:
             break  # a partial epoch is neither validated nor checkpointed
         val_loss, val_metrics = distributed_validate(run, val_planes, group)

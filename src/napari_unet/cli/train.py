@@ -104,6 +104,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--loss", choices=("bce", "dice", "bce+dice"), default="bce", help="default bce"
     )
+    run.add_argument(
+        "--loader-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads preparing batches ahead of the step (default: 0 on a CPU, up to 4 on a GPU)",
+    )
     run.add_argument("--no-augment", action="store_true", help="switch augmentation off")
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     run.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
@@ -177,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         sampling=args.sampling,
         half_precision=args.half,
+        loader_threads=args.loader_threads,
     )
     log = args.log if args.log is not None else args.out.with_suffix(".csv")
     events = train_events(

@@ -135,10 +135,11 @@ class TrainConfig:
     loader_threads : int or None
         Threads that prepare batches ahead of the training step
         (:meth:`napari_unet.data.PatchSampler.epoch_batches`). None chooses: 0 on a CPU,
-        where the step itself uses every core, and up to 4 on a GPU, where a step of the
-        ``fast`` preset took 11.5 ms and preparing its batch on one core about 45 ms
-        (measured on an H200). 0 and > 0 draw different (equally random) patches; every
-        value > 0 draws the same ones.
+        where the step itself uses every core, and up to 4 on a GPU: on an H200 the
+        ``fast`` preset's step (256 px, batch 8) takes 11.5 ms, but a training run without
+        threads took 57-66 ms per step, the rest being batch preparation on one core (30 ms
+        for such a batch on a 2-core EPYC; 2 threads there make one every 17 ms). 0 and > 0
+        draw different (equally random) patches; every value > 0 draws the same ones.
     """
 
     model: ModelConfig = field(default_factory=_reference_model)

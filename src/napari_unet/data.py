@@ -521,7 +521,9 @@ class PatchSampler:
         area = sum(h * w for h, w in (p.shape for p in self.planes))
         return max(len(self.planes), int(np.ceil(area / self.patch_size**2)))
 
-    def sample(self, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sample(
+        self, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One random patch ``(image, targets, weights)`` as float32 arrays.
 
         Drawn with ``rng``, or with the sampler's own generator when None.

@@ -113,8 +113,8 @@ def bench_preset(
 ) -> dict[str, float]:
     """Fastest step time of each variant over ``steps`` alternating timed steps."""
     network = build_model(preset=preset, in_channels=3).train().to(device)
-    x, t = torch.rand(batch, 3, size, size, device=device), torch.ones(batch, 1, size, size, device=device)
-    flops = step_flops(network, x, t)
+    x = torch.rand(batch, 3, size, size, device=device)
+    flops = step_flops(network, x, torch.ones(batch, 1, size, size, device=device))
     runners = {
         name: make_step(preset, size, batch, device, channels_last, bf16)
         for name, (channels_last, bf16) in VARIANTS[device.type].items()

@@ -1,9 +1,10 @@
 """How many epochs of a training recipe fit a wall-clock budget on this machine.
 
-Times, with the real sampler and network, a batch of patches (CPU), a training step
-(bf16 autocast and channels-last on CUDA, as :mod:`napari_unet.training` does) and a
-validation pass, then prints the number of epochs that fits ``--budget`` seconds.
-``benchmarks/gpu_check.sh`` uses it to size GPU trainings to a lease.
+Times, with the real sampler and network, training steps fed as in
+:mod:`napari_unet.training` (batches from the sampler, in loader threads on a GPU; bf16
+autocast and channels-last on CUDA) and a validation pass, then prints the number of
+epochs that fits ``--budget`` seconds. ``benchmarks/gpu_check.sh`` uses it to size GPU
+trainings to a lease.
 
 Usage::
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,8 +42,11 @@ def main() -> None:
 
     device = select_device(args.device)
     started = time.perf_counter()
-    images, labels = load_pairs_from_folders(f"{args.data}/train/images", f"{args.data}/train/labels")
-    val_images, val_labels = load_pairs_from_folders(f"{args.data}/val/images", f"{args.data}/val/labels")
+    data = Path(args.data)
+    images, labels = load_pairs_from_folders(data / "train" / "images", data / "train" / "labels")
+    val_images, val_labels = load_pairs_from_folders(
+        data / "val" / "images", data / "val" / "labels"
+    )
     config = ModelConfig.from_preset(args.preset, in_channels=3, target=args.target)
     norm = NormalizationConfig()
     loaded = time.perf_counter()
@@ -50,21 +55,24 @@ def main() -> None:
     sampler = PatchSampler(planes, args.patch_size, "image", True, np.random.default_rng(0))
     network = build_model(config).to(device)
     run = _Run(TrainConfig(model=config, device=str(device)), config, network, device, 1)
-    batches = [sampler.batch(args.batch_size) for _ in range(3)]
-    for batch in batches:
+    threads = TrainConfig().resolved_loader_threads(device)  # what training will use
+    for batch in sampler.epoch_batches(args.batch_size, 3, threads):
         run.train_step(batch)  # warm-up
     start = time.perf_counter()
-    for _ in range(10):
-        run.train_step(sampler.batch(args.batch_size))
+    for batch in sampler.epoch_batches(args.batch_size, 10, threads):
+        run.train_step(batch)
     step = (time.perf_counter() - start) / 10
-    val_planes = prepare_training_planes(val_images[:8], val_labels[:8], 3, norm, args.target, what="validation")
+    val_planes = prepare_training_planes(
+        val_images[:8], val_labels[:8], 3, norm, args.target, what="validation"
+    )
     run.validate(val_planes[:2])  # warm-up
     start = time.perf_counter()
     run.validate(val_planes)
     validate = (time.perf_counter() - start) * len(val_images) / len(val_planes)
     epoch = (args.steps_per_epoch * step + validate) * args.slowdown
     epochs = max(1, int((args.budget - prepare_seconds) / epoch))
-    print(f"# {args.preset} {args.patch_size}px on {device}: {step * 1e3:.0f} ms/step, "
+    print(f"# {args.preset} {args.patch_size}px on {device}, {threads} loader thread(s): "
+          f"{step * 1e3:.0f} ms/step, "
           f"validation {validate:.1f} s, data preparation {prepare_seconds:.0f} s, "
           f"{epoch:.1f} s/epoch x{args.slowdown} -> {epochs} epochs")
     print(epochs)

@@ -8,7 +8,8 @@
 #      left before TOTAL_SECONDS (default 540) have passed since the start.
 # Runs with the machine's own python3 and PyTorch: numpy, scipy, scikit-image, tifffile and tqdm
 # are needed; dask, zarr and the napari stack are not.
-# Usage: DSB_DIR=path/to/dsb2018 bash benchmarks/gpu_check.sh OUT_DIR [TOTAL_SECONDS]
+# Usage: DSB_DIR=path/to/dsb2018 [RUNS="name preset patch lr seed"...] \
+#            bash benchmarks/gpu_check.sh OUT_DIR [TOTAL_SECONDS]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/gpu}"
@@ -27,8 +28,11 @@ timeout 45 python3 benchmarks/bench_train.py --device cuda --batch 32 --presets 
 export OMP_NUM_THREADS=4
 budget=$((total - SECONDS - 40))
 echo "training budget: ${budget} s"
-runs=("fast_lr2e-3 fast 256 2e-3 0" "unetpp_lr2e-3 unetpp 256 2e-3 0" "fast_lr1e-3 fast 256 1e-3 1")
-for run in "${runs[@]}"; do
+# One candidate per line: name preset patch peak-lr seed (RUNS replaces the list).
+runs="${RUNS:-fast_lr2e-3 fast 256 2e-3 0
+unetpp_lr2e-3 unetpp 256 2e-3 0
+fast_lr1e-3 fast 256 1e-3 1}"
+while read -r run; do
     read -r name preset patch lr seed <<<"$run"
     (
         epochs=$(python3 benchmarks/plan_epochs.py --data "$data" --preset "$preset" \
@@ -41,6 +45,6 @@ for run in "${runs[@]}"; do
             >"$out/$name.log" 2>&1
         echo "$name: exit $?, $(head -1 "$out/$name.plan")"
         tr "\r" "\n" <"$out/$name.log" | grep -a "train_loss .*val_loss\|^done" | tail -3
-    ) &
-done
+    ) </dev/null &
+done <<<"$runs"
 wait

@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per preset and layout")
     parser.add_argument("--quick", action="store_true", help="tiny and fast, 2 timed steps")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     parser.add_argument(
         "--clock",
         choices=("wall", "cpu"),
@@ -145,10 +145,12 @@ def main() -> None:
         "with one thread on a shared machine, cpu is the fair measure",
     )
     args = parser.parse_args()
+    if args.device.split(":")[0] not in VARIANTS:
+        parser.error(f"--device {args.device!r}: use cpu, cuda or cuda:N")
     device = torch.device(args.device)
-    if device.type not in VARIANTS:
-        parser.error(f"--device {args.device!r}: use cpu or cuda")
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: this PyTorch sees no CUDA device")
         if args.clock == "cpu":
             parser.error("--clock cpu cannot time a GPU; leave it at wall")
         torch.backends.cuda.matmul.allow_tf32 = True  # float32 rows: what a user's GPU does

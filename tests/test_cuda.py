@@ -10,11 +10,10 @@ import math
 
 import numpy as np
 import pytest
-import tifffile
 import torch
 from conftest import make_blobs
 from test_training import small_config
-from test_training_distributed import torchrun
+from test_training_distributed import torchrun, write_blob_folders
 
 from napari_unet.checkpoint import load_model
 from napari_unet.config import ModelConfig
@@ -82,12 +81,7 @@ def test_resume_across_devices(blobs, tmp_path, first, then) -> None:
 
 
 def test_torchrun_nccl_on_one_gpu(tmp_path) -> None:
-    images, labels = make_blobs(n=8, shape=(48, 48))
-    for folder in ("images", "labels"):
-        (tmp_path / folder).mkdir()
-    for k, (image, label) in enumerate(zip(images, labels, strict=True)):
-        tifffile.imwrite(tmp_path / "images" / f"blob{k}.tif", image)
-        tifffile.imwrite(tmp_path / "labels" / f"blob{k}.tif", label)
+    write_blob_folders(tmp_path)
     torchrun(tmp_path, "--epochs", "2", nproc=1, device="cuda")
     model = load_model(tmp_path / "model.pt", device="cpu")
     assert model.metadata["epochs_run"] == 2

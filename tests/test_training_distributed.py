@@ -38,14 +38,18 @@ def torchrun(
     return result
 
 
-def test_torchrun_gloo_trains_writes_once_and_resumes(tmp_path) -> None:
+def write_blob_folders(tmp_path: Path) -> None:
+    """Eight blob images and their labels in ``tmp_path/images`` and ``tmp_path/labels``."""
     images, labels = make_blobs(n=8, shape=(48, 48))
     for folder in ("images", "labels"):
         (tmp_path / folder).mkdir()
-    for k, (image, label) in enumerate(zip(images, labels)):
+    for k, (image, label) in enumerate(zip(images, labels, strict=True)):
         tifffile.imwrite(tmp_path / "images" / f"blob{k}.tif", image)
         tifffile.imwrite(tmp_path / "labels" / f"blob{k}.tif", label)
 
+
+def test_torchrun_gloo_trains_writes_once_and_resumes(tmp_path) -> None:
+    write_blob_folders(tmp_path)
     first = torchrun(tmp_path, "--epochs", "3")
     # Rank 0 alone writes: one model, one checkpoint, one log, one summary.
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [

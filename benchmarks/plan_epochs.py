@@ -54,8 +54,9 @@ def main() -> None:
     prepare_seconds = loaded - started + (time.perf_counter() - loaded) * len(images) / 40
     sampler = PatchSampler(planes, args.patch_size, "image", True, np.random.default_rng(0))
     network = build_model(config).to(device)
-    run = _Run(TrainConfig(model=config, device=str(device)), config, network, device, 1)
-    threads = TrainConfig().resolved_loader_threads(device)  # what training will use
+    train_config = TrainConfig(model=config, device=str(device))
+    run = _Run(train_config, config, network, device, 1)
+    threads = train_config.resolved_loader_threads(device)  # what training will use
     for batch in sampler.epoch_batches(args.batch_size, 3, threads):
         run.train_step(batch)  # warm-up
     start = time.perf_counter()

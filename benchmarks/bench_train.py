@@ -6,10 +6,13 @@ on random 256x256 RGB batches of 8, counts the FLOPs of one step with
 achieved FLOP rate as a share of the float32 matrix-multiply rate measured in the same
 run (a large square ``torch.mm``), i.e. how close the step comes to the machine's peak.
 
-Both memory layouts are timed, alternating step by step so that a machine shared with
-other work slows both alike: NCHW (PyTorch's default, what :mod:`napari_unet.training`
-uses on CPU) and channels-last. Each row's time is the fastest of its timed steps (the
-least disturbed by other processes).
+On a CPU three variants are timed: ``nchw`` is what :mod:`napari_unet.training` runs there
+(PyTorch's default layout, with freed memory kept for reuse by
+:func:`napari_unet.allocator.reuse_freed_memory`), ``malloc`` the same with glibc's default
+allocator settings (each step maps and zeroes its activations afresh), and ``cl`` the
+channels-last layout with freed memory kept. Variants sharing an allocator setting alternate
+step by step, so that a machine shared with other work slows them alike. Each row's time is
+the fastest of its timed steps (the least disturbed by other processes).
 
 With ``--device cuda`` the variants are float32 NCHW, bf16 autocast NCHW and bf16
 autocast channels-last (what :mod:`napari_unet.training` uses on CUDA), and the ratio is
@@ -26,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -33,14 +37,22 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from napari_unet.allocator import reuse_freed_memory
 from napari_unet.losses import compute_loss
 from napari_unet.model import build_model
 
-
-#: (channels-last, bf16 autocast) of each timed variant, per device type.
+#: (channels-last, bf16 autocast, freed memory kept for reuse) of each variant, per device.
 VARIANTS = {
-    "cpu": {"nchw": (False, False), "cl": (True, False)},
-    "cuda": {"fp32": (False, False), "bf16": (False, True), "bf16-cl": (True, True)},
+    "cpu": {
+        "nchw": (False, False, True),
+        "malloc": (False, False, False),
+        "cl": (True, False, True),
+    },
+    "cuda": {
+        "fp32": (False, False, False),
+        "bf16": (False, True, False),
+        "bf16-cl": (True, True, False),
+    },
 }
 
 
@@ -115,16 +127,23 @@ def bench_preset(
     network = build_model(preset=preset, in_channels=3).train().to(device)
     x = torch.rand(batch, 3, size, size, device=device)
     flops = step_flops(network, x, torch.ones(batch, 1, size, size, device=device))
-    runners = {
-        name: make_step(preset, size, batch, device, channels_last, bf16)
-        for name, (channels_last, bf16) in VARIANTS[device.type].items()
-    }
-    best = {name: math.inf for name in runners}
-    for _ in range(steps):
-        for name, step in runners.items():
-            start = clock()
-            step()
-            best[name] = min(best[name], clock() - start)
+    best: dict[str, float] = {}
+    for reuse in (False, True):  # one allocator setting at a time: switching it frees memory
+        group = {name: v[:2] for name, v in VARIANTS[device.type].items() if v[2] == reuse}
+        if not group:
+            continue
+        with reuse_freed_memory() if reuse else contextlib.nullcontext():
+            runners = {
+                name: make_step(preset, size, batch, device, channels_last, bf16)
+                for name, (channels_last, bf16) in group.items()
+            }
+            best.update({name: math.inf for name in runners})
+            for _ in range(steps):
+                for name, step in runners.items():
+                    start = clock()
+                    step()
+                    best[name] = min(best[name], clock() - start)
+            del runners  # free the networks while the setting still holds
     return {"flops": flops, **best}
 
 

@@ -1,0 +1,104 @@
+"""Tests of napari_unet.process: a generator run in a child process, relayed to the caller."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from collections.abc import Generator
+
+import pytest
+from conftest import make_blobs
+from test_training import same_weights, small_config, weights_of
+
+from napari_unet.checkpoint import load_model
+from napari_unet.io import DataError
+from napari_unet.process import WorkerProcessError, events_in_process
+from napari_unet.training import TrainResult, train, train_events
+
+
+def dying_work(code: int) -> Generator[int, None, None]:
+    """Yields once, then ends its process without a result (as the kernel's OOM killer would)."""
+    yield os.getpid()
+    os._exit(code)
+
+
+def run_to_end(generator: Generator) -> tuple[list, object]:
+    events = []
+    while True:
+        try:
+            events.append(next(generator))
+        except StopIteration as finished:
+            return events, finished.value
+
+
+def test_training_in_a_child_equals_training_here(tmp_path) -> None:
+    images, labels = make_blobs(4)
+    config = small_config(epochs=2, steps_per_epoch=3)
+    here = train(images, labels, config)
+    events, result = run_to_end(
+        events_in_process(train_events, images, labels, config, out=tmp_path / "m.pt")
+    )
+    assert isinstance(result, TrainResult)
+    assert [e.kind for e in events].count("step") == 6
+    assert [e.kind for e in events][-1] == "done"
+    # Seeded CPU training: the child's model is this process's, weight for weight.
+    assert same_weights(weights_of(result.model), weights_of(here.model))
+    assert same_weights(weights_of(load_model(tmp_path / "m.pt")), weights_of(here.model))
+
+
+def test_stop_reaches_the_child_and_keeps_a_valid_model(tmp_path) -> None:
+    images, labels = make_blobs(4)
+    stop = threading.Event()
+    run = events_in_process(
+        train_events,
+        images,
+        labels,
+        small_config(epochs=50, steps_per_epoch=3),
+        out=tmp_path / "m.pt",
+        stop=stop,
+    )
+    kinds = []
+    while True:
+        try:
+            event = next(run)
+        except StopIteration as finished:
+            result = finished.value
+            break
+        kinds.append(event.kind)
+        if event.kind == "epoch":
+            stop.set()
+    assert result.cancelled
+    model = load_model(tmp_path / "m.pt", device="cpu")
+    assert 1 <= model.metadata["epochs_run"] < 50
+    assert model.config == result.model.config
+
+
+def test_an_error_in_the_child_is_raised_here_with_its_message(tmp_path) -> None:
+    images, labels = make_blobs(2)
+    labels[1] = labels[1][:-4]  # shapes no longer match
+    with pytest.raises(DataError, match="does not fit label shape"):
+        run_to_end(
+            events_in_process(train_events, images, labels, small_config(), out=tmp_path / "m.pt")
+        )
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_child_that_dies_is_reported() -> None:
+    run = events_in_process(dying_work, 3)
+    child_pid = next(run)
+    assert child_pid != os.getpid()
+    with pytest.raises(WorkerProcessError, match="exit code 3"):
+        next(run)
+
+
+def test_closing_the_relay_ends_the_child(tmp_path) -> None:
+    images, labels = make_blobs(4)
+    stop = threading.Event()
+    run = events_in_process(
+        train_events, images, labels, small_config(epochs=50), out=tmp_path / "m.pt", stop=stop
+    )
+    next(run)
+    assert multiprocessing.active_children()
+    run.close()  # e.g. the widget closed: the child is stopped, not left training
+    assert not multiprocessing.active_children()

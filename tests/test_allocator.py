@@ -60,6 +60,15 @@ def test_nested_uses_keep_the_setting_until_the_last_leaves() -> None:
     assert faults_touching_block() > PAGES // 2
 
 
+@glibc_only
+def test_the_environment_can_opt_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(allocator.OPT_OUT, "0")
+    with reuse_freed_memory() as active:
+        assert not active
+        faults_touching_block()
+        assert faults_touching_block() > PAGES // 2
+
+
 @glibc_only  # pretends to be another C library, and checks that glibc's defaults stay
 def test_other_c_libraries_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(platform, "libc_ver", lambda: ("musl", "1.2"))
@@ -69,10 +78,16 @@ def test_other_c_libraries_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 @glibc_only
-def test_cpu_training_reuses_freed_memory_while_it_runs() -> None:
+def test_cpu_training_steps_reuse_freed_memory_and_validation_does_not() -> None:
     images, labels = make_blobs(4)
-    events = train_events(images, labels, small_config(epochs=1, steps_per_epoch=2))
-    next(events)  # the first step has run; the generator is paused inside the run
+    events = train_events(images, labels, small_config(epochs=2, steps_per_epoch=2))
+    next(events)  # the first step has run; the generator is paused among the steps
+    faults_touching_block()
+    assert faults_touching_block() < PAGES // 20
+    event = next(event for event in events if event.kind == "epoch")
+    assert event.epoch == 1  # paused after validation: glibc's defaults are back
+    assert faults_touching_block() > PAGES // 2
+    assert next(events).kind == "step"  # the second epoch's steps reuse again
     faults_touching_block()
     assert faults_touching_block() < PAGES // 20
     for _ in events:

@@ -23,6 +23,18 @@ def dying_work(code: int) -> Generator[int, None, None]:
     os._exit(code)
 
 
+class TwoPartError(Exception):
+    """An exception that pickles but cannot be rebuilt from its message alone."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"code {code}: {detail}")
+
+
+def failing_work() -> Generator[int, None, None]:
+    yield 1
+    raise TwoPartError(7, "disk full")
+
+
 def run_to_end(generator: Generator) -> tuple[list, object]:
     events = []
     while True:
@@ -82,6 +94,11 @@ def test_an_error_in_the_child_is_raised_here_with_its_message(tmp_path) -> None
             events_in_process(train_events, images, labels, small_config(), out=tmp_path / "m.pt")
         )
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_an_exception_that_cannot_be_rebuilt_keeps_its_name_and_message() -> None:
+    with pytest.raises(RuntimeError, match="TwoPartError: code 7: disk full"):
+        run_to_end(events_in_process(failing_work))
 
 
 def test_a_child_that_dies_is_reported() -> None:

@@ -59,9 +59,10 @@ def _child(
             send("yielded", event)
     except BaseException as error:  # relayed to the parent, which raises it
         try:
-            send("raised", error)
-        except Exception:  # an exception that cannot be pickled: keep its message
-            send("raised", RuntimeError(f"{type(error).__name__}: {error}"))
+            pickle.loads(pickle.dumps(error))  # the parent must be able to rebuild it
+        except Exception:  # keep its type's name and its message
+            error = RuntimeError(f"{type(error).__name__}: {error}")
+        send("raised", error)
 
 
 def events_in_process(

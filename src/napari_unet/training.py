@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from napari_unet import __version__
-from napari_unet.allocator import release_freed_memory, reuse_freed_memory
+from napari_unet.allocator import reuse_freed_memory
 from napari_unet.checkpoint import (
     ModelFileError,
     TrainedModel,
@@ -694,115 +694,111 @@ def train_events(
             f"values.{kept}"
         )
 
-    # A CPU step reuses the activation memory the previous one freed, rather than having
-    # the kernel map and zero it afresh (napari_unet.allocator says how much that saves).
-    reuse = reuse_freed_memory() if device.type == "cpu" else contextlib.nullcontext()
-    with reuse:
-        cancelled = stopped_early = False
-        while run.epoch < config.epochs and not cancelled and not stopped_early:
-            losses: list[float] = []
-            batches = sampler.epoch_batches(config.batch_size, steps_per_epoch, loader_threads)
-            with contextlib.closing(batches):  # stops the loader threads on cancel or error
-                for step, batch in enumerate(batches, start=1):
-                    value = run.train_step(batch)
-                    if not math.isfinite(value):
-                        raise diverged("training")
-                    losses.append(value)
-                    yield TrainEvent(
-                        "step",
-                        run.epoch + 1,
-                        config.epochs,
-                        step,
-                        steps_per_epoch,
-                        float(np.mean(losses)),
-                        learning_rate=_lr(run.optimizer),
-                        elapsed_s=elapsed(),
-                    )
-                    if stop is not None and stop.is_set():
-                        cancelled = True
-                        break
-            if cancelled and run.best_state is not None:
-                break  # a partial epoch is neither validated nor checkpointed
-            # Whole validation images allocate other sizes than training patches: each
-            # phase starts from released memory, so neither adds the other's to its peak.
-            release_freed_memory()
-            val_loss, val_metrics = distributed_validate(run, val_planes, group)
-            release_freed_memory()
-            if not math.isfinite(val_loss):
-                raise diverged("validation")
-            run.epoch += 1
-            row = {
-                "epoch": run.epoch,
-                "train_loss": all_mean(float(np.mean(losses)), group),
-                "val_loss": val_loss,
-                "val_dice": val_metrics["dice"],
-                "val_iou": val_metrics["iou"],
-                "learning_rate": _lr(run.optimizer),
-                "elapsed_s": round(elapsed(), 2),
-            }
-            run.history.append(row)
-            if val_loss < run.best_val_loss:
-                run.best_val_loss, run.best_epoch = val_loss, run.epoch
-                run.best_metrics = dict(val_metrics)
-                run.best_state = run.state_dict_copy()
-                run.epochs_since_best = 0
-                save_best()
-            else:
-                run.epochs_since_best += 1
-            if config.schedule == "plateau":
-                run.scheduler.step(val_loss)
-            patience = config.early_stopping_patience
-            stopped_early = patience is not None and run.epochs_since_best >= patience
-            if log_path is not None:
-                _write_log(log_path, run.history)
-            if not cancelled:
-                save_checkpoint()
-            yield TrainEvent(
-                "epoch",
-                run.epoch,
-                config.epochs,
-                len(losses),
-                steps_per_epoch,
-                row["train_loss"],
-                val_loss,
-                dict(val_metrics),
-                row["learning_rate"],
-                elapsed(),
-            )
-
-        save_best()  # final metadata (epochs run, full history, time)
-        model = TrainedModel(
-            best_network().to(device),
-            model_config,
-            metadata(),
-            device,
-            str(out_path) if out_path is not None else "memory",
-        )
-        last_loss = run.history[-1]["train_loss"] if run.history else math.nan
+    cancelled = stopped_early = False
+    while run.epoch < config.epochs and not cancelled and not stopped_early:
+        losses: list[float] = []
+        batches = sampler.epoch_batches(config.batch_size, steps_per_epoch, loader_threads)
+        # A CPU step reuses the activation memory the previous one freed, rather than having
+        # the kernel map and zero it afresh (napari_unet.allocator says how much that saves).
+        # Validation (whole images, other sizes) runs with the allocator's defaults, so that
+        # kept blocks fitting none of its sizes do not add to its peak.
+        reuse = reuse_freed_memory() if device.type == "cpu" else contextlib.nullcontext()
+        with reuse, contextlib.closing(batches):  # closing: stops the loader threads
+            for step, batch in enumerate(batches, start=1):
+                value = run.train_step(batch)
+                if not math.isfinite(value):
+                    raise diverged("training")
+                losses.append(value)
+                yield TrainEvent(
+                    "step",
+                    run.epoch + 1,
+                    config.epochs,
+                    step,
+                    steps_per_epoch,
+                    float(np.mean(losses)),
+                    learning_rate=_lr(run.optimizer),
+                    elapsed_s=elapsed(),
+                )
+                if stop is not None and stop.is_set():
+                    cancelled = True
+                    break
+        if cancelled and run.best_state is not None:
+            break  # a partial epoch is neither validated nor checkpointed
+        val_loss, val_metrics = distributed_validate(run, val_planes, group)
+        if not math.isfinite(val_loss):
+            raise diverged("validation")
+        run.epoch += 1
+        row = {
+            "epoch": run.epoch,
+            "train_loss": all_mean(float(np.mean(losses)), group),
+            "val_loss": val_loss,
+            "val_dice": val_metrics["dice"],
+            "val_iou": val_metrics["iou"],
+            "learning_rate": _lr(run.optimizer),
+            "elapsed_s": round(elapsed(), 2),
+        }
+        run.history.append(row)
+        if val_loss < run.best_val_loss:
+            run.best_val_loss, run.best_epoch = val_loss, run.epoch
+            run.best_metrics = dict(val_metrics)
+            run.best_state = run.state_dict_copy()
+            run.epochs_since_best = 0
+            save_best()
+        else:
+            run.epochs_since_best += 1
+        if config.schedule == "plateau":
+            run.scheduler.step(val_loss)
+        patience = config.early_stopping_patience
+        stopped_early = patience is not None and run.epochs_since_best >= patience
+        if log_path is not None:
+            _write_log(log_path, run.history)
+        if not cancelled:
+            save_checkpoint()
         yield TrainEvent(
-            "done",
+            "epoch",
             run.epoch,
             config.epochs,
+            len(losses),
             steps_per_epoch,
-            steps_per_epoch,
-            last_loss,
-            run.best_val_loss,
-            dict(run.best_metrics),
-            _lr(run.optimizer),
+            row["train_loss"],
+            val_loss,
+            dict(val_metrics),
+            row["learning_rate"],
             elapsed(),
         )
-        kept_checkpoint = checkpoint_path if checkpoint_path and checkpoint_path.exists() else None
-        return TrainResult(
-            model=model,
-            best_epoch=run.best_epoch,
-            best_val_loss=run.best_val_loss,
-            history=[dict(row) for row in run.history],
-            model_path=out_path,
-            log_path=log_path,
-            cancelled=cancelled,
-            stopped_early=stopped_early,
-            checkpoint_path=kept_checkpoint,
-        )
+
+    save_best()  # final metadata (epochs run, full history, time)
+    model = TrainedModel(
+        best_network().to(device),
+        model_config,
+        metadata(),
+        device,
+        str(out_path) if out_path is not None else "memory",
+    )
+    last_loss = run.history[-1]["train_loss"] if run.history else math.nan
+    yield TrainEvent(
+        "done",
+        run.epoch,
+        config.epochs,
+        steps_per_epoch,
+        steps_per_epoch,
+        last_loss,
+        run.best_val_loss,
+        dict(run.best_metrics),
+        _lr(run.optimizer),
+        elapsed(),
+    )
+    return TrainResult(
+        model=model,
+        best_epoch=run.best_epoch,
+        best_val_loss=run.best_val_loss,
+        history=[dict(row) for row in run.history],
+        model_path=out_path,
+        log_path=log_path,
+        cancelled=cancelled,
+        stopped_early=stopped_early,
+        checkpoint_path=checkpoint_path if checkpoint_path and checkpoint_path.exists() else None,
+    )
 
 
 def train(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from typing import Any
 
 import pytest
 from conftest import make_blobs
@@ -35,13 +36,18 @@ def failing_work() -> Generator[int, None, None]:
     raise TwoPartError(7, "disk full")
 
 
-def run_to_end(generator: Generator) -> tuple[list, object]:
+def run_to_end(
+    generator: Generator, on_event: Callable[[Any], None] | None = None
+) -> tuple[list, Any]:
+    """All that ``generator`` yields (each also given to ``on_event``), and what it returns."""
     events = []
     while True:
         try:
             events.append(next(generator))
         except StopIteration as finished:
             return events, finished.value
+        if on_event is not None:
+            on_event(events[-1])
 
 
 def test_training_in_a_child_equals_training_here(tmp_path) -> None:
@@ -70,16 +76,7 @@ def test_stop_reaches_the_child_and_keeps_a_valid_model(tmp_path) -> None:
         out=tmp_path / "m.pt",
         stop=stop,
     )
-    kinds = []
-    while True:
-        try:
-            event = next(run)
-        except StopIteration as finished:
-            result = finished.value
-            break
-        kinds.append(event.kind)
-        if event.kind == "epoch":
-            stop.set()
+    _, result = run_to_end(run, lambda event: stop.set() if event.kind == "epoch" else None)
     assert result.cancelled
     model = load_model(tmp_path / "m.pt", device="cpu")
     assert 1 <= model.metadata["epochs_run"] < 50

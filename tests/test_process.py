@@ -98,6 +98,12 @@ def test_an_exception_that_cannot_be_rebuilt_keeps_its_name_and_message() -> Non
         run_to_end(events_in_process(failing_work))
 
 
+def test_arguments_that_cannot_be_sent_are_reported() -> None:
+    with pytest.raises(WorkerProcessError, match="cannot be sent to a child process"):
+        next(events_in_process(dying_work, threading.Lock()))
+    assert not multiprocessing.active_children()
+
+
 def test_a_child_that_dies_is_reported() -> None:
     run = events_in_process(dying_work, 3)
     child_pid = next(run)

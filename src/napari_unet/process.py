@@ -26,7 +26,7 @@ POLL_S = 0.2
 
 
 class WorkerProcessError(RuntimeError):
-    """The child process ended without returning a result (killed, or out of memory)."""
+    """The child process could not start, or ended without a result (killed, out of memory)."""
 
 
 def _child(
@@ -97,7 +97,7 @@ def events_in_process(
     ------
     Exception
         What ``work`` raised (the same type and message), or :class:`WorkerProcessError` if
-        the child died without a result.
+        the arguments cannot be sent to the child or it died without a result.
     """
     context = multiprocessing.get_context("spawn")  # fork is unsafe with Qt and torch threads
     receiver, sender = context.Pipe(duplex=False)
@@ -108,8 +108,16 @@ def events_in_process(
         name=f"napari-unet {getattr(work, '__name__', 'work')}",
         daemon=True,  # never outlives the viewer
     )
-    child.start()
-    sender.close()  # the child holds the writing end: its exit makes the pipe read EOF
+    try:
+        child.start()  # pickles the arguments for the child
+    except (pickle.PicklingError, TypeError, AttributeError) as error:
+        receiver.close()
+        raise WorkerProcessError(
+            f"the data or settings cannot be sent to a child process ({error}); load the "
+            "images into memory (numpy arrays) and try again."
+        ) from error
+    finally:
+        sender.close()  # the child holds the writing end: its exit makes the pipe read EOF
     try:
         while True:
             if stop is not None and stop.is_set() and child_stop is not None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +32,17 @@ class TwoPartError(Exception):
 
     def __init__(self, code: int, detail: str) -> None:
         super().__init__(f"code {code}: {detail}")
+
+
+def waiting_work(stop: threading.Event) -> Generator[int, None, None]:
+    """Yields its process id, then waits for a stop."""
+    yield os.getpid()
+    while not stop.wait(0.05):
+        pass
+
+
+def counting_work(n: int) -> Generator[int, None, None]:
+    yield from range(n)
 
 
 def failing_work() -> Generator[int, None, None]:
@@ -101,7 +115,6 @@ def test_an_exception_that_cannot_be_rebuilt_keeps_its_name_and_message() -> Non
 def test_arguments_that_cannot_be_sent_are_reported() -> None:
     with pytest.raises(WorkerProcessError, match="cannot be sent to a child process"):
         next(events_in_process(dying_work, threading.Lock()))
-    assert not multiprocessing.active_children()
 
 
 def test_a_child_that_dies_is_reported() -> None:
@@ -112,13 +125,47 @@ def test_a_child_that_dies_is_reported() -> None:
         next(run)
 
 
-def test_closing_the_relay_ends_the_child(tmp_path) -> None:
-    images, labels = make_blobs(4)
-    stop = threading.Event()
-    run = events_in_process(
-        train_events, images, labels, small_config(epochs=50), out=tmp_path / "m.pt", stop=stop
+def test_a_child_killed_is_reported_with_its_signal() -> None:
+    run = events_in_process(waiting_work, stop=threading.Event())
+    os.kill(next(run), signal.SIGKILL)  # as the kernel's OOM killer would
+    with pytest.raises(WorkerProcessError, match="killed \\(signal 9\\)"):
+        next(run)
+
+
+def test_work_the_child_cannot_import_is_reported(monkeypatch) -> None:
+    def ghost_work() -> Generator[int, None, None]:
+        yield 1
+
+    # Found on this module in this process only: the child's import of it lacks it.
+    ghost_work.__qualname__ = "ghost_work"
+    monkeypatch.setattr(sys.modules[__name__], "ghost_work", ghost_work, raising=False)
+    with pytest.raises(AttributeError, match="ghost_work"):
+        next(events_in_process(ghost_work))
+
+
+def test_closing_the_relay_ends_the_child() -> None:
+    run = events_in_process(waiting_work, stop=threading.Event())
+    child_pid = next(run)
+    run.close()  # e.g. the widget closed: the child is stopped, not left waiting
+    with pytest.raises(ProcessLookupError):
+        os.kill(child_pid, 0)
+
+
+def test_a_script_without_a_main_guard_runs_once(tmp_path) -> None:
+    # A child made by multiprocessing's spawn would import this script again and start
+    # its own child (for a napari script: open a second viewer).
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from napari_unet.process import events_in_process\n"
+        "from test_process import counting_work\n"
+        "print('script ran')\n"
+        "run = events_in_process(counting_work, 3)\n"
+        "print('events', list(run))\n"
     )
-    next(run)
-    assert multiprocessing.active_children()
-    run.close()  # e.g. the widget closed: the child is stopped, not left training
-    assert not multiprocessing.active_children()
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["script ran", "events [0, 1, 2]"]

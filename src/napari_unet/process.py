@@ -10,59 +10,74 @@ gives all its memory back to the system when it ends.
 
 :func:`events_in_process` is itself a generator with the same contract as the work it
 runs, so a widget can hand it to ``thread_worker`` in place of the work.
+
+The child is a fresh ``python -m napari_unet._child`` (not :mod:`multiprocessing`, whose
+spawned children import the parent's ``__main__``: a napari script without an
+``if __name__ == "__main__"`` guard would open a second viewer). It reads its work from
+stdin, where a later ``S`` byte asks it to stop and end-of-file (the parent gone) too, and
+writes length-prefixed pickles to a pipe of its own, so nothing it prints can garble them.
+POSIX only (``select`` on a pipe), as is the glibc setting this is for.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import os
 import pickle
+import select
+import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Generator
-from multiprocessing.connection import Connection
-from typing import Any
+from typing import IO, Any
 
-#: How often the parent looks for a Stop request or a child that died (seconds).
+#: Whether :func:`events_in_process` works here (it needs POSIX pipes and ``select``).
+CHILD_PROCESSES = os.name == "posix"
+#: How often the parent looks for a Stop request (seconds).
 POLL_S = 0.2
+#: Byte the parent writes to the child's stdin to ask for a cooperative stop.
+STOP_BYTE = b"S"
+_HEADER = struct.Struct("<Q")  # length of the pickle that follows
 
 
 class WorkerProcessError(RuntimeError):
     """The child process could not start, or ended without a result (killed, out of memory)."""
 
 
-def _child(
-    work: Callable[..., Generator[Any, None, Any]],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    messages: Connection,
-    stop: Any,
-) -> None:
-    """Run ``work``; send ("yielded" | "returned" | "raised", value) pickles to the parent.
+def write_frame(stream: IO[bytes], value: Any) -> None:
+    """Write ``value`` as one length-prefixed pickle and flush."""
+    data = pickle.dumps(value)
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
 
-    Each message is written to the pipe before ``work`` goes on, so none is lost if this
-    process is killed later. Values go as plain pickles: multiprocessing's own pickler would
-    share tensors through file descriptors that vanish when this process ends.
-    """
 
-    def send(kind: str, value: Any) -> None:
-        messages.send_bytes(pickle.dumps((kind, value)))
+def _read_exactly(stream: IO[bytes], size: int) -> bytes:
+    chunks, left = [], size
+    while left:  # an unbuffered pipe may return less than asked
+        chunk = stream.read(left)
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
-    try:
-        if stop is not None:
-            kwargs = {**kwargs, "stop": stop}
-        generator = work(*args, **kwargs)
-        while True:
-            try:
-                event = next(generator)
-            except StopIteration as finished:
-                send("returned", finished.value)
-                return
-            send("yielded", event)
-    except BaseException as error:  # relayed to the parent, which raises it
-        try:
-            pickle.loads(pickle.dumps(error))  # the parent must be able to rebuild it
-        except Exception:  # keep its type's name and its message
-            error = RuntimeError(f"{type(error).__name__}: {error}")
-        send("raised", error)
+
+def read_frame(stream: IO[bytes]) -> Any:
+    """Read one frame written by :func:`write_frame`; EOFError if the stream ends first."""
+    (size,) = _HEADER.unpack(_read_exactly(stream, _HEADER.size))
+    return pickle.loads(_read_exactly(stream, size))
+
+
+def _ended_without_result(child: subprocess.Popen) -> WorkerProcessError:
+    code = child.wait()
+    if code < 0:
+        why = (
+            f"was killed (signal {-code}), perhaps for lack of memory: try a smaller batch "
+            "or patch size"
+        )
+    else:
+        why = f"ended without a result (exit code {code}); its error is printed above"
+    return WorkerProcessError(f"the napari-unet worker process {why}.")
 
 
 def events_in_process(
@@ -71,7 +86,7 @@ def events_in_process(
     stop: threading.Event | None = None,
     **kwargs: Any,
 ) -> Generator[Any, None, Any]:
-    """Run the generator function ``work(*args, **kwargs)`` in a spawned child process.
+    """Run the generator function ``work(*args, **kwargs)`` in a child process.
 
     Parameters
     ----------
@@ -99,52 +114,58 @@ def events_in_process(
         What ``work`` raised (the same type and message), or :class:`WorkerProcessError` if
         the arguments cannot be sent to the child or it died without a result.
     """
-    context = multiprocessing.get_context("spawn")  # fork is unsafe with Qt and torch threads
-    receiver, sender = context.Pipe(duplex=False)
-    child_stop = context.Event() if stop is not None else None
-    child = context.Process(
-        target=_child,
-        args=(work, args, kwargs, sender, child_stop),
-        name=f"napari-unet {getattr(work, '__name__', 'work')}",
-        daemon=True,  # never outlives the viewer
-    )
     try:
-        child.start()  # pickles the arguments for the child
+        job = pickle.dumps((work, args, kwargs, stop is not None))
     except (pickle.PicklingError, TypeError, AttributeError) as error:
-        receiver.close()
         raise WorkerProcessError(
             f"the data or settings cannot be sent to a child process ({error}); load the "
             "images into memory (numpy arrays) and try again."
         ) from error
-    finally:
-        sender.close()  # the child holds the writing end: its exit makes the pipe read EOF
-    try:
-        while True:
-            if stop is not None and stop.is_set() and child_stop is not None:
-                child_stop.set()
-            if not receiver.poll(POLL_S):
-                continue
+    read_fd, write_fd = os.pipe()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "napari_unet._child", str(write_fd)],
+        stdin=subprocess.PIPE,
+        pass_fds=(write_fd,),
+    )
+    os.close(write_fd)  # the child holds the writing end: its exit makes the pipe read EOF
+    assert child.stdin is not None
+    # Unbuffered, so that select() sees every frame the child has written.
+    with os.fdopen(read_fd, "rb", buffering=0) as messages:
+        try:
             try:
-                kind, value = pickle.loads(receiver.recv_bytes())
-            except EOFError:
-                child.join()
-                raise WorkerProcessError(
-                    f"the {child.name!r} process ended without a result (exit code "
-                    f"{child.exitcode}); it may have run out of memory: try a smaller batch "
-                    "or patch size."
-                ) from None
-            if kind == "yielded":
-                yield value
-            elif kind == "returned":
-                return value
-            else:
-                raise value
-    finally:
-        if child.is_alive():
-            if child_stop is not None:
-                child_stop.set()
-            child.join(timeout=10)
-        if child.is_alive():  # abandoned mid-run (generator closed): do not leave it working
-            child.terminate()
-            child.join()
-        receiver.close()
+                write_frame(child.stdin, sys.path)  # so that the child finds ``work``
+                child.stdin.write(_HEADER.pack(len(job)) + job)
+                child.stdin.flush()
+            except BrokenPipeError:
+                raise _ended_without_result(child) from None
+            stop_sent = False
+            while True:
+                if stop is not None and stop.is_set() and not stop_sent:
+                    stop_sent = True
+                    try:
+                        child.stdin.write(STOP_BYTE)
+                        child.stdin.flush()
+                    except BrokenPipeError:
+                        pass  # the child has ended; reading says how
+                if not select.select([messages], [], [], POLL_S)[0]:
+                    continue
+                try:
+                    kind, value = read_frame(messages)
+                except EOFError:
+                    raise _ended_without_result(child) from None
+                if kind == "yielded":
+                    yield value
+                elif kind == "returned":
+                    return value
+                else:
+                    raise value
+        finally:
+            try:
+                child.stdin.close()  # end-of-file: a child still working stops after its step
+            except BrokenPipeError:
+                pass
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # abandoned mid-run: do not leave it working
+                child.kill()
+                child.wait()

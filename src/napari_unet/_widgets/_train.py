@@ -5,7 +5,7 @@ checks them and the data before any thread starts (the Start button stays
 disabled with a hint while something is wrong), then runs
 :func:`napari_unet.training.train_events` in a child process
 (:func:`napari_unet.process.events_in_process`, whose main thread trains faster on a CPU than
-a thread of the viewer's process does), relayed by a napari ``thread_worker``: the viewer
+a thread of the viewer's process does; on Windows in the worker thread itself), relayed by a napari ``thread_worker``: the viewer
 stays responsive, a progress bar and live loss / Dice / IoU curves follow the
 run, and Stop ends it after the current step keeping the best model. Every
 finished (or stopped) model goes to the session registry, so the Segment widget
@@ -55,7 +55,7 @@ from napari_unet._widgets._registry import REGISTRY
 from napari_unet.checkpoint import ModelFileError, TrainedModel
 from napari_unet.config import PRESETS, TARGET_CHANNELS, ConfigError, ModelConfig
 from napari_unet.io import DataError
-from napari_unet.process import events_in_process
+from napari_unet.process import CHILD_PROCESSES, events_in_process
 from napari_unet.training import TrainConfig, TrainEvent, TrainResult, train_events
 
 if TYPE_CHECKING:
@@ -534,9 +534,10 @@ class TrainWidget(QWidget):
         self.result = None
         self.curves.clear()
         self._label = self._model_label(plan)
+        # In a child process where there is one (POSIX): see napari_unet.process.
+        relay = (events_in_process, train_events) if CHILD_PROCESSES else (train_events,)
         self.controls.run(
-            events_in_process,
-            train_events,
+            *relay,
             plan.images,
             plan.labels,
             plan.config,

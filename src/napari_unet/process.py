@@ -44,11 +44,16 @@ class WorkerProcessError(RuntimeError):
     """The child process could not start, or ended without a result (killed, out of memory)."""
 
 
+def write_pickled(stream: IO[bytes], data: bytes) -> None:
+    """Write pickled ``data`` as one length-prefixed frame and flush."""
+    stream.write(_HEADER.pack(len(data)))
+    stream.write(data)  # apart from the header: no copy of a large job
+    stream.flush()
+
+
 def write_frame(stream: IO[bytes], value: Any) -> None:
     """Write ``value`` as one length-prefixed pickle and flush."""
-    data = pickle.dumps(value)
-    stream.write(_HEADER.pack(len(data)) + data)
-    stream.flush()
+    write_pickled(stream, pickle.dumps(value))
 
 
 def _read_exactly(stream: IO[bytes], size: int) -> bytes:
@@ -134,8 +139,7 @@ def events_in_process(
         try:
             try:
                 write_frame(child.stdin, sys.path)  # so that the child finds ``work``
-                child.stdin.write(_HEADER.pack(len(job)) + job)
-                child.stdin.flush()
+                write_pickled(child.stdin, job)
             except BrokenPipeError:
                 raise _ended_without_result(child) from None
             stop_sent = False

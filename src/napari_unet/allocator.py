@@ -6,7 +6,8 @@ and frees gigabytes of such activations (one 32-channel 256x256 batch of 8 is 64
 every step page-faults all of them in again and the kernel zeroes every page. On this
 project's 2-core EPYC that was about a quarter of a ``fast`` training step (one thread,
 ``benchmarks/bench_train.py``: 11.0 s per step with glibc's defaults, 8.1 s with freed
-memory kept; page faults of the whole benchmark 9.7 M with the defaults, 0.8 M kept).
+memory kept; a 3-step run of the benchmark page-faulted 9.7 M times with the defaults,
+0.8 M times with freed memory kept).
 
 :func:`reuse_freed_memory` switches glibc to serve large blocks from its heap and to keep
 freed memory for reuse, and restores the defaults (releasing what it kept) when the last

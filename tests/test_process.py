@@ -169,3 +169,12 @@ def test_a_script_without_a_main_guard_runs_once(tmp_path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["script ran", "events [0, 1, 2]"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
+def test_a_child_that_cannot_be_started_leaves_no_pipe_open(monkeypatch, tmp_path) -> None:
+    open_fds = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    with pytest.raises(FileNotFoundError):
+        next(events_in_process(counting_work, 1))
+    assert len(os.listdir("/proc/self/fd")) == open_fds

@@ -127,12 +127,17 @@ def events_in_process(
             "images into memory (numpy arrays) and try again."
         ) from error
     read_fd, write_fd = os.pipe()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "napari_unet._child", str(write_fd)],
-        stdin=subprocess.PIPE,
-        pass_fds=(write_fd,),
-    )
-    os.close(write_fd)  # the child holds the writing end: its exit makes the pipe read EOF
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "napari_unet._child", str(write_fd)],
+            stdin=subprocess.PIPE,
+            pass_fds=(write_fd,),
+        )
+    except OSError:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)  # the child holds the writing end: its exit makes the pipe read EOF
     assert child.stdin is not None
     # Unbuffered, so that select() sees every frame the child has written.
     with os.fdopen(read_fd, "rb", buffering=0) as messages:

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from conftest import make_blobs
@@ -204,8 +206,6 @@ def test_unthreaded_batches_follow_the_sampler_stream() -> None:
 
 
 def test_closing_the_threaded_batches_early_stops_the_threads() -> None:
-    import threading
-
     batches = _blob_sampler().epoch_batches(4, 1000, threads=2)
     first = next(batches)
     assert first[0].shape == (4, 1, 32, 32)

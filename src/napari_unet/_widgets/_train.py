@@ -4,12 +4,12 @@ The widget gathers its settings into a :class:`~napari_unet.training.TrainConfig
 checks them and the data before any thread starts (the Start button stays
 disabled with a hint while something is wrong), then runs
 :func:`napari_unet.training.train_events` in a child process
-(:func:`napari_unet.process.events_in_process`, whose main thread trains faster on a CPU than
-a thread of the viewer's process does; on Windows in the worker thread itself), relayed by a napari ``thread_worker``: the viewer
-stays responsive, a progress bar and live loss / Dice / IoU curves follow the
-run, and Stop ends it after the current step keeping the best model. Every
-finished (or stopped) model goes to the session registry, so the Segment widget
-can use it at once.
+(:func:`napari_unet.process.events_in_process`, whose main thread trains faster on a CPU
+than a thread of the viewer's process does; on Windows in the worker thread itself),
+relayed by a napari ``thread_worker``: the viewer stays responsive, a progress bar and
+live loss / Dice / IoU curves follow the run, and Stop ends it after the current step
+keeping the best model. Every finished (or stopped) model goes to the session registry,
+so the Segment widget can use it at once.
 """
 
 from __future__ import annotations

@@ -55,6 +55,8 @@ def test_train_writes_model_log_and_checkpoint(tmp_path, capsys) -> None:
             str(out),
             "--target",
             "contour",
+            "--contact-weight",
+            "10",
             "--half",
             *FAST,
         ]
@@ -65,6 +67,7 @@ def test_train_writes_model_log_and_checkpoint(tmp_path, capsys) -> None:
     model = load_model(out, device="cpu")
     assert model.config.in_channels == 3 and model.config.target == "contour"
     assert model.metadata["data"]["train_source"].startswith(str(images))
+    assert model.metadata["train_config"]["contact_weight"] == 10
     assert (tmp_path / "run" / "model.csv").is_file()
     assert (tmp_path / "run" / "model.ckpt.pt").is_file()
     # Resume to a second epoch from the checkpoint.
@@ -129,6 +132,13 @@ def error_cases(tmp_path: Path) -> dict[str, list[str]]:
         "empty labels": ["--images", str(empty_images), "--labels", str(empty_labels)],
         "unmatched stems": ["--images", str(odd_images), "--labels", str(odd_labels)],
         "bad lr": ["--images", str(images), "--labels", str(labels), "--lr", "3"],
+        "bad contact weight": [
+            *("--images", str(images), "--labels", str(labels), "--contact-weight", "0")
+        ],
+        "contact weight on scribbles": [
+            *("--images", str(images), "--labels", str(labels), "--contact-weight", "5"),
+            *("--label-mode", "sparse"),
+        ],
         "resume not a checkpoint": [
             "--images",
             str(images),

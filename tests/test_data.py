@@ -16,6 +16,7 @@ from napari_unet.data import (
     CONTOUR_WIDTH,
     PatchSampler,
     augment_patch,
+    contact_pixels,
     crop_patch,
     infer_in_channels,
     load_dsb,
@@ -51,6 +52,35 @@ def test_contour_target_marks_inner_boundaries_between_touching_objects() -> Non
     assert not contour[10, 13 - CONTOUR_WIDTH - 1] and not contour[10, 13 + CONTOUR_WIDTH]
     assert not contour[10, 7] and not contour[10, 19]  # object interiors
     assert contour[4, 8] and contour[5, 8] and not contour[6, 8]  # 2 px at the outer edge
+
+
+def test_contact_pixels_lie_between_objects_only() -> None:
+    labels = two_touching_squares()
+    labels[4:16, 27:30] = 3  # 2 px of background between objects 2 and 3
+    labels[0:2, 0:2] = 4  # far from every other object
+    contact = contact_pixels(labels)
+    # Within CONTOUR_WIDTH of both touching squares: the line where they meet.
+    assert contact[10, 13 - CONTOUR_WIDTH : 13 + CONTOUR_WIDTH].all()
+    assert not contact[10, 13 - CONTOUR_WIDTH - 1] and not contact[10, 13 + CONTOUR_WIDTH]
+    # The background gap between objects 2 and 3 counts, the outer edges do not.
+    assert contact[10, 25:27].all()
+    assert not contact[labels == 4].any() and not contact[10, 7] and not contact[1, 13]
+    assert not contact_pixels(np.zeros((5, 5), np.uint16)).any()
+
+
+def test_contact_weight_weights_every_channel_there_and_refuses_scribbles() -> None:
+    labels = two_touching_squares()
+    targets, plain = make_targets(labels, "contour")
+    weighted_targets, weights = make_targets(labels, "contour", contact_weight=10)
+    assert plain is None and np.array_equal(targets, weighted_targets)
+    assert weights.shape == targets.shape and weights.dtype == np.uint8
+    contact = contact_pixels(labels)
+    assert (weights[:, contact] == 10).all() and (weights[:, ~contact] == 1).all()
+    # Binary masks: objects are the connected components, which here merge into one.
+    _, binary = make_targets(labels > 0, "foreground", "binary", contact_weight=10)
+    assert (binary == 1).all()
+    with pytest.raises(DataError, match="contact_weight"):
+        make_targets(np.ones((4, 4), np.uint8), "foreground", "sparse", contact_weight=5)
 
 
 def test_distance_target_peaks_once_per_object_and_separates_touching_ones() -> None:

@@ -318,6 +318,26 @@ def test_sparse_mode_ignores_unannotated_pixels(blobs) -> None:
     assert np.isfinite(result.history[0]["val_loss"])
 
 
+@pytest.mark.parametrize("explicit_validation", [True, False])
+def test_contact_weight_weights_training_and_not_validation(blobs, explicit_validation) -> None:
+    # A rate so small that the weights barely move: both runs see the same patches and
+    # BatchNorm statistics, so only the loss weighting differs between them.
+    images, labels = blobs
+    validation = dict(val_images=images[:1], val_labels=labels[:1]) if explicit_validation else {}
+    results = [
+        train(
+            images,
+            labels,
+            small_config(epochs=1, learning_rate=1e-12, min_lr=0.0, contact_weight=weight),
+            **validation,
+        )
+        for weight in (1, 20)
+    ]
+    plain, weighted = (result.history[0] for result in results)
+    assert weighted["train_loss"] > 1.05 * plain["train_loss"]  # gaps are hard pixels
+    assert weighted["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-4)
+
+
 def test_config_is_validated() -> None:
     with pytest.raises(ConfigError, match="learning_rate"):
         TrainConfig(learning_rate=5.0)
@@ -329,6 +349,11 @@ def test_config_is_validated() -> None:
         TrainConfig(patch_size=4)
     with pytest.raises(ConfigError, match="loader_threads"):
         TrainConfig(loader_threads=-1)
+    for weight in (0, 101, 2.5, True):
+        with pytest.raises(ConfigError, match="contact_weight"):
+            TrainConfig(contact_weight=weight)
+    with pytest.raises(ConfigError, match="sparse scribbles"):
+        TrainConfig(contact_weight=10, label_mode="sparse")
     assert TrainConfig().resolved_loader_threads(torch.device("cpu")) == 0
     assert 1 <= TrainConfig().resolved_loader_threads(torch.device("cuda")) <= 4
     assert TrainConfig(loader_threads=2).resolved_loader_threads(torch.device("cpu")) == 2

@@ -53,6 +53,7 @@ def test_train_two_epochs_draws_curves_and_registers_model(viewer_with_pair, qtb
     assert row.image.layer().name == "cells"
     assert row.labels.layer().name == "cells labels"
     tiny_settings(widget)
+    widget.contact_weight.setValue(10)
     widget.save_path.setText(str(tmp_path / "cells.pt"))
     assert widget.update_state() is None
     assert widget.start_button.isEnabled()
@@ -74,6 +75,7 @@ def test_train_two_epochs_draws_curves_and_registers_model(viewer_with_pair, qtb
     entries = REGISTRY.entries()
     assert len(entries) == 1 and entries[0].model is result.model
     assert entries[0].name.startswith("cells")
+    assert result.model.metadata["train_config"]["contact_weight"] == 10
     # The input layers are untouched and the widget is ready for another run.
     assert widget.start_button.isEnabled() and not widget.stop_button.isEnabled()
     assert "ready in the Segment widget" in widget.status.text()
@@ -155,6 +157,11 @@ def test_invalid_settings_disable_start_before_any_thread(make_napari_viewer):
     widget.learning_rate.setText("1e-3")
     widget.label_mode.setCurrentIndex(2)  # scribbles, but labels hold values up to 6
     assert "Scribble" in widget.update_state()
+    viewer.layers["cells labels"].data = np.minimum(labels, 2)  # valid scribbles
+    widget.contact_weight.setValue(5)  # but scribbles mark no separate objects
+    assert "sparse scribbles" in widget.update_state()
+    widget.contact_weight.setValue(1)
+    viewer.layers["cells labels"].data = labels
     widget.label_mode.setCurrentIndex(0)
     widget.validation.setCurrentIndex(1)  # whole images need two planes
     assert "at least 2" in widget.update_state()

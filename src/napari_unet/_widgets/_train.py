@@ -264,6 +264,15 @@ class TrainWidget(QWidget):
         self.loss.addItems(["bce", "dice", "bce+dice"])
         self.loss.setCurrentText(_default("loss"))
         run_form.addRow("Loss", self.loss)
+        self.contact_weight = QSpinBox()
+        self.contact_weight.setRange(1, 100)
+        self.contact_weight.setValue(_default("contact_weight"))
+        self.contact_weight.setSpecialValueText("1 (off)")
+        self.contact_weight.setToolTip(
+            "Loss weight of the pixels between touching objects. Raise it (e.g. 10) when "
+            "touching nuclei come out merged. Needs instance labels or masks, not scribbles."
+        )
+        run_form.addRow("Contact weight", self.contact_weight)
         self.augment = QCheckBox("flips, rotations, intensity, noise")
         self.augment.setChecked(_default("augment"))
         run_form.addRow("Augment", self.augment)
@@ -314,6 +323,7 @@ class TrainWidget(QWidget):
             self.patch_size.valueChanged,
             self.steps_per_epoch.valueChanged,
             self.loss.currentIndexChanged,
+            self.contact_weight.valueChanged,
             self.device.currentIndexChanged,
             self.save_path.textChanged,
         ):
@@ -466,6 +476,7 @@ class TrainWidget(QWidget):
             val_fraction=0.0 if region else fraction,
             device=self.device.currentText(),
             steps_per_epoch=self.steps_per_epoch.value() or None,
+            contact_weight=self.contact_weight.value(),
         )
         plan = TrainPlan(image_arrays, label_arrays, config, init=init)
         plan.description = {

@@ -269,8 +269,9 @@ class TrainWidget(QWidget):
         self.contact_weight.setValue(_default("contact_weight"))
         self.contact_weight.setSpecialValueText("1 (off)")
         self.contact_weight.setToolTip(
-            "Loss weight of the pixels between touching objects. Raise it (e.g. 10) when "
-            "touching nuclei come out merged. Needs instance labels or masks, not scribbles."
+            "Loss weight of the pixels between touching objects (1 = off). Higher values "
+            "push the model to split touching objects, and can split single ones: check "
+            "the result on held-out images. Needs instance labels or masks, not scribbles."
         )
         run_form.addRow("Contact weight", self.contact_weight)
         self.augment = QCheckBox("flips, rotations, intensity, noise")

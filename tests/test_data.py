@@ -66,6 +66,10 @@ def test_contact_pixels_lie_between_objects_only() -> None:
     assert contact[10, 25:27].all()
     assert not contact[labels == 4].any() and not contact[10, 7] and not contact[1, 13]
     assert not contact_pixels(np.zeros((5, 5), np.uint16)).any()
+    # The largest label of the dtype is an object like any other.
+    extreme = np.ones((4, 6), np.uint16)
+    extreme[:, :3] = np.iinfo(np.uint16).max
+    assert np.array_equal(contact_pixels(extreme)[0], [False, True, True, True, True, False])
 
 
 def test_contact_weight_weights_every_channel_there_and_refuses_scribbles() -> None:

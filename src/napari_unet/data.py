@@ -152,12 +152,11 @@ def contact_pixels(instances: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     size = 2 * CONTOUR_WIDTH + 1
-    instances = np.asarray(instances)
-    if not instances.any():
-        return np.zeros(instances.shape, dtype=bool)
+    instances = np.asarray(instances, dtype=np.int64)
     highest = ndimage.maximum_filter(instances, size=size)
-    # Background counts as "no object" for the lowest label in the window.
-    absent = np.iinfo(instances.dtype).max if instances.dtype.kind in "iu" else np.inf
+    # For the lowest label in the window, background must not count: it becomes a
+    # value above every label.
+    absent = int(instances.max(initial=0)) + 1
     lowest = ndimage.minimum_filter(np.where(instances > 0, instances, absent), size=size)
     return (highest > 0) & (lowest != absent) & (highest != lowest)
 

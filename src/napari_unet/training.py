@@ -241,13 +241,12 @@ class TrainConfig:
             f"loader_threads must be a whole number from 0 to 64, or None to let the device "
             f"decide, got {self.loader_threads!r}.",
         )
-
         _check(
             isinstance(self.contact_weight, int)
             and not isinstance(self.contact_weight, bool)
             and 1 <= self.contact_weight <= 100,
             f"contact_weight must be a whole number from 1 (off) to 100, got "
-            f"{self.contact_weight!r}; 10 is a good start for touching nuclei.",
+            f"{self.contact_weight!r}.",
         )
         _check(
             self.contact_weight == 1 or self.label_mode != "sparse",
@@ -588,16 +587,16 @@ def train_events(
         val_planes = prepare_training_planes(val_images, val_labels, what="validation", **prepare)
         validation = "explicit"
     else:
-        planes = prepare_training_planes(images, labels, **prepare)
+        planes = prepare_training_planes(
+            images, labels, contact_weight=config.contact_weight, **prepare
+        )
         train_index, val_index, validation = _split(len(planes), config.val_fraction, config.seed)
         train_planes = [planes[i] for i in train_index]
         val_planes = [planes[i] for i in val_index]
         if config.contact_weight != 1:
-            # Same planes, weighted for training only (validation stays unweighted).
-            weighted = prepare_training_planes(
-                images, labels, contact_weight=config.contact_weight, **prepare
-            )
-            train_planes = [weighted[i] for i in train_index]
+            # Validation unweighted: contact weights imply instance or mask labels, whose
+            # unweighted planes count every pixel once (weights None).
+            val_planes = [dataclasses.replace(plane, weights=None) for plane in val_planes]
 
     rng = np.random.default_rng(config.seed)
     rank_rng(rng, config.seed, group)  # each rank its own patches

@@ -130,6 +130,12 @@ LABEL_MODES = ("instance", "binary", "sparse")
 #: Half-width, in pixels, of the inner object boundary that the ``contour`` target marks
 #: (a pixel is a contour pixel when a different label lies within this Chebyshev distance).
 CONTOUR_WIDTH = 2
+#: Why a contact weight and sparse scribbles do not go together (the config's check and
+#: :func:`make_targets` say it alike).
+SPARSE_CONTACT_WEIGHT_ERROR = (
+    "contact_weight needs instance or binary labels: sparse scribbles mark no separate "
+    "objects. Leave contact_weight at 1."
+)
 
 
 def contact_pixels(instances: np.ndarray) -> np.ndarray:
@@ -348,10 +354,7 @@ def make_targets(
 
     labels = np.asarray(labels)
     if label_mode == "sparse" and contact_weight != 1:
-        raise DataError(
-            "contact_weight needs instance or binary labels: sparse scribbles mark no "
-            "separate objects. Leave contact_weight at 1."
-        )
+        raise DataError(SPARSE_CONTACT_WEIGHT_ERROR)
     if label_mode == "sparse":
         if labels.size and (labels.min() < 0 or labels.max() > 2):
             raise DataError(

@@ -54,7 +54,13 @@ from napari_unet.checkpoint import (
     save_model,
 )
 from napari_unet.config import ConfigError, ModelConfig
-from napari_unet.data import LABEL_MODES, PatchSampler, PlaneData, prepare_training_planes
+from napari_unet.data import (
+    LABEL_MODES,
+    SPARSE_CONTACT_WEIGHT_ERROR,
+    PatchSampler,
+    PlaneData,
+    prepare_training_planes,
+)
 from napari_unet.distributed import all_mean, init_from_env, rank_rng, wrap_model
 from napari_unet.distributed import validate as distributed_validate
 from napari_unet.io import atomic_write
@@ -249,9 +255,7 @@ class TrainConfig:
             f"{self.contact_weight!r}.",
         )
         _check(
-            self.contact_weight == 1 or self.label_mode != "sparse",
-            "contact_weight needs instance or binary labels: sparse scribbles mark no "
-            "separate objects. Leave contact_weight at 1.",
+            self.contact_weight == 1 or self.label_mode != "sparse", SPARSE_CONTACT_WEIGHT_ERROR
         )
 
     def resolved_loader_threads(self, device: torch.device) -> int:

@@ -1,11 +1,11 @@
 """Install a trained model as the bundled default, with post-processing tuned on validation data.
 
     python benchmarks/install_default_model.py runs/default_model/model.pt \
-        --threshold 0.7 --seed-threshold 0.1 --min-size 32
+        --threshold 0.7 --seed-threshold 0.5 --core-threshold 0.85 --min-size 24
 
 Writes ``src/napari_unet/samples/default_model.pt`` (float16 weights). The values come from
 ``benchmarks/tune_postprocess.py`` on the validation split; prediction uses them whenever the
-caller leaves ``threshold``/``seed_threshold``/``min_size`` unset.
+caller leaves ``threshold``/``seed_threshold``/``core_threshold``/``min_size`` unset.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("--threshold", type=float, required=True)
     parser.add_argument("--seed-threshold", type=float, required=True)
+    parser.add_argument("--core-threshold", type=float, default=0.0, help="0: no hysteresis")
     parser.add_argument("--min-size", type=int, required=True)
     parser.add_argument("--out", type=Path, default=default_model_path())
     args = parser.parse_args()
@@ -29,6 +30,7 @@ def main() -> None:
     model.metadata["postprocess"] = {
         "threshold": args.threshold,
         "seed_threshold": args.seed_threshold,
+        "core_threshold": args.core_threshold,
         "min_size": args.min_size,
         "tuned_on": "DSB 2018 val split (benchmarks/tune_postprocess.py)",
     }

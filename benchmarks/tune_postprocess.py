@@ -1,11 +1,13 @@
-"""Choose post-processing settings (threshold, seed threshold, minimum size) on a validation set.
+"""Choose post-processing settings (thresholds, minimum size) on a validation set.
 
 Predicts each validation image once, then re-runs only the post-processing for every
-combination of settings and prints a table of mean pixel F1, DSB score and F1 at IoU 0.5,
-best DSB score first. Use it on validation data only, never on a test set.
+combination of threshold, seed threshold, core threshold (hysteresis; 0 = off) and minimum
+size, and prints a table of mean pixel F1, DSB score and F1 at IoU 0.5, best first by
+``--rank-by``. Use it on validation data only, never on a test set.
 
     python benchmarks/tune_postprocess.py --model runs/default_model/model.pt \
-        --images ../shared/data/dsb2018/val/images --labels ../shared/data/dsb2018/val/labels
+        --images ../shared/data/dsb2018/val/images --labels ../shared/data/dsb2018/val/labels \
+        --core-thresholds 0 0.85 0.9
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ def main() -> None:
     parser.add_argument("--labels", type=Path, required=True)
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.4, 0.5, 0.6])
     parser.add_argument("--seed-thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    parser.add_argument("--core-thresholds", type=float, nargs="+", default=[0.0])
     parser.add_argument("--min-sizes", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--rank-by", choices=["dsb", "f1_50"], default="dsb")
     parser.add_argument("--tta", action="store_true")
     args = parser.parse_args()
 
@@ -43,8 +47,8 @@ def main() -> None:
     print(f"{len(cases)} images, target {model.config.target}, tta={args.tta}")
 
     rows = []
-    for threshold, seed_threshold, min_size in itertools.product(
-        args.thresholds, args.seed_thresholds, args.min_sizes
+    for threshold, seed_threshold, core_threshold, min_size in itertools.product(
+        args.thresholds, args.seed_thresholds, args.core_thresholds, args.min_sizes
     ):
         pixel_f1, dsb, f1_50 = [], [], []
         for probabilities, truth in cases:
@@ -54,17 +58,31 @@ def main() -> None:
                 threshold=threshold,
                 min_size=min_size,
                 seed_threshold=seed_threshold,
+                core_threshold=core_threshold,
             )
             pixel_f1.append(pixel_metrics(truth > 0, probabilities[0] > threshold)["f1"])
             scores = instance_metrics(truth, labels)
             dsb.append(scores["dsb_score"])
             f1_50.append(scores["f1_50"])
         rows.append(
-            (threshold, seed_threshold, min_size, np.mean(pixel_f1), np.mean(dsb), np.mean(f1_50))
+            (
+                threshold,
+                seed_threshold,
+                core_threshold,
+                min_size,
+                np.mean(pixel_f1),
+                np.mean(dsb),
+                np.mean(f1_50),
+            )
         )
-    print(f"{'threshold':>10}{'seed_thr':>10}{'min_size':>10}{'pixel_f1':>10}{'dsb':>10}{'f1_50':>10}")
-    for row in sorted(rows, key=lambda r: -r[4]):
-        print(f"{row[0]:>10.2f}{row[1]:>10.2f}{row[2]:>10d}{row[3]:>10.4f}{row[4]:>10.4f}{row[5]:>10.4f}")
+    columns = ("threshold", "seed_thr", "core_thr", "min_size", "pixel_f1", "dsb", "f1_50")
+    print("".join(f"{name:>10}" for name in columns))
+    rank = columns.index(args.rank_by)
+    for row in sorted(rows, key=lambda r: -r[rank]):
+        print(
+            f"{row[0]:>10.2f}{row[1]:>10.2f}{row[2]:>10.2f}{row[3]:>10d}"
+            f"{row[4]:>10.4f}{row[5]:>10.4f}{row[6]:>10.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -143,6 +143,30 @@ def test_bad_inputs_exit_2_and_write_nothing(tmp_path: Path, capsys) -> None:
     )
     assert "threshold" in capsys.readouterr().err
     assert outputs(out) == []
+    assert (
+        main(["predict", "--model", model, str(good), "--out", str(out), "--core-threshold", "1"])
+        == 2
+    )
+    assert "core_threshold" in capsys.readouterr().err
+    assert outputs(out) == []
+
+
+def test_core_threshold_keeps_only_objects_with_a_confident_core(tmp_path: Path) -> None:
+    rows, cols = np.mgrid[:40, :60]
+    image = np.zeros((40, 60), np.float32)
+    image[(rows - 20) ** 2 + (cols - 15) ** 2 < 36] = 1.0  # foreground probability ~1
+    image[(rows - 20) ** 2 + (cols - 45) ** 2 < 36] = 0.6  # ~0.88: over 0.5, under 0.95
+    path = tmp_path / "two.tif"
+    tifffile.imwrite(path, image)
+    model = str(model_file(tmp_path))
+    counts = []
+    for extra in ([], ["--core-threshold", "0.95"]):
+        out = tmp_path / f"out{len(extra)}"
+        common = ["--out", str(out), "--threshold", "0.5", "--min-size", "0", "--quiet"]
+        assert main(["predict", "--model", model, str(path), *common, *extra]) == 0
+        labels = tifffile.imread(out / "two_labels.tif")
+        counts.append((labels.max(), labels[20, 15] > 0, labels[20, 45] > 0))
+    assert counts == [(2, True, True), (1, True, False)]
 
 
 @pytest.mark.parametrize("name", ["a.png", "sub/a.tif"])

@@ -48,14 +48,11 @@ def test_bundled_model_segments_the_samples_accurately(model, samples) -> None:
 
 def test_tuned_postprocessing_applies_only_when_unset(model) -> None:
     tuned = model.metadata["postprocess"]
+    settings = ("threshold", "seed_threshold", "core_threshold", "min_size")
     filled = PredictConfig().for_model(model)
-    assert (filled.threshold, filled.seed_threshold, filled.min_size) == (
-        tuned["threshold"],
-        tuned["seed_threshold"],
-        tuned["min_size"],
-    )
-    explicit = PredictConfig(threshold=0.5, min_size=3).for_model(model)
-    assert (explicit.threshold, explicit.min_size) == (0.5, 3)
+    assert [getattr(filled, name) for name in settings] == [tuned[name] for name in settings]
+    explicit = PredictConfig(threshold=0.5, min_size=3, core_threshold=0.0).for_model(model)
+    assert (explicit.threshold, explicit.min_size, explicit.core_threshold) == (0.5, 3, 0.0)
     assert explicit.seed_threshold == tuned["seed_threshold"]
 
 
@@ -65,6 +62,7 @@ def test_models_without_tuned_values_use_the_defaults(model) -> None:
     filled = PredictConfig().for_model(untuned)
     assert filled.threshold == DEFAULT_POSTPROCESS["threshold"]
     assert filled.min_size == DEFAULT_POSTPROCESS["min_size"]
+    assert filled.core_threshold == DEFAULT_POSTPROCESS["core_threshold"] == 0.0
 
 
 def _card_value(name: str) -> str:
@@ -93,4 +91,5 @@ def test_stored_config_matches_the_model_card(model) -> None:
     tuned = metadata["postprocess"]
     assert float(_card_value("threshold")) == tuned["threshold"]
     assert float(_card_value("seed threshold")) == tuned["seed_threshold"]
+    assert float(_card_value("core threshold")) == tuned["core_threshold"]
     assert int(_card_value("minimum size")) == tuned["min_size"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from skimage.measure import label as connected_components
 from skimage.segmentation import find_boundaries
 
@@ -50,6 +51,51 @@ def test_distance_target_seeds_from_predicted_distance_maxima() -> None:
     probabilities = np.stack([(distance > 0).astype(np.float32), distance])
     assert probabilities_to_labels(probabilities, "distance").max() == 2
     assert probabilities_to_labels(probabilities, "distance", separate=False).max() == 1
+
+
+def hysteresis_scene() -> tuple[np.ndarray, np.ndarray]:
+    """Contour probabilities of two discs joined by a neck, and a faint blob.
+
+    Foreground probability: 0.95 in the discs, 0.75 in the neck between them, in a
+    2-pixel rim around them and in the blob; boundary probability 0 everywhere (a
+    model that missed the contact). Returns ``(probabilities, extent)`` with
+    ``extent`` the pixels over 0.7 that belong to the discs (rims and neck).
+    """
+    truth = touching_discs()
+    rows, cols = np.mgrid[:64, :96]
+    foreground = np.where(truth > 0, 0.95, 0.0).astype(np.float32)
+    foreground[(foreground > 0) & (cols >= 40) & (cols <= 46)] = 0.75
+    rim = (ndimage.distance_transform_edt(truth == 0) <= 2) & (truth == 0)
+    foreground[rim] = 0.75
+    extent = foreground > 0.7
+    foreground[50:60, 80:90] = 0.75
+    return np.stack([foreground, np.zeros_like(foreground)]), extent
+
+
+@pytest.mark.parametrize("target", ["contour", "foreground"])
+def test_core_threshold_splits_in_the_confident_mask_and_grows_to_the_threshold(target) -> None:
+    probabilities, extent = hysteresis_scene()
+    plain = probabilities_to_labels(probabilities, target, threshold=0.7)
+    assert plain[55, 85] > 0  # at 0.7 the faint blob is an object
+    if target == "contour":
+        assert plain[32, 20] == plain[32, 66]  # and the neck joins the discs' seeds
+    split = probabilities_to_labels(probabilities, target, threshold=0.7, core_threshold=0.9)
+    assert split.max() == 2  # the two discs; the blob has no confident pixel
+    np.testing.assert_array_equal(split > 0, extent)  # grown over the rims and the neck
+    left, right = split[32, 20], split[32, 66]
+    assert left != right and {left, right} == {1, 2}
+
+
+def test_core_threshold_at_or_under_the_threshold_changes_nothing() -> None:
+    probabilities, _ = hysteresis_scene()
+    plain = probabilities_to_labels(probabilities, "contour", threshold=0.7, min_size=8)
+    for core_threshold in (0.0, 0.5, 0.7):
+        np.testing.assert_array_equal(
+            probabilities_to_labels(
+                probabilities, "contour", threshold=0.7, min_size=8, core_threshold=core_threshold
+            ),
+            plain,
+        )
 
 
 def test_small_objects_removed_and_holes_filled() -> None:

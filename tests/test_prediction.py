@@ -53,6 +53,8 @@ def test_config_is_validated_with_a_fix_in_the_message() -> None:
         PredictConfig(tile_size=64, overlap=40)
     with pytest.raises(ConfigError, match="threshold"):
         PredictConfig(threshold=1.5)
+    with pytest.raises(ConfigError, match="core_threshold"):
+        PredictConfig(core_threshold=1.0)
     with pytest.raises(ConfigError, match="tile_size"):
         PredictConfig(tile_size=8)
     with pytest.raises(ConfigError, match="device"):

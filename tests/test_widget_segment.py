@@ -247,13 +247,16 @@ def test_segment_correct_fine_tune_segment_again(viewer, qtbot):
 def test_post_processing_defaults_to_the_values_tuned_for_the_model(viewer):
     widget = dock(viewer)
     config = widget.config()
-    assert (config.threshold, config.min_size, config.seed_threshold) == (None, None, None)
+    settings = ("threshold", "min_size", "seed_threshold", "core_threshold")
+    assert [getattr(config, name) for name in settings] == [None] * 4
     assert widget.threshold.text() == widget.min_size.text() == "tuned for the model"
+    assert widget.core_threshold.text() == "tuned for the model"
     widget.threshold.setValue(0.3)
     widget.min_size.setValue(0)
     widget.seed_threshold.setValue(0.6)
+    widget.core_threshold.setValue(0.8)
     config = widget.config()
-    assert (config.threshold, config.min_size, config.seed_threshold) == (0.3, 0, 0.6)
+    assert [getattr(config, name) for name in settings] == [0.3, 0, 0.6, 0.8]
 
 
 @pytest.mark.skipif(not default_model_path().is_file(), reason="the bundled model is not installed")

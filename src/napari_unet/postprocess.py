@@ -15,6 +15,13 @@ The watershed is confined to the foreground mask, and a foreground component
 that received no seed keeps its own label. With ``separate=False`` objects are
 the connected components of the mask. Then objects under ``min_size`` pixels are
 removed, holes inside objects are filled, and labels are made sequential.
+
+A ``core_threshold`` above ``threshold`` makes this a hysteresis threshold: objects
+are found and split inside the confident mask (foreground probability over
+``core_threshold``), where touching nuclei are further apart, and are then grown
+into the pixels over ``threshold``, which set their extent, by a watershed of the
+same elevation (for ``foreground``: of the negative foreground probability). Regions
+over ``threshold`` that hold no confident pixel are dropped.
 """
 
 from __future__ import annotations
@@ -102,6 +109,31 @@ def _fill_object_holes(labels: np.ndarray) -> None:
     labels[holes] = owner[hole_ids[holes]]
 
 
+def _split(
+    probabilities: np.ndarray, target: str, mask: np.ndarray, separate: bool, seed_threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Objects of ``mask``, and the elevation over which to grow them beyond it.
+
+    ``probabilities`` is ``(C, H, W)`` and ``mask`` ``(H, W)`` boolean; both returned
+    arrays are ``(H, W)``. The elevation is the one the target's watershed floods,
+    taken outside the mask too: the boundary probability (``contour``), the negative
+    predicted distance (``distance``), else the negative foreground probability.
+    """
+    if not separate:
+        return connected_components(mask, connectivity=1), -probabilities[0]
+    if target == "contour":
+        boundary = probabilities[1]
+        return _seeded_watershed(boundary, boundary < seed_threshold, mask), boundary
+    if target == "distance":
+        distance = np.where(mask, probabilities[1], 0.0)
+        seeds = _h_maxima_seeds(distance, mask, PREDICTED_DISTANCE_H, floor=0.0)
+        return _seeded_watershed(-distance, seeds, mask), -probabilities[1]
+    # Inside the mask the distance transform is at least 1.
+    distance = ndi.distance_transform_edt(mask)
+    seeds = _h_maxima_seeds(distance, mask, DISTANCE_TRANSFORM_H, floor=1.0)
+    return _seeded_watershed(-distance, seeds, mask), -probabilities[0]
+
+
 def probabilities_to_labels(
     probabilities: np.ndarray,
     target: str = "foreground",
@@ -110,6 +142,7 @@ def probabilities_to_labels(
     min_size: int = 0,
     fill_holes: bool = True,
     seed_threshold: float = CONTOUR_CORE_THRESHOLD,
+    core_threshold: float = 0.0,
 ) -> np.ndarray:
     """Instance labels of one plane from the network's sigmoid outputs.
 
@@ -133,6 +166,10 @@ def probabilities_to_labels(
     seed_threshold : float
         ``contour`` target: boundary probability under which a foreground pixel is an
         object core (a watershed seed). Lower values give fewer, safer seeds.
+    core_threshold : float
+        Hysteresis: objects are found and split where the foreground probability is
+        over ``core_threshold``, then grown to ``threshold`` (see the module notes).
+        At or below ``threshold`` (the default 0) objects are split at ``threshold``.
 
     Returns
     -------
@@ -152,30 +189,22 @@ def probabilities_to_labels(
         )
     foreground = probabilities[0]
     mask = foreground > threshold
+    core = foreground > core_threshold if core_threshold > threshold else mask
     if min_size > 1:
         # Specks under min_size cannot become objects; dropping them first saves work.
         # (max_size is the largest size removed.)
-        mask = remove_small_objects(mask, max_size=min_size - 1)
-    if not separate:
-        labels = connected_components(mask, connectivity=1)
-    elif target == "contour":
-        boundary = probabilities[1]
-        labels = _seeded_watershed(boundary, boundary < seed_threshold, mask)
-    elif target == "distance":
-        distance = np.where(mask, probabilities[1], 0.0)
-        seeds = _h_maxima_seeds(distance, mask, PREDICTED_DISTANCE_H, floor=0.0)
-        labels = _seeded_watershed(-distance, seeds, mask)
-    else:
-        # Inside the mask the distance transform is at least 1.
-        distance = ndi.distance_transform_edt(mask)
-        seeds = _h_maxima_seeds(distance, mask, DISTANCE_TRANSFORM_H, floor=1.0)
-        labels = _seeded_watershed(-distance, seeds, mask)
+        core = remove_small_objects(core, max_size=min_size - 1)
+    labels, elevation = _split(probabilities, target, core, separate, seed_threshold)
     if min_size > 1:
         # Watershed fragments under min_size go too.
         sizes = np.bincount(labels.ravel())
         small = sizes < min_size
         small[0] = False
         labels[small[labels]] = 0
+    if core_threshold > threshold:
+        # Grow the objects into the extent mask (it holds the core); regions of it out of
+        # reach of any object stay background.
+        labels = watershed(elevation, labels, mask=mask)
     if fill_holes:
         _fill_object_holes(labels)
     labels, _, _ = relabel_sequential(labels)

@@ -52,6 +52,8 @@ DEFAULT_POSTPROCESS: dict[str, float | int] = {
     "threshold": 0.5,
     "min_size": 8,
     "seed_threshold": 0.5,
+    # 0: no hysteresis, objects are split at ``threshold``.
+    "core_threshold": 0.0,
 }
 
 
@@ -88,10 +90,15 @@ class PredictConfig:
     seed_threshold : float or None
         ``contour`` models: boundary probability under which a foreground pixel
         seeds an object (see :mod:`napari_unet.postprocess`).
+    core_threshold : float or None
+        Hysteresis: objects are found and split where the foreground probability
+        is over ``core_threshold``, then grown to ``threshold``; at or below
+        ``threshold`` objects are split at ``threshold`` (see
+        :mod:`napari_unet.postprocess`).
 
-    ``threshold``, ``min_size`` and ``seed_threshold`` left at None take the value
-    tuned for the model (its ``metadata["postprocess"]``), else :data:`DEFAULT_POSTPROCESS`;
-    see :meth:`for_model`.
+    ``threshold``, ``min_size``, ``seed_threshold`` and ``core_threshold`` left at None
+    take the value tuned for the model (its ``metadata["postprocess"]``), else
+    :data:`DEFAULT_POSTPROCESS`; see :meth:`for_model`.
     fill_holes : bool
         Fill holes inside objects.
     labels_per_plane : bool
@@ -112,6 +119,7 @@ class PredictConfig:
     separate: bool = True
     min_size: int | None = None
     seed_threshold: float | None = None
+    core_threshold: float | None = None
     fill_holes: bool = True
     labels_per_plane: bool = False
     device: str = "auto"
@@ -148,6 +156,12 @@ class PredictConfig:
                 f"{name} must be a probability strictly between 0 and 1 (or None for the "
                 f"model's tuned value), got {value!r}; the reference threshold is 0.5.",
             )
+        check(
+            self.core_threshold is None
+            or (isinstance(self.core_threshold, (int, float)) and 0.0 <= self.core_threshold < 1.0),
+            f"core_threshold must be a probability from 0 (no hysteresis) to under 1 (or None "
+            f"for the model's tuned value), got {self.core_threshold!r}.",
+        )
         check(
             self.min_size is None or (isinstance(self.min_size, int) and self.min_size >= 0),
             f"min_size must be a non-negative number of pixels, got {self.min_size!r}.",
@@ -554,6 +568,7 @@ def _plane_to_labels(probabilities: np.ndarray, target: str, config: PredictConf
         min_size=config.min_size,
         fill_holes=config.fill_holes,
         seed_threshold=config.seed_threshold,
+        core_threshold=config.core_threshold,
     )
 
 

@@ -191,6 +191,16 @@ class SegmentWidget(QWidget):
             "Contour models: boundary probability under which an object pixel seeds an object."
         )
         form.addRow("Seed threshold", self.seed_threshold)
+        self.core_threshold = QDoubleSpinBox()
+        self.core_threshold.setRange(0.0, 0.99)
+        self.core_threshold.setSingleStep(0.05)
+        self.core_threshold.setSpecialValueText(TUNED)
+        self.core_threshold.setValue(defaults.core_threshold or 0.0)
+        self.core_threshold.setToolTip(
+            "Hysteresis: split objects where the foreground probability is over this value, "
+            "then grow them to the threshold. At or below the threshold: no hysteresis."
+        )
+        form.addRow("Core threshold", self.core_threshold)
         self.min_size = QSpinBox()
         self.min_size.setRange(-1, 1_000_000)
         self.min_size.setSuffix(" px")
@@ -245,6 +255,7 @@ class SegmentWidget(QWidget):
             self.model.changed,
             self.threshold.valueChanged,
             self.seed_threshold.valueChanged,
+            self.core_threshold.valueChanged,
             self.min_size.valueChanged,
             self.tile_size.valueChanged,
             self.device.currentIndexChanged,
@@ -286,6 +297,7 @@ class SegmentWidget(QWidget):
             threshold=self.threshold.value() or None,
             separate=self.separate.isChecked(),
             seed_threshold=self.seed_threshold.value() or None,
+            core_threshold=self.core_threshold.value() or None,
             min_size=None if self.min_size.value() < 0 else self.min_size.value(),
             device=self.device.currentText(),
             return_probabilities=self.probabilities.isChecked(),

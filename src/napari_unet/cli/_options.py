@@ -44,6 +44,12 @@ def add_prediction_arguments(parser: argparse.ArgumentParser | Any) -> None:
         "(default: the model's tuned value, else 0.5)",
     )
     parser.add_argument(
+        "--core-threshold",
+        type=float,
+        help="hysteresis: split objects where the foreground probability is over this, then "
+        "grow them to --threshold; 0 turns it off (default: the model's tuned value, else 0)",
+    )
+    parser.add_argument(
         "--no-separate", action="store_true", help="connected components, no watershed split"
     )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
@@ -63,6 +69,7 @@ def prediction_config(args: argparse.Namespace, **settings: Any) -> PredictConfi
         threshold=args.threshold,
         min_size=args.min_size,
         seed_threshold=args.seed_threshold,
+        core_threshold=args.core_threshold,
         separate=not args.no_separate,
         device=args.device,
         **settings,

@@ -72,7 +72,7 @@ def hysteresis_scene() -> tuple[np.ndarray, np.ndarray]:
     return np.stack([foreground, np.zeros_like(foreground)]), extent
 
 
-@pytest.mark.parametrize("target", ["contour", "foreground"])
+@pytest.mark.parametrize("target", ["contour", "distance", "foreground"])
 def test_core_threshold_splits_in_the_confident_mask_and_grows_to_the_threshold(target) -> None:
     probabilities, extent = hysteresis_scene()
     plain = probabilities_to_labels(probabilities, target, threshold=0.7)

@@ -60,6 +60,17 @@ CHANNEL_NAMES = {
 }
 
 
+def tuned_probability_box(tooltip: str) -> QDoubleSpinBox:
+    """A probability field whose lowest value, 0, stands for the model's tuned value."""
+    box = QDoubleSpinBox()
+    box.setRange(0.0, 0.99)
+    box.setSingleStep(0.05)
+    box.setSpecialValueText(TUNED)
+    box.setValue(0.0)
+    box.setToolTip(tooltip)
+    return box
+
+
 def segment_layer(
     data: Any,
     model: str | Path | TrainedModel,
@@ -172,31 +183,18 @@ class SegmentWidget(QWidget):
         form.addRow("Model", self.model)
         # Post-processing left at its lowest value ("tuned for the model") takes the
         # value tuned for the chosen model on its validation data (PredictConfig None).
-        self.threshold = QDoubleSpinBox()
-        self.threshold.setRange(0.0, 0.99)
-        self.threshold.setSingleStep(0.05)
-        self.threshold.setSpecialValueText(TUNED)
-        self.threshold.setValue(defaults.threshold or 0.0)
-        self.threshold.setToolTip("Foreground probability above which a pixel is an object.")
+        self.threshold = tuned_probability_box(
+            "Foreground probability above which a pixel is an object."
+        )
         form.addRow("Threshold", self.threshold)
         self.separate = QCheckBox("split touching objects (watershed)")
         self.separate.setChecked(defaults.separate)
         form.addRow("Separate", self.separate)
-        self.seed_threshold = QDoubleSpinBox()
-        self.seed_threshold.setRange(0.0, 0.99)
-        self.seed_threshold.setSingleStep(0.05)
-        self.seed_threshold.setSpecialValueText(TUNED)
-        self.seed_threshold.setValue(defaults.seed_threshold or 0.0)
-        self.seed_threshold.setToolTip(
+        self.seed_threshold = tuned_probability_box(
             "Contour models: boundary probability under which an object pixel seeds an object."
         )
         form.addRow("Seed threshold", self.seed_threshold)
-        self.core_threshold = QDoubleSpinBox()
-        self.core_threshold.setRange(0.0, 0.99)
-        self.core_threshold.setSingleStep(0.05)
-        self.core_threshold.setSpecialValueText(TUNED)
-        self.core_threshold.setValue(defaults.core_threshold or 0.0)
-        self.core_threshold.setToolTip(
+        self.core_threshold = tuned_probability_box(
             "Hysteresis: split objects where the foreground probability is over this value, "
             "then grow them to the threshold. At or below the threshold: no hysteresis."
         )

@@ -5,6 +5,11 @@ combination of threshold, seed threshold, core threshold (hysteresis; 0 = off) a
 size, and prints a table of mean pixel F1, DSB score and F1 at IoU 0.5, best first by
 ``--rank-by``. Use it on validation data only, never on a test set.
 
+The best row is chosen and scored on the same images, so it flatters the settings.
+``--holdout-splits N`` estimates by how much: N times, the images are split at random into
+two halves, the best settings are chosen on one half and scored on the other; it prints the
+mean and standard deviation of those held-out scores.
+
     python benchmarks/tune_postprocess.py --model runs/default_model/model.pt \
         --images ../shared/data/dsb2018/val/images --labels ../shared/data/dsb2018/val/labels \
         --core-thresholds 0 0.85 0.9
@@ -36,6 +41,7 @@ def main() -> None:
     parser.add_argument("--min-sizes", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--rank-by", choices=["dsb", "f1_50"], default="dsb")
     parser.add_argument("--tta", action="store_true")
+    parser.add_argument("--holdout-splits", type=int, default=0, metavar="N")
     args = parser.parse_args()
 
     model = load_model(args.model)
@@ -46,7 +52,7 @@ def main() -> None:
         cases.append((probabilities, read_image(labels_path)))
     print(f"{len(cases)} images, target {model.config.target}, tta={args.tta}")
 
-    rows = []
+    rows, per_image = [], []
     for threshold, seed_threshold, core_threshold, min_size in itertools.product(
         args.thresholds, args.seed_thresholds, args.core_thresholds, args.min_sizes
     ):
@@ -64,6 +70,7 @@ def main() -> None:
             scores = instance_metrics(truth, labels)
             dsb.append(scores["dsb_score"])
             f1_50.append(scores["f1_50"])
+        per_image.append({"dsb": dsb, "f1_50": f1_50})
         rows.append(
             (
                 threshold,
@@ -83,6 +90,30 @@ def main() -> None:
             f"{row[0]:>10.2f}{row[1]:>10.2f}{row[2]:>10.2f}{row[3]:>10d}"
             f"{row[4]:>10.4f}{row[5]:>10.4f}{row[6]:>10.4f}"
         )
+    if args.holdout_splits:
+        scores = np.array([settings[args.rank_by] for settings in per_image])
+        held_out = holdout_scores(scores, args.holdout_splits)
+        print(
+            f"{args.rank_by} of the settings chosen on one half, scored on the other "
+            f"({args.holdout_splits} random halvings): {held_out.mean():.4f} "
+            f"+- {held_out.std():.4f} (best on all images: {scores.mean(axis=1).max():.4f})"
+        )
+
+
+def holdout_scores(scores: np.ndarray, splits: int, seed: int = 0) -> np.ndarray:
+    """Held-out mean score of the settings chosen on the other half, per random halving.
+
+    ``scores`` is ``(settings, images)``; returns ``(splits,)``.
+    """
+    rng = np.random.default_rng(seed)
+    n_images = scores.shape[1]
+    held_out = []
+    for _ in range(splits):
+        order = rng.permutation(n_images)
+        choose, score = order[: n_images // 2], order[n_images // 2 :]
+        best = np.argmax(scores[:, choose].mean(axis=1))
+        held_out.append(scores[best, score].mean())
+    return np.array(held_out)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def model_file(tmp_path: Path) -> str:
     return str(save_model(tmp_path / "model.pt", model.network, model.config))
 
 
-def test_json_prints_exactly_the_summary(tmp_path: Path, capsys) -> None:
+def test_json_prints_the_summary_and_the_post_processing_used(tmp_path: Path, capsys) -> None:
     images_dir, labels_dir = write_dataset(tmp_path)
     code = main(
         [
@@ -47,7 +47,14 @@ def test_json_prints_exactly_the_summary(tmp_path: Path, capsys) -> None:
     )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)  # the whole output is one JSON object
-    assert set(summary) == {"n_images", "pixel", "instance"}
+    assert set(summary) == {"n_images", "pixel", "instance", "postprocess"}
+    # the settings the scores came from: the option given, else the defaults (no tuned values)
+    assert summary["postprocess"] == {
+        "threshold": 0.5,
+        "min_size": 0,
+        "seed_threshold": 0.5,
+        "core_threshold": 0.0,
+    }
     assert set(summary["pixel"]) == {"accuracy", "f1", "jaccard", "recall", "precision"}
     assert set(summary["instance"]) == {"dsb_score", "ap50", "ap75", "f1_50", "pq"}
     images = [read_image(p) for p in sorted(images_dir.iterdir())]
@@ -84,6 +91,8 @@ def test_table_csv_and_overlays(tmp_path: Path, capsys) -> None:
     assert code == 0
     out = capsys.readouterr().out
     assert "dsb_score" in out and "fluorescence" in out
+    used = "post-processing: threshold 0.5, min_size 8, seed_threshold 0.5, core_threshold 0.0"
+    assert used in out
     lines = (tmp_path / "score.csv").read_text().splitlines()
     assert lines[0].startswith("image,modality,") and len(lines) == 4
     assert read_image(tmp_path / "results" / "s0.png").shape == (32, 3 * 32 + 8, 3)

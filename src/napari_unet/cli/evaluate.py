@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output = parser.add_argument_group("output")
     output.add_argument("--csv", type=Path, help="write per-image scores to this CSV file")
     output.add_argument(
-        "--json", action="store_true", help="print only the summary as one JSON object"
+        "--json",
+        action="store_true",
+        help="print only the summary, with the post-processing used, as one JSON object",
     )
     output.add_argument(
         "--save-overlays",
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_unet.evaluation import evaluate_events
-    from napari_unet.prediction import resolve_model
+    from napari_unet.prediction import DEFAULT_POSTPROCESS, resolve_model
 
     config = prediction_config(args)
     model = resolve_model(args.model, config.device)
@@ -113,10 +115,14 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
     if args.csv is not None:
         report.write_csv(args.csv)
+    # The post-processing the scores came from: the options given, else the model's tuned values.
+    used = config.for_model(model)
+    postprocess = {name: getattr(used, name) for name in DEFAULT_POSTPROCESS}
     if args.json:
-        print(json.dumps(report.summary))
+        print(json.dumps({**report.summary, "postprocess": postprocess}))
     else:
         print(report.format_table())
+        print("post-processing: " + ", ".join(f"{k} {v}" for k, v in postprocess.items()))
         if args.csv is not None:
             print(f"per-image scores: {args.csv}")
         if args.save_overlays is not None:

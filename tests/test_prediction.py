@@ -65,6 +65,18 @@ def test_config_is_validated_with_a_fix_in_the_message() -> None:
     assert PredictConfig.from_dict(config.to_dict()) == config
 
 
+@pytest.mark.parametrize("stored", [{"core_threshold": 2.0}, {"min_size": -3}, [0.5, 0.9]])
+def test_invalid_tuned_post_processing_in_a_model_file_is_named(stored) -> None:
+    model = make_threshold_model()
+    model.metadata["postprocess"] = stored
+    image = make_blobs(n=1, shape=(32, 32))[0][0]
+    with pytest.raises(ConfigError, match="stored in the model file .* is invalid"):
+        predict(image, model)
+    # settings given explicitly do not read the stored ones
+    explicit = PredictConfig(threshold=0.5, seed_threshold=0.5, core_threshold=0.0, min_size=0)
+    assert predict(image, model, explicit).labels.max() > 0
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_unavailable_device_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="CUDA"):

@@ -181,12 +181,24 @@ class PredictConfig:
         Order: the value given here, then the model's ``metadata["postprocess"]``
         (tuned on its validation data), then :data:`DEFAULT_POSTPROCESS`.
         """
+        if all(getattr(self, name) is not None for name in DEFAULT_POSTPROCESS):
+            return self
         tuned = model.metadata.get("postprocess", {})
+        fix = (
+            f"the post-processing stored in the model file {model.source} is invalid ({{}}); "
+            "give every setting explicitly (threshold, seed_threshold, core_threshold, "
+            "min_size) or re-tune the model."
+        )
+        if not isinstance(tuned, dict):
+            raise ConfigError(fix.format(f"not a table of settings but {type(tuned).__name__}"))
         filled = {
             name: tuned.get(name, default) if getattr(self, name) is None else getattr(self, name)
             for name, default in DEFAULT_POSTPROCESS.items()
         }
-        return dataclasses.replace(self, **filled)
+        try:
+            return dataclasses.replace(self, **filled)
+        except ConfigError as error:
+            raise ConfigError(fix.format(error)) from error
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PredictConfig:

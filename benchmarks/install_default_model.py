@@ -4,7 +4,7 @@
         --threshold 0.7 --seed-threshold 0.5 --core-threshold 0.85 --min-size 24
 
 Writes ``src/napari_unet/samples/default_model.pt`` (float16 weights). The values come from
-``benchmarks/tune_postprocess.py`` on the validation split; prediction uses them whenever the
+``napari-unet tune`` on the validation split; prediction uses them whenever the
 caller leaves ``threshold``/``seed_threshold``/``core_threshold``/``min_size`` unset.
 """
 
@@ -32,7 +32,7 @@ def main() -> None:
         "seed_threshold": args.seed_threshold,
         "core_threshold": args.core_threshold,
         "min_size": args.min_size,
-        "tuned_on": "DSB 2018 val split (benchmarks/tune_postprocess.py)",
+        "tuned_on": "DSB 2018 val split (napari-unet tune)",
     }
     path = model.save(args.out, half_precision=True)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -7,7 +7,9 @@ import csv
 import numpy as np
 import pytest
 import torch
+from conftest import make_threshold_model
 from skimage.draw import disk
+from test_tuning import blobs_with_specks
 
 from napari_unet import metrics
 from napari_unet._widgets import EvaluateWidget
@@ -17,6 +19,7 @@ from napari_unet.checkpoint import TrainedModel
 from napari_unet.config import ModelConfig
 from napari_unet.model import build_model
 from napari_unet.prediction import predict
+from napari_unet.tuning import tune
 
 TIMEOUT_MS = 60_000
 
@@ -142,6 +145,33 @@ def test_segment_with_a_model_then_score(make_napari_viewer, qtbot):
     assert widget.scores["instance"]["dsb_score"] == pytest.approx(expected["dsb_score"])
     pixel = metrics.pixel_metrics(truth, predicted)
     assert widget.scores["pixel"]["f1"] == pytest.approx(pixel["f1"])
+
+
+def test_tune_adds_a_copy_of_the_model_with_the_best_post_processing(make_napari_viewer, qtbot):
+    REGISTRY.clear()
+    model = make_threshold_model()
+    entry = REGISTRY.add(model, "blobs")
+    images, labels = blobs_with_specks()
+    viewer = make_napari_viewer()
+    viewer.add_image(np.stack(images), name="cells")
+    viewer.add_labels(np.stack(labels), name="truth")
+    widget = dock(viewer)
+    assert not widget.tune_button.isVisibleTo(widget)  # the compare mode has no model
+    widget.mode.setCurrentText(SEGMENT)
+    widget.model.select(entry.name)
+    assert widget.tune_button.isEnabled()
+    widget.tune_button.click()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    entries = REGISTRY.entries()
+    REGISTRY.clear()
+
+    assert [e.name for e in entries] == ["blobs #1", "blobs #1 tuned #2"]
+    tuned = entries[1].model.metadata["postprocess"]
+    expected = tune(model, images, labels).best  # the same grid, run headless
+    assert {key: tuned[key] for key in expected} == expected
+    assert "3 plane(s) of 'cells'" in tuned["tuned_on"]
+    assert "postprocess" not in model.metadata  # the chosen model is left as it was
+    assert "added model 'blobs #1 tuned #2'" in widget.status.text()
 
 
 def test_model_mode_applies_test_time_augmentation(make_napari_viewer, qtbot):

@@ -8,8 +8,9 @@ The public Python API is importable without napari or Qt::
     result = nu.train(images, labels, out="my_model.pt")
 
 Names are imported lazily so that napari's plugin discovery stays fast. The modules
-behind ``train``, ``predict`` and ``evaluate`` are named ``training``, ``prediction`` and
-``evaluation`` so that importing them never shadows the functions of the same name.
+behind ``train``, ``predict``, ``evaluate`` and ``tune`` are named ``training``,
+``prediction``, ``evaluation`` and ``tuning`` so that importing them never shadows the
+functions of the same name.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ _API = {
     "predict": "napari_unet.prediction",
     "segment": "napari_unet.prediction",
     "evaluate": "napari_unet.evaluation",
+    "tune": "napari_unet.tuning",
+    "PostprocessGrid": "napari_unet.tuning",
     "segment_to_zarr": "napari_unet.distributed",
     "export_model": "napari_unet.export",
 }

@@ -17,7 +17,7 @@ from napari_unet.config import ConfigError
 from napari_unet.io import DataError
 
 #: Sub-commands, in the order ``--help`` lists them.
-COMMANDS: tuple[str, ...] = ("train", "predict", "evaluate", "demo", "export")
+COMMANDS: tuple[str, ...] = ("train", "predict", "evaluate", "tune", "demo", "export")
 
 #: Exceptions that mean "the input is wrong", not "the program is broken".
 USER_ERRORS = (DataError, ConfigError, ModelFileError, FileNotFoundError)

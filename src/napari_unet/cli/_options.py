@@ -1,4 +1,4 @@
-"""Command-line options shared by the sub-commands that predict (predict, evaluate).
+"""Command-line options shared by the sub-commands that predict (predict, evaluate, tune).
 
 One definition of each option and one translation into :class:`PredictConfig`, so the
 commands cannot drift apart.
@@ -7,7 +7,10 @@ commands cannot drift apart.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from napari_unet.io import DataError, find_dsb_samples, find_pairs, read_dsb_sample, read_image
 
 if TYPE_CHECKING:
     from napari_unet.prediction import PredictConfig
@@ -74,3 +77,52 @@ def prediction_config(args: argparse.Namespace, **settings: Any) -> PredictConfi
         device=args.device,
         **settings,
     )
+
+
+def add_labelled_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Images with their labels: two folders, or a DSB 2018 folder."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--images", type=Path, help="folder of images")
+    data.add_argument("--labels", type=Path, help="folder of label images (same file stems)")
+    data.add_argument(
+        "--dsb",
+        type=Path,
+        help="DSB 2018 folder (<id>/images/<id>.png + <id>/masks/*.png, or images/ + labels/)",
+    )
+
+
+def load_labelled_data(args: argparse.Namespace) -> tuple[list[str], list[Any], list[Any]]:
+    """Names, images and labels from ``--images/--labels`` and/or ``--dsb``.
+
+    Raises
+    ------
+    DataError
+        If no data is named, a folder is missing or empty, or a file is unreadable.
+    """
+    if args.images is None and args.labels is None and args.dsb is None:
+        raise DataError("give --images DIR and --labels DIR, or --dsb DIR.")
+    if (args.images is None) != (args.labels is None):
+        raise DataError("--images and --labels go together; give both folders.")
+    names: list[str] = []
+    images: list[Any] = []
+    labels: list[Any] = []
+    pairs = []
+    if args.images is not None:
+        pairs += find_pairs(args.images, args.labels)
+    if args.dsb is not None:
+        if (args.dsb / "images").is_dir() and (args.dsb / "labels").is_dir():
+            pairs += find_pairs(args.dsb / "images", args.dsb / "labels")
+        else:
+            for sample in find_dsb_samples(args.dsb):
+                image, label = read_dsb_sample(sample)
+                names.append(sample.name)
+                images.append(image)
+                labels.append(label)
+    for image_path, label_path in pairs:
+        names.append(image_path.stem)
+        images.append(read_image(image_path))
+        labels.append(read_image(label_path))
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DataError(f"images {repeated[:5]} appear twice; give each image once.")
+    return names, images, labels

@@ -6,15 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-from napari_unet.cli._options import add_prediction_arguments, prediction_config
-from napari_unet.io import (
-    DataError,
-    find_dsb_samples,
-    find_pairs,
-    read_dsb_sample,
-    read_image,
+from napari_unet.cli._options import (
+    add_labelled_data_arguments,
+    add_prediction_arguments,
+    load_labelled_data,
+    prediction_config,
 )
 
 HELP = "predict labelled images and print pixel and instance metrics (DSB score, AP, PQ)"
@@ -23,14 +20,7 @@ HELP = "predict labelled images and print pixel and instance metrics (DSB score,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``napari-unet evaluate``."""
     parser.add_argument("--model", required=True, help="model file (*.pt) or 'default'")
-    data = parser.add_argument_group("data")
-    data.add_argument("--images", type=Path, help="folder of images")
-    data.add_argument("--labels", type=Path, help="folder of label images (same file stems)")
-    data.add_argument(
-        "--dsb",
-        type=Path,
-        help="DSB 2018 folder (<id>/images/<id>.png + <id>/masks/*.png, or images/ + labels/)",
-    )
+    add_labelled_data_arguments(parser)
     output = parser.add_argument_group("output")
     output.add_argument("--csv", type=Path, help="write per-image scores to this CSV file")
     output.add_argument(
@@ -55,43 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     settings.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def load_evaluation_data(args: argparse.Namespace) -> tuple[list[str], list[Any], list[Any]]:
-    """Names, images and labels from ``--images/--labels`` and/or ``--dsb``.
-
-    Raises
-    ------
-    DataError
-        If no data is named, a folder is missing or empty, or a file is unreadable.
-    """
-    if args.images is None and args.labels is None and args.dsb is None:
-        raise DataError("give --images DIR and --labels DIR, or --dsb DIR.")
-    if (args.images is None) != (args.labels is None):
-        raise DataError("--images and --labels go together; give both folders.")
-    names: list[str] = []
-    images: list[Any] = []
-    labels: list[Any] = []
-    pairs = []
-    if args.images is not None:
-        pairs += find_pairs(args.images, args.labels)
-    if args.dsb is not None:
-        if (args.dsb / "images").is_dir() and (args.dsb / "labels").is_dir():
-            pairs += find_pairs(args.dsb / "images", args.dsb / "labels")
-        else:
-            for sample in find_dsb_samples(args.dsb):
-                image, label = read_dsb_sample(sample)
-                names.append(sample.name)
-                images.append(image)
-                labels.append(label)
-    for image_path, label_path in pairs:
-        names.append(image_path.stem)
-        images.append(read_image(image_path))
-        labels.append(read_image(label_path))
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise DataError(f"images {repeated[:5]} appear twice; give each image once.")
-    return names, images, labels
-
-
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the table (or JSON); returns the exit code."""
     from tqdm import tqdm
@@ -101,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = prediction_config(args)
     model = resolve_model(args.model, config.device)
-    names, images, labels = load_evaluation_data(args)
+    names, images, labels = load_labelled_data(args)
     events = evaluate_events(
         model, images, labels, config, args.resize, names=names, overlay_dir=args.save_overlays
     )

@@ -1,0 +1,283 @@
+"""Choose a model's post-processing on annotated images, and store it in the model.
+
+A model's probabilities become instances through a few settings (threshold, seed
+threshold, core threshold, minimum size; see :mod:`napari_unet.postprocess`). The
+best values depend on the model and the data, so, like StarDist's threshold
+optimisation, :func:`tune_events` predicts each annotated image once, re-runs only
+the post-processing for every combination of a :class:`PostprocessGrid`, and ranks
+the combinations by a mean instance score. :meth:`TuningResult.apply` stores the
+best one in ``model.metadata["postprocess"]``, where prediction takes it whenever a
+caller leaves a setting unset.
+
+Tune on validation images, never on a test set: the best row is chosen and scored on
+the same images, so it flatters the settings. :meth:`TuningResult.holdout_scores`
+estimates by how much, by choosing on one random half of the images and scoring on
+the other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import threading
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from napari_unet.checkpoint import TrainedModel
+from napari_unet.config import ConfigError
+from napari_unet.io import DataError
+from napari_unet.metrics import instance_metrics, pixel_metrics
+from napari_unet.postprocess import probabilities_to_labels
+from napari_unet.prediction import PredictConfig, Progress, labels_shape, predict, resolve_model
+
+#: Scores a grid can be ranked by (means over images).
+RANK_KEYS = ("f1_50", "dsb_score")
+#: Most combinations one grid may hold (each costs one post-processing of every image).
+MAX_COMBINATIONS = 2000
+#: The settings a grid varies, in table order.
+SETTINGS = ("threshold", "seed_threshold", "core_threshold", "min_size")
+
+
+@dataclass(frozen=True)
+class PostprocessGrid:
+    """The values to try for each post-processing setting, checked when built.
+
+    Parameters
+    ----------
+    thresholds : tuple of float
+        Foreground probabilities, each strictly between 0 and 1.
+    seed_thresholds : tuple of float
+        Boundary probabilities under which pixels seed objects (``contour`` models;
+        other targets use the first value only, as they ignore it).
+    core_thresholds : tuple of float
+        Hysteresis thresholds, from 0 (off) to under 1.
+    min_sizes : tuple of int
+        Minimum object sizes in pixels, at least 0.
+    """
+
+    thresholds: tuple[float, ...] = (0.5, 0.6, 0.7)
+    seed_thresholds: tuple[float, ...] = (0.4, 0.5, 0.6)
+    core_thresholds: tuple[float, ...] = (0.0, 0.85, 0.9)
+    min_sizes: tuple[int, ...] = (8, 16, 32)
+
+    def __post_init__(self) -> None:
+        probability = (lambda v: 0.0 < v < 1.0, "strictly between 0 and 1")
+        checks = {
+            "thresholds": probability,
+            "seed_thresholds": probability,
+            "core_thresholds": (lambda v: 0.0 <= v < 1.0, "from 0 (off) to under 1"),
+            "min_sizes": (lambda v: isinstance(v, int) and v >= 0, "whole numbers of pixels >= 0"),
+        }
+        for name, (valid, wanted) in checks.items():
+            values = tuple(getattr(self, name))
+            object.__setattr__(self, name, values)
+            if not values:
+                raise ConfigError(f"{name} is empty; give at least one value.")
+            bad = [v for v in values if not isinstance(v, (int, float)) or not valid(v)]
+            if bad:
+                raise ConfigError(f"{name} must be {wanted}; {bad} are not.")
+        count = len(self.combinations("contour"))
+        if count > MAX_COMBINATIONS:
+            raise ConfigError(
+                f"the grid holds {count} combinations, more than {MAX_COMBINATIONS}; "
+                "give fewer values per setting."
+            )
+
+    def combinations(self, target: str) -> list[dict[str, Any]]:
+        """Every combination of settings, as ``probabilities_to_labels`` keywords."""
+        seeds = self.seed_thresholds if target == "contour" else self.seed_thresholds[:1]
+        return [
+            dict(zip(SETTINGS, values))
+            for values in itertools.product(
+                self.thresholds, seeds, self.core_thresholds, self.min_sizes
+            )
+        ]
+
+
+@dataclass
+class TuningResult:
+    """Scores of every combination of a grid, best first.
+
+    Attributes
+    ----------
+    rows : list of dict
+        One per combination: its settings, and the means over images of the
+        pixel F1 (at its threshold), the DSB score and F1 at IoU 0.5; sorted by
+        ``rank_by``, best first (ties by the other instance score).
+    rank_by : str
+        The score the rows are sorted by.
+    per_image : np.ndarray
+        ``(combinations, images)`` ``rank_by`` scores, rows in the order of ``rows``.
+    """
+
+    rows: list[dict[str, Any]]
+    rank_by: str
+    per_image: np.ndarray
+
+    @property
+    def best(self) -> dict[str, Any]:
+        """Settings of the best combination."""
+        return {key: self.rows[0][key] for key in SETTINGS}
+
+    def apply(self, model: TrainedModel, tuned_on: str) -> None:
+        """Store the best settings in ``model.metadata["postprocess"]``, in place."""
+        model.metadata["postprocess"] = {**self.best, "tuned_on": tuned_on}
+
+    def holdout_scores(self, splits: int, seed: int = 0) -> np.ndarray:
+        """Held-out ``rank_by`` of settings chosen on the other half, per random halving.
+
+        Returns ``(splits,)`` scores; needs at least two images.
+        """
+        n_images = self.per_image.shape[1]
+        if n_images < 2:
+            raise DataError("a held-out estimate needs at least two images.")
+        rng = np.random.default_rng(seed)
+        scores = []
+        for _ in range(splits):
+            order = rng.permutation(n_images)
+            choose, score = order[: n_images // 2], order[n_images // 2 :]
+            best = np.argmax(self.per_image[:, choose].mean(axis=1))
+            scores.append(self.per_image[best, score].mean())
+        return np.array(scores)
+
+    def format_table(self, limit: int = 10) -> str:
+        """The ``limit`` best rows as a text table."""
+        scores = ("pixel_f1", "dsb_score", "f1_50")
+        lines = ["".join(f"{name:>16}" for name in (*SETTINGS, *scores))]
+        for row in self.rows[:limit]:
+            lines.append(
+                "".join(f"{row[name]:>16g}" for name in SETTINGS)
+                + "".join(f"{row[name]:>16.4f}" for name in scores)
+            )
+        return "\n".join(lines)
+
+
+def tune_events(
+    model: str | os.PathLike[str] | TrainedModel,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    grid: PostprocessGrid | None = None,
+    rank_by: str = "f1_50",
+    config: PredictConfig | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    stop: threading.Event | None = None,
+) -> Generator[Progress, None, TuningResult]:
+    """Score every combination of ``grid`` on annotated images, yielding progress.
+
+    Parameters
+    ----------
+    model : str, Path or TrainedModel
+        A model file, ``"default"`` or a loaded model.
+    images : sequence of np.ndarray
+        2D planes: ``(H, W)`` grey or ``(H, W, 3|4)`` colour.
+    labels : sequence of np.ndarray
+        ``(H, W)`` integer instance labels (0 = background), one per image, with
+        objects in at least one of them.
+    grid : PostprocessGrid, optional
+        The values to try (default :class:`PostprocessGrid`).
+    rank_by : {"f1_50", "dsb_score"}
+        Mean score that orders the combinations.
+    config : PredictConfig, optional
+        Prediction settings (tiles, TTA, device); its post-processing is ignored.
+    names : sequence of str, optional
+        Image names for error messages (default ``image_000``, ...).
+    stop : threading.Event, optional
+        When set, stop and raise :class:`~napari_unet.io.DataError`.
+
+    Returns
+    -------
+    TuningResult
+
+    Raises
+    ------
+    ConfigError
+        If ``rank_by`` is unknown.
+    DataError
+        If there are no images, counts differ, labels are not 2D integer images of
+        their image's shape or hold no object at all, or the run was stopped. All
+        pairs are checked before any prediction.
+    """
+    grid = grid or PostprocessGrid()
+    if rank_by not in RANK_KEYS:
+        raise ConfigError(f"rank_by must be one of {RANK_KEYS}, got {rank_by!r}.")
+    if len(images) != len(labels):
+        raise DataError(f"got {len(images)} images but {len(labels)} label images; pair them up.")
+    if not images:
+        raise DataError("no images to tune on; check the folder or the list.")
+    names = list(names) if names is not None else [f"image_{i:03d}" for i in range(len(images))]
+    config = dataclasses.replace(config or PredictConfig(), return_probabilities=True)
+    trained = resolve_model(model, config.device)
+    for name, image, truth in zip(names, images, labels):
+        truth = np.asarray(truth)
+        expected = labels_shape(np.shape(image), trained.config.in_channels, None, None)
+        if truth.ndim != 2 or not np.issubdtype(truth.dtype, np.integer):
+            raise DataError(
+                f"labels of {name!r} must be a 2D integer image, got shape {truth.shape} of "
+                f"{truth.dtype}."
+            )
+        if expected != truth.shape:
+            raise DataError(
+                f"labels of {name!r} have shape {truth.shape} but the image is {expected}; "
+                "labels must match their image."
+            )
+    if not any(np.any(np.asarray(truth) > 0) for truth in labels):
+        raise DataError("the labels hold no object at all; tune on images with annotated objects.")
+
+    combinations = grid.combinations(trained.config.target)
+    total = len(images) + len(combinations)
+    cases = []
+    for number, (name, image) in enumerate(zip(names, images)):
+        if stop is not None and stop.is_set():
+            raise DataError("tuning was stopped; nothing was chosen.")
+        probabilities = predict(np.asarray(image), trained, config).probabilities
+        cases.append((probabilities, np.asarray(labels[number])))
+        yield Progress(number + 1, total, f"predicted {name}")
+
+    rows, per_image = [], []
+    for number, settings in enumerate(combinations):
+        if stop is not None and stop.is_set():
+            raise DataError("tuning was stopped; nothing was chosen.")
+        pixel_f1, scores = [], {key: [] for key in RANK_KEYS}
+        for probabilities, truth in cases:
+            predicted = probabilities_to_labels(probabilities, trained.config.target, **settings)
+            mask = probabilities[0] > settings["threshold"]
+            pixel_f1.append(pixel_metrics(truth > 0, mask)["f1"])
+            instance = instance_metrics(truth, predicted)
+            for key in RANK_KEYS:
+                scores[key].append(instance[key])
+        rows.append(
+            {
+                **settings,
+                "pixel_f1": float(np.mean(pixel_f1)),
+                **{key: float(np.mean(values)) for key, values in scores.items()},
+            }
+        )
+        per_image.append(scores[rank_by])
+        yield Progress(len(images) + number + 1, total, "post-processing")
+    # Ties on the ranking score go to the better other score.
+    other = next(key for key in RANK_KEYS if key != rank_by)
+    order = sorted(range(len(rows)), key=lambda i: (-rows[i][rank_by], -rows[i][other]))
+    return TuningResult([rows[i] for i in order], rank_by, np.array([per_image[i] for i in order]))
+
+
+def tune(
+    model: str | os.PathLike[str] | TrainedModel,
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    grid: PostprocessGrid | None = None,
+    rank_by: str = "f1_50",
+    config: PredictConfig | None = None,
+    **options: Any,
+) -> TuningResult:
+    """:func:`tune_events` run to the end (no progress)."""
+    events = tune_events(model, images, labels, grid, rank_by, config, **options)
+    while True:
+        try:
+            next(events)
+        except StopIteration as finished:
+            return finished.value

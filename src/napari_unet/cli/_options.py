@@ -7,13 +7,15 @@ commands cannot drift apart.
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari_unet.io import DataError, find_dsb_samples, find_pairs, read_dsb_sample, read_image
 
 if TYPE_CHECKING:
-    from napari_unet.prediction import PredictConfig
+    from napari_unet.prediction import PredictConfig, Progress
 
 
 def add_prediction_arguments(parser: argparse.ArgumentParser | Any) -> None:
@@ -126,3 +128,19 @@ def load_labelled_data(args: argparse.Namespace) -> tuple[list[str], list[Any], 
     if repeated:
         raise DataError(f"images {repeated[:5]} appear twice; give each image once.")
     return names, images, labels
+
+
+def run_with_progress_bar(
+    events: Generator[Progress, None, Any], quiet: bool, unit: str, desc: str | None = None
+) -> Any:
+    """Drive a generator of progress events under a progress bar on stderr; return its value."""
+    from tqdm import tqdm
+
+    with tqdm(desc=desc, unit=unit, disable=quiet, file=sys.stderr) as bar:
+        while True:
+            try:
+                progress = next(events)
+            except StopIteration as finished:
+                return finished.value
+            bar.total = progress.total
+            bar.update(progress.done - bar.n)

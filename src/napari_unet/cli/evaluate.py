@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from napari_unet.cli._options import (
@@ -12,6 +11,7 @@ from napari_unet.cli._options import (
     add_prediction_arguments,
     load_labelled_data,
     prediction_config,
+    run_with_progress_bar,
 )
 
 HELP = "predict labelled images and print pixel and instance metrics (DSB score, AP, PQ)"
@@ -47,8 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the table (or JSON); returns the exit code."""
-    from tqdm import tqdm
-
     from napari_unet.evaluation import evaluate_events
     from napari_unet.prediction import DEFAULT_POSTPROCESS, resolve_model
 
@@ -58,14 +56,7 @@ def run(args: argparse.Namespace) -> int:
     events = evaluate_events(
         model, images, labels, config, args.resize, names=names, overlay_dir=args.save_overlays
     )
-    with tqdm(total=len(names), unit="image", disable=args.quiet, file=sys.stderr) as bar:
-        while True:
-            try:
-                next(events)
-            except StopIteration as finished:
-                report = finished.value
-                break
-            bar.update(1)
+    report = run_with_progress_bar(events, args.quiet, unit="image")
     if args.csv is not None:
         report.write_csv(args.csv)
     # The post-processing the scores came from: the options given, else the model's tuned values.

@@ -10,7 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.cli._options import add_prediction_arguments, prediction_config
+from napari_unet.cli._options import (
+    add_prediction_arguments,
+    prediction_config,
+    run_with_progress_bar,
+)
 from napari_unet.io import IMAGE_SUFFIXES, DataError, atomic_write, list_images, read_image
 
 HELP = "segment images, folders or TIFF/Zarr stacks with a model and write label TIFFs"
@@ -138,7 +142,6 @@ def run(args: argparse.Namespace) -> int:
 
     if wants_scale(args):
         return run_cli(args)  # block-wise Zarr output on a dask scheduler
-    from tqdm import tqdm
 
     from napari_unet.prediction import labels_shape, predict_events, resolve_model
 
@@ -169,15 +172,7 @@ def run(args: argparse.Namespace) -> int:
         probabilities_path = args.out / f"{stem}_probabilities.tif"
         if isinstance(image, np.ndarray):
             events = predict_events(image, model, config, channel_axis=args.channel_axis)
-            with tqdm(desc=path.name, unit="tile", disable=args.quiet, file=sys.stderr) as bar:
-                while True:
-                    try:
-                        progress = next(events)
-                    except StopIteration as finished:
-                        result = finished.value
-                        break
-                    bar.total = progress.total
-                    bar.update(progress.done - bar.n)
+            result = run_with_progress_bar(events, args.quiet, unit="tile", desc=path.name)
             labels = result.labels
             planes = labels.reshape((-1, *labels.shape[-2:]))
             _write_planes(labels_path, iter(planes), labels.shape, labels.dtype)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from napari_unet.cli._options import add_labelled_data_arguments, load_labelled_data
+from napari_unet.cli._options import (
+    add_labelled_data_arguments,
+    load_labelled_data,
+    run_with_progress_bar,
+)
 
 HELP = "choose the post-processing (thresholds, minimum size) on labelled images; store it"
 
@@ -61,8 +64,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Tune, print the best rows, optionally write the tuned model; returns the exit code."""
-    from tqdm import tqdm
-
     from napari_unet.config import ConfigError
     from napari_unet.prediction import PredictConfig, default_overlap, resolve_model
     from napari_unet.tuning import PostprocessGrid, tune_events
@@ -81,15 +82,7 @@ def run(args: argparse.Namespace) -> int:
     model = resolve_model(args.model, config.device)
     names, images, labels = load_labelled_data(args)
     events = tune_events(model, images, labels, grid, args.rank_by, config, names=names)
-    with tqdm(unit="step", disable=args.quiet, file=sys.stderr) as bar:
-        while True:
-            try:
-                progress = next(events)
-            except StopIteration as finished:
-                result = finished.value
-                break
-            bar.total = progress.total
-            bar.update(progress.done - bar.n)
+    result = run_with_progress_bar(events, args.quiet, unit="step")
     print(f"{len(images)} images, model target {model.config.target}, ranked by {args.rank_by}")
     print(result.format_table())
     best = ", ".join(f"{key} {value:g}" for key, value in result.best.items())

@@ -163,6 +163,16 @@ def test_tune_adds_a_copy_of_the_model_with_the_best_post_processing(make_napari
     widget.tune_button.click()
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
     entries = REGISTRY.entries()
+    assert "added model 'blobs #1 tuned #2'" in widget.status.text()
+
+    # ground truth without objects: the run fails with the reason, and adds no model
+    viewer.add_labels(np.zeros_like(np.stack(labels)), name="empty")
+    widget.truth.set_layer(viewer.layers["empty"])
+    widget.model.select(entry.name)
+    widget.tune_button.click()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    assert widget.status.text().startswith("Tuning failed: the labels hold no object")
+    assert len(REGISTRY.entries()) == 2
     REGISTRY.clear()
 
     assert [e.name for e in entries] == ["blobs #1", "blobs #1 tuned #2"]
@@ -171,7 +181,6 @@ def test_tune_adds_a_copy_of_the_model_with_the_best_post_processing(make_napari
     assert {key: tuned[key] for key in expected} == expected
     assert "3 plane(s) of 'cells'" in tuned["tuned_on"]
     assert "postprocess" not in model.metadata  # the chosen model is left as it was
-    assert "added model 'blobs #1 tuned #2'" in widget.status.text()
 
 
 def test_model_mode_applies_test_time_augmentation(make_napari_viewer, qtbot):

@@ -311,6 +311,7 @@ class RunControls(QWidget):
         self.worker: Any = None
         self.stop_event = threading.Event()
         self._failure = failure
+        self._run_failure = failure
         self._stop_text = stop_text
         self.run_button = QPushButton(run_text)
         self.stop_button = QPushButton("Stop")
@@ -369,6 +370,7 @@ class RunControls(QWidget):
         on_yielded: Callable[[Any], None],
         on_returned: Callable[[Any], None],
         busy: bool = True,
+        failure: str | None = None,
         **kwargs: Any,
     ) -> None:
         """Run ``work(*args, **kwargs)`` in a worker thread.
@@ -383,10 +385,14 @@ class RunControls(QWidget):
             Called in the GUI thread with each yielded value and with the result.
         busy : bool
             Show a busy bar until the first progress, rather than an empty one.
+        failure : str, optional
+            What the status line says before an error of this run (default: the
+            ``failure`` given to the constructor).
         """
         from napari.qt.threading import create_worker
 
         self.stop_event = threading.Event()
+        self._run_failure = failure or self._failure
         if self._stop_text is not None:
             kwargs["stop"] = self.stop_event
         self.say(message)
@@ -413,7 +419,7 @@ class RunControls(QWidget):
 
     def _on_error(self, error: Exception) -> None:
         # napari shows the error as a notification; the status line says it too.
-        self.say(f"{self._failure}: {error}", error=True)
+        self.say(f"{self._run_failure}: {error}", error=True)
 
     def _on_finished(self) -> None:
         self.worker = None

@@ -159,6 +159,7 @@ class EvaluateWidget(QWidget):
         self.viewer = napari_viewer
         self.scores: dict[str, dict[str, Any]] | None = None
         self._image_layer: Any = None  # the image segmented by the run in progress
+        self._tune_names = ("", "")  # (new model's label, image name) of the tuning in progress
 
         layout = QVBoxLayout(self)
         # A grid, not a form: rows whose widgets are hidden take no space in a grid.
@@ -339,32 +340,36 @@ class EvaluateWidget(QWidget):
         if self.running or self.mode.currentText() != SEGMENT or self.update_state() is not None:
             return
         image, truth = self.image.layer(), self.truth.layer()
-        self.controls.run(
-            tune_on_layers,
-            layer_data(image),
-            bool(image.rgb),
-            self.model.value(),
-            layer_data(truth),
-            PredictConfig(tta=self.tta.isChecked()),
-            message="Tuning the post-processing…",
-            on_yielded=self._on_progress,
-            on_returned=self._on_tuned,
-        )
-
-    def _on_tuned(self, result: tuple[TrainedModel, TuningResult]) -> None:
-        trained, tuning = result
-        # A copy, so that the chosen model (perhaps a session model in use) stays as it was.
-        tuned = copy.deepcopy(trained)
-        planes_used = tuning.per_image.shape[1]
-        tuning.apply(tuned, f"{planes_used} plane(s) of {self.image.layer().name!r} (napari)")
         chosen = self.model.value()
+        # Named now, as the choices may change while the worker runs.
         # "default (bundled nuclei model)" -> "default"; "tiny #1 (Dice 0.84)" -> "tiny #1"
         source = (
             chosen.stem
             if isinstance(chosen, Path)
             else self.model.combo.currentText().split(" (")[0]
         )
-        entry = REGISTRY.add(tuned, f"{source} tuned")
+        self._tune_names = (f"{source} tuned", image.name)
+        self.controls.run(
+            tune_on_layers,
+            layer_data(image),
+            bool(image.rgb),
+            chosen,
+            layer_data(truth),
+            PredictConfig(tta=self.tta.isChecked()),
+            message="Tuning the post-processing…",
+            failure="Tuning failed",
+            on_yielded=self._on_progress,
+            on_returned=self._on_tuned,
+        )
+
+    def _on_tuned(self, result: tuple[TrainedModel, TuningResult]) -> None:
+        trained, tuning = result
+        label, image_name = self._tune_names
+        # A copy, so that the chosen model (perhaps a session model in use) stays as it was.
+        tuned = copy.deepcopy(trained)
+        planes_used = tuning.per_image.shape[1]
+        tuning.apply(tuned, f"{planes_used} plane(s) of {image_name!r} (napari)")
+        entry = REGISTRY.add(tuned, label)
         best = ", ".join(f"{key} {value:g}" for key, value in tuning.best.items())
         self.controls.say(
             f"Best on {planes_used} plane(s): {best} (F1 @ IoU 0.5 "

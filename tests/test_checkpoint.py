@@ -82,6 +82,12 @@ def test_half_precision_round_trip(tmp_path: Path) -> None:
     # integer buffers (BatchNorm batch counts) are kept exactly
     key = "encoders.0.1.num_batches_tracked"
     assert torch.equal(stored[key], net.state_dict()[key])
+    # a loaded model re-saves at the precision of its file unless told otherwise
+    assert loaded.half_precision and not load_model(full, device="cpu").half_precision
+    again = read_payload(loaded.save(tmp_path / "again.pt"))["state_dict"]
+    assert {v.dtype for v in again.values() if v.is_floating_point()} == {torch.float16}
+    widened = read_payload(loaded.save(tmp_path / "wide.pt", half_precision=False))["state_dict"]
+    assert {v.dtype for v in widened.values() if v.is_floating_point()} == {torch.float32}
 
 
 def test_numpy_and_path_metadata_are_stored_as_plain_types(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ def write_dataset(folder: Path) -> tuple[Path, Path]:
 def test_tune_prints_the_best_settings_and_stores_them_in_the_copy(tmp_path, capsys) -> None:
     images, labels = write_dataset(tmp_path)
     network = make_threshold_model()
-    model = save_model(tmp_path / "model.pt", network.network, network.config)
+    model = save_model(tmp_path / "model.pt", network.network, network.config, half_precision=True)
     before = model.read_bytes()
     out = tmp_path / "tuned.pt"
     grid = ["--thresholds", "0.5", "--core-thresholds", "0", "--min-sizes", "0", "8"]
@@ -36,6 +36,7 @@ def test_tune_prints_the_best_settings_and_stores_them_in_the_copy(tmp_path, cap
     assert (tuned["threshold"], tuned["core_threshold"], tuned["min_size"]) == (0.5, 0.0, 8)
     assert "napari-unet tune" in tuned["tuned_on"]
     assert model.read_bytes() == before  # the input model is left as it was
+    assert load_model(out, device="cpu").half_precision  # and its precision is kept
 
 
 def test_bad_grid_or_data_exit_2_and_write_nothing(tmp_path, capsys) -> None:

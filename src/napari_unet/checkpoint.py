@@ -49,6 +49,8 @@ class TrainedModel:
         Where ``network`` lives.
     source : str
         Where it was loaded from (a path, ``"default"``, or ``"memory"``).
+    half_precision : bool
+        Whether the file it was loaded from stored float16 weights.
     """
 
     network: nn.Module
@@ -56,10 +58,15 @@ class TrainedModel:
     metadata: dict[str, Any] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     source: str = "memory"
+    half_precision: bool = False
 
-    def save(self, path: str | Path, half_precision: bool = False) -> Path:
-        """Write this model to ``path`` (see :func:`save_model`)."""
-        return save_model(path, self.network, self.config, self.metadata, half_precision)
+    def save(self, path: str | Path, half_precision: bool | None = None) -> Path:
+        """Write this model to ``path`` (see :func:`save_model`).
+
+        ``half_precision=None`` keeps the precision of the file it was loaded from.
+        """
+        half = self.half_precision if half_precision is None else half_precision
+        return save_model(path, self.network, self.config, self.metadata, half)
 
 
 def default_model_path() -> Path:
@@ -195,6 +202,7 @@ def model_from_payload(
     if not isinstance(metadata, dict):
         raise ModelFileError(f"{source!r} has invalid metadata (not a mapping); re-save the model.")
     network = build_model(config)
+    half_precision = any(v.dtype == torch.float16 for v in state.values())
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
         network.load_state_dict(state)
@@ -204,7 +212,7 @@ def model_from_payload(
         ) from error
     torch_device = device if isinstance(device, torch.device) else select_device(device)
     network.to(torch_device).eval()
-    return TrainedModel(network, config, dict(metadata), torch_device, source)
+    return TrainedModel(network, config, dict(metadata), torch_device, source, half_precision)
 
 
 def load_model(

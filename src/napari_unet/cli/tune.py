@@ -47,7 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="write the model with the best settings stored in it here (default: only print)",
     )
-    output.add_argument("--half", action="store_true", help="store the weights as float16")
+    output.add_argument(
+        "--half",
+        action="store_true",
+        help="store the weights as float16 (default: as in the model file given)",
+    )
     output.add_argument(
         "--holdout-splits",
         type=int,
@@ -97,6 +101,6 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         source = args.images or args.dsb
         result.apply(model, f"{len(images)} images of {source} (napari-unet tune, {args.rank_by})")
-        path = model.save(args.out, half_precision=args.half)
+        path = model.save(args.out, half_precision=True if args.half else None)
         print(f"wrote {path}: prediction now uses these settings when none are given")
     return 0

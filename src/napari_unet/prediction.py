@@ -187,7 +187,7 @@ class PredictConfig:
         fix = (
             f"the post-processing stored in the model file {model.source} is invalid ({{}}); "
             "give every setting explicitly (threshold, seed_threshold, core_threshold, "
-            "min_size) or re-tune the model."
+            "min_size) or re-tune the model (napari-unet tune --out)."
         )
         if not isinstance(tuned, dict):
             raise ConfigError(fix.format(f"not a table of settings but {type(tuned).__name__}"))

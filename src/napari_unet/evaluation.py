@@ -35,7 +35,14 @@ from napari_unet.metrics import (
     mean_pixel_metrics,
     pixel_metrics,
 )
-from napari_unet.prediction import PredictConfig, Progress, labels_shape, predict, resolve_model
+from napari_unet.prediction import (
+    PredictConfig,
+    Progress,
+    labels_shape,
+    predict,
+    resolve_model,
+    run_to_end,
+)
 
 PIXEL_KEYS = ("accuracy", "f1", "jaccard", "recall", "precision")
 INSTANCE_KEYS = ("dsb_score", "ap50", "ap75", "f1_50", "pq")
@@ -209,6 +216,61 @@ def _summarise(
     }
 
 
+def pair_names(
+    images: Sequence[Any], labels: Sequence[Any], names: Sequence[str] | None, task: str
+) -> list[str]:
+    """Names of image/label pairs (default ``image_000``, ...), once the pairs add up.
+
+    ``task`` ("evaluate", "tune") names the work in the messages.
+
+    Raises
+    ------
+    DataError
+        If there are no images, or the counts of images, labels and names differ.
+    """
+    if len(images) != len(labels):
+        raise DataError(f"got {len(images)} images but {len(labels)} label images; pair them up.")
+    if not images:
+        raise DataError(f"no images to {task}; check the folder or the list.")
+    names = list(names) if names is not None else [f"image_{i:03d}" for i in range(len(images))]
+    if len(names) != len(images):
+        raise DataError(f"got {len(names)} names for {len(images)} images; give one name each.")
+    return names
+
+
+def check_planes(
+    names: Sequence[str],
+    images: Sequence[Any],
+    labels: Sequence[Any],
+    in_channels: int,
+    channel_axis: int | None,
+    task: str,
+) -> None:
+    """Check that every image is a 2D plane for the model and its labels match it.
+
+    Raises
+    ------
+    DataError
+        If labels are not a 2D integer image, an image is not a 2D plane (grey, colour,
+        or multichannel along ``channel_axis``), or the shapes differ.
+    """
+    for name, image, truth in zip(names, images, labels):
+        truth = np.asarray(truth)
+        if truth.ndim != 2 or not np.issubdtype(truth.dtype, np.integer):
+            raise DataError(
+                f"labels of {name!r} must be a 2D integer image, got shape {truth.shape} of "
+                f"{truth.dtype}."
+            )
+        expected = labels_shape(np.shape(image), in_channels, None, channel_axis)
+        if len(expected) != 2:
+            raise DataError(f"{name!r} has shape {np.shape(image)}; {task} takes 2D planes.")
+        if expected != truth.shape:
+            raise DataError(
+                f"labels of {name!r} have shape {truth.shape} but the image is {expected}; "
+                "labels must match their image."
+            )
+
+
 def evaluate_events(
     model: str | os.PathLike[str] | TrainedModel,
     images: Sequence[np.ndarray],
@@ -261,32 +323,12 @@ def evaluate_events(
         any prediction, so nothing is written for a bad input.
     """
     config = dataclasses.replace(config or PredictConfig(), return_probabilities=True)
-    if len(images) != len(labels):
-        raise DataError(f"got {len(images)} images but {len(labels)} label images; pair them up.")
-    if not images:
-        raise DataError("no images to evaluate; check the folder or the list.")
     if resize is not None and not (isinstance(resize, int) and resize >= 16):
         raise DataError(f"resize must be a size of at least 16 pixels, got {resize!r}; try 256.")
-    names = list(names) if names is not None else [f"image_{i:03d}" for i in range(len(images))]
-    if len(names) != len(images):
-        raise DataError(f"got {len(names)} names for {len(images)} images; give one name each.")
+    names = pair_names(images, labels, names, "evaluate")
     trained = resolve_model(model, config.device)
     config = config.for_model(trained)
-    for name, image, truth in zip(names, images, labels):
-        truth = np.asarray(truth)
-        if truth.ndim != 2 or not np.issubdtype(truth.dtype, np.integer):
-            raise DataError(
-                f"labels of {name!r} must be a 2D integer image, got shape {truth.shape} of "
-                f"{truth.dtype}."
-            )
-        expected = labels_shape(np.shape(image), trained.config.in_channels, None, channel_axis)
-        if len(expected) != 2:
-            raise DataError(f"{name!r} has shape {np.shape(image)}; evaluate takes 2D planes.")
-        if expected != truth.shape:
-            raise DataError(
-                f"labels of {name!r} have shape {truth.shape} but the image is {expected}; "
-                "labels must match their image."
-            )
+    check_planes(names, images, labels, trained.config.in_channels, channel_axis, "evaluate")
 
     rows: list[dict[str, Any]] = []
     pixel_rows: list[dict[str, float]] = []
@@ -345,9 +387,4 @@ def evaluate(
     **options: Any,
 ) -> EvaluationReport:
     """Plain-function form of :func:`evaluate_events` (same arguments)."""
-    events = evaluate_events(model, images, labels, config, resize, **options)
-    while True:
-        try:
-            next(events)
-        except StopIteration as finished:
-            return finished.value
+    return run_to_end(evaluate_events(model, images, labels, config, resize, **options))

@@ -26,7 +26,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -39,6 +39,8 @@ from napari_unet.io import DataError
 from napari_unet.model import select_device
 from napari_unet.postprocess import label_dtype, probabilities_to_labels
 from napari_unet.tiling import sliding_window, sliding_window_events, tile_grid
+
+T = TypeVar("T")
 
 #: Largest automatic tile side: bigger tiles are not faster on a CPU and only
 #: raise peak memory; a GPU gains from fewer, larger launches.
@@ -765,7 +767,12 @@ def _predict_dask(
     return Segmentation(labels, probabilities if config.return_probabilities else None)
 
 
-def _run(events: Generator[Progress, None, Segmentation]) -> Segmentation:
+def run_to_end(events: Generator[Any, None, T]) -> T:
+    """Drive a generator of progress events to its end and return its value.
+
+    The plain-function forms (``predict``, ``evaluate``, ``tune``, ``train``) of the
+    ``*_events`` generators are this call.
+    """
     while True:
         try:
             next(events)
@@ -800,7 +807,7 @@ def predict(
     ``tta=True``) and ``rgb``/``channel_axis``/``stop``.
     """
     config, rest = _split_options(config, options)
-    return _run(predict_events(image, model, config, **rest))
+    return run_to_end(predict_events(image, model, config, **rest))
 
 
 def segment(

@@ -67,6 +67,7 @@ from napari_unet.io import atomic_write
 from napari_unet.losses import LOSSES, compute_loss
 from napari_unet.metrics import pixel_metrics
 from napari_unet.model import build_model, select_device
+from napari_unet.prediction import run_to_end
 
 CHECKPOINT_FORMAT = "napari-unet-training-state"
 SCHEDULES = ("plateau", "onecycle", "cosine")
@@ -584,16 +585,14 @@ def train_events(
         target=model_config.target,
         label_mode=config.label_mode,
     )
+    planes = prepare_training_planes(
+        images, labels, contact_weight=config.contact_weight, **prepare
+    )
     if val_images is not None:
-        train_planes = prepare_training_planes(
-            images, labels, contact_weight=config.contact_weight, **prepare
-        )
+        train_planes = planes
         val_planes = prepare_training_planes(val_images, val_labels, what="validation", **prepare)
         validation = "explicit"
     else:
-        planes = prepare_training_planes(
-            images, labels, contact_weight=config.contact_weight, **prepare
-        )
         train_index, val_index, validation = _split(len(planes), config.val_fraction, config.seed)
         train_planes = [planes[i] for i in train_index]
         val_planes = [planes[i] for i in val_index]
@@ -847,9 +846,4 @@ def train(
     >>> result = train(images, labels, cfg, out="nuclei.pt")  # doctest: +SKIP
     >>> result.best_epoch, result.history[-1]["val_dice"]  # doctest: +SKIP
     """
-    events = train_events(images, labels, config, **kwargs)
-    while True:
-        try:
-            next(events)
-        except StopIteration as finished:
-            return finished.value
+    return run_to_end(train_events(images, labels, config, **kwargs))

@@ -29,10 +29,11 @@ import numpy as np
 
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.config import ConfigError
+from napari_unet.evaluation import check_planes, pair_names
 from napari_unet.io import DataError
 from napari_unet.metrics import instance_metrics, pixel_metrics
 from napari_unet.postprocess import probabilities_to_labels
-from napari_unet.prediction import PredictConfig, Progress, labels_shape, predict, resolve_model
+from napari_unet.prediction import PredictConfig, Progress, predict, resolve_model, run_to_end
 
 #: Scores a grid can be ranked by (means over images).
 RANK_KEYS = ("f1_50", "dsb_score")
@@ -198,33 +199,17 @@ def tune_events(
     ConfigError
         If ``rank_by`` is unknown.
     DataError
-        If there are no images, counts differ, labels are not 2D integer images of
-        their image's shape or hold no object at all, or the run was stopped. All
-        pairs are checked before any prediction.
+        If there are no images, counts differ, an image is not a 2D plane, labels are
+        not 2D integer images of their image's shape or hold no object at all, or the
+        run was stopped. All pairs are checked before any prediction.
     """
     grid = grid or PostprocessGrid()
     if rank_by not in RANK_KEYS:
         raise ConfigError(f"rank_by must be one of {RANK_KEYS}, got {rank_by!r}.")
-    if len(images) != len(labels):
-        raise DataError(f"got {len(images)} images but {len(labels)} label images; pair them up.")
-    if not images:
-        raise DataError("no images to tune on; check the folder or the list.")
-    names = list(names) if names is not None else [f"image_{i:03d}" for i in range(len(images))]
+    names = pair_names(images, labels, names, "tune")
     config = dataclasses.replace(config or PredictConfig(), return_probabilities=True)
     trained = resolve_model(model, config.device)
-    for name, image, truth in zip(names, images, labels):
-        truth = np.asarray(truth)
-        expected = labels_shape(np.shape(image), trained.config.in_channels, None, None)
-        if truth.ndim != 2 or not np.issubdtype(truth.dtype, np.integer):
-            raise DataError(
-                f"labels of {name!r} must be a 2D integer image, got shape {truth.shape} of "
-                f"{truth.dtype}."
-            )
-        if expected != truth.shape:
-            raise DataError(
-                f"labels of {name!r} have shape {truth.shape} but the image is {expected}; "
-                "labels must match their image."
-            )
+    check_planes(names, images, labels, trained.config.in_channels, None, "tune")
     if not any(np.any(np.asarray(truth) > 0) for truth in labels):
         raise DataError("the labels hold no object at all; tune on images with annotated objects.")
 
@@ -275,9 +260,4 @@ def tune(
     **options: Any,
 ) -> TuningResult:
     """:func:`tune_events` run to the end (no progress)."""
-    events = tune_events(model, images, labels, grid, rank_by, config, **options)
-    while True:
-        try:
-            next(events)
-        except StopIteration as finished:
-            return finished.value
+    return run_to_end(tune_events(model, images, labels, grid, rank_by, config, **options))

@@ -110,7 +110,9 @@ def paired_ratio(function: Callable[[], object], flops: int, pairs: int = 5) -> 
     return float(np.median(ratios)), max(rates)
 
 
-def end_to_end(image: np.ndarray, model: TrainedModel, config: PredictConfig) -> tuple[float, float]:
+def end_to_end(
+    image: np.ndarray, model: TrainedModel, config: PredictConfig
+) -> tuple[float, float]:
     """Seconds of one ``predict`` call after a warm-up call, and the mean matmul rate around it."""
     predict(image, model, config)
     matmul_before = matmul_rate()
@@ -130,8 +132,8 @@ def speed_table(image_size: int, compiled: bool) -> Iterator[dict[str, float | s
         fast_net = TilePredictor(model).network
         tile_flops = network_flops(fast_net, tile_input)
         with torch.inference_mode():
-            net_ratio, net_rate = paired_ratio(lambda: fast_net(fast_input), tile_flops)
-            eager_ratio, _ = paired_ratio(lambda: model.network(tile_input), tile_flops)
+            net_ratio, net_rate = paired_ratio(lambda net=fast_net: net(fast_input), tile_flops)
+            eager_ratio, _ = paired_ratio(lambda net=model.network: net(tile_input), tile_flops)
         config = PredictConfig()  # automatic tile size, as a user gets it
         with FlopCounterMode(display=False) as counter:
             predict(image, model, config)
@@ -156,7 +158,7 @@ def speed_table(image_size: int, compiled: bool) -> Iterator[dict[str, float | s
             row["compile_s"] = time.perf_counter() - start
             with torch.inference_mode():
                 row["compiled_ratio"], _ = paired_ratio(
-                    lambda: compiled_net(fast_input), tile_flops
+                    lambda net=compiled_net: net(fast_input), tile_flops
                 )
             seconds, matmul = end_to_end(image, model, PredictConfig(compile=True))
             row["compiled_mpx_per_s"] = image_size**2 / 1e6 / seconds

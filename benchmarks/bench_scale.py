@@ -74,8 +74,12 @@ def synthetic_chunk(shape: tuple[int, int], seed: int) -> np.ndarray:
 def write_stack(path: Path, planes: int, side: int, chunk: int, dtype: str) -> zarr.Array:
     """An uncompressed Zarr of ``planes x side x side``, written chunk by chunk."""
     array = zarr.create_array(
-        str(path), shape=(planes, side, side), chunks=(1, chunk, chunk), dtype=dtype,
-        compressors=None, fill_value=0,
+        str(path),
+        shape=(planes, side, side),
+        chunks=(1, chunk, chunk),
+        dtype=dtype,
+        compressors=None,
+        fill_value=0,
     )
     seed = 0
     for z in range(planes):
@@ -138,8 +142,9 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="bench_scale_", dir=args.dir))
     try:
         started = time.perf_counter()
-        write_stack(scratch / "stack.zarr", planes, side, 1024 if not args.quick else 512,
-                    args.dtype)
+        write_stack(
+            scratch / "stack.zarr", planes, side, 1024 if not args.quick else 512, args.dtype
+        )
         stack_bytes = directory_bytes(scratch / "stack.zarr")
         print(
             f"stack {planes} x {side} x {side} {args.dtype}: {stack_bytes / 1e9:.2f} GB on disk, "
@@ -152,22 +157,44 @@ def main() -> None:
             out = scratch / f"labels_{workers}.zarr"
             with PeakMemory() as memory:
                 result = segment_to_zarr(
-                    scratch / "stack.zarr", out, model, config, block=block, workers=workers,
+                    scratch / "stack.zarr",
+                    out,
+                    model,
+                    config,
+                    block=block,
+                    workers=workers,
                 )
             megapixels = planes * side * side / 1e6
             rows.append(
-                (workers, result.elapsed_s, megapixels / result.elapsed_s,
-                 stack_bytes / 1e6 / result.elapsed_s, memory.peak / 1e9,
-                 memory.peak / stack_bytes, result.n_objects, result.merged)
+                (
+                    workers,
+                    result.elapsed_s,
+                    megapixels / result.elapsed_s,
+                    stack_bytes / 1e6 / result.elapsed_s,
+                    memory.peak / 1e9,
+                    memory.peak / stack_bytes,
+                    result.n_objects,
+                    result.merged,
+                )
             )
             shutil.rmtree(out)
-        header = ("workers", "wall s", "Mpx/s", "MB/s", "peak RSS GB", "peak/stack",
-                  "objects", "merged")
+        header = (
+            "workers",
+            "wall s",
+            "Mpx/s",
+            "MB/s",
+            "peak RSS GB",
+            "peak/stack",
+            "objects",
+            "merged",
+        )
         print(" | ".join(f"{h:>11}" for h in header))
         for row in rows:
-            print(" | ".join(
-                f"{value:>11}" if isinstance(value, int) else f"{value:>11.3g}" for value in row
-            ))
+            print(
+                " | ".join(
+                    f"{value:>11}" if isinstance(value, int) else f"{value:>11.3g}" for value in row
+                )
+            )
         if len(rows) > 1:
             print(f"speed-up with {rows[-1][0]} workers: {rows[0][1] / rows[-1][1]:.2f}x")
     finally:

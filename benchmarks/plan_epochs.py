@@ -35,8 +35,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps-per-epoch", type=int, default=200)
     parser.add_argument("--budget", type=float, required=True, help="seconds of training")
-    parser.add_argument("--slowdown", type=float, default=1.0,
-                        help="factor for runs sharing the device (default 1)")
+    parser.add_argument(
+        "--slowdown", type=float, default=1.0, help="factor for runs sharing the device (default 1)"
+    )
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
@@ -72,10 +73,12 @@ def main() -> None:
     validate = (time.perf_counter() - start) * len(val_images) / len(val_planes)
     epoch = (args.steps_per_epoch * step + validate) * args.slowdown
     epochs = max(1, int((args.budget - prepare_seconds) / epoch))
-    print(f"# {args.preset} {args.patch_size}px on {device}, {threads} loader thread(s): "
-          f"{step * 1e3:.0f} ms/step, "
-          f"validation {validate:.1f} s, data preparation {prepare_seconds:.0f} s, "
-          f"{epoch:.1f} s/epoch x{args.slowdown} -> {epochs} epochs")
+    print(
+        f"# {args.preset} {args.patch_size}px on {device}, {threads} loader thread(s): "
+        f"{step * 1e3:.0f} ms/step, "
+        f"validation {validate:.1f} s, data preparation {prepare_seconds:.0f} s, "
+        f"{epoch:.1f} s/epoch x{args.slowdown} -> {epochs} epochs"
+    )
     print(epochs)
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 # change) the user's preferences, and only errors pop up as notifications.
 os.environ["NAPARI_CONFIG"] = str(Path(tempfile.mkdtemp()) / "settings.yaml")
 
-import napari  # noqa: E402
-from napari.settings import get_settings  # noqa: E402
-from qtpy.QtWidgets import QApplication  # noqa: E402
+import napari
+from napari.settings import get_settings
+from qtpy.QtWidgets import QApplication
 
 OUT = Path(__file__).parent / "images"
 SIZE = (1500, 1000)

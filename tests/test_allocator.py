@@ -7,12 +7,12 @@ import platform
 import resource
 
 import pytest
-from conftest import make_blobs
-from test_training import small_config
 
+from conftest import make_blobs
 from napari_unet import allocator
 from napari_unet.allocator import reuse_freed_memory
 from napari_unet.training import train_events
+from test_training import small_config
 
 #: A block well above glibc's largest mmap threshold (32 MiB), like a training activation.
 BLOCK_BYTES = 96 * 1024 * 1024

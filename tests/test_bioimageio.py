@@ -14,9 +14,10 @@ pytest.importorskip("bioimageio.core")
 yaml = pytest.importorskip("yaml")
 
 from napari_unet.bioimageio import PackageNetwork, _Layout, load_bioimageio  # noqa: E402
-from napari_unet.checkpoint import ModelFileError, TrainedModel, load_model  # noqa: E402
+from napari_unet.checkpoint import TrainedModel, load_model  # noqa: E402
 from napari_unet.config import ModelConfig  # noqa: E402
 from napari_unet.data import normalize  # noqa: E402
+from napari_unet.errors import ModelFileError  # noqa: E402
 from napari_unet.export import export_bioimageio  # noqa: E402
 from napari_unet.model import UNet, build_model  # noqa: E402
 

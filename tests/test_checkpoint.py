@@ -11,7 +11,6 @@ import torch
 
 import napari_unet.checkpoint as checkpoint
 from napari_unet.checkpoint import (
-    ModelFileError,
     TrainedModel,
     load_model,
     model_from_payload,
@@ -20,6 +19,7 @@ from napari_unet.checkpoint import (
     save_model,
 )
 from napari_unet.config import ModelConfig, NormalizationConfig
+from napari_unet.errors import ModelFileError
 from napari_unet.model import build_model
 
 
@@ -93,7 +93,10 @@ def test_half_precision_round_trip(tmp_path: Path) -> None:
 def test_numpy_and_path_metadata_are_stored_as_plain_types(tmp_path: Path) -> None:
     net = trained_network()
     metadata = {
-        "loss": np.float32(0.5), "best": np.int64(3), "curve": np.arange(3), "data": tmp_path,
+        "loss": np.float32(0.5),
+        "best": np.int64(3),
+        "curve": np.arange(3),
+        "data": tmp_path,
     }
     loaded = load_model(save_model(tmp_path / "m.pt", net, net.config, metadata), "cpu")
     assert loaded.metadata == {"loss": 0.5, "best": 3, "curve": [0, 1, 2], "data": str(tmp_path)}

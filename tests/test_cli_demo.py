@@ -12,7 +12,9 @@ from napari_unet import io
 from napari_unet.cli import main
 
 
-def test_demo_writes_labels_overlays_and_scores(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_demo_writes_labels_overlays_and_scores(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
     stems = sorted(p.stem for p in io.list_images(io.SAMPLES_DIR / "images"))
@@ -29,7 +31,9 @@ def test_demo_writes_labels_overlays_and_scores(tmp_path: Path, capsys: pytest.C
     assert "dsb_score" in printed and "fluorescence" in printed
 
 
-def test_demo_with_a_missing_model_fails_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_demo_with_a_missing_model_fails_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--model", str(tmp_path / "nope.pt")]) == 2
     assert "error:" in capsys.readouterr().err

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from conftest import make_blobs, make_threshold_model
 
+from conftest import make_blobs, make_threshold_model
 from napari_unet.checkpoint import save_model
 from napari_unet.cli import main
 from napari_unet.evaluation import evaluate

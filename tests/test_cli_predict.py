@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from conftest import make_blobs, make_threshold_model
 
+from conftest import make_blobs, make_threshold_model
 from napari_unet.checkpoint import save_model
 from napari_unet.cli import main
 from napari_unet.io import write_png

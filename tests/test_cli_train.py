@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_blobs
 
+from conftest import make_blobs
 from napari_unet.checkpoint import load_model
 from napari_unet.cli import main
 from napari_unet.io import write_png

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from conftest import make_threshold_model
-from test_tuning import blobs_with_specks
-
 from napari_unet.checkpoint import load_model, save_model
 from napari_unet.cli import main
 from napari_unet.io import write_png
+from test_tuning import blobs_with_specks
 
 
 def write_dataset(folder: Path) -> tuple[Path, Path]:

@@ -7,19 +7,17 @@ import json
 
 import pytest
 
-from napari_unet.config import (
-    PRESETS,
-    TARGET_CHANNELS,
-    ConfigError,
-    ModelConfig,
-    NormalizationConfig,
-)
+from napari_unet.config import PRESETS, TARGET_CHANNELS, ModelConfig, NormalizationConfig
+from napari_unet.errors import ConfigError
 
 
 def test_defaults_are_the_reference_model() -> None:
     config = ModelConfig()
     assert (config.architecture, config.in_channels, config.base_filters, config.depth) == (
-        "unet", 3, 64, 4,
+        "unet",
+        3,
+        64,
+        4,
     )
     assert config.target == "foreground" and config.out_channels == 1
     assert config.size_multiple == 16
@@ -83,7 +81,10 @@ def test_presets(name: str) -> None:
 
 def test_preset_values() -> None:
     assert {name: p["base_filters"] for name, p in PRESETS.items()} == {
-        "reference": 64, "fast": 32, "tiny": 16, "unetpp": 32,
+        "reference": 64,
+        "fast": 32,
+        "tiny": 16,
+        "unetpp": 32,
     }
     assert PRESETS["unetpp"]["architecture"] == "unetpp"
 
@@ -104,7 +105,10 @@ def test_out_channels_follow_target(target: str) -> None:
 
 def test_to_dict_from_dict_round_trip_through_json() -> None:
     config = ModelConfig.from_preset(
-        "unetpp", in_channels=1, target="contour", deep_supervision=True,
+        "unetpp",
+        in_channels=1,
+        target="contour",
+        deep_supervision=True,
         normalization=NormalizationConfig("minmax"),
     )
     data = json.loads(json.dumps(config.to_dict()))

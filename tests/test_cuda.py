@@ -11,16 +11,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_blobs
-from test_training import small_config
-from test_training_distributed import torchrun, write_blob_folders
 
+from conftest import make_blobs
 from napari_unet.checkpoint import load_model
 from napari_unet.config import ModelConfig
 from napari_unet.metrics import pixel_metrics
 from napari_unet.model import build_model
 from napari_unet.prediction import predict
 from napari_unet.training import TrainConfig, _Run, default_checkpoint_path, train
+from test_training import small_config
+from test_training_distributed import torchrun, write_blob_folders
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -58,10 +58,12 @@ def test_cuda_model_learns_and_predicts_alike_on_cpu(blobs, tmp_path) -> None:
     assert next(result.model.network.parameters()).device.type == "cuda"
 
     image, truth = make_blobs(n=1, shape=(64, 80), seed=5)
-    on_gpu = predict(image[0], load_model(tmp_path / "m.pt", device="cuda"),
-                     return_probabilities=True)
-    on_cpu = predict(image[0], load_model(tmp_path / "m.pt", device="cpu"),
-                     return_probabilities=True)
+    on_gpu = predict(
+        image[0], load_model(tmp_path / "m.pt", device="cuda"), return_probabilities=True
+    )
+    on_cpu = predict(
+        image[0], load_model(tmp_path / "m.pt", device="cpu"), return_probabilities=True
+    )
     # float32 inference on both (TF32 at most on the GPU): the same maps up to rounding.
     assert np.abs(on_gpu.probabilities - on_cpu.probabilities).max() < 1e-2
     assert pixel_metrics(on_cpu.labels > 0, on_gpu.labels > 0)["f1"] > 0.99

@@ -9,8 +9,8 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import make_blobs
 
+from conftest import make_blobs
 from napari_unet.config import NormalizationConfig
 from napari_unet.data import (
     CONTOUR_WIDTH,
@@ -25,7 +25,8 @@ from napari_unet.data import (
     prepare_training_planes,
     split_planes,
 )
-from napari_unet.io import DataError, write_png
+from napari_unet.errors import DataError
+from napari_unet.io import write_png
 
 
 def two_touching_squares() -> np.ndarray:

@@ -10,7 +10,7 @@ import pytest
 
 from napari_unet.config import NormalizationConfig
 from napari_unet.data import normalize, prepare_plane, to_channels_first
-from napari_unet.io import DataError
+from napari_unet.errors import DataError
 
 
 def test_grey_plane_to_one_channel() -> None:

@@ -1,4 +1,4 @@
-"""The bundled nuclei model: present in the package, accurate on the bundled samples, as documented."""
+"""The bundled nuclei model: in the package, accurate on the bundled samples, as documented."""
 
 from __future__ import annotations
 
@@ -66,7 +66,9 @@ def test_models_without_tuned_values_use_the_defaults(model) -> None:
 
 
 def _card_value(name: str) -> str:
-    match = re.search(rf"^\|\s*{re.escape(name)}\s*\|\s*`?([^|`]+?)`?\s*\|", MODEL_CARD.read_text(), re.M)
+    match = re.search(
+        rf"^\|\s*{re.escape(name)}\s*\|\s*`?([^|`]+?)`?\s*\|", MODEL_CARD.read_text(), re.M
+    )
     assert match, f"model card has no '{name}' row"
     return match.group(1)
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from conftest import make_blobs, make_threshold_model
 
+from conftest import make_blobs, make_threshold_model
 from napari_unet.checkpoint import save_model
 from napari_unet.cli import main
 from napari_unet.distributed import (
@@ -27,9 +27,8 @@ CONFIG = PredictConfig(tile_size=256, overlap=16, min_size=4)
 def same_up_to_relabelling(first: np.ndarray, second: np.ndarray) -> bool:
     """True when the two label images differ only by a one-to-one renaming of labels."""
     pairs = np.unique(np.stack([first.ravel(), second.ravel()], 1), axis=0)
-    return (
-        len(np.unique(pairs[:, 0])) == len(pairs) == len(np.unique(pairs[:, 1]))
-        and bool(np.all((pairs[:, 0] == 0) == (pairs[:, 1] == 0)))
+    return len(np.unique(pairs[:, 0])) == len(pairs) == len(np.unique(pairs[:, 1])) and bool(
+        np.all((pairs[:, 0] == 0) == (pairs[:, 1] == 0))
     )
 
 
@@ -55,8 +54,14 @@ def test_local_cluster_gives_the_in_memory_labels(tmp_path, model_file, stack, c
         n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
     ) as cluster:
         result = segment_to_zarr(
-            source, tmp_path / "labels.zarr", model_file, CONFIG, block=40, halo=24,
-            scheduler_name=cluster.scheduler_address, progress=True,
+            source,
+            tmp_path / "labels.zarr",
+            model_file,
+            CONFIG,
+            block=40,
+            halo=24,
+            scheduler_name=cluster.scheduler_address,
+            progress=True,
         )
     # The cluster's progress bar goes to stderr; stdout stays for results.
     captured = capsys.readouterr()
@@ -81,21 +86,35 @@ def test_object_cut_by_block_edges_keeps_one_label(tmp_path) -> None:
     image[80:92, 34:40] = 200
     # A model object (not a file) is serialised once and shipped to the workers.
     result = segment_to_zarr(
-        image, tmp_path / "labels.zarr", make_threshold_model(), CONFIG, block=32, halo=16,
+        image,
+        tmp_path / "labels.zarr",
+        make_threshold_model(),
+        CONFIG,
+        block=32,
+        halo=16,
         scheduler_name="synchronous",
     )
     labels = np.asarray(result.open())
-    for region in (labels[10:20, 5:95], labels[40:70, 40:70], labels[80:92, 26:32],
-                   labels[80:92, 34:40]):
+    for region in (
+        labels[10:20, 5:95],
+        labels[40:70, 40:70],
+        labels[80:92, 26:32],
+        labels[80:92, 34:40],
+    ):
         assert len(np.unique(region)) == 1 and region[0, 0] > 0
     assert result.n_objects == 4 == len(np.unique(labels)) - 1
 
 
 def test_labels_per_plane_and_plain_zarr(tmp_path, model_file, stack) -> None:
     result = segment_to_zarr(
-        stack, tmp_path / "plain.zarr", model_file,
+        stack,
+        tmp_path / "plain.zarr",
+        model_file,
         PredictConfig(tile_size=256, overlap=16, min_size=4, labels_per_plane=True),
-        block=48, ome=False, scheduler_name="threads", workers=2,
+        block=48,
+        ome=False,
+        scheduler_name="threads",
+        workers=2,
     )
     labels = zarr.open_array(str(tmp_path / "plain.zarr"), mode="r")
     assert labels.chunks == (1, 48, 48)
@@ -110,15 +129,18 @@ def test_ome_zarr_labels_and_lazy_tiff(tmp_path, model_file, stack) -> None:
     # An OME-Zarr image: the labels go into its NGFF labels group.
     image = tmp_path / "image.zarr"
     group = zarr.open_group(str(image), mode="w", zarr_format=2)
-    axes = [{"name": "z", "type": "space"}, {"name": "y", "type": "space"},
-            {"name": "x", "type": "space"}]
-    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes,
-                                   "datasets": [{"path": "0"}]}]
+    axes = [
+        {"name": "z", "type": "space"},
+        {"name": "y", "type": "space"},
+        {"name": "x", "type": "space"},
+    ]
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0"}]}]
     group.create_array("0", data=stack, chunks=(1, 64, 64))
     lazy, found_axes = open_image(image)
     assert found_axes == axes and lazy.chunks[0] == (1, 1, 1)
-    result = segment_to_zarr(image, image / "labels" / "cells", model_file, CONFIG, block=64,
-                             name="cells")
+    result = segment_to_zarr(
+        image, image / "labels" / "cells", model_file, CONFIG, block=64, name="cells"
+    )
     attrs = json.loads((image / "labels" / "cells" / ".zattrs").read_text())
     assert attrs["image-label"]["source"]["image"] == "../../"
     assert attrs["multiscales"][0]["axes"] == axes
@@ -151,12 +173,41 @@ def test_cli_predict_zarr_output_and_errors(tmp_path, model_file, stack, capsys)
     source = tmp_path / "stack.zarr"
     zarr.create_array(str(source), data=stack, chunks=(1, 48, 48))
     out = tmp_path / "out"
-    code = main(["predict", "--model", str(model_file), str(source), "--out", str(out),
-                 "--scheduler", "threads", "--workers", "2", "--block", "48", "--tile", "256",
-                 "--overlap", "16", "--min-size", "4", "--quiet"])
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(model_file),
+            str(source),
+            "--out",
+            str(out),
+            "--scheduler",
+            "threads",
+            "--workers",
+            "2",
+            "--block",
+            "48",
+            "--tile",
+            "256",
+            "--overlap",
+            "16",
+            "--min-size",
+            "4",
+            "--quiet",
+        ]
+    )
     assert code == 0
     labels = zarr.open_array(str(out / "stack_labels.zarr" / "0"), mode="r")[:]
     assert same_up_to_relabelling(predict(stack, model_file, CONFIG).labels, labels)
-    code = main(["predict", "--model", str(model_file), str(tmp_path / "missing.tif"),
-                 "--out", str(out), "--zarr"])
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(model_file),
+            str(tmp_path / "missing.tif"),
+            "--out",
+            str(out),
+            "--zarr",
+        ]
+    )
     assert code == 2 and "does not exist" in capsys.readouterr().err

@@ -6,8 +6,9 @@ import csv
 
 import numpy as np
 import pytest
-from conftest import make_blobs, make_threshold_model
 
+from conftest import make_blobs, make_threshold_model
+from napari_unet.errors import DataError
 from napari_unet.evaluation import (
     CSV_COLUMNS,
     classify_modality,
@@ -15,7 +16,7 @@ from napari_unet.evaluation import (
     overlay_image,
     resize_pair,
 )
-from napari_unet.io import DataError, read_image
+from napari_unet.io import read_image
 from napari_unet.metrics import instance_metrics, pixel_metrics
 from napari_unet.prediction import PredictConfig, predict
 

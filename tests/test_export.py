@@ -12,8 +12,12 @@ import torch
 pytest.importorskip("bioimageio.core")
 onnxruntime = pytest.importorskip("onnxruntime")
 
-from napari_unet.checkpoint import ModelFileError, TrainedModel, save_model  # noqa: E402
-from napari_unet.config import ConfigError, ModelConfig  # noqa: E402
+from napari_unet.checkpoint import TrainedModel, save_model  # noqa: E402
+from napari_unet.config import ModelConfig  # noqa: E402
+from napari_unet.errors import (  # noqa: E402
+    ConfigError,
+    ModelFileError,
+)
 from napari_unet.export import (  # noqa: E402
     export_bioimageio,
     export_model,
@@ -108,13 +112,13 @@ def test_package_contents(package: Path, model: TrainedModel) -> None:
     assert steps["scale_range"]["min_percentile"] == model.config.normalization.low
     assert steps["scale_range"]["max_percentile"] == model.config.normalization.high
     assert "sigmoid" in [step["id"] for step in rdf["outputs"][0]["postprocessing"]]
-    assert any("10.1007/978-3-319-24574-4_28" == cite.get("doi") for cite in rdf["cite"])
+    assert any(cite.get("doi") == "10.1007/978-3-319-24574-4_28" for cite in rdf["cite"])
     assert rdf["authors"] and rdf["license"] == "BSD-3-Clause" and rdf["covers"]
     assert rdf["config"]["napari_unet"]["model"] == model.config.to_dict()
     assert "## Validation" in card and "dice" in card
     # The test output is our model's probability for the raw test input.
     assert test_input.shape == (1, 3, 128, 128) and test_output.shape == (1, 1, 128, 128)
-    assert 0.0 <= test_output.min() and test_output.max() <= 1.0 and test_output.std() > 0
+    assert test_output.min() >= 0.0 and test_output.max() <= 1.0 and test_output.std() > 0
 
 
 def test_export_runs_bioimageio_test_and_uses_a_given_card(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tifffile
 
+from napari_unet.errors import DataError
 from napari_unet.io import (
-    DataError,
     atomic_write,
     find_dsb_samples,
     find_pairs,
@@ -51,19 +51,17 @@ def test_atomic_write_gives_ordinary_file_permissions(tmp_path: Path) -> None:
 def test_atomic_write_leaves_old_file_untouched_on_error(tmp_path: Path) -> None:
     target = tmp_path / "out.tif"
     target.write_bytes(b"old content")
-    with pytest.raises(RuntimeError, match="boom"):
-        with atomic_write(target) as tmp:
-            tmp.write_bytes(b"half of the new")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), atomic_write(target) as tmp:
+        tmp.write_bytes(b"half of the new")
+        raise RuntimeError("boom")
     assert target.read_bytes() == b"old content"
     assert [p.name for p in tmp_path.iterdir()] == ["out.tif"]
 
 
 def test_atomic_write_of_a_new_file_leaves_nothing_on_error(tmp_path: Path) -> None:
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_write(tmp_path / "new.png") as tmp:
-            tmp.write_bytes(b"partial")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_write(tmp_path / "new.png") as tmp:
+        tmp.write_bytes(b"partial")
+        raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
 
 
@@ -142,7 +140,7 @@ def test_find_pairs_matches_by_stem(tmp_path: Path) -> None:
     write_folder(tmp_path / "images", ["b.png", "a.png"])
     write_folder(tmp_path / "labels", ["a.tif", "b.tif"])
     pairs = find_pairs(tmp_path / "images", tmp_path / "labels")
-    assert [(i.name, l.name) for i, l in pairs] == [("a.png", "a.tif"), ("b.png", "b.tif")]
+    assert [(i.name, lab.name) for i, lab in pairs] == [("a.png", "a.tif"), ("b.png", "b.tif")]
 
 
 def test_find_pairs_mismatches(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage as ndi
 from scipy.optimize import linear_sum_assignment
 
-from napari_unet.io import DataError
+from napari_unet.errors import DataError
 from napari_unet.metrics import (
     INSTANCE_KEYS,
     PIXEL_KEYS,
@@ -23,6 +23,7 @@ from napari_unet.metrics import (
     panoptic_quality,
     pixel_metrics,
 )
+
 
 def sklearn_pixel(true: np.ndarray, pred: np.ndarray, **kwargs: object) -> dict[str, float]:
     """The reference evaluation: flatten, sklearn scores with average='binary'."""

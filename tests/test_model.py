@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_unet.config import ConfigError, ModelConfig
+from napari_unet.config import ModelConfig
+from napari_unet.errors import ConfigError
 from napari_unet.model import UNet, UNetPlusPlus, build_model, count_parameters, select_device
 
 
@@ -44,7 +45,11 @@ def test_outputs_are_logits_not_probabilities() -> None:
 
 def test_unetpp_deep_supervision_returns_one_output_per_level_in_train_mode() -> None:
     net = build_model(
-        preset="unetpp", base_filters=2, depth=3, in_channels=1, deep_supervision=True,
+        preset="unetpp",
+        base_filters=2,
+        depth=3,
+        in_channels=1,
+        deep_supervision=True,
         target="contour",
     )
     net.train()

@@ -8,12 +8,12 @@ import dask.array as da
 import numpy as np
 import pytest
 import torch
-from conftest import make_blobs, make_threshold_model
 from skimage.segmentation import relabel_sequential
 
+from conftest import make_blobs, make_threshold_model
 from napari_unet.checkpoint import TrainedModel, save_model
-from napari_unet.config import ConfigError, ModelConfig
-from napari_unet.io import DataError
+from napari_unet.config import ModelConfig
+from napari_unet.errors import ConfigError, DataError
 from napari_unet.metrics import instance_metrics
 from napari_unet.model import build_model
 from napari_unet.prediction import (

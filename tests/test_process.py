@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_blobs
-from test_training import same_weights, small_config, weights_of
 
+from conftest import make_blobs
 from napari_unet.checkpoint import load_model
-from napari_unet.io import DataError
-from napari_unet.process import WorkerProcessError, events_in_process
+from napari_unet.errors import DataError, WorkerProcessError
+from napari_unet.process import events_in_process
 from napari_unet.training import TrainResult, train, train_events
+from test_training import same_weights, small_config, weights_of
 
 
 def dying_work(code: int) -> Generator[int, None, None]:

@@ -8,8 +8,8 @@ import tifffile
 
 from napari_unet import io
 from napari_unet._reader import get_reader, is_label_file
-from napari_unet.io import SAMPLES_DIR
 from napari_unet._writer import write_labels_tiff
+from napari_unet.io import SAMPLES_DIR
 
 
 def image_and_labels() -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +58,7 @@ def test_images_and_label_images_open_with_the_right_layer_type(tmp_path):
     ]
     assert layers[1][1]["rgb"] and layers[1][0].shape == (24, 32, 3)
     for path in (tmp_path / "cells_masks.tif", tmp_path / "labels" / "cells.png"):
-        (data, meta, kind), = read(path)
+        ((data, meta, kind),) = read(path)
         assert kind == "labels"
         np.testing.assert_array_equal(data, labels)
     assert read(tmp_path / "signal.tif")[0][2] == "image"
@@ -69,7 +69,7 @@ def test_labels_written_by_the_plugin_reopen_as_labels_whatever_their_name(tmp_p
     _, labels = image_and_labels()
     stack = np.stack([labels, labels * 2]).astype(np.int32)
     write_labels_tiff(tmp_path / "nuclei.tif", stack)
-    (data, _, kind), = read(tmp_path / "nuclei.tif")
+    ((data, _, kind),) = read(tmp_path / "nuclei.tif")
     assert kind == "labels" and data.dtype == np.int32
     np.testing.assert_array_equal(data, stack)
     assert is_label_file(tmp_path / "nuclei.tif", data)

@@ -9,22 +9,21 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import make_blobs
 
-from napari_unet.checkpoint import ModelFileError, load_model
-from napari_unet.config import ConfigError, ModelConfig, NormalizationConfig
+from conftest import make_blobs
+from napari_unet.checkpoint import load_model
+from napari_unet.config import ModelConfig, NormalizationConfig
 from napari_unet.data import PatchSampler, load_pairs_from_folders, prepare_training_planes
+from napari_unet.errors import ConfigError, ModelFileError, TrainingDivergedError
 from napari_unet.io import SAMPLES_DIR
 from napari_unet.losses import compute_loss
 from napari_unet.training import (
     LOG_COLUMNS,
     TrainConfig,
-    TrainingDivergedError,
     default_checkpoint_path,
     train,
     train_events,
 )
-
 
 
 def small_config(**overrides) -> TrainConfig:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from conftest import make_blobs
 
 import napari_unet
+from conftest import make_blobs
 from napari_unet.checkpoint import load_model
 from napari_unet.distributed import ProcessGroup, environment_group, rank_rng
 
@@ -25,15 +25,42 @@ def torchrun(
     source = str(Path(napari_unet.__file__).parents[1])
     env["PYTHONPATH"] = os.pathsep.join([source, env.get("PYTHONPATH", "")])
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "napari_unet", "train",
-        "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
-        "--out", str(tmp_path / "model.pt"), "--preset", "tiny", "--device", device,
-        "--steps-per-epoch", "4", "--batch-size", "4", "--patch-size", "32", "--lr", "3e-3",
-        "--val-fraction", "0.25", "--early-stopping", "0", "--quiet", *args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "napari_unet",
+        "train",
+        "--images",
+        str(tmp_path / "images"),
+        "--labels",
+        str(tmp_path / "labels"),
+        "--out",
+        str(tmp_path / "model.pt"),
+        "--preset",
+        "tiny",
+        "--device",
+        device,
+        "--steps-per-epoch",
+        "4",
+        "--batch-size",
+        "4",
+        "--patch-size",
+        "32",
+        "--lr",
+        "3e-3",
+        "--val-fraction",
+        "0.25",
+        "--early-stopping",
+        "0",
+        "--quiet",
+        *args,
     ]
-    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -53,7 +80,9 @@ def test_torchrun_gloo_trains_writes_once_and_resumes(tmp_path) -> None:
     first = torchrun(tmp_path, "--epochs", "3")
     # Rank 0 alone writes: one model, one checkpoint, one log, one summary.
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
-        "model.ckpt.pt", "model.csv", "model.pt"
+        "model.ckpt.pt",
+        "model.csv",
+        "model.pt",
     ]
     assert first.stdout.count("model: ") == 1
     model = load_model(tmp_path / "model.pt", device="cpu")
@@ -82,6 +111,7 @@ def test_ranks_draw_their_own_patches(monkeypatch) -> None:
     assert streams[0] != streams[1]
     alone = np.random.default_rng(0)
     rank_rng(alone, 0, ProcessGroup())  # a single process keeps the seeded stream
-    assert alone.integers(1 << 30, size=4).tolist() == np.random.default_rng(0).integers(
-        1 << 30, size=4
-    ).tolist()
+    assert (
+        alone.integers(1 << 30, size=4).tolist()
+        == np.random.default_rng(0).integers(1 << 30, size=4).tolist()
+    )

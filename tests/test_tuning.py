@@ -6,10 +6,9 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import make_blobs, make_threshold_model
 
-from napari_unet.config import ConfigError
-from napari_unet.io import DataError
+from conftest import make_blobs, make_threshold_model
+from napari_unet.errors import ConfigError, DataError
 from napari_unet.prediction import PredictConfig, predict
 from napari_unet.tuning import PostprocessGrid, tune, tune_events
 

@@ -7,10 +7,9 @@ import csv
 import numpy as np
 import pytest
 import torch
-from conftest import make_threshold_model
 from skimage.draw import disk
-from test_tuning import blobs_with_specks
 
+from conftest import make_threshold_model
 from napari_unet import metrics
 from napari_unet._widgets import EvaluateWidget
 from napari_unet._widgets._evaluate import SEGMENT, SUMMARY_ROWS, THRESHOLD_COLUMNS
@@ -20,6 +19,7 @@ from napari_unet.config import ModelConfig
 from napari_unet.model import build_model
 from napari_unet.prediction import predict
 from napari_unet.tuning import tune
+from test_tuning import blobs_with_specks
 
 TIMEOUT_MS = 60_000
 

@@ -12,7 +12,9 @@ from napari_unet.io import SAMPLES_DIR, list_images, read_image
 TIMEOUT_MS = 120_000
 
 
-def test_export_button_writes_an_onnx_file_that_matches_the_model(make_napari_viewer, qtbot, tmp_path):
+def test_export_button_writes_an_onnx_file_that_matches_the_model(
+    make_napari_viewer, qtbot, tmp_path
+):
     onnxruntime = pytest.importorskip("onnxruntime")
     import torch
 

@@ -8,11 +8,11 @@ import warnings
 import dask.array as da
 import numpy as np
 import pytest
-from conftest import blob_pair
 
+from conftest import blob_pair
+from napari_unet import metrics
 from napari_unet._widgets import SegmentWidget, TrainWidget
 from napari_unet._widgets._registry import REGISTRY
-from napari_unet import metrics
 from napari_unet.checkpoint import TrainedModel, default_model_path
 from napari_unet.config import ModelConfig
 from napari_unet.model import build_model
@@ -93,7 +93,7 @@ def test_probabilities_and_rgb(viewer, qtbot):
     assert viewer.layers["colour segmentation"].data.shape == image.shape
     probability = viewer.layers["colour probability"]
     assert probability.data.shape == image.shape
-    assert 0 <= probability.data.min() and probability.data.max() <= 1
+    assert probability.data.min() >= 0 and probability.data.max() <= 1
 
 
 def test_compiled_network_gives_the_same_labels_in_the_worker_thread(viewer, qtbot):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import blob_pair
 
+from conftest import blob_pair
 from napari_unet._widgets import TrainWidget
 from napari_unet._widgets._registry import REGISTRY
 from napari_unet.checkpoint import TrainedModel

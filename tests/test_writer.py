@@ -29,7 +29,7 @@ def test_labels_tiff_keeps_dtype_and_is_compressed(tmp_path, dtype):
         data = tif.asarray()
     assert data.dtype == dtype
     np.testing.assert_array_equal(data, labels)
-    (reopened, _, kind), = get_reader(written[0])(written[0])
+    ((reopened, _, kind),) = get_reader(written[0])(written[0])
     assert kind == "labels"
 
 

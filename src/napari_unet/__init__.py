@@ -38,6 +38,12 @@ _API = {
     "PostprocessGrid": "napari_unet.tuning",
     "segment_to_zarr": "napari_unet.distributed",
     "export_model": "napari_unet.export",
+    "NapariUnetError": "napari_unet.errors",
+    "ConfigError": "napari_unet.errors",
+    "DataError": "napari_unet.errors",
+    "ModelFileError": "napari_unet.errors",
+    "TrainingDivergedError": "napari_unet.errors",
+    "WorkerProcessError": "napari_unet.errors",
 }
 
 __all__ = ["__version__", *_API]
@@ -47,3 +53,8 @@ def __getattr__(name: str) -> Any:
     if name in _API:
         return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'napari_unet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # IDEs and tab completion list the lazy names too
+    return sorted(set(globals()) | set(_API))

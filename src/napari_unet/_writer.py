@@ -98,7 +98,9 @@ def write_training_folder(path: str, layer_data: Sequence[LayerData]) -> list[st
         written.append(
             str(
                 io.write_tiff(
-                    folder / "images" / f"{stem}.tif", np.asarray(image), bool(image_meta.get("rgb"))
+                    folder / "images" / f"{stem}.tif",
+                    np.asarray(image),
+                    bool(image_meta.get("rgb")),
                 )
             )
         )

@@ -51,8 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_unet.checkpoint import ModelFileError, TrainedModel
-from napari_unet.config import ConfigError, ModelConfig, NormalizationConfig
+from napari_unet.checkpoint import TrainedModel
+from napari_unet.config import ModelConfig, NormalizationConfig
+from napari_unet.errors import ConfigError, ModelFileError
 from napari_unet.model import build_model, select_device
 
 #: Weight formats this module runs, in order of preference for foreign packages.
@@ -199,7 +200,7 @@ def _load_description(path: Path) -> Any:
         raise ModelFileError(f"bioimage.io package {str(path)!r} does not exist; check the path.")
     try:
         descr = load_description(str(path), format_version="latest")
-    except Exception as error:  # noqa: BLE001 - any reader failure means "not a readable package"
+    except Exception as error:
         raise ModelFileError(
             f"{str(path)!r} is not a readable bioimage.io package ({error})."
         ) from error
@@ -229,7 +230,7 @@ def _unreadable_files(path: Path) -> list[str]:
 
     try:
         descr = load_description(str(path), format_version="latest", perform_io_checks=False)
-    except Exception:  # noqa: BLE001 - only a better message is at stake
+    except Exception:
         return []
     if isinstance(descr, InvalidDescr) or descr.type != "model":
         return []
@@ -243,7 +244,7 @@ def _unreadable_files(path: Path) -> list[str]:
     for what, entry in files:
         try:
             entry.get_reader()
-        except Exception:  # noqa: BLE001 - any failure means the file cannot be used
+        except Exception:
             missing.append(f"{what} ({str(entry.source).rsplit('/', 1)[-1]})")
     return missing
 
@@ -393,7 +394,7 @@ def _outputs_probabilities(descr: Any, output: Any, where: str) -> bool:
     data = output.data[0] if isinstance(output.data, (list, tuple)) else output.data
     declared = getattr(data, "range", (None, None))
     if declared[0] is not None and declared[1] is not None:
-        return 0.0 <= declared[0] and declared[1] <= 1.0
+        return declared[0] >= 0.0 and declared[1] <= 1.0
     test = descr.get_output_test_arrays()[0] if output.test_tensor is not None else None
     return test is not None and float(np.min(test)) >= 0.0 and float(np.max(test)) <= 1.0
 
@@ -433,7 +434,7 @@ def _runner(descr: Any, weights: str, where: str) -> tuple[nn.Module, str]:
         return load_torch_model(entry, load_state=True, devices=["cpu"]), chosen
     except ModelFileError:
         raise
-    except Exception as error:  # noqa: BLE001 - any loader failure means unusable weights
+    except Exception as error:
         raise ModelFileError(
             f"{where}: its {chosen} weights could not be loaded ({error})."
         ) from error

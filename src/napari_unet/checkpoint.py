@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_unet.config import ConfigError, ModelConfig
+from napari_unet.config import ModelConfig
+from napari_unet.errors import ConfigError, ModelFileError
 from napari_unet.io import atomic_write
 from napari_unet.model import build_model, select_device
 
@@ -27,10 +28,6 @@ FORMAT = "napari-unet-model"
 FORMAT_VERSION = 1
 #: Name accepted wherever a model path is, meaning the model shipped in the package.
 DEFAULT_MODEL_NAME = "default"
-
-
-class ModelFileError(ValueError):
-    """A model file is missing, corrupt, hostile or of another format."""
 
 
 @dataclass
@@ -170,7 +167,7 @@ def read_payload(path: str | Path) -> dict[str, Any]:
             "unread (loading it could run code). Only load model files from sources you trust; "
             "re-save it with napari-unet."
         ) from error
-    except Exception as error:  # noqa: BLE001 - torch.load fails in many ways on garbage
+    except Exception as error:
         raise ModelFileError(
             f"{str(path)!r} is not a readable model file ({error}); it may be truncated or "
             "of another format."

@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from napari_unet.errors import ConfigError
+
 Architecture = Literal["unet", "unetpp"]
 Target = Literal["foreground", "contour", "distance"]
 
@@ -33,10 +35,6 @@ TARGET_CHANNELS: dict[str, int] = {
     # foreground probability + distance to the background, scaled to [0, 1] per object
     "distance": 2,
 }
-
-
-class ConfigError(ValueError):
-    """A setting is out of range or inconsistent; the message says what to change."""
 
 
 def _check(condition: bool, message: str) -> None:

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from napari_unet.config import TARGET_CHANNELS, NormalizationConfig
-from napari_unet.io import DataError, find_dsb_samples, find_pairs, read_dsb_sample, read_image
+from napari_unet.errors import DataError
+from napari_unet.io import find_dsb_samples, find_pairs, read_dsb_sample, read_image
 
 
 def to_channels_first(

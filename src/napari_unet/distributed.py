@@ -59,8 +59,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_unet.config import ConfigError, NormalizationConfig
-from napari_unet.io import DataError
+from napari_unet.config import NormalizationConfig
+from napari_unet.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import torch
@@ -185,11 +185,11 @@ def open_array(
     if path.suffix.lower() in _TIFF_SUFFIXES:
         try:
             return LazyTiff(path, series, level), None
-        except Exception as error:  # noqa: BLE001 - any tifffile failure means "unreadable"
+        except Exception as error:
             raise DataError(f"could not read the TIFF {str(path)!r}: {error}") from error
     try:
         node = zarr.open(str(path), mode="r")
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise DataError(
             f"{str(path)!r} is neither a TIFF nor a readable Zarr store: {error}"
         ) from error
@@ -340,8 +340,12 @@ def _blocks(
         for i, y0 in enumerate(rows):
             for j, x0 in enumerate(cols):
                 y1, x1 = min(y0 + block, height), min(x0 + block, width)
-                extended = (max(y0 - halo, 0), min(y1 + halo, height),
-                            max(x0 - halo, 0), min(x1 + halo, width))
+                extended = (
+                    max(y0 - halo, 0),
+                    min(y1 + halo, height),
+                    max(x0 - halo, 0),
+                    min(x1 + halo, width),
+                )
                 blocks.append(_Block(len(blocks), tuple(plane), i, j, (y0, y1, x0, x1), extended))
     return blocks
 
@@ -374,8 +378,11 @@ def _plane_statistics(
     from napari_unet.data import to_channels_first
 
     plane = reader.read(index, slice(None, None, stride), slice(None, None, stride))
-    x = to_channels_first(np.moveaxis(plane, -1, 0) if colour else plane, in_channels,
-                          channel_axis=0 if colour else None)
+    x = to_channels_first(
+        np.moveaxis(plane, -1, 0) if colour else plane,
+        in_channels,
+        channel_axis=0 if colour else None,
+    )
     if not np.isfinite(x).all():
         raise DataError(
             "the image holds NaN or infinite values; replace them (e.g. numpy.nan_to_num) first."
@@ -426,9 +433,7 @@ def _segment_block(
     from napari_unet.prediction import _plane_to_labels
     from napari_unet.tiling import sliding_window
 
-    predictor = worker_predictor(
-        reference, job.config.device, job.config.tta, job.config.compile
-    )
+    predictor = worker_predictor(reference, job.config.device, job.config.tta, job.config.compile)
     ey0, ey1, ex0, ex1 = block.extended
     x = _network_input(reader.read(block.plane, slice(ey0, ey1), slice(ex0, ex1)), job, statistics)
     probabilities = sliding_window(
@@ -486,9 +491,7 @@ def match_strips(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return pairs[2 * overlap > smaller].astype(np.uint64)
 
 
-def _face_pairs(
-    folder: str, face: tuple[int, str, int, str], *after: Any
-) -> np.ndarray:
+def _face_pairs(folder: str, face: tuple[int, str, int, str], *after: Any) -> np.ndarray:
     """Pass 2: the matches across the face between two blocks, from their strips.
 
     ``after`` are the two block results, passed only so that this runs after both. Each
@@ -535,9 +538,14 @@ def relabel_tables(
     offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
     total = int(offsets[-1])
     edges = [
-        np.stack([pairs[:, 0].astype(np.int64) + offsets[a] - 1,
-                  pairs[:, 1].astype(np.int64) + offsets[b] - 1])
-        for a, b, pairs in matches if len(pairs)
+        np.stack(
+            [
+                pairs[:, 0].astype(np.int64) + offsets[a] - 1,
+                pairs[:, 1].astype(np.int64) + offsets[b] - 1,
+            ]
+        )
+        for a, b, pairs in matches
+        if len(pairs)
     ]
     edges_array = np.concatenate(edges, axis=1) if edges else np.zeros((2, 0), np.int64)
     graph = coo_matrix(
@@ -551,8 +559,11 @@ def relabel_tables(
     largest = 0
     for plane in np.unique(plane_of):
         nodes = np.concatenate(
-            [present[k].astype(np.int64) + offsets[k] - 1
-             for k in np.flatnonzero(plane_of == plane)] + [np.zeros(0, np.int64)]
+            [
+                present[k].astype(np.int64) + offsets[k] - 1
+                for k in np.flatnonzero(plane_of == plane)
+            ]
+            + [np.zeros(0, np.int64)]
         )
         if not len(nodes):
             continue
@@ -642,15 +653,17 @@ def scheduler(name: str | None = None, workers: int | None = None) -> Iterator[d
         # OS sooner; then every large numpy temporary is a fresh mmap and page-faults, which
         # measured 1.5x slower per block here (benchmarks/bench_scale.py). Memory stays
         # bounded by the blocks in flight either way.
-        with dask.config.set(
-            {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
-        ), LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))},
-        ) as cluster, Client(cluster) as client:
+        with (
+            dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}),
+            LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))},
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             yield {"scheduler": client}
         return
     try:
@@ -871,20 +884,36 @@ def segment_to_zarr(
         try:
             scratch = str(tmp / "scratch")
             zarr.create_array(
-                scratch, shape=(len(blocks), min(block, layout.height), min(block, layout.width)),
-                chunks=(1, min(block, layout.height), min(block, layout.width)), dtype=np.uint32,
-                fill_value=0, zarr_format=2,
+                scratch,
+                shape=(len(blocks), min(block, layout.height), min(block, layout.width)),
+                chunks=(1, min(block, layout.height), min(block, layout.width)),
+                dtype=np.uint32,
+                fill_value=0,
+                zarr_format=2,
             )
-            job = _BlockJob(config, model_config.target, model_config.in_channels,
-                            model_config.normalization, colour, tile, model_config.size_multiple,
-                            margin, scratch, str(tmp / "strips"))
+            job = _BlockJob(
+                config,
+                model_config.target,
+                model_config.in_channels,
+                model_config.normalization,
+                colour,
+                tile,
+                model_config.size_multiple,
+                margin,
+                scratch,
+                str(tmp / "strips"),
+            )
             os.mkdir(job.strips)
 
             # Pass 0: normalisation statistics per plane.
             stride = max(1, math.ceil(math.sqrt(layout.height * layout.width / MAX_STAT_PIXELS)))
             stat_tasks = [
                 dask.delayed(_plane_statistics)(
-                    reader, plane, stride, model_config.in_channels, colour,
+                    reader,
+                    plane,
+                    stride,
+                    model_config.in_channels,
+                    colour,
                     model_config.normalization,
                 )
                 for plane in np.ndindex(*layout.leading)
@@ -901,13 +930,17 @@ def segment_to_zarr(
             number = {(b.plane, b.row, b.col): b.number for b in blocks}
             face_tasks, face_blocks = [], []
             for (plane, row, col), result in results.items():
-                for side_a, side_b, other in (("bottom", "top", (plane, row + 1, col)),
-                                              ("right", "left", (plane, row, col + 1))):
+                for side_a, side_b, other in (
+                    ("bottom", "top", (plane, row + 1, col)),
+                    ("right", "left", (plane, row, col + 1)),
+                ):
                     if other in results:
                         face = (number[plane, row, col], side_a, number[other], side_b)
-                        face_tasks.append(dask.delayed(_face_pairs, pure=False)(
-                            job.strips, face, result, results[other]
-                        ))
+                        face_tasks.append(
+                            dask.delayed(_face_pairs, pure=False)(
+                                job.strips, face, result, results[other]
+                            )
+                        )
                         face_blocks.append((number[plane, row, col], number[other]))
             summaries = [results[b.plane, b.row, b.col] for b in blocks]
             done = _compute(summaries + face_tasks, compute_kwargs, progress)
@@ -916,17 +949,24 @@ def segment_to_zarr(
             present = [ids for _, ids in summaries]
             matches = [(a, b, p) for (a, b), p in zip(face_blocks, pairs)]
             tables, largest = relabel_tables(
-                counts, present, matches,
+                counts,
+                present,
+                matches,
                 [plane_number[b.plane] for b in blocks] if config.labels_per_plane else None,
             )
 
             # Pass 3: the final labels, chunk by chunk.
             final_path = _create_output(
-                tmp / "labels", layout.labels_shape, block, label_dtype(largest), ome,
+                tmp / "labels",
+                layout.labels_shape,
+                block,
+                label_dtype(largest),
+                ome,
                 _ome_label_attrs(name, label_axes, "../../" if _parent_ome_image(out) else None),
             )
-            writes = [dask.delayed(_write_final)(b, tables[b.number], scratch, final_path)
-                      for b in blocks]
+            writes = [
+                dask.delayed(_write_final)(b, tables[b.number], scratch, final_path) for b in blocks
+            ]
             _compute(writes, compute_kwargs, progress)
 
             if out.exists():
@@ -938,8 +978,13 @@ def segment_to_zarr(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return ScaleResult(
-        out, layout.labels_shape, label_dtype(largest), largest, len(blocks),
-        int(sum(len(p) for p in pairs)), time.perf_counter() - started,
+        out,
+        layout.labels_shape,
+        label_dtype(largest),
+        largest,
+        len(blocks),
+        int(sum(len(p) for p in pairs)),
+        time.perf_counter() - started,
     )
 
 
@@ -960,13 +1005,20 @@ def _create_output(
 
     chunks = (1,) * (len(shape) - 2) + (min(block, shape[-2]), min(block, shape[-1]))
     if not ome:
-        zarr.create_array(str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
-                          zarr_format=2)
+        zarr.create_array(
+            str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=0, zarr_format=2
+        )
         return str(path)
     group = zarr.open_group(str(path), mode="w", zarr_format=2)
     group.attrs.update(attrs)
-    group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
-                       chunk_key_encoding={"name": "v2", "separator": "/"})
+    group.create_array(
+        "0",
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        fill_value=0,
+        chunk_key_encoding={"name": "v2", "separator": "/"},
+    )
     return str(path / "0")
 
 
@@ -1031,8 +1083,9 @@ def environment_group() -> ProcessGroup:
     """Rank and world size from the environment (``torchrun`` or Slurm's ``srun``)."""
     env = os.environ
     if "WORLD_SIZE" in env:
-        return ProcessGroup(int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)),
-                            int(env["WORLD_SIZE"]))
+        return ProcessGroup(
+            int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"])
+        )
     return ProcessGroup()
 
 

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from napari_unet.checkpoint import TrainedModel
-from napari_unet.io import DataError, atomic_write, write_png, write_tiff
+from napari_unet.errors import DataError
+from napari_unet.io import atomic_write, write_png, write_tiff
 from napari_unet.metrics import (
     instance_metrics,
     mean_instance_metrics,

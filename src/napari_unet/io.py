@@ -15,15 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_unet.errors import DataError
+
 #: File suffixes read as 2D images (or stacks, for TIFF).
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 _TIFF_SUFFIXES = (".tif", ".tiff")
 #: The DSB 2018 sample images shipped in the package (``images/`` + ``labels/``, CC0).
 SAMPLES_DIR = Path(__file__).parent / "samples" / "dsb2018"
-
-
-class DataError(ValueError):
-    """Input data is missing, unreadable or inconsistent; the message says what to fix."""
 
 
 @contextlib.contextmanager
@@ -53,7 +51,9 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
 def is_image_file(path: str | Path) -> bool:
     """True for a file whose suffix is one this package reads."""
     path = Path(path)
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    return (
+        path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    )
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -81,7 +81,7 @@ def read_image(path: str | Path) -> np.ndarray:
         import imageio.v3 as iio
 
         return np.asarray(iio.imread(path))
-    except Exception as error:  # noqa: BLE001 - any decoder failure means "unreadable"
+    except Exception as error:
         raise DataError(f"could not read {str(path)!r}: {error}; is the file corrupt?") from error
 
 
@@ -188,7 +188,7 @@ def find_pairs(images_dir: str | Path, labels_dir: str | Path) -> list[tuple[Pat
 
 
 def is_dsb_folder(folder: str | Path) -> bool:
-    """True if ``folder`` holds the DSB 2018 layout ``<id>/images/<id>.png`` + ``<id>/masks/*.png``."""
+    """True if ``folder`` has the DSB 2018 layout (``<id>/images/<id>.png``, ``<id>/masks/``)."""
     folder = Path(folder)
     if not folder.is_dir():
         return False

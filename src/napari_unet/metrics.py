@@ -45,7 +45,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from napari_unet.io import DataError
+from napari_unet.errors import DataError
 
 #: IoU thresholds of the 2018 Data Science Bowl score: 0.50, 0.55, ..., 0.95.
 THRESHOLDS: tuple[float, ...] = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
@@ -229,7 +229,11 @@ def overlap_table(
 
 
 def _match(
-    t_index: np.ndarray, p_index: np.ndarray, iou: np.ndarray, n_true: int, n_pred: int,
+    t_index: np.ndarray,
+    p_index: np.ndarray,
+    iou: np.ndarray,
+    n_true: int,
+    n_pred: int,
     threshold: float,
 ) -> int:
     """Size of the best one-to-one matching among pairs with ``IoU >= threshold`` (TP).
@@ -426,8 +430,7 @@ def mean_instance_metrics(
     if any(row["thresholds"] != rows[0]["thresholds"] for row in rows):
         raise DataError("the images were scored at different IoU thresholds; rescore them alike.")
     summary: dict[str, Any] = {
-        key: float(np.mean([row[key] for row in rows]))
-        for key in (*INSTANCE_KEYS, "sq", "rq")
+        key: float(np.mean([row[key] for row in rows])) for key in (*INSTANCE_KEYS, "sq", "rq")
     }
     summary["thresholds"] = list(rows[0]["thresholds"])
     for key in _RATIO_LISTS:

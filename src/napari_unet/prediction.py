@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from napari_unet.checkpoint import TrainedModel, load_model
-from napari_unet.config import ConfigError, ModelConfig
+from napari_unet.config import ModelConfig
 from napari_unet.data import prepare_plane, to_channels_first
-from napari_unet.io import DataError
+from napari_unet.errors import ConfigError, DataError
 from napari_unet.model import select_device
 from napari_unet.postprocess import label_dtype, probabilities_to_labels
 from napari_unet.tiling import sliding_window, sliding_window_events, tile_grid

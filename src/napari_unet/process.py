@@ -31,6 +31,8 @@ import threading
 from collections.abc import Callable, Generator
 from typing import IO, Any
 
+from napari_unet.errors import WorkerProcessError
+
 #: Whether :func:`events_in_process` works here (it needs POSIX pipes and ``select``).
 CHILD_PROCESSES = os.name == "posix"
 #: How often the parent looks for a Stop request (seconds).
@@ -38,10 +40,6 @@ POLL_S = 0.2
 #: Byte the parent writes to the child's stdin to ask for a cooperative stop.
 STOP_BYTE = b"S"
 _HEADER = struct.Struct("<Q")  # length of the pickle that follows
-
-
-class WorkerProcessError(RuntimeError):
-    """The child process could not start, or ended without a result (killed, out of memory)."""
 
 
 def write_pickled(stream: IO[bytes], data: bytes) -> None:

@@ -45,7 +45,6 @@ from torch import nn
 from napari_unet import __version__
 from napari_unet.allocator import reuse_freed_memory
 from napari_unet.checkpoint import (
-    ModelFileError,
     TrainedModel,
     load_model,
     model_from_payload,
@@ -53,7 +52,7 @@ from napari_unet.checkpoint import (
     read_payload,
     save_model,
 )
-from napari_unet.config import ConfigError, ModelConfig
+from napari_unet.config import ModelConfig
 from napari_unet.data import (
     LABEL_MODES,
     SPARSE_CONTACT_WEIGHT_ERROR,
@@ -63,6 +62,7 @@ from napari_unet.data import (
 )
 from napari_unet.distributed import all_mean, init_from_env, rank_rng, wrap_model
 from napari_unet.distributed import validate as distributed_validate
+from napari_unet.errors import ConfigError, ModelFileError, TrainingDivergedError
 from napari_unet.io import atomic_write
 from napari_unet.losses import LOSSES, compute_loss
 from napari_unet.metrics import pixel_metrics
@@ -255,9 +255,7 @@ class TrainConfig:
             f"contact_weight must be a whole number from 1 (off) to 100, got "
             f"{self.contact_weight!r}.",
         )
-        _check(
-            self.contact_weight == 1 or self.label_mode != "sparse", SPARSE_CONTACT_WEIGHT_ERROR
-        )
+        _check(self.contact_weight == 1 or self.label_mode != "sparse", SPARSE_CONTACT_WEIGHT_ERROR)
 
     def resolved_loader_threads(self, device: torch.device) -> int:
         """``loader_threads``, with None resolved for ``device`` (see the class docstring)."""
@@ -331,10 +329,6 @@ class TrainResult:
     cancelled: bool
     stopped_early: bool
     checkpoint_path: Path | None = None
-
-
-class TrainingDivergedError(ConfigError):
-    """The loss became NaN or infinite; the message says what to change."""
 
 
 def default_checkpoint_path(out: str | Path) -> Path:
@@ -485,11 +479,10 @@ def _restore_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
 
 def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite the whole CSV log atomically (a reader never sees a half row)."""
-    with atomic_write(path) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(history)
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
 
 
 def _read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -28,9 +28,8 @@ from typing import Any
 import numpy as np
 
 from napari_unet.checkpoint import TrainedModel
-from napari_unet.config import ConfigError
+from napari_unet.errors import ConfigError, DataError
 from napari_unet.evaluation import check_planes, pair_names
-from napari_unet.io import DataError
 from napari_unet.metrics import instance_metrics, pixel_metrics
 from napari_unet.postprocess import probabilities_to_labels
 from napari_unet.prediction import PredictConfig, Progress, predict, resolve_model, run_to_end

@@ -20,8 +20,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_unet.checkpoint import DEFAULT_MODEL_NAME, TrainedModel, default_model_path
 from napari_unet._widgets._registry import REGISTRY, SessionModel
+from napari_unet.checkpoint import DEFAULT_MODEL_NAME, TrainedModel, default_model_path
 
 if TYPE_CHECKING:
     import napari

@@ -45,9 +45,9 @@ from napari_unet._widgets._common import (
     layer_data,
 )
 from napari_unet._widgets._registry import REGISTRY
-from napari_unet.checkpoint import ModelFileError, TrainedModel
-from napari_unet.config import ConfigError
-from napari_unet.io import DataError, atomic_write
+from napari_unet.checkpoint import TrainedModel
+from napari_unet.errors import ConfigError, DataError, ModelFileError
+from napari_unet.io import atomic_write
 from napari_unet.prediction import (
     PredictConfig,
     Progress,
@@ -431,11 +431,10 @@ class EvaluateWidget(QWidget):
         if not rows:
             raise DataError("nothing to export yet; press Evaluate first.")
         path = Path(path)
-        with atomic_write(path) as tmp:
-            with open(tmp, "w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["metric", "value"])
-                writer.writerows(rows)
+        with atomic_write(path) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["metric", "value"])
+            writer.writerows(rows)
         return path
 
     def _export_dialog(self) -> None:

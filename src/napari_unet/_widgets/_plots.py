@@ -81,7 +81,7 @@ class CurvePlot(QWidget):
             y0, y1 = max(0.0, y0 - pad) if y0 >= 0 else y0 - pad, y1 + pad
         return x0, x1, y0, y1
 
-    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt naming
+    def paintEvent(self, event: QPaintEvent) -> None:
         painter = QPainter(self)
         painter.setRenderHint(QPainter.Antialiasing)
         text_color = self.palette().windowText().color()

@@ -41,7 +41,7 @@ from napari_unet._widgets._common import (
     layer_data,
 )
 from napari_unet.checkpoint import TrainedModel, load_model
-from napari_unet.config import ConfigError
+from napari_unet.errors import ConfigError
 from napari_unet.prediction import PredictConfig, Progress, Segmentation, predict_events
 
 if TYPE_CHECKING:

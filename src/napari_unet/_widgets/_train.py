@@ -26,8 +26,8 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
-    QFrame,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -52,9 +52,9 @@ from napari_unet._widgets._common import (
 )
 from napari_unet._widgets._plots import TrainingCurves
 from napari_unet._widgets._registry import REGISTRY
-from napari_unet.checkpoint import ModelFileError, TrainedModel
-from napari_unet.config import PRESETS, TARGET_CHANNELS, ConfigError, ModelConfig
-from napari_unet.io import DataError
+from napari_unet.checkpoint import TrainedModel
+from napari_unet.config import PRESETS, TARGET_CHANNELS, ModelConfig
+from napari_unet.errors import ConfigError, DataError, ModelFileError
 from napari_unet.process import CHILD_PROCESSES, events_in_process
 from napari_unet.training import TrainConfig, TrainEvent, TrainResult, train_events
 
@@ -330,7 +330,7 @@ class TrainWidget(QWidget):
         ):
             signal.connect(self.schedule_check)
 
-    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt naming
+    def showEvent(self, event: Any) -> None:
         """Fit the scroll area's width to the form once its widgets know their sizes."""
         super().showEvent(event)
         bar = self._scroll.verticalScrollBar().sizeHint().width()

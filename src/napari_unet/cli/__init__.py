@@ -12,9 +12,7 @@ import importlib
 import sys
 
 from napari_unet import __version__
-from napari_unet.checkpoint import ModelFileError
-from napari_unet.config import ConfigError
-from napari_unet.io import DataError
+from napari_unet.errors import ConfigError, DataError, ModelFileError
 
 #: Sub-commands, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = ("train", "predict", "evaluate", "tune", "demo", "export")

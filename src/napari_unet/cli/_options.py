@@ -12,7 +12,8 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from napari_unet.io import DataError, find_dsb_samples, find_pairs, read_dsb_sample, read_image
+from napari_unet.errors import DataError
+from napari_unet.io import find_dsb_samples, find_pairs, read_dsb_sample, read_image
 
 if TYPE_CHECKING:
     from napari_unet.prediction import PredictConfig, Progress

@@ -47,8 +47,10 @@ def run(args: argparse.Namespace) -> int:
         labels_dir=args.out / "labels",
     )
     csv_path = report.write_csv(args.out / "scores.csv")
-    print(f"model: {model.source} ({model.config.preset or model.config.architecture}, "
-          f"target {model.config.target}) on {model.device}")
+    print(
+        f"model: {model.source} ({model.config.preset or model.config.architecture}, "
+        f"target {model.config.target}) on {model.device}"
+    )
     print(report.format_table())
     print(f"labels:   {args.out / 'labels'}/<id>.tif ({len(pairs)} files)")
     print(f"overlays: {args.out / 'overlays'}/<id>.png (image | truth | prediction)")

@@ -15,7 +15,8 @@ from napari_unet.cli._options import (
     prediction_config,
     run_with_progress_bar,
 )
-from napari_unet.io import IMAGE_SUFFIXES, DataError, atomic_write, list_images, read_image
+from napari_unet.errors import DataError
+from napari_unet.io import IMAGE_SUFFIXES, atomic_write, list_images, read_image
 
 HELP = "segment images, folders or TIFF/Zarr stacks with a model and write label TIFFs"
 
@@ -101,7 +102,7 @@ def open_input(path: Path) -> Any:
 
     try:
         node = zarr.open(str(path), mode="r")
-    except Exception as error:  # noqa: BLE001 - any zarr failure means "unreadable"
+    except Exception as error:
         raise DataError(f"could not open the Zarr store {str(path)!r}: {error}") from error
     if not isinstance(node, zarr.Array):
         # An OME-Zarr group keeps its full-resolution array under "0".

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_unet.config import PRESETS, ModelConfig, NormalizationConfig
-from napari_unet.io import DataError
+from napari_unet.errors import DataError
 
 HELP = "train a U-Net on image/label folders (or a DSB 2018 folder) and save the model"
 

@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Tune, print the best rows, optionally write the tuned model; returns the exit code."""
-    from napari_unet.config import ConfigError
+    from napari_unet.errors import ConfigError
     from napari_unet.prediction import PredictConfig, default_overlap, resolve_model
     from napari_unet.tuning import PostprocessGrid, tune_events
 

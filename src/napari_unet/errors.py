@@ -1,0 +1,33 @@
+"""Every exception napari-unet raises for a user to act on, in one place.
+
+Each message says what is wrong and what to change. All of them derive from
+:class:`NapariUnetError`, so a script can catch the project's errors apart from bugs; the
+built-in base next to it (``ValueError``, ``RuntimeError``) keeps ``except ValueError``
+working for callers that used it before.
+"""
+
+from __future__ import annotations
+
+
+class NapariUnetError(Exception):
+    """Base class of every error napari-unet raises on purpose."""
+
+
+class ConfigError(NapariUnetError, ValueError):
+    """A setting is out of range or inconsistent; the message says what to change."""
+
+
+class DataError(NapariUnetError, ValueError):
+    """Input data is missing, unreadable or inconsistent; the message says what to fix."""
+
+
+class ModelFileError(NapariUnetError, ValueError):
+    """A model file is missing, corrupt, hostile or of another format."""
+
+
+class TrainingDivergedError(ConfigError):
+    """The loss became NaN or infinite; the message says what to change."""
+
+
+class WorkerProcessError(NapariUnetError, RuntimeError):
+    """The child process could not start, or ended without a result (killed, out of memory)."""

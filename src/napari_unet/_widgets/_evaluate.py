@@ -47,6 +47,7 @@ from napari_unet._widgets._common import (
 from napari_unet._widgets._registry import REGISTRY
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.errors import ConfigError, DataError, ModelFileError
+from napari_unet.evaluation import as_planes, score_labels_events
 from napari_unet.io import atomic_write
 from napari_unet.prediction import (
     PredictConfig,
@@ -81,51 +82,15 @@ SUMMARY_ROWS = (
 THRESHOLD_COLUMNS = ("IoU", "TP", "FP", "FN", "precision", "recall", "F1", "AP")
 
 
-def planes(labels: Any) -> np.ndarray:
-    """``(N, H, W)`` view of a 2D label image or a stack of any depth."""
-    array = np.asarray(labels)
-    if array.ndim < 2:
-        raise DataError(f"labels of shape {array.shape} are not an image.")
-    return array.reshape((-1, *array.shape[-2:]))
-
-
-def score(truth: Any, prediction: Any) -> Generator[Progress, None, dict[str, dict[str, Any]]]:
-    """Score ``prediction`` against ``truth`` plane by plane, yielding progress.
-
-    Returns
-    -------
-    dict
-        ``{"pixel": mean_pixel_metrics(...), "instance": mean_instance_metrics(...)}``.
-    """
-    truth_planes, predicted_planes = planes(truth), planes(prediction)
-    if truth_planes.shape != predicted_planes.shape:
-        raise DataError(
-            f"the prediction has shape {np.shape(prediction)} and the ground truth "
-            f"{np.shape(truth)}; pick layers of the same image."
-        )
-    pixel_rows, instance_rows = [], []
-    total = len(truth_planes)
-    for index, (true_plane, predicted_plane) in enumerate(
-        zip(truth_planes, predicted_planes, strict=True), start=1
-    ):
-        pixel_rows.append(metrics.pixel_metrics(true_plane, predicted_plane))
-        instance_rows.append(metrics.instance_metrics(true_plane, predicted_plane))
-        yield Progress(index, total, f"scored plane {index}/{total}")
-    return {
-        "pixel": metrics.mean_pixel_metrics(pixel_rows),
-        "instance": metrics.mean_instance_metrics(instance_rows),
-    }
-
-
 def segment_and_score(
     image: Any, rgb: bool, model: str | Path | TrainedModel, truth: Any, config: PredictConfig
 ) -> Generator[Progress, None, tuple[dict[str, dict[str, Any]], Segmentation]]:
-    """Segment ``image`` with ``model`` and ``config``, then :func:`score` it.
+    """Segment ``image`` with ``model`` and ``config``, then score it against ``truth``.
 
     Post-processing left unset in ``config`` uses the values tuned for the model.
     """
     segmentation = yield from predict_events(image, model, config, rgb=rgb)
-    scores = yield from score(truth, segmentation.labels)
+    scores = yield from score_labels_events(truth, segmentation.labels)
     return scores, segmentation
 
 
@@ -139,7 +104,7 @@ def tune_on_layers(
     images = np.asarray(image)
     images = images.reshape((-1, *images.shape[-3:]) if rgb else (-1, *images.shape[-2:]))
     trained = resolve_model(model, config.device)
-    result = yield from tune_events(trained, list(images), list(planes(truth)), config=config)
+    result = yield from tune_events(trained, list(images), list(as_planes(truth)), config=config)
     return trained, result
 
 
@@ -325,7 +290,7 @@ class EvaluateWidget(QWidget):
                 PredictConfig(tta=self.tta.isChecked()),
             )
         else:
-            work = score
+            work = score_labels_events
             args = (layer_data(truth), layer_data(self.prediction.layer()))
         self.controls.run(
             work,

@@ -52,6 +52,7 @@ from napari_unet._widgets._common import (
 )
 from napari_unet._widgets._plots import TrainingCurves
 from napari_unet._widgets._registry import REGISTRY
+from napari_unet.annotations import check_training_labels, count_planes, split_held_out_strip
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.config import PRESETS, TARGET_CHANNELS, ModelConfig
 from napari_unet.errors import ConfigError, DataError, ModelFileError
@@ -70,8 +71,6 @@ LABEL_MODES = {
 }
 VALIDATION_REGION = "held-out strip"
 VALIDATION_IMAGES = "whole images"
-#: Fewest rows/columns a held-out validation strip gets.
-MIN_STRIP = 16
 
 
 def _default(name: str) -> Any:
@@ -452,7 +451,7 @@ class TrainWidget(QWidget):
         if snapshot:
             label_arrays = [_snapshot(array) for array in label_arrays]
         for (_, labels), array in zip(pairs, label_arrays, strict=True):
-            _check_labels(labels.name, array, mode)
+            check_training_labels(labels.name, array, mode)
         image_arrays = [layer_data(image) for image in images]
 
         init = self.init_model.value()
@@ -489,8 +488,10 @@ class TrainWidget(QWidget):
             ),
         }
         if region:
-            self._split_regions(plan, fraction)
-        elif sum(_n_planes(array) for array in label_arrays) < 2:
+            plan.images, plan.labels, plan.val_images, plan.val_labels = split_held_out_strip(
+                plan.images, plan.labels, fraction
+            )
+        elif sum(count_planes(array) for array in label_arrays) < 2:
             raise DataError(
                 "Whole-image validation needs at least 2 images or planes; choose "
                 f"{VALIDATION_REGION!r} or add another pair."
@@ -503,35 +504,6 @@ class TrainWidget(QWidget):
             plan.out = out
             plan.log_csv = out.with_name(f"{out.stem}_log.csv")
         return plan
-
-    @staticmethod
-    def _split_regions(plan: TrainPlan, fraction: float) -> None:
-        """Hold out the last ``fraction`` of every plane along its longer side."""
-        train_images, train_labels, val_images, val_labels = [], [], [], []
-        for image, labels in zip(plan.images, plan.labels, strict=True):
-            height, width = labels.shape[-2:]
-            axis = labels.ndim - 2 if height >= width else labels.ndim - 1
-            size = labels.shape[axis]
-            strip = min(max(math.ceil(size * fraction), MIN_STRIP), size // 2)
-            if strip < 1:
-                raise DataError(f"An image of shape {labels.shape} is too small to split.")
-            cut = size - strip
-            keep = [slice(None)] * image.ndim
-            held = [slice(None)] * image.ndim
-            keep[axis], held[axis] = slice(0, cut), slice(cut, size)
-            train_images.append(image[tuple(keep)])
-            val_images.append(image[tuple(held)])
-            train_labels.append(labels[tuple(keep[: labels.ndim])])
-            val_labels.append(labels[tuple(held[: labels.ndim])])
-        for what, arrays in (("training part", train_labels), ("held-out strip", val_labels)):
-            if not any(_annotated(array) for array in arrays):
-                raise DataError(
-                    f"The {what} of the labels (validation holds out the last "
-                    f"{fraction:.0%} of each image, bottom or right) has no annotation; "
-                    "paint some there, or validate on whole images."
-                )
-        plan.images, plan.labels = train_images, train_labels
-        plan.val_images, plan.val_labels = val_images, val_labels
 
     # ---------------------------------------------------------------- run
     def start(self) -> None:
@@ -624,36 +596,6 @@ class TrainWidget(QWidget):
 def _snapshot(data: Any) -> Any:
     """A copy of numpy labels (painting during a run must not change its data); dask as is."""
     return np.array(data) if isinstance(data, np.ndarray) else data
-
-
-def _n_planes(labels: Any) -> int:
-    return int(np.prod(labels.shape[:-2], dtype=np.int64))
-
-
-def _annotated(labels: Any) -> bool:
-    """Whether ``labels`` mark something (objects, or any scribble in sparse mode)."""
-    return bool(np.asarray((labels > 0).any()))
-
-
-def _check_labels(name: str, labels: Any, mode: str) -> None:
-    """Refuse labels that cannot train: all zero, or scribbles that are not 0/1/2."""
-    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
-        raise DataError(f"Labels {name!r} hold {labels.dtype} values; labels must be integers.")
-    if not _annotated(labels):
-        raise DataError(
-            f"Labels {name!r} are empty: paint some objects"
-            + (" (label 2) and background (label 1)" if mode == "sparse" else "")
-            + " first."
-        )
-    if mode == "sparse":
-        top = int(np.asarray(labels.max()))
-        if top > 2:
-            raise DataError(
-                f"Scribble labels use 1 = background and 2 = object, but {name!r} holds "
-                f"labels up to {top}; pick instance mode or repaint with labels 1 and 2."
-            )
-        if not np.asarray((labels == 2).any()):
-            raise DataError(f"Scribbles {name!r} mark no object: paint some with label 2.")
 
 
 def _free_gpu_memory() -> None:

@@ -42,7 +42,7 @@ def test_labels_stack_to_tiff(tmp_path):
 def test_labels_png_when_the_range_fits(tmp_path):
     small = labels_2d(np.int32, top=200)
     path = write_labels(str(tmp_path / "small.png"), small, {})[0]
-    assert io.read_image(path).dtype == np.uint8
+    assert io.read_image(path).dtype == np.uint16  # 16-bit, even when 8 bits would do
     np.testing.assert_array_equal(io.read_image(path), small)
     wide = labels_2d(np.int32, top=40_000)
     path = write_labels(str(tmp_path / "wide.png"), wide, {})[0]

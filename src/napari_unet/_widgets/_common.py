@@ -111,9 +111,9 @@ class LayerCombo(QComboBox):
         index = self.currentIndex()
         return self._layers[index] if 0 <= index < len(self._layers) else None
 
-    def set_layer(self, layer: Layer) -> None:
-        """Select ``layer`` (which must be listed)."""
-        self.setCurrentIndex(self._layers.index(layer))
+    def set_layer(self, layer: Layer | None) -> None:
+        """Select ``layer`` (which must be listed), or nothing for None."""
+        self.setCurrentIndex(-1 if layer is None else self._layers.index(layer))
 
     def layers(self) -> list[Layer]:
         """All listed layers, in layer-list order."""
@@ -426,3 +426,23 @@ class RunControls(QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
         self.running_changed.emit()
+
+
+#: Key in a Labels layer's metadata that marks a segmentation this plugin produced.
+PREDICTION_KEY = "napari_unet_prediction"
+
+
+def prediction_metadata(model: str) -> dict[str, Any]:
+    """Metadata for a Labels layer this plugin predicts (read by :func:`is_prediction`).
+
+    Parameters
+    ----------
+    model : str
+        The model's name as the widget shows it.
+    """
+    return {PREDICTION_KEY: {"model": model}}
+
+
+def is_prediction(layer: Layer) -> bool:
+    """Whether ``layer`` is a segmentation this plugin produced (not loaded or painted)."""
+    return PREDICTION_KEY in (getattr(layer, "metadata", None) or {})

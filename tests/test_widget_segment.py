@@ -212,7 +212,31 @@ def test_invalid_settings_disable_segment(make_napari_viewer, tmp_path):
     assert "does not exist" in widget.update_state()
     assert not widget.run_button.isEnabled()
     widget.model.path_edit.setText("")
-    assert "Choose a model file" in widget.update_state()
+    assert "Choose a model file (.pt, or a bioimage.io .zip)" in widget.update_state()
+
+
+def test_the_model_dialog_offers_pt_files_and_bioimageio_packages(
+    make_napari_viewer, tmp_path, monkeypatch
+):
+    from qtpy.QtWidgets import QFileDialog, QPushButton
+
+    package = tmp_path / "model.zip"
+    package.write_bytes(b"")
+    asked = []
+
+    def pick(parent, caption, folder, filters):
+        asked.append(filters)
+        return str(package), filters.split(";;")[0]
+
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(pick))
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((16, 16), np.uint8), name="img")
+    widget = dock(viewer)
+    widget.model.select(widget.model.FILE)
+    browse = [b for b in widget.model.findChildren(QPushButton) if b.text() == "Browse…"]
+    browse[0].click()
+    assert asked and asked[0].startswith("Models (*.pt *.zip)")
+    assert widget.model.value() == package and widget.update_state() is None
 
 
 def test_segment_correct_fine_tune_segment_again(viewer, qtbot):

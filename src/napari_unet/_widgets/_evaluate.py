@@ -44,6 +44,7 @@ from napari_unet._widgets._common import (
     LayerCombo,
     ModelPicker,
     RunControls,
+    ScrollingDock,
     connect_until_destroyed,
     is_prediction,
     layer_data,
@@ -141,7 +142,7 @@ def tune_on_layers(
     return trained, result
 
 
-class EvaluateWidget(QWidget):
+class EvaluateWidget(ScrollingDock):
     """Pixel and instance metrics of a Labels layer against ground truth.
 
     Parameters
@@ -159,7 +160,7 @@ class EvaluateWidget(QWidget):
         self._image_layer: Any = None  # the image segmented by the run in progress
         self._tune_names = ("", "")  # (new model's label, image name) of the tuning in progress
 
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.content)
         # A grid, not a form: rows whose widgets are hidden take no space in a grid.
         grid = QGridLayout()
         self.mode = QComboBox()

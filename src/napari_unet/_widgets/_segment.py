@@ -30,13 +30,13 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from napari_unet._widgets._common import (
     LayerCombo,
     ModelPicker,
     RunControls,
+    ScrollingDock,
     available_devices,
     layer_data,
     prediction_metadata,
@@ -113,6 +113,11 @@ def segment_layer(
     return segmentation, trained.config.target
 
 
+def _load_for(model: str | Path, device: str) -> tuple[TrainedModel, tuple[str | Path, str]]:
+    """The cached model for ``(model, device)``, returned with the pair that asked for it."""
+    return MODEL_CACHE.get(model, device), (model, device)
+
+
 def _is_dask(array: Any) -> bool:
     return type(array).__module__.startswith("dask")
 
@@ -159,7 +164,7 @@ def _materialise(
     return Segmentation(labels, probabilities, cancelled=stop.is_set())
 
 
-class SegmentWidget(QWidget):
+class SegmentWidget(ScrollingDock):
     """Segment an Image layer into a new Labels layer.
 
     Parameters
@@ -180,7 +185,7 @@ class SegmentWidget(QWidget):
         self._model_name = ""
         defaults = PredictConfig()
 
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.content)
         form = QFormLayout()
         self.image = LayerCombo(napari_viewer, Image)
         form.addRow("Image", self.image)
@@ -301,20 +306,21 @@ class SegmentWidget(QWidget):
             return
         self._tuned_for = (model, self.device.currentText())
         if isinstance(model, TrainedModel):
-            self._on_tuned_model(model, self._tuned_for)
+            self._on_tuned_model((model, self._tuned_for))
             return
         from napari.qt.threading import create_worker
 
-        wanted = self._tuned_for
         self._tuned_worker = create_worker(
-            MODEL_CACHE.get,
-            *wanted,
-            _connect={"returned": lambda trained: self._on_tuned_model(trained, wanted)},
+            _load_for,
+            *self._tuned_for,
+            # A bound method: Qt drops the call if the widget is closed meanwhile.
+            _connect={"returned": self._on_tuned_model},
             # A file that cannot be read says so when Segment is pressed.
             _ignore_errors=True,
         )
 
-    def _on_tuned_model(self, trained: TrainedModel, wanted: tuple[Any, str]) -> None:
+    def _on_tuned_model(self, loaded: tuple[TrainedModel, tuple[Any, str]]) -> None:
+        trained, wanted = loaded
         if wanted != self._tuned_for:
             return  # the choice changed while the model loaded
         try:

@@ -27,13 +27,11 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
-    QScrollArea,
     QSpinBox,
     QToolButton,
     QVBoxLayout,
@@ -45,6 +43,7 @@ from napari_unet._widgets._common import (
     LayerCombo,
     ModelPicker,
     RunControls,
+    ScrollingDock,
     available_devices,
     connect_until_destroyed,
     layer_data,
@@ -138,7 +137,7 @@ class PairRow(QWidget):
         return self.image.layer(), self.labels.layer()
 
 
-class TrainWidget(QWidget):
+class TrainWidget(ScrollingDock):
     """Train a U-Net on (Image, Labels) layer pairs of the viewer.
 
     Parameters
@@ -168,16 +167,7 @@ class TrainWidget(QWidget):
 
     # ---------------------------------------------------------------- UI
     def _build_ui(self) -> None:
-        # The form is taller than a laptop screen's dock area: let it scroll.
-        content = QWidget()
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.NoFrame)
-        scroll.setWidget(content)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
-        layout = QVBoxLayout(content)
+        layout = QVBoxLayout(self.content)
 
         data_box = QGroupBox("Training data")
         data_layout = QVBoxLayout(data_box)
@@ -305,10 +295,7 @@ class TrainWidget(QWidget):
 
         self.rows: list[PairRow] = []
         self.add_pair()
-        # Scroll vertically only: the dock is as wide as the form needs (see showEvent).
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        self._scroll, self._content = scroll, content
-        for combo in content.findChildren(QComboBox):
+        for combo in self.content.findChildren(QComboBox):
             shrink(combo)
         for signal in (
             self.label_mode.currentIndexChanged,
@@ -328,12 +315,6 @@ class TrainWidget(QWidget):
             self.save_path.textChanged,
         ):
             signal.connect(self.schedule_check)
-
-    def showEvent(self, event: Any) -> None:
-        """Fit the scroll area's width to the form once its widgets know their sizes."""
-        super().showEvent(event)
-        bar = self._scroll.verticalScrollBar().sizeHint().width()
-        self._scroll.setMinimumWidth(self._content.minimumSizeHint().width() + bar)
 
     def _browse_save(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save model as", "model.pt", "Model (*.pt)")

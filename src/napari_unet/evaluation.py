@@ -29,7 +29,7 @@ import numpy as np
 
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.errors import DataError
-from napari_unet.io import atomic_write, write_png, write_tiff
+from napari_unet.io import as_image, atomic_write, check_finite, write_png, write_tiff
 from napari_unet.metrics import (
     instance_metrics,
     mean_instance_metrics,
@@ -327,9 +327,13 @@ def evaluate_events(
     if resize is not None and not (isinstance(resize, int) and resize >= 16):
         raise DataError(f"resize must be a size of at least 16 pixels, got {resize!r}; try 256.")
     names = pair_names(images, labels, names, "evaluate")
+    images = [as_image(image, f"image {name!r}") for name, image in zip(names, images)]
+    labels = [as_image(truth, f"the labels of {name!r}") for name, truth in zip(names, labels)]
     trained = resolve_model(model, config.device)
     config = config.for_model(trained)
     check_planes(names, images, labels, trained.config.in_channels, channel_axis, "evaluate")
+    for name, image in zip(names, images):
+        check_finite(image, f"image {name!r}")  # before the first overlay is written
 
     rows: list[dict[str, Any]] = []
     pixel_rows: list[dict[str, float]] = []

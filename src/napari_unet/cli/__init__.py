@@ -21,8 +21,9 @@ from napari_unet.errors import ConfigError, DataError, ModelFileError
 #: Sub-commands, in the order ``--help`` lists them.
 COMMANDS: tuple[str, ...] = ("train", "predict", "evaluate", "tune", "demo", "export")
 
-#: Exceptions that mean "the input is wrong", not "the program is broken".
-USER_ERRORS = (DataError, ConfigError, ModelFileError, FileNotFoundError)
+#: Exceptions that mean "the input is wrong", not "the program is broken" (OS errors,
+#: such as a missing file or a full disk, are reported by :func:`describe_os_error`).
+USER_ERRORS = (DataError, ConfigError, ModelFileError)
 
 
 def build_parser() -> argparse.ArgumentParser:

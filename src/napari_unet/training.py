@@ -63,7 +63,7 @@ from napari_unet.data import (
 from napari_unet.distributed import all_mean, init_from_env, rank_rng, wrap_model
 from napari_unet.distributed import validate as distributed_validate
 from napari_unet.errors import ConfigError, ModelFileError, TrainingDivergedError
-from napari_unet.io import atomic_write
+from napari_unet.io import as_image, atomic_write
 from napari_unet.losses import LOSSES, compute_loss
 from napari_unet.metrics import pixel_metrics
 from napari_unet.model import build_model, select_device
@@ -496,6 +496,11 @@ def _read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+def _as_images(images: Sequence[Any], what: str) -> list[Any]:
+    """Each of ``images`` as :func:`napari_unet.io.as_image` gives it (paths read)."""
+    return [as_image(image, f"{what} image {index}") for index, image in enumerate(images)]
+
+
 def train_events(
     images: Sequence[Any],
     labels: Sequence[Any],
@@ -571,7 +576,11 @@ def train_events(
     else:
         model_config = config.model
 
-    # Read and check all data before anything is written.
+    # Read and check all data before anything is written (paths are read here).
+    images, labels = _as_images(images, "training"), _as_images(labels, "training label")
+    if val_images is not None:
+        val_images = _as_images(val_images, "validation")
+        val_labels = _as_images(val_labels, "validation label")
     prepare = dict(
         in_channels=model_config.in_channels,
         normalization=model_config.normalization,

@@ -82,10 +82,14 @@ def to_channels_first(
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def normalize(image: np.ndarray, config: NormalizationConfig) -> np.ndarray:
-    """Scale intensities of one image (all channels together) as ``config`` says.
+def intensity_range(image: np.ndarray, config: NormalizationConfig) -> tuple[float, float]:
+    """``(low, high)``: the intensities that ``config`` maps to 0 and 1 in ``image``.
 
-    Returns float32 of the same shape. A constant image maps to zeros.
+    All channels together: ``percentile`` gives the ``config.low``/``config.high``
+    percentiles, ``minmax`` the extremes, ``none`` (and an empty image) ``(0, 1)``,
+    which leaves the values as they are. Block-wise prediction computes the range on a
+    whole (or subsampled) plane and applies it to each block with
+    :func:`apply_intensity_range`, so a block sees the values the plane would.
 
     Raises
     ------
@@ -98,15 +102,36 @@ def normalize(image: np.ndarray, config: NormalizationConfig) -> np.ndarray:
             "the image holds NaN or infinite values; replace them (e.g. numpy.nan_to_num) first."
         )
     if config.mode == "none" or image.size == 0:
-        return image
+        return 0.0, 1.0
     if config.mode == "percentile":
         low, high = np.percentile(image, [config.low, config.high])
     else:
-        low, high = float(image.min()), float(image.max())
+        low, high = image.min(), image.max()
+    return float(low), float(high)
+
+
+def apply_intensity_range(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``(image - low) / (high - low)`` as float32; zeros when ``high <= low`` (a constant image)."""
+    image = np.asarray(image, dtype=np.float32)
     scale = high - low
     if scale <= 0:
         return np.zeros_like(image)
     return (image - np.float32(low)) / np.float32(scale)
+
+
+def normalize(image: np.ndarray, config: NormalizationConfig) -> np.ndarray:
+    """Scale intensities of one image (all channels together) as ``config`` says.
+
+    :func:`intensity_range` then :func:`apply_intensity_range`. Returns float32 of the
+    same shape. A constant image maps to zeros.
+
+    Raises
+    ------
+    DataError
+        If the image holds NaN or infinite values.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    return apply_intensity_range(image, *intensity_range(image, config))
 
 
 def prepare_plane(

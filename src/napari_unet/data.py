@@ -111,7 +111,7 @@ def intensity_range(image: np.ndarray, config: NormalizationConfig) -> tuple[flo
 
 
 def apply_intensity_range(image: np.ndarray, low: float, high: float) -> np.ndarray:
-    """``(image - low) / (high - low)`` as float32; zeros when ``high <= low`` (a constant image)."""
+    """``(image - low) / (high - low)`` as float32; zeros when ``high <= low`` (constant)."""
     image = np.asarray(image, dtype=np.float32)
     scale = high - low
     if scale <= 0:

@@ -11,8 +11,11 @@ through a sigmoid, and turned into labels by
 
 Shapes: a plane is ``(H, W)`` grey, ``(H, W, 3|4)`` RGB(A) or multichannel with a
 ``channel_axis``; any axes before the plane (``Z``, ``T``, ``T, Z``) are a stack,
-predicted plane by plane. Labels have the image's shape without the channel axis;
-probabilities are ``(C_out, *labels.shape)``.
+predicted plane by plane (a dask stack is read one plane at a time). Labels have the
+image's shape without the channel axis, unique across the stack and numbered 1..N by
+:func:`number_planes`; probabilities are ``(C_out, *labels.shape)``. Results are held in
+memory: for stacks whose labels do not fit, :func:`napari_unet.blockwise.segment_to_zarr`
+writes them to a Zarr block by block, with the same labelling.
 """
 
 from __future__ import annotations
@@ -32,13 +35,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_unet.blockwise.reading import is_lazy
+from napari_unet.blockwise.stitching import relabel_tables
 from napari_unet.checkpoint import TrainedModel, load_model
 from napari_unet.config import ModelConfig
 from napari_unet.data import prepare_plane, to_channels_first
 from napari_unet.errors import ConfigError, DataError
 from napari_unet.model import select_device
 from napari_unet.postprocess import label_dtype, probabilities_to_labels
-from napari_unet.tiling import sliding_window, sliding_window_events, tile_grid
+from napari_unet.tiling import sliding_window_events, tile_grid
 
 T = TypeVar("T")
 
@@ -244,9 +249,9 @@ class Segmentation:
 
     Attributes
     ----------
-    labels : np.ndarray or dask.array.Array
+    labels : np.ndarray
         Instance labels, the image's shape without its channel axis; 0 is background.
-    probabilities : np.ndarray or dask.array.Array or None
+    probabilities : np.ndarray or None
         ``(C_out, *labels.shape)`` sigmoid outputs, if asked for.
     cancelled : bool
         True if ``stop`` was set; planes not reached are left 0.
@@ -569,11 +574,13 @@ def resolve_model(model: str | os.PathLike[str] | TrainedModel, device: str) -> 
     return load_model(model, device="auto" if torch_device is None else torch_device)
 
 
-def _is_dask(image: Any) -> bool:
-    return type(image).__module__.startswith("dask.")
+def label_plane(probabilities: np.ndarray, target: str, config: PredictConfig) -> np.ndarray:
+    """Instance labels of one plane's ``(C, H, W)`` probabilities, numbered from 1.
 
-
-def _plane_to_labels(probabilities: np.ndarray, target: str, config: PredictConfig) -> np.ndarray:
+    The per-plane policy of every path (in memory, block-wise): each plane (or block) is
+    labelled in 2D on its own, then :func:`~napari_unet.blockwise.stitching.relabel_tables`
+    numbers the stack.
+    """
     return probabilities_to_labels(
         probabilities,
         target=target,
@@ -601,7 +608,8 @@ def predict_events(
     ----------
     image : array_like or dask.array.Array
         ``(H, W)``, ``(H, W, 3|4)``, multichannel with ``channel_axis``, or a stack
-        of those with up to two leading axes (``Z``, ``T``, ``T, Z``).
+        of those with up to two leading axes (``Z``, ``T``, ``T, Z``). A dask stack is
+        read one plane at a time.
     model : str, Path or TrainedModel
         A model file, ``"default"`` (the bundled model) or a loaded model.
     config : PredictConfig, optional
@@ -617,13 +625,13 @@ def predict_events(
     Yields
     ------
     Progress
-        Tiles done / total after every batch (one event for a lazy dask result).
+        Tiles done / total after every batch.
 
     Returns
     -------
     Segmentation
-        Labels (and probabilities). For a dask input both are lazy dask arrays,
-        computed plane by plane when read (see :func:`_predict_dask`).
+        Labels (and probabilities), in memory; see :func:`number_planes` for the
+        numbering over a stack.
 
     Raises
     ------
@@ -638,35 +646,33 @@ def predict_events(
     trained = resolve_model(model, config.device)
     config = config.for_model(trained)
     model_config = trained.config
-    lazy = _is_dask(image)
     arranged, layout = _arrange(
-        image if lazy else np.asarray(image), model_config.in_channels, rgb, channel_axis
+        image if is_lazy(image) else np.asarray(image), model_config.in_channels, rgb, channel_axis
     )
     tile = config.tile_size or auto_tile_size(
         model_config, trained.device, config.tile_batch, config.overlap
     )
     predictor = TilePredictor(trained, config.tta, config.compile)
-    if lazy:
-        yield Progress(1, 1, "lazy result: planes are predicted when they are read")
-        return _predict_dask(arranged, layout, predictor, config, tile)
-
     n_tiles = len(tile_grid((layout.height, layout.width), tile, config.overlap))
     total = layout.n_planes * n_tiles
-    labels = np.zeros(layout.labels_shape, dtype=np.uint32)
+    # Each plane's labels from 1; numbered over the stack once all are known.
+    local = np.zeros(layout.labels_shape, dtype=np.uint32)
     probabilities = (
-        np.zeros((model_config.out_channels, *labels.shape), dtype=np.float32)
+        np.zeros((model_config.out_channels, *local.shape), dtype=np.float32)
         if config.return_probabilities
         else None
     )
-    offset = 0
+    counts: list[int] = []
     for plane_number, index in enumerate(np.ndindex(*layout.leading)):
-        x = _network_input(arranged[index], model_config, layout)
+        # np.asarray reads one plane of a lazy (dask) image, never more.
+        x = _network_input(np.asarray(arranged[index]), model_config, layout)
         events = sliding_window_events(
             x, predictor, tile, config.overlap, config.tile_batch, model_config.size_multiple
         )
         while True:
             if stop is not None and stop.is_set():
-                return Segmentation(_narrow(labels), probabilities, cancelled=True)
+                labels = number_planes(local, counts, config.labels_per_plane)
+                return Segmentation(labels, probabilities, cancelled=True)
             try:
                 done = next(events)
             except StopIteration as finished:
@@ -674,97 +680,34 @@ def predict_events(
                 break
             where = f"plane {plane_number + 1}/{layout.n_planes}, " if layout.leading else ""
             yield Progress(plane_number * n_tiles + done, total, f"{where}tile {done}/{n_tiles}")
-        plane_labels = _plane_to_labels(plane_probabilities, model_config.target, config)
-        count = int(plane_labels.max(initial=0))
-        if not config.labels_per_plane:
-            if offset + count > np.iinfo(labels.dtype).max:
-                labels = labels.astype(np.uint64)
-            plane_labels = np.where(plane_labels > 0, plane_labels.astype(labels.dtype) + offset, 0)
-            offset += count
-        labels[index] = plane_labels
+        plane_labels = label_plane(plane_probabilities, model_config.target, config)
+        local[index] = plane_labels
+        counts.append(int(plane_labels.max(initial=0)))
         if probabilities is not None:
             probabilities[(slice(None), *index)] = plane_probabilities
-    return Segmentation(_narrow(labels), probabilities)
+    return Segmentation(number_planes(local, counts, config.labels_per_plane), probabilities)
 
 
-def _narrow(labels: np.ndarray) -> np.ndarray:
-    """``labels`` in the narrowest dtype of :func:`label_dtype` for its largest label."""
-    return labels.astype(label_dtype(int(labels.max(initial=0))), copy=False)
+def number_planes(local: np.ndarray, counts: list[int], per_plane: bool) -> np.ndarray:
+    """Labels of a stack whose planes are each numbered from 1, numbered over the stack.
 
-
-def _dask_label_stride(n_planes: int) -> tuple[int, np.dtype]:
-    """Label offset between planes of a lazy stack, and the labels' dtype.
-
-    A lazy result cannot know how many objects earlier planes hold, so plane ``p``
-    numbers its objects from ``p * stride + 1``: unique across the stack but not
-    sequential. uint32 leaves at least 2**20 labels per plane up to 4,096 planes;
-    longer stacks use uint64 with 2**32 labels per plane.
+    The stack-labelling policy (:func:`~napari_unet.blockwise.stitching.relabel_tables`):
+    unique across planes and sequential (1..N, no gaps) in plane order, or from 1 in
+    every plane with ``per_plane``. ``counts`` holds the largest label of the first
+    ``len(counts)`` planes; planes after them (not reached) stay 0. The result has the
+    narrowest dtype of :func:`~napari_unet.postprocess.label_dtype` for its largest label.
     """
-    if n_planes <= 4096:
-        return (2**32 - 1) // n_planes, np.dtype(np.uint32)
-    return 2**32, np.dtype(np.uint64)
-
-
-def _predict_dask(
-    image: Any, layout: _Layout, predictor: TilePredictor, config: PredictConfig, tile: int
-) -> Segmentation:
-    """Lazy prediction of a dask image: one task per plane.
-
-    Every chunk is one whole plane (the stack axes are rechunked to 1, the plane
-    axes to full size), so a chunk needs no overlap with its neighbours: its own
-    tiles overlap inside it, and normalisation sees the whole plane exactly as
-    the numpy path does. Memory is bounded by a few planes at a time, whatever
-    the length of the stack.
-    """
-    import dask.array as da
-
-    model_config = predictor.model.config
-    n_lead = len(layout.leading)
-    plane_axes = image.ndim - n_lead
-    image = image.rechunk((1,) * n_lead + (-1,) * plane_axes)
-    out_channels = model_config.out_channels
-
-    def plane_probabilities(block: np.ndarray) -> np.ndarray:
-        x = _network_input(block.reshape(block.shape[n_lead:]), model_config, layout)
-        probabilities = sliding_window(
-            x, predictor, tile, config.overlap, config.tile_batch, model_config.size_multiple
-        )
-        return probabilities.reshape((out_channels,) + (1,) * n_lead + probabilities.shape[1:])
-
-    # Axes a0, a1, ... of the input; the channel axis (if any) is contracted away
-    # and a new first axis "k" holds the output channels.
-    in_index = tuple(f"a{i}" for i in range(image.ndim))
-    out_index = ("k", *in_index[: n_lead + 2])
-    probabilities = da.blockwise(
-        plane_probabilities,
-        out_index,
-        image,
-        in_index,
-        new_axes={"k": out_channels},
-        dtype=np.float32,
-        concatenate=True,
-    )
-    stride, dtype = _dask_label_stride(layout.n_planes)
-
-    def plane_labels(block: np.ndarray, block_info: dict[Any, Any] | None = None) -> np.ndarray:
-        labels = _plane_to_labels(
-            block.reshape(block.shape[:1] + block.shape[-2:]), model_config.target, config
-        )
-        labels = labels.astype(dtype).reshape(block.shape[1:])
-        if config.labels_per_plane:
-            return labels
-        count = int(labels.max(initial=0))
-        if count >= stride:
-            raise DataError(
-                f"a plane holds {count} objects, more than the {stride} a lazy stack of "
-                f"{layout.n_planes} planes can number uniquely; use labels_per_plane=True."
-            )
-        location = block_info[None]["chunk-location"][:n_lead] if block_info else ()
-        plane = int(np.ravel_multi_index(location, layout.leading)) if n_lead else 0
-        return np.where(labels > 0, labels + dtype.type(plane * stride), labels)
-
-    labels = probabilities.map_blocks(plane_labels, drop_axis=0, dtype=dtype)
-    return Segmentation(labels, probabilities if config.return_probabilities else None)
+    leading = local.shape[:-2]
+    planes = [local[index] for index in list(np.ndindex(*leading))[: len(counts)]]
+    present = [
+        np.flatnonzero(np.bincount(plane.ravel(), minlength=count + 1)[1:]) + 1
+        for plane, count in zip(planes, counts)
+    ]
+    tables, largest = relabel_tables(counts, present, [], range(len(counts)) if per_plane else None)
+    labels = np.zeros(local.shape, label_dtype(largest))
+    for index, plane, table in zip(np.ndindex(*leading), planes, tables):
+        labels[index] = table.astype(labels.dtype)[plane]
+    return labels
 
 
 def run_to_end(events: Generator[Any, None, T]) -> T:
@@ -816,7 +759,7 @@ def segment(
     config: PredictConfig | None = None,
     **options: Any,
 ) -> Any:
-    """Instance labels of an image or stack (numpy in, numpy out; dask in, lazy dask out).
+    """Instance labels of an image or stack (numpy, or dask read plane by plane).
 
     Examples
     --------

@@ -11,7 +11,6 @@ import tifffile
 import zarr
 
 from conftest import make_blobs, make_threshold_model
-from napari_unet.checkpoint import save_model
 from napari_unet.blockwise import (
     loaded_models,
     match_strips,
@@ -20,6 +19,7 @@ from napari_unet.blockwise import (
     segment_to_zarr,
     segment_to_zarr_events,
 )
+from napari_unet.checkpoint import save_model
 from napari_unet.errors import DataError
 from napari_unet.prediction import PredictConfig, predict
 

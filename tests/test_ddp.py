@@ -1,4 +1,4 @@
-"""torchrun helpers (napari_unet.ddp): DistributedDataParallel training on 2 CPU processes with gloo."""
+"""torchrun helpers (napari_unet.ddp): DDP training on 2 CPU processes with gloo."""
 
 from __future__ import annotations
 

@@ -15,7 +15,6 @@ import pytest
 import tifffile
 
 from conftest import make_blobs, make_threshold_model
-from napari_unet._reader import get_reader
 from napari_unet.checkpoint import save_model
 from napari_unet.cli import main
 from napari_unet.data import infer_in_channels, load_pairs_from_folders, prepare_training_planes
@@ -174,6 +173,70 @@ def test_channel_matching() -> None:
         to_channels_first(np.zeros((2, 3, 4, 5)), 1)
 
 
+def test_grey_plane_to_one_channel() -> None:
+    plane = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    out = to_channels_first(plane, 1)
+    assert out.shape == (1, 3, 4) and out.dtype == np.float32
+    assert np.array_equal(out[0], plane)
+    assert out.flags.c_contiguous
+
+
+def test_grey_plane_is_repeated_for_an_rgb_model() -> None:
+    plane = np.random.default_rng(0).random((5, 6))
+    out = to_channels_first(plane, 3)
+    assert out.shape == (3, 5, 6)
+    assert all(np.array_equal(out[c], plane.astype(np.float32)) for c in range(3))
+
+
+def test_rgb_plane_channels_last_to_first() -> None:
+    rgb = np.random.default_rng(1).integers(0, 255, (4, 5, 3), dtype=np.uint8)
+    out = to_channels_first(rgb, 3)
+    assert out.shape == (3, 4, 5)
+    assert np.array_equal(out, np.moveaxis(rgb, -1, 0).astype(np.float32))
+
+
+def test_rgba_alpha_is_dropped() -> None:
+    rgba = np.random.default_rng(2).integers(0, 255, (4, 5, 4), dtype=np.uint8)
+    out = to_channels_first(rgba, 3)
+    assert np.array_equal(out, np.moveaxis(rgba[..., :3], -1, 0).astype(np.float32))
+
+
+def test_rgb_plane_is_averaged_for_a_grey_model() -> None:
+    rgb = np.random.default_rng(3).integers(0, 255, (4, 5, 4), dtype=np.uint8)
+    out = to_channels_first(rgb, 1)
+    assert out.shape == (1, 4, 5)
+    assert np.allclose(out[0], rgb[..., :3].astype(np.float32).mean(axis=-1))
+
+
+def test_explicit_channel_axis() -> None:
+    chw = np.random.default_rng(4).random((2, 7, 8)).astype(np.float32)
+    assert np.array_equal(to_channels_first(chw, 2, channel_axis=0), chw)
+    hwc = np.moveaxis(chw, 0, -1)
+    assert np.array_equal(to_channels_first(hwc, 2, channel_axis=-1), chw)
+    assert np.array_equal(to_channels_first(hwc, 2, channel_axis=2), chw)
+    # four real channels on a non-last axis are not mistaken for RGBA
+    four = np.random.default_rng(5).random((4, 3, 3))
+    assert to_channels_first(four, 4, channel_axis=0).shape == (4, 3, 3)
+
+
+@pytest.mark.parametrize(
+    ("shape", "in_channels", "channel_axis", "message"),
+    [
+        ((5, 6, 2), 1, None, "has 2 channels.*keep one channel"),
+        ((5, 6, 7), 1, None, "expected a 2D plane"),
+        ((2, 3, 4, 5), 1, None, "expected a 2D plane"),
+        ((5,), 1, None, "expected a 2D image"),
+        ((2, 5, 6), 3, 0, "has 2 channel.*model takes 3"),
+        ((5, 6, 3), 2, None, "has 3 channel.*model takes 2"),
+    ],
+)
+def test_channel_errors(
+    shape: tuple[int, ...], in_channels: int, channel_axis: int | None, message: str
+) -> None:
+    with pytest.raises(DataError, match=message):
+        to_channels_first(np.zeros(shape), in_channels, channel_axis)
+
+
 # --------------------------------------------------------- real files, every path agrees
 
 
@@ -204,24 +267,6 @@ def files(tmp_path: Path) -> dict[str, object]:
         "grey_model": make_threshold_model(in_channels=1),
         "two_channel_model": make_threshold_model(in_channels=2),
     }
-
-
-def test_files_read_as_one_plane(files: dict) -> None:
-    grey = read_image(files["grey_alpha"])
-    np.testing.assert_array_equal(grey, files["image"])  # alpha dropped: grey
-    assert read_image(files["two_channels"]).shape == (40, 48, 2)
-
-
-def test_tiff_with_an_alpha_sample_reads_as_grey(tmp_path: Path) -> None:
-    image = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    path = tmp_path / "alpha.tif"
-    tifffile.imwrite(
-        path,
-        np.stack([image, np.full_like(image, 255)], axis=-1),
-        photometric="minisblack",
-        extrasamples=["unassalpha"],
-    )
-    np.testing.assert_array_equal(read_image(path), image)
 
 
 def test_prediction_gives_2d_labels(files: dict) -> None:
@@ -277,11 +322,3 @@ def test_evaluation_agrees(files: dict) -> None:
     assert report.summary["pixel"]["f1"] > 0.5
     with pytest.raises(DataError, match="keep one channel"):
         evaluate(files["grey_model"], [two], [files["labels"]])
-
-
-def test_reader_opens_one_2d_layer(files: dict) -> None:
-    for path, shape in ((files["grey_alpha"], (40, 48)), (files["two_channels"], (2, 40, 48))):
-        reader = get_reader(str(path))
-        assert reader is not None
-        ((data, meta, kind),) = reader(str(path))
-        assert kind == "image" and not meta["rgb"] and data.shape == shape

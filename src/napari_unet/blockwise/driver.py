@@ -38,11 +38,11 @@ from napari_unet.blockwise.workers import (
     write_final,
 )
 from napari_unet.errors import ConfigError
+from napari_unet.layout import find_layout
 from napari_unet.postprocess import label_dtype
 from napari_unet.prediction import (
     PredictConfig,
     Progress,
-    _layout,
     auto_tile_size,
     resolve_model,
     run_to_end,
@@ -142,7 +142,7 @@ def _plan(
     if channel_axis is None and axes is not None:
         channels = [i for i, axis in enumerate(axes) if axis.get("type") == "channel"]
         channel_axis = channels[0] if channels else None
-    layout = _layout(tuple(image.shape), model_config.in_channels, rgb, channel_axis)
+    layout = find_layout(image.shape, model_config.in_channels, rgb, channel_axis)
     label_axes = (
         [axis for i, axis in enumerate(axes) if i != layout.channel_axis]
         if axes is not None and len(axes) == len(image.shape)
@@ -153,9 +153,8 @@ def _plan(
     job = BlockJob(
         config=config,
         target=model_config.target,
-        in_channels=model_config.in_channels,
+        layout=layout,
         normalization=model_config.normalization,
-        colour=layout.channel_axis is not None,
         tile=config.tile_size
         or auto_tile_size(model_config, trained.device, config.tile_batch, config.overlap),
         multiple=model_config.size_multiple,
@@ -166,7 +165,7 @@ def _plan(
     return _Plan(
         job=job,
         reader=dask.delayed(
-            PlaneReader(image, layout.channel_axis, layout.drop_alpha),
+            PlaneReader(image, layout),
             name=f"reader-{uuid.uuid4()}",
         ),
         reference=(
@@ -174,9 +173,9 @@ def _plan(
             if isinstance(reference, ModelBlob)
             else reference
         ),
-        blocks=plane_blocks(layout.leading, layout.height, layout.width, block, halo),
+        blocks=plane_blocks(layout.stack_shape, layout.height, layout.width, block, halo),
         block=block,
-        leading=layout.leading,
+        leading=layout.stack_shape,
         shape=layout.labels_shape,
         label_axes=label_axes,
         stride=max(1, math.ceil(math.sqrt(layout.height * layout.width / MAX_STAT_PIXELS))),
@@ -383,9 +382,7 @@ def _run_passes(
     planes = list(np.ndindex(*plan.leading))
     n_blocks = len(plan.blocks)
     stat_tasks = [
-        dask.delayed(plane_intensity_range)(
-            plan.reader, plane, plan.stride, job.in_channels, job.colour, job.normalization
-        )
+        dask.delayed(plane_intensity_range)(plan.reader, plane, plan.stride, job.normalization)
         for plane in planes
     ]
     plane_number = {plane: k for k, plane in enumerate(planes)}

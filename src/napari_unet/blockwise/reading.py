@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from napari_unet.errors import DataError
+from napari_unet.layout import Layout
 
 #: File suffixes read through ``tifffile``'s Zarr interface.
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -155,31 +156,27 @@ def is_lazy(image: Any) -> bool:
 
 
 class PlaneReader:
-    """Reads the network-ready pixels of a region of one plane from the source.
+    """Reads regions of one plane from the source, arranged as the layout says.
 
     ``source`` is anything sliceable: a zarr array, a :class:`LazyTiff`, a numpy array or a
-    dask array. The channel axis (if any) comes out last, alpha dropped, as in
-    :func:`napari_unet.prediction.predict`.
+    dask array. A region comes out as :meth:`napari_unet.layout.Layout.channels_last`
+    arranges a plane: channels (if any) last, alpha dropped where the layout drops it.
     """
 
-    def __init__(self, source: Any, channel_axis: int | None, drop_alpha: bool) -> None:
+    def __init__(self, source: Any, layout: Layout) -> None:
         self.source = source
-        self.channel_axis = channel_axis
-        self.drop_alpha = drop_alpha
+        self.layout = layout
 
     def read(self, plane: tuple[int, ...], rows: slice, cols: slice) -> np.ndarray:
         """The pixels ``[rows, cols]`` of the plane at stack index ``plane``."""
-        spatial = iter((*plane, rows, cols))
+        channel_axis = self.layout.channel_axis
+        # Stack axes as length-1 slices, so that the region keeps the image's axes.
+        spatial = iter((*(slice(p, p + 1) for p in plane), rows, cols))
         index = tuple(
-            slice(None) if axis == self.channel_axis else next(spatial)
-            for axis in range(len(plane) + 2 + (self.channel_axis is not None))
+            slice(None) if axis == channel_axis else next(spatial)
+            for axis in range(len(self.layout.shape))
         )
         region = self.source[index]
         if is_lazy(region):  # a dask source: read this region only, here
             region = region.compute(scheduler="synchronous")
-        region = np.asarray(region)
-        if self.channel_axis is not None:
-            region = np.moveaxis(region, self.channel_axis - len(plane), -1)
-            if self.drop_alpha:
-                region = region[..., :3]
-        return region
+        return np.asarray(self.layout.channels_last(np.asarray(region)))[(0,) * len(plane)]

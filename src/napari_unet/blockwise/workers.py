@@ -20,7 +20,8 @@ import numpy as np
 from napari_unet.blockwise.reading import PlaneReader
 from napari_unet.blockwise.stitching import match_strips
 from napari_unet.config import NormalizationConfig
-from napari_unet.data import apply_intensity_range, intensity_range, to_channels_first
+from napari_unet.data import apply_intensity_range, intensity_range
+from napari_unet.layout import Layout
 
 if TYPE_CHECKING:
     from napari_unet.checkpoint import TrainedModel
@@ -134,9 +135,8 @@ class BlockJob:
 
     config: PredictConfig
     target: str
-    in_channels: int
+    layout: Layout  # checked against the model: makes the network input of a region
     normalization: NormalizationConfig
-    colour: bool  # channels last in the arranged image
     tile: int
     multiple: int
     margin: int
@@ -145,25 +145,12 @@ class BlockJob:
     probabilities: str | None = None  # the (C, *stack, H, W) float32 Zarr, if wanted
 
 
-def _channels_first(region: np.ndarray, in_channels: int, colour: bool) -> np.ndarray:
-    return to_channels_first(
-        np.moveaxis(region, -1, 0) if colour else region,
-        in_channels,
-        channel_axis=0 if colour else None,
-    )
-
-
 def plane_intensity_range(
-    reader: PlaneReader,
-    index: tuple[int, ...],
-    stride: int,
-    in_channels: int,
-    colour: bool,
-    normalization: NormalizationConfig,
+    reader: PlaneReader, index: tuple[int, ...], stride: int, normalization: NormalizationConfig
 ) -> tuple[float, float]:
     """Pass 0: the normalisation range of one plane, from every ``stride``-th pixel."""
     plane = reader.read(index, slice(None, None, stride), slice(None, None, stride))
-    return intensity_range(_channels_first(plane, in_channels, colour), normalization)
+    return intensity_range(reader.layout.network_input(plane), normalization)
 
 
 def segment_block(
@@ -182,7 +169,7 @@ def segment_block(
     predictor = worker_predictor(reference, job.config.device, job.config.tta, job.config.compile)
     ey0, ey1, ex0, ex1 = block.extended
     region = reader.read(block.plane, slice(ey0, ey1), slice(ex0, ex1))
-    x = apply_intensity_range(_channels_first(region, job.in_channels, job.colour), *intensities)
+    x = apply_intensity_range(job.layout.network_input(region), *intensities)
     probabilities = sliding_window(
         x, predictor, job.tile, job.config.overlap, job.config.tile_batch, job.multiple
     )

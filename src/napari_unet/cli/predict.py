@@ -171,7 +171,8 @@ def _write_planes(
 
 def run(args: argparse.Namespace) -> int:
     """Validate every input first, then segment and write; returns the exit code."""
-    from napari_unet.prediction import labels_shape, predict_events, resolve_model
+    from napari_unet.layout import labels_shape
+    from napari_unet.prediction import predict_events, resolve_model
 
     config = prediction_config(
         args,

@@ -21,7 +21,7 @@ from napari_unet.blockwise import (
 )
 from napari_unet.checkpoint import save_model
 from napari_unet.errors import DataError
-from napari_unet.prediction import PredictConfig, predict
+from napari_unet.prediction import PredictConfig, predict, segment
 
 CONFIG = PredictConfig(tile_size=256, overlap=16, min_size=4)
 
@@ -214,3 +214,23 @@ def test_stop_and_errors_write_nothing_and_leave_no_scratch(tmp_path, model_file
     with pytest.raises(DataError, match="NaN"):
         segment_to_zarr(broken, out / "labels.zarr", model_file, CONFIG, block=48)
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("channel_axis", [None, 1])
+def test_colour_and_channel_axes_are_read_as_predict_reads_them(tmp_path, stack, channel_axis):
+    model = make_threshold_model(in_channels=3)
+    if channel_axis is None:  # RGBA, channels last: alpha dropped
+        image = np.stack([stack, stack, stack, np.full_like(stack, 255)], axis=-1)
+    else:  # (Z, C, Y, X)
+        image = np.stack([stack, stack // 2, stack], axis=1)
+    expected = segment(image, model, CONFIG, channel_axis=channel_axis)
+    result = segment_to_zarr(
+        image,
+        tmp_path / "labels.zarr",
+        model,
+        CONFIG,
+        ome=False,
+        channel_axis=channel_axis,
+        scheduler_name="synchronous",
+    )
+    np.testing.assert_array_equal(zarr.open_array(str(result.path), mode="r")[:], expected)

@@ -445,35 +445,17 @@ def segment_to_zarr(
     out: str | os.PathLike[str],
     model: str | os.PathLike[str] | TrainedModel = "default",
     config: PredictConfig | None = None,
-    *,
-    progress: bool = False,
     **options: Any,
 ) -> ScaleResult:
     """Segment an image or stack of any size block by block into a Zarr of instance labels.
 
-    :func:`segment_to_zarr_events` driven to its end; ``options`` are its keyword
-    arguments (``block``, ``halo``, ``scheduler_name``, ``workers``, ``ome``, ``name``,
-    ``rgb``, ``channel_axis``, ``level``, ``probabilities_out``, ``stop``). With
-    ``progress``, a progress bar goes to stderr.
+    :func:`segment_to_zarr_events` driven to its end (see there for ``options``: ``block``,
+    ``halo``, ``scheduler_name``, ``workers``, ``ome``, ``name``, ``rgb``,
+    ``channel_axis``, ``level``, ``probabilities_out``, ``stop``).
 
     Examples
     --------
     >>> result = segment_to_zarr("big.ome.zarr", "big.ome.zarr/labels/cells")  # doctest: +SKIP
     >>> labels = result.open()  # doctest: +SKIP
     """
-    events = segment_to_zarr_events(source, out, model, config, **options)
-    if not progress:
-        return run_to_end(events)
-    import sys
-
-    from tqdm import tqdm
-
-    with tqdm(unit="task", file=sys.stderr) as bar:
-        while True:
-            try:
-                step = next(events)
-            except StopIteration as finished:
-                return finished.value
-            bar.total = step.total
-            bar.set_description(step.message)
-            bar.update(step.done - bar.n)
+    return run_to_end(segment_to_zarr_events(source, out, model, config, **options))

@@ -24,8 +24,6 @@ import numpy as np
 from napari_unet.config import TARGET_CHANNELS, NormalizationConfig
 from napari_unet.errors import DataError
 from napari_unet.io import find_dsb_samples, find_pairs, read_dsb_sample, read_image
-
-# Re-exported: distributed.py imports it from here (until it imports napari_unet.layout).
 from napari_unet.layout import layout_for_labels, to_channels_first
 
 

@@ -36,7 +36,7 @@ _API = {
     "evaluate": "napari_unet.evaluation",
     "tune": "napari_unet.tuning",
     "PostprocessGrid": "napari_unet.tuning",
-    "segment_to_zarr": "napari_unet.distributed",
+    "segment_to_zarr": "napari_unet.blockwise",
     "export_model": "napari_unet.export",
     "NapariUnetError": "napari_unet.errors",
     "ConfigError": "napari_unet.errors",

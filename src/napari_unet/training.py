@@ -60,8 +60,8 @@ from napari_unet.data import (
     PlaneData,
     prepare_training_planes,
 )
-from napari_unet.distributed import all_mean, init_from_env, rank_rng, wrap_model
-from napari_unet.distributed import validate as distributed_validate
+from napari_unet.ddp import all_mean, init_from_env, rank_rng, wrap_model
+from napari_unet.ddp import validate as distributed_validate
 from napari_unet.errors import ConfigError, ModelFileError, TrainingDivergedError
 from napari_unet.io import as_image, atomic_write
 from napari_unet.losses import LOSSES, compute_loss

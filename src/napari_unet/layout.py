@@ -292,7 +292,7 @@ def check_channels(n: int, in_channels: int, layout: Layout | None = None) -> No
     Raises
     ------
     DataError
-        With the fix: keep fewer channels, pick another axis, or train a matching model.
+        With the fix: keep one channel, give another axis, or train a matching model.
     """
     if n == in_channels or n == 1 or (in_channels == 1 and n in (3, 4)):
         return
@@ -302,10 +302,11 @@ def check_channels(n: int, in_channels: int, layout: Layout | None = None) -> No
         where = f" (axis {layout.channel_axis} of shape {layout.shape})"
         if layout.channel_axis != len(layout.shape) - 1:
             example = f"numpy.take(image, 0, axis={layout.channel_axis})"
-    keep = f"keep one channel (e.g. {example})" if in_channels == 1 else "pick other channels"
+    # One channel suits every model (grey is repeated), so keeping one is always a fix.
     raise DataError(
-        f"the image has {n} channels{where} but the model takes {in_channels}; {keep}, give "
-        f"the right channel_axis, or train a model on {n}-channel images."
+        f"the image has {n} channels{where} but the model takes {in_channels}; keep one "
+        f"channel (e.g. {example}), give the right channel_axis, or train a model on "
+        f"{n}-channel images."
     )
 
 

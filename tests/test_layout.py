@@ -133,6 +133,8 @@ def test_metadata_axes_name_stacks_and_channels() -> None:
         ((30, 40), {"axes": "ZYX"}, "name 3 axes but the image has shape"),
         ((2, 30, 40), {"axes": "YXZ"}, "Y, X as the last plane axes"),
         ((2, 2, 30, 40), {"axes": "CCYX"}, "at most one channel axis"),
+        ((2, 8, 30, 40), {"axes": "CZYX", "channel_axis": 1}, "contradicts the file's axes"),
+        ((8, 30, 40), {"axes": "ZYX", "channel_axis": 1}, "contradicts the file's axes"),
         ((5,), {}, "expected a 2D image or a stack of up to 2 extra axes"),
         ((2, 3, 4, 30, 40), {}, "expected a 2D image or a stack"),
         ((0, 40), {}, "is empty"),

@@ -95,7 +95,7 @@ def test_write_labels_tiff_keeps_dtype(tmp_path: Path, dtype: type) -> None:
 
 def test_write_labels_png(tmp_path: Path) -> None:
     small = np.array([[0, 1], [2, 255]], np.int64)
-    assert read_image(write_labels(tmp_path / "s.png", small)).dtype == np.uint8
+    assert read_image(write_labels(tmp_path / "s.png", small)).dtype == np.uint16
     large = np.array([[0, 1], [2, 65535]], np.int32)
     back = read_image(write_labels(tmp_path / "l.png", large))
     assert back.dtype == np.uint16 and np.array_equal(back, large)

@@ -42,6 +42,7 @@ _API = {
     "ConfigError": "napari_unet.errors",
     "DataError": "napari_unet.errors",
     "ModelFileError": "napari_unet.errors",
+    "SaveError": "napari_unet.errors",
     "TrainingDivergedError": "napari_unet.errors",
     "WorkerProcessError": "napari_unet.errors",
 }

@@ -124,8 +124,11 @@ def write_tiff(path: str | Path, data: np.ndarray, rgb: bool = False) -> Path:
     return path
 
 
-def write_png(path: str | Path, data: np.ndarray) -> Path:
+def write_png(path: str | Path, data: np.ndarray, bit_depth: int | None = None) -> Path:
     """Write a 2D (or RGB/RGBA) uint8/uint16 array to PNG atomically.
+
+    ``bit_depth`` 8 or 16 fixes the sample size; by default it is 8 when the values
+    fit, else 16.
 
     Raises
     ------
@@ -139,7 +142,9 @@ def write_png(path: str | Path, data: np.ndarray) -> Path:
         raise DataError(
             f"values from {data.min()} to {data.max()} do not fit a 16-bit PNG; save as TIFF."
         )
-    out_dtype = np.uint8 if data.size == 0 or data.max() <= 255 else np.uint16
+    if bit_depth is None:
+        bit_depth = 8 if data.size == 0 or data.max() <= 255 else 16
+    out_dtype = np.uint8 if bit_depth == 8 else np.uint16
     path = Path(path)
     with atomic_write(path) as tmp:
         iio.imwrite(tmp, data.astype(out_dtype), extension=".png")
@@ -148,6 +153,9 @@ def write_png(path: str | Path, data: np.ndarray) -> Path:
 
 def write_labels(path: str | Path, labels: np.ndarray) -> Path:
     """Write an integer label image to ``.tif``/``.tiff`` (any count) or ``.png`` (< 65,536 labels).
+
+    A PNG is always 16-bit, so that labels read back as labels (uint16), not as an
+    8-bit image, whatever their count.
 
     Raises
     ------
@@ -161,7 +169,7 @@ def write_labels(path: str | Path, labels: np.ndarray) -> Path:
     if suffix in _TIFF_SUFFIXES:
         return write_tiff(path, labels)
     if suffix == ".png":
-        return write_png(path, labels)
+        return write_png(path, labels, bit_depth=16)
     raise DataError(f"cannot write labels to {suffix!r}; use .tif or .png.")
 
 

@@ -30,17 +30,19 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from napari_unet._widgets._common import (
     LayerCombo,
     ModelPicker,
     RunControls,
+    ScrollingDock,
     available_devices,
     layer_data,
+    prediction_metadata,
 )
-from napari_unet.checkpoint import TrainedModel, load_model
+from napari_unet._widgets._registry import MODEL_CACHE
+from napari_unet.checkpoint import TrainedModel
 from napari_unet.errors import ConfigError
 from napari_unet.prediction import PredictConfig, Progress, Segmentation, predict_events
 
@@ -58,6 +60,15 @@ CHANNEL_NAMES = {
     "contour": ("probability", "boundary"),
     "distance": ("probability", "distance"),
 }
+
+
+def tuned_text(name: str, value: float) -> str:
+    """What a post-processing field at "tuned" shows: the value the run will use."""
+    if name == "min_size":
+        return f"tuned: {int(value)} px"
+    if name == "core_threshold" and value <= 0:
+        return "tuned: off"
+    return f"tuned: {value:g}"
 
 
 def tuned_probability_box(tooltip: str) -> QDoubleSpinBox:
@@ -92,15 +103,19 @@ def segment_layer(
         The result (numpy, or zarr-backed when large; ``cancelled`` set when Stop
         ended it early) and the model's target, which names the probability maps.
     """
-    # Session models are used as they are; files are read once here, on the CPU
-    # (predict_events moves the network to the configured device).
-    trained = model if isinstance(model, TrainedModel) else load_model(model, device="cpu")
+    # Session models are used as they are; a file is read once per version and device.
+    trained = MODEL_CACHE.get(model, config.device)
     segmentation = yield from predict_events(
         data, trained, config, rgb=rgb, channel_axis=channel_axis, stop=stop
     )
     if _is_dask(segmentation.labels):
         segmentation = yield from _materialise(segmentation, stop)
     return segmentation, trained.config.target
+
+
+def _load_for(model: str | Path, device: str) -> tuple[TrainedModel, tuple[str | Path, str]]:
+    """The cached model for ``(model, device)``, returned with the pair that asked for it."""
+    return MODEL_CACHE.get(model, device), (model, device)
 
 
 def _is_dask(array: Any) -> bool:
@@ -149,7 +164,7 @@ def _materialise(
     return Segmentation(labels, probabilities, cancelled=stop.is_set())
 
 
-class SegmentWidget(QWidget):
+class SegmentWidget(ScrollingDock):
     """Segment an Image layer into a new Labels layer.
 
     Parameters
@@ -167,9 +182,10 @@ class SegmentWidget(QWidget):
         # The layer and channel axis of the run in progress.
         self._source: Image | None = None
         self._axis: int | None = None
+        self._model_name = ""
         defaults = PredictConfig()
 
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.content)
         form = QFormLayout()
         self.image = LayerCombo(napari_viewer, Image)
         form.addRow("Image", self.image)
@@ -259,8 +275,60 @@ class SegmentWidget(QWidget):
             self.device.currentIndexChanged,
         ):
             signal.connect(self.update_state)
+        self._tuned_worker: Any = None
+        self._tuned_for: tuple[Any, str] | None = None
+        self.model.changed.connect(self.show_tuned_values)
+        self.device.currentIndexChanged.connect(self.show_tuned_values)
         self._fill_channel_axes()
         self.update_state()
+        self.show_tuned_values()
+
+    def _tuned_boxes(self) -> dict[str, QDoubleSpinBox | QSpinBox]:
+        return {
+            "threshold": self.threshold,
+            "seed_threshold": self.seed_threshold,
+            "core_threshold": self.core_threshold,
+            "min_size": self.min_size,
+        }
+
+    def show_tuned_values(self, *_: Any) -> None:
+        """Show in each post-processing field at "tuned" the value the chosen model gives.
+
+        A model file is loaded in the background (into the cache the run then uses);
+        until it is, and for a model that cannot be read, the fields say "tuned for
+        the model".
+        """
+        for box in self._tuned_boxes().values():
+            box.setSpecialValueText(TUNED)
+        model = self.model.value()
+        if model is None or self.model.problem() is not None:
+            self._tuned_for = None
+            return
+        self._tuned_for = (model, self.device.currentText())
+        if isinstance(model, TrainedModel):
+            self._on_tuned_model((model, self._tuned_for))
+            return
+        from napari.qt.threading import create_worker
+
+        self._tuned_worker = create_worker(
+            _load_for,
+            *self._tuned_for,
+            # A bound method: Qt drops the call if the widget is closed meanwhile.
+            _connect={"returned": self._on_tuned_model},
+            # A file that cannot be read says so when Segment is pressed.
+            _ignore_errors=True,
+        )
+
+    def _on_tuned_model(self, loaded: tuple[TrainedModel, tuple[Any, str]]) -> None:
+        trained, wanted = loaded
+        if wanted != self._tuned_for:
+            return  # the choice changed while the model loaded
+        try:
+            tuned = PredictConfig().for_model(trained)
+        except ConfigError:
+            return  # invalid stored settings: the run's error says how to fix them
+        for name, box in self._tuned_boxes().items():
+            box.setSpecialValueText(tuned_text(name, getattr(tuned, name)))
 
     def _fill_channel_axes(self) -> None:
         image = self.image.layer()
@@ -331,11 +399,13 @@ class SegmentWidget(QWidget):
             return
         self._source = image
         self._axis = self.channel_axis.currentData()
+        model = self.model.value()
+        self._model_name = str(model) if isinstance(model, Path) else self.model.combo.currentText()
         self.output = None
         self.controls.run(
             segment_layer,
             layer_data(image),
-            self.model.value(),
+            model,
             config,
             bool(image.rgb),
             self._axis,
@@ -363,6 +433,7 @@ class SegmentWidget(QWidget):
             name=f"{source.name} segmentation{suffix}",
             scale=scale,
             translate=translate,
+            metadata=prediction_metadata(self._model_name),
         )
         if segmentation.probabilities is not None:
             names = CHANNEL_NAMES.get(target, ())

@@ -133,6 +133,8 @@ def test_metadata_axes_name_stacks_and_channels() -> None:
         ((30, 40), {"axes": "ZYX"}, "name 3 axes but the image has shape"),
         ((2, 30, 40), {"axes": "YXZ"}, "Y, X as the last plane axes"),
         ((2, 2, 30, 40), {"axes": "CCYX"}, "at most one channel axis"),
+        ((2, 8, 30, 40), {"axes": "CZYX", "channel_axis": 1}, "contradicts the file's axes"),
+        ((8, 30, 40), {"axes": "ZYX", "channel_axis": 1}, "contradicts the file's axes"),
         ((5,), {}, "expected a 2D image or a stack of up to 2 extra axes"),
         ((2, 3, 4, 30, 40), {}, "expected a 2D image or a stack"),
         ((0, 40), {}, "is empty"),
@@ -293,11 +295,16 @@ def test_cli_predict_gives_2d_labels(files: dict, tmp_path: Path, capsys) -> Non
     assert tifffile.imread(out / "two_channels_labels.tif").shape == (40, 48)
     capsys.readouterr()
     refused = tmp_path / "refused"
-    code = main(
-        ["predict", "--model", str(grey_model), str(files["two_channels"]), "--out", str(refused)]
-    )
-    assert code == 2 and not refused.exists()
-    assert "keep one channel" in capsys.readouterr().err
+    for model in (str(grey_model), "default"):  # the bundled model takes 3 channels
+        code = main(
+            ["predict", "--model", model, str(files["two_channels"]), "--out", str(refused)]
+        )
+        assert code == 2 and not refused.exists()
+        assert "keep one channel (e.g. image[..., 0])" in capsys.readouterr().err
+    # the case: a grey+alpha PNG and the bundled model give 2D labels
+    default = ["--model", "default", "--out", str(tmp_path / "d"), "--quiet"]
+    assert main(["predict", str(files["grey_alpha"]), *default]) == 0
+    assert tifffile.imread(tmp_path / "d" / "grey_alpha_labels.tif").shape == (40, 48)
 
 
 def test_training_reads_the_files_the_same_way(files: dict, tmp_path: Path) -> None:

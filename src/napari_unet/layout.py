@@ -234,11 +234,16 @@ def find_layout(
         colour = channel_axis == ndim - 1 and shape[-1] in (3, 4) and rgb is None
     elif ndim >= 3 and (shape[-1] == 2 or (shape[-1] in (3, 4) and rgb is None)):
         channel_axis, colour = ndim - 1, shape[-1] != 2
-    stack_letters = (
-        UNKNOWN_AXIS * (ndim - 2 - (channel_axis is not None))
-        if letters is None
-        else "".join(letter for axis, letter in enumerate(letters) if axis != channel_axis)[:-2]
-    )
+    if letters is None:
+        stack_letters = UNKNOWN_AXIS * (ndim - 2 - (channel_axis is not None))
+    else:
+        rest = "".join(letter for axis, letter in enumerate(letters) if axis != channel_axis)
+        if not rest.endswith("YX") or CHANNEL_LETTERS & set(rest):
+            raise DataError(
+                f"channel axis {channel_axis} contradicts the file's axes {axes!r}; leave "
+                "channel_axis out, or give the axis of the C letter."
+            )
+        stack_letters = rest[:-2]
     if alpha is None:
         alpha = channel_axis == ndim - 1 and shape[-1] == 4
     elif alpha and (channel_axis is None or shape[channel_axis] < 2):
@@ -292,7 +297,7 @@ def check_channels(n: int, in_channels: int, layout: Layout | None = None) -> No
     Raises
     ------
     DataError
-        With the fix: keep fewer channels, pick another axis, or train a matching model.
+        With the fix: keep one channel, give another axis, or train a matching model.
     """
     if n == in_channels or n == 1 or (in_channels == 1 and n in (3, 4)):
         return
@@ -302,10 +307,11 @@ def check_channels(n: int, in_channels: int, layout: Layout | None = None) -> No
         where = f" (axis {layout.channel_axis} of shape {layout.shape})"
         if layout.channel_axis != len(layout.shape) - 1:
             example = f"numpy.take(image, 0, axis={layout.channel_axis})"
-    keep = f"keep one channel (e.g. {example})" if in_channels == 1 else "pick other channels"
+    # One channel suits every model (grey is repeated), so keeping one is always a fix.
     raise DataError(
-        f"the image has {n} channels{where} but the model takes {in_channels}; {keep}, give "
-        f"the right channel_axis, or train a model on {n}-channel images."
+        f"the image has {n} channels{where} but the model takes {in_channels}; keep one "
+        f"channel (e.g. {example}), give the right channel_axis, or train a model on "
+        f"{n}-channel images."
     )
 
 

@@ -1267,7 +1267,7 @@ def run_cli(args: Any) -> int:
     from napari_unet.io import read_image
     from napari_unet.prediction import labels_shape, resolve_model
 
-    if args.save_probabilities:
+    if args.return_probabilities:
         raise ConfigError(
             "--save-probabilities is not available with --zarr/--scheduler/--workers; "
             "drop it, or segment without those options."

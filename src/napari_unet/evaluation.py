@@ -17,7 +17,6 @@ imaging *modality* (fluorescence, brightfield or H&E, see
 from __future__ import annotations
 
 import csv
-import dataclasses
 import os
 import threading
 from collections.abc import Generator, Sequence
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from napari_unet.checkpoint import TrainedModel
+from napari_unet.config import PredictConfig
 from napari_unet.errors import DataError
 from napari_unet.io import atomic_write, write_png, write_tiff
 from napari_unet.metrics import (
@@ -37,7 +37,6 @@ from napari_unet.metrics import (
     pixel_metrics,
 )
 from napari_unet.prediction import (
-    PredictConfig,
     Progress,
     labels_shape,
     predict,
@@ -273,12 +272,12 @@ def check_planes(
 
 
 def evaluate_events(
-    model: str | os.PathLike[str] | TrainedModel,
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
+    model: str | os.PathLike[str] | TrainedModel,
     config: PredictConfig | None = None,
-    resize: int | None = None,
     *,
+    resize: int | None = None,
     names: Sequence[str] | None = None,
     overlay_dir: str | os.PathLike[str] | None = None,
     labels_dir: str | os.PathLike[str] | None = None,
@@ -289,13 +288,13 @@ def evaluate_events(
 
     Parameters
     ----------
-    model : str, Path or TrainedModel
-        A model file, ``"default"`` or a loaded model.
     images : sequence of np.ndarray
         2D planes: ``(H, W)`` grey, ``(H, W, 3|4)`` colour, or multichannel with
         ``channel_axis``.
     labels : sequence of np.ndarray
         ``(H, W)`` integer instance labels (0 = background), one per image.
+    model : str, Path or TrainedModel
+        A model file, ``"default"`` or a loaded model.
     config : PredictConfig, optional
         Prediction and post-processing settings (threshold 0.5 by default).
     resize : int, optional
@@ -323,7 +322,7 @@ def evaluate_events(
         or labels do not match their image's shape. All pairs are checked before
         any prediction, so nothing is written for a bad input.
     """
-    config = dataclasses.replace(config or PredictConfig(), return_probabilities=True)
+    config = PredictConfig.with_overrides(config, {"return_probabilities": True})
     if resize is not None and not (isinstance(resize, int) and resize >= 16):
         raise DataError(f"resize must be a size of at least 16 pixels, got {resize!r}; try 256.")
     names = pair_names(images, labels, names, "evaluate")
@@ -380,12 +379,34 @@ def evaluate_events(
 
 
 def evaluate(
-    model: str | os.PathLike[str] | TrainedModel,
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
+    model: str | os.PathLike[str] | TrainedModel,
     config: PredictConfig | None = None,
+    *,
     resize: int | None = None,
-    **options: Any,
+    names: Sequence[str] | None = None,
+    overlay_dir: str | os.PathLike[str] | None = None,
+    labels_dir: str | os.PathLike[str] | None = None,
+    channel_axis: int | None = None,
+    stop: threading.Event | None = None,
+    **overrides: Any,
 ) -> EvaluationReport:
-    """Plain-function form of :func:`evaluate_events` (same arguments)."""
-    return run_to_end(evaluate_events(model, images, labels, config, resize, **options))
+    """Plain-function form of :func:`evaluate_events` (same arguments).
+
+    ``overrides`` are :class:`PredictConfig` fields overriding ``config`` (e.g.
+    ``tta=True``); any other name is a ConfigError naming the valid ones.
+    """
+    events = evaluate_events(
+        images,
+        labels,
+        model,
+        PredictConfig.with_overrides(config, overrides),
+        resize=resize,
+        names=names,
+        overlay_dir=overlay_dir,
+        labels_dir=labels_dir,
+        channel_axis=channel_axis,
+        stop=stop,
+    )
+    return run_to_end(events)

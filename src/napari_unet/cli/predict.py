@@ -36,17 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, required=True, help="folder for <name>_labels.tif (created)"
     )
+    # --return-probabilities (alias --save-probabilities) writes
+    # <name>_probabilities.tif (float32, channels first)
     add_prediction_arguments(parser)
     parser.add_argument(
-        "--labels-per-plane", action="store_true", help="number each plane of a stack from 1"
-    )
-    parser.add_argument(
         "--channel-axis", type=int, help="channel axis of multichannel images (RGB needs none)"
-    )
-    parser.add_argument(
-        "--save-probabilities",
-        action="store_true",
-        help="also write <name>_probabilities.tif (float32, channels first)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     from napari_unet.distributed import add_scale_arguments
@@ -146,11 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_unet.prediction import labels_shape, predict_events, resolve_model
 
-    config = prediction_config(
-        args,
-        labels_per_plane=args.labels_per_plane,
-        return_probabilities=args.save_probabilities,
-    )
+    config = prediction_config(args)
     model = resolve_model(args.model, config.device)
     sources = collect_inputs(args.inputs)
     stems = [_stem(path) for path in sources]

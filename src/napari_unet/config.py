@@ -307,6 +307,8 @@ class Settings:
     def replace(self: S, **changes: Any) -> S:
         """A copy with ``changes`` applied and checked; unknown names are a ConfigError."""
         self._refuse_unknown(changes, [item.name for item in dataclasses.fields(self)])
+        if not changes:
+            return self  # frozen: nothing to copy
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
     @classmethod

@@ -14,14 +14,10 @@ from napari_unet.config import (
     NormalizationConfig,
     PostprocessGrid,
     PredictConfig,
-    Rule,
-    Settings,
     TrainConfig,
-    option_fields,
-    rule_of,
-    wanted,
 )
 from napari_unet.errors import ConfigError
+from napari_unet.settings import Settings, option_fields, rule_of
 
 
 def test_defaults_are_the_reference_model() -> None:
@@ -271,14 +267,3 @@ def test_from_options_builds_the_nested_settings_from_a_preset() -> None:
         TrainConfig.from_options(preset="huge")
     with pytest.raises(ConfigError, match=r"Unknown training setting\(s\) \['lr'\]"):
         TrainConfig.from_options(lr=1e-3)
-
-
-def test_wanted_describes_bounds_in_words() -> None:
-    assert wanted(Rule("", "int", low=1, high=64)) == "a whole number from 1 to 64"
-    assert wanted(Rule("", "float", low=0, high=1, open_low=True, open_high=True)) == (
-        "a number strictly between 0 and 1"
-    )
-    assert wanted(Rule("", "floats", low=0, high=1, open_high=True), plural=True) == (
-        "numbers from 0 to under 1"
-    )
-    assert wanted(Rule("", "int", low=1, none="never")) == "a whole number >= 1, or None (never)"

@@ -1,13 +1,17 @@
 """Every validated settings class: model, normalisation, training, prediction, tuning grid.
 
-Each setting is a dataclass field whose :class:`Rule` (in the field's metadata) says
-what values it takes; :class:`Settings`, the base of every class here, checks the rules
-when an object is built, before any worker thread or training run starts, and every
-error message says what to change. The same rules give the command line its options
-(:mod:`napari_unet.cli`, one flag per field, named after it), so the two cannot drift.
+Each setting is a dataclass field whose :class:`~napari_unet.settings.Rule` says what
+values it takes; :class:`~napari_unet.settings.Settings`, the base of every class here,
+checks the rules when an object is built, before any worker thread or training run
+starts, and every error message says what to change. The same rules give the command
+line its options (:mod:`napari_unet.cli`, one flag per field, named after it), so the
+two cannot drift.
 
 The objects serialise to plain JSON-compatible dictionaries so that a model file can
 carry the exact configuration that built it (see :mod:`napari_unet.checkpoint`).
+
+The module is a little over 600 lines because it is declarations only: one documented
+field with its rule per setting, every setting of the package in one place.
 """
 
 from __future__ import annotations
@@ -15,18 +19,17 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-from collections.abc import Mapping
-from dataclasses import MISSING, Field, dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from napari_unet.errors import ConfigError
+from napari_unet.settings import Settings, check, setting
 
 if TYPE_CHECKING:
     import torch
 
     from napari_unet.checkpoint import TrainedModel
 
-S = TypeVar("S", bound="Settings")
 Architecture = Literal["unet", "unetpp"]
 Target = Literal["foreground", "contour", "distance"]
 
@@ -77,267 +80,6 @@ GRID_SETTINGS = ("threshold", "seed_threshold", "core_threshold", "min_size")
 #: Most combinations one grid may hold (each costs one post-processing of every image).
 MAX_COMBINATIONS = 2000
 
-Kind = Literal["int", "float", "bool", "choice", "str", "device", "config", "ints", "floats"]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What one setting accepts, and how the command line offers it.
-
-    Parameters
-    ----------
-    help : str
-        One line for ``--help``.
-    kind : str
-        ``int``, ``float``, ``bool``, ``choice`` (one of ``choices``), ``str``, ``device``,
-        ``config`` (a nested settings class ``config``, built from a mapping too), or
-        ``ints``/``floats`` (a non-empty tuple of such numbers).
-    low, high : float, optional
-        Bounds of a number (or of every number of a tuple); inclusive unless ``open_low``
-        / ``open_high``.
-    choices : tuple
-        The values of a ``choice``.
-    none : str, optional
-        What None means, if None is allowed (shown in messages and ``--help``).
-    hint : str
-        Appended to the error message: a value that works.
-    aliases : tuple of str
-        Older command-line spellings that keep working (``--lr``).
-    none_words : tuple of str
-        Command-line words meaning None besides ``none`` (``0`` for "never").
-    config : type, optional
-        The nested settings class of a ``config``.
-    prefix : str
-        Prefix of a nested class's option names (``normalization_`` + ``mode``).
-    """
-
-    help: str
-    kind: Kind
-    low: float | None = None
-    high: float | None = None
-    open_low: bool = False
-    open_high: bool = False
-    choices: tuple[Any, ...] = ()
-    none: str | None = None
-    hint: str = ""
-    aliases: tuple[str, ...] = ()
-    none_words: tuple[str, ...] = ()
-    config: type[Settings] | None = None
-    prefix: str = ""
-
-
-def setting(default: Any = MISSING, *, factory: Any = MISSING, **rule: Any) -> Any:
-    """A dataclass field with its :class:`Rule`."""
-    metadata = {"rule": Rule(**rule)}
-    if factory is not MISSING:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def rule_of(item: Field) -> Rule:
-    """The :class:`Rule` of a settings field."""
-    return item.metadata["rule"]
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-def _number(value: float | None) -> str:
-    return f"{value:g}"
-
-
-def wanted(rule: Rule, plural: bool = False) -> str:
-    """What a number rule accepts, in words: ``a whole number from 1 to 64``."""
-    integer = rule.kind in ("int", "ints")
-    words = ["whole numbers" if plural else "a whole number"] if integer else []
-    words = words or ["numbers" if plural else "a number"]
-    low, high = rule.low, rule.high
-    if low is not None and high is not None:
-        if rule.open_low and rule.open_high:
-            words.append(f"strictly between {_number(low)} and {_number(high)}")
-        elif rule.open_high:
-            words.append(f"from {_number(low)} to under {_number(high)}")
-        elif rule.open_low:
-            words.append(f"over {_number(low)} up to {_number(high)}")
-        else:
-            words.append(f"from {_number(low)} to {_number(high)}")
-    elif low is not None:
-        words.append(f"{'>' if rule.open_low else '>='} {_number(low)}")
-    elif high is not None:
-        words.append(f"{'<' if rule.open_high else '<='} {_number(high)}")
-    text = " ".join(words)
-    return f"{text}, or None ({rule.none})" if rule.none is not None else text
-
-
-def _in_bounds(value: Any, rule: Rule) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    if rule.kind in ("int", "ints") and not isinstance(value, int):
-        return False
-    if rule.low is not None and not (value > rule.low if rule.open_low else value >= rule.low):
-        return False
-    return rule.high is None or (value < rule.high if rule.open_high else value <= rule.high)
-
-
-def is_device_name(name: str) -> bool:
-    """Whether ``name`` is ``auto`` or a device torch knows (available or not)."""
-    if name == "auto":
-        return True
-    import torch  # here: building a config without a device name needs no torch
-
-    try:
-        torch.device(name)
-    except RuntimeError:
-        return False
-    return True
-
-
-def _checked(name: str, value: Any, rule: Rule) -> Any:
-    """``value`` checked against ``rule`` (mappings and lists converted); ConfigError if not."""
-    if value is None and rule.none is not None:
-        return None
-    if rule.kind == "config":
-        if isinstance(value, dict):
-            return rule.config.from_dict(value)
-        _check(
-            isinstance(value, rule.config),
-            f"{name} must be a {rule.config.__name__} or a mapping, got {type(value).__name__}.",
-        )
-        return value
-    if rule.kind in ("ints", "floats"):
-        return _checked_values(name, value, rule)
-    hint = f"; {rule.hint}" if rule.hint else ""
-    if rule.kind == "choice":
-        choices = ", ".join(repr(choice) for choice in rule.choices)
-        _check(value in rule.choices, f"{name} {value!r} is unknown; use one of {choices}{hint}.")
-    elif rule.kind == "bool":
-        _check(
-            isinstance(value, bool) or type(value).__name__ == "bool_",
-            f"{name} must be True or False, got {value!r}.",
-        )
-    elif rule.kind == "str":
-        _check(isinstance(value, str), f"{name} must be a string, got {value!r}.")
-    elif rule.kind == "device":
-        _check(
-            isinstance(value, str) and is_device_name(value),
-            f"{name} {value!r} is not a device name; use auto, cpu, cuda, cuda:N or mps.",
-        )
-    else:
-        _check(_in_bounds(value, rule), f"{name} must be {wanted(rule)}, got {value!r}{hint}.")
-    return value
-
-
-def _checked_values(name: str, value: Any, rule: Rule) -> tuple[Any, ...]:
-    """A non-empty tuple of numbers, each within the rule's bounds."""
-    _check(
-        not isinstance(value, (str, bytes)) and hasattr(value, "__iter__"),
-        f"{name} must be a list of values, got {value!r}.",
-    )
-    values = tuple(value)
-    _check(bool(values), f"{name} is empty; give at least one value.")
-    bad = [v for v in values if not _in_bounds(v, rule)]
-    _check(not bad, f"{name} must be {wanted(rule, plural=True)}; {bad} are not.")
-    return values
-
-
-def option_fields(cls: type[Settings]) -> dict[str, tuple[Field, Rule]]:
-    """Every setting of ``cls`` by its option name, nested settings included.
-
-    The option name is the field name; a nested class's settings carry its ``prefix``
-    (``TrainConfig`` lists ``epochs``, the model's ``depth`` and ``normalization_mode``).
-    The command line offers each as ``--option-name``.
-    """
-    options: dict[str, tuple[Field, Rule]] = {}
-    for item in dataclasses.fields(cls):
-        rule = rule_of(item)
-        if rule.kind == "config":
-            for name, inner in option_fields(rule.config).items():
-                options[rule.prefix + name] = inner
-        else:
-            options[item.name] = (item, rule)
-    return options
-
-
-class Settings:
-    """Base of every settings class: checks each field's :class:`Rule` when built.
-
-    Subclasses are frozen dataclasses whose fields are made with :func:`setting`; they
-    add checks across fields in :meth:`_check_together`.
-    """
-
-    #: How messages name this kind of settings (``Unknown model setting(s)``).
-    WHAT: ClassVar[str] = "settings"
-    #: Prefix of the field names in messages (``normalization mode``).
-    LABEL: ClassVar[str] = ""
-
-    def __post_init__(self) -> None:
-        for item in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, item.name)
-            checked = _checked(self.LABEL + item.name, value, rule_of(item))
-            if checked is not value:
-                object.__setattr__(self, item.name, checked)
-        self._check_together()
-
-    def _check_together(self) -> None:
-        """Checks across settings, after each one passed its own."""
-
-    @classmethod
-    def _refuse_unknown(cls, names: Any, known: Any) -> None:
-        unknown = sorted(set(names) - set(known))
-        _check(
-            not unknown,
-            f"Unknown {cls.WHAT} setting(s) {unknown}; valid settings are {sorted(known)}.",
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary for JSON / model files (nested settings as dictionaries)."""
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def from_dict(cls: type[S], data: dict[str, Any]) -> S:
-        """Inverse of :meth:`to_dict`; missing keys take their default, unknown ones are refused."""
-        _check(
-            isinstance(data, Mapping), f"{cls.WHAT} must be a mapping, got {type(data).__name__}."
-        )
-        cls._refuse_unknown(data, [item.name for item in dataclasses.fields(cls)])
-        return cls(**dict(data))
-
-    def replace(self: S, **changes: Any) -> S:
-        """A copy with ``changes`` applied and checked; unknown names are a ConfigError."""
-        self._refuse_unknown(changes, [item.name for item in dataclasses.fields(self)])
-        if not changes:
-            return self  # frozen: nothing to copy
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
-
-    @classmethod
-    def with_overrides(cls: type[S], config: S | None, overrides: dict[str, Any]) -> S:
-        """``config`` (default: the defaults) with keyword ``overrides`` of its fields.
-
-        The one rule of the plain functions' ``**overrides`` (``predict``, ``evaluate``,
-        ``tune``, ``train``).
-        """
-        return (config if config is not None else cls()).replace(**overrides)
-
-    @classmethod
-    def from_options(cls: type[S], **options: Any) -> S:
-        """Build from option names (see :func:`option_fields`): the command line and widgets."""
-        values: dict[str, Any] = {}
-        for item in dataclasses.fields(cls):
-            rule = rule_of(item)
-            if rule.kind == "config":
-                names = [rule.prefix + name for name in option_fields(rule.config)]
-                inner = {
-                    name[len(rule.prefix) :]: options.pop(name) for name in names if name in options
-                }
-                if inner:
-                    values[item.name] = rule.config.from_options(**inner)
-            elif item.name in options:
-                values[item.name] = options.pop(item.name)
-        cls._refuse_unknown(options, option_fields(cls))
-        return cls(**values)
-
 
 @dataclass(frozen=True)
 class NormalizationConfig(Settings):
@@ -367,7 +109,7 @@ class NormalizationConfig(Settings):
     high: float = setting(99.8, kind="float", help="percentile mapped to 1")
 
     def _check_together(self) -> None:
-        _check(
+        check(
             0.0 <= self.low < self.high <= 100.0,
             f"normalization percentiles need 0 <= low < high <= 100, got low={self.low}, "
             f"high={self.high}; try low=1, high=99.8.",
@@ -442,7 +184,7 @@ class ModelConfig(Settings):
     )
 
     def _check_together(self) -> None:
-        _check(
+        check(
             not self.deep_supervision or self.architecture == "unetpp",
             "deep_supervision needs architecture='unetpp'; switch it off for a plain U-Net.",
         )
@@ -466,7 +208,7 @@ class ModelConfig(Settings):
         ConfigError
             If the preset is unknown or an override is invalid.
         """
-        _check(
+        check(
             preset in PRESETS,
             f"preset {preset!r} is unknown; use one of {sorted(PRESETS)}.",
         )
@@ -478,9 +220,7 @@ class ModelConfig(Settings):
         given = {name: value for name, value in options.items() if value is not None}
         preset = given.get("preset")
         if preset is not None:
-            _check(
-                preset in PRESETS, f"preset {preset!r} is unknown; use one of {sorted(PRESETS)}."
-            )
+            check(preset in PRESETS, f"preset {preset!r} is unknown; use one of {sorted(PRESETS)}.")
             given = {**PRESETS[preset], **given}
         return super().from_options(**given)
 
@@ -655,11 +395,11 @@ class TrainConfig(Settings):
     )
 
     def _check_together(self) -> None:
-        _check(
+        check(
             self.min_lr <= self.learning_rate,
             f"min_lr must lie from 0 to learning_rate, got {self.min_lr!r}.",
         )
-        _check(self.contact_weight == 1 or self.label_mode != "sparse", SPARSE_CONTACT_WEIGHT_ERROR)
+        check(self.contact_weight == 1 or self.label_mode != "sparse", SPARSE_CONTACT_WEIGHT_ERROR)
 
     def resolved_loader_threads(self, device: torch.device) -> int:
         """``loader_threads``, with None resolved for ``device`` (see the class docstring)."""
@@ -802,7 +542,7 @@ class PredictConfig(Settings):
     )
 
     def _check_together(self) -> None:
-        _check(
+        check(
             self.tile_size is None or 2 * self.overlap < self.tile_size,
             f"overlap ({self.overlap}) must be less than half of tile_size ({self.tile_size}); "
             f"use overlap={self.tile_size // 8 if self.tile_size else 0} or a larger tile.",
@@ -890,7 +630,7 @@ class PostprocessGrid(Settings):
 
     def _check_together(self) -> None:
         count = len(self.combinations("contour"))
-        _check(
+        check(
             count <= MAX_COMBINATIONS,
             f"the grid holds {count} combinations, more than {MAX_COMBINATIONS}; "
             "give fewer values per setting.",

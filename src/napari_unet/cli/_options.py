@@ -2,7 +2,7 @@
 
 Every field of :mod:`napari_unet.config`'s classes is one option named after it
 (``learning_rate`` -> ``--learning-rate``; older spellings such as ``--lr`` stay as
-aliases), typed, bounded and explained by the field's :class:`~napari_unet.config.Rule`,
+aliases), typed, bounded and explained by the field's :class:`~napari_unet.settings.Rule`,
 and read back into the class by :func:`config_from_args`, so no sub-command maps
 settings by hand and a new field is on the command line at once.
 """
@@ -16,9 +16,10 @@ from dataclasses import MISSING
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from napari_unet.config import PredictConfig, Rule, Settings, default_overlap, option_fields
+from napari_unet.config import PredictConfig, default_overlap
 from napari_unet.errors import DataError
 from napari_unet.io import find_dsb_samples, find_pairs, read_dsb_sample, read_image
+from napari_unet.settings import Rule, Settings, option_fields
 
 if TYPE_CHECKING:
     from napari_unet.prediction import Progress
@@ -86,7 +87,7 @@ def add_config_arguments(
     exclude: Collection[str] = (),
     defaults: dict[str, Any] | None = None,
 ) -> None:
-    """One option per setting of ``cls`` (see :func:`~napari_unet.config.option_fields`).
+    """One option per setting of ``cls`` (see :func:`~napari_unet.settings.option_fields`).
 
     Parameters
     ----------

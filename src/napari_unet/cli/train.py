@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from napari_unet.cli._options import add_config_arguments, config_from_args
-from napari_unet.config import ModelConfig, TrainConfig, option_fields
+from napari_unet.config import ModelConfig, TrainConfig
 from napari_unet.errors import DataError
+from napari_unet.settings import option_fields
 
 HELP = "train a U-Net on image/label folders (or a DSB 2018 folder) and save the model"
 

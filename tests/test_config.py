@@ -267,3 +267,10 @@ def test_from_options_builds_the_nested_settings_from_a_preset() -> None:
         TrainConfig.from_options(preset="huge")
     with pytest.raises(ConfigError, match=r"Unknown training setting\(s\) \['lr'\]"):
         TrainConfig.from_options(lr=1e-3)
+
+
+def test_preset_names_are_free_text_for_model_files() -> None:
+    # display only: a model file may carry a name this version has no preset for
+    assert ModelConfig.from_dict({"preset": "my-own"}).preset == "my-own"
+    with pytest.raises(ConfigError, match="preset must be a string"):
+        ModelConfig(preset=3)  # type: ignore[arg-type]

@@ -175,9 +175,10 @@ class ModelConfig(Settings):
         prefix="normalization_",
         help="input normalisation",
     )
+    # any name (for display; model files may carry others), the command line offers PRESETS
     preset: str | None = setting(
         None,
-        kind="choice",
+        kind="str",
         choices=tuple(PRESETS),
         none="no preset",
         help="network size: base filters and depth",

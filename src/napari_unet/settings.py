@@ -42,7 +42,7 @@ class Rule:
         Bounds of a number (or of every number of a tuple); inclusive unless ``open_low``
         / ``open_high``.
     choices : tuple
-        The values of a ``choice``.
+        The values of a ``choice``; for a ``str``, those the command line offers.
     none : str, optional
         What None means, if None is allowed (shown in messages and ``--help``).
     hint : str
@@ -146,7 +146,7 @@ def _checked(name: str, value: Any, rule: Rule) -> Any:
     if value is None and rule.none is not None:
         return None
     if rule.kind == "config":
-        if isinstance(value, dict):
+        if isinstance(value, Mapping):
             return rule.config.from_dict(value)
         check(
             isinstance(value, rule.config),

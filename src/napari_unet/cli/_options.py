@@ -109,8 +109,8 @@ def add_config_arguments(
         options: dict[str, Any] = {"dest": name, "default": default, "help": _help(rule, default)}
         if rule.kind == "bool":
             options["action"] = _Switch
-        elif rule.kind == "choice":
-            options["choices"] = rule.choices
+        elif rule.kind in ("choice", "str"):
+            options["choices"] = rule.choices or None
         elif rule.kind in ("ints", "floats"):
             options.update(nargs="+", type=_value_parser(rule), metavar=_METAVARS[rule.kind])
         elif rule.kind in ("int", "float"):

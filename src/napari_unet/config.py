@@ -9,9 +9,6 @@ two cannot drift.
 
 The objects serialise to plain JSON-compatible dictionaries so that a model file can
 carry the exact configuration that built it (see :mod:`napari_unet.checkpoint`).
-
-The module is a little over 600 lines because it is declarations only: one documented
-field with its rule per setting, every setting of the package in one place.
 """
 
 from __future__ import annotations
@@ -79,6 +76,9 @@ DEFAULT_POSTPROCESS: dict[str, float | int] = {
 GRID_SETTINGS = ("threshold", "seed_threshold", "core_threshold", "min_size")
 #: Most combinations one grid may hold (each costs one post-processing of every image).
 MAX_COMBINATIONS = 2000
+#: Bounds of a probability strictly between 0 and 1, and of one from 0 to under 1.
+OPEN_UNIT = {"low": 0, "high": 1, "open_low": True, "open_high": True}
+HALF_OPEN_UNIT = {"low": 0, "high": 1, "open_high": True}
 
 
 @dataclass(frozen=True)
@@ -209,21 +209,20 @@ class ModelConfig(Settings):
         ConfigError
             If the preset is unknown or an override is invalid.
         """
-        check(
-            preset in PRESETS,
-            f"preset {preset!r} is unknown; use one of {sorted(PRESETS)}.",
-        )
-        return cls.from_dict({**PRESETS[preset], "preset": preset, **overrides})
+        return cls.from_dict({**preset_values(preset), **overrides})
 
     @classmethod
     def from_options(cls, **options: Any) -> ModelConfig:
         """Build from option names; None leaves a setting to the preset (or the default)."""
         given = {name: value for name, value in options.items() if value is not None}
         preset = given.get("preset")
-        if preset is not None:
-            check(preset in PRESETS, f"preset {preset!r} is unknown; use one of {sorted(PRESETS)}.")
-            given = {**PRESETS[preset], **given}
-        return super().from_options(**given)
+        return super().from_options(**({**preset_values(preset), **given} if preset else given))
+
+
+def preset_values(preset: str) -> dict[str, Any]:
+    """The settings of a named preset (with its name); ConfigError if unknown."""
+    check(preset in PRESETS, f"preset {preset!r} is unknown; use one of {sorted(PRESETS)}.")
+    return {**PRESETS[preset], "preset": preset}
 
 
 def _reference_model() -> ModelConfig:
@@ -304,10 +303,7 @@ class TrainConfig(Settings):
     learning_rate: float = setting(
         1e-4,
         kind="float",
-        low=0,
-        high=1,
-        open_low=True,
-        open_high=True,
+        **OPEN_UNIT,
         hint="the reference uses 1e-4",
         aliases=("--lr",),
         help="Adam learning rate (the peak rate of onecycle)",
@@ -334,9 +330,7 @@ class TrainConfig(Settings):
     val_fraction: float = setting(
         0.1,
         kind="float",
-        low=0,
-        high=1,
-        open_high=True,
+        **HALF_OPEN_UNIT,
         hint="try 0.1",
         help="share of the training planes held out for validation when no validation "
         "data is given",
@@ -432,12 +426,11 @@ class PredictConfig(Settings):
         Test-time augmentation: average the 8 flips/rotations of every tile
         (8x slower, slightly smoother and more accurate).
     compile : bool
-        Compile the network with ``torch.compile`` (weights frozen into the
-        graph). The first tile of each new tile shape pays a compilation of
-        tens of seconds, after which every tile runs faster (see
-        ``benchmarks/bench_predict.py``): worth it for large images, stacks and
-        folders of same-sized images. Needs a C++ compiler on a CPU; without one
-        prediction warns and runs uncompiled.
+        Compile the network with ``torch.compile`` (weights frozen into the graph). The
+        first tile of each new tile shape pays a compilation of tens of seconds, after
+        which every tile runs faster (see ``benchmarks/bench_predict.py``): worth it for
+        large images, stacks and folders of same-sized images. Needs a C++ compiler on a
+        CPU; without one prediction warns and runs uncompiled.
     threshold : float or None
         Foreground probability above which a pixel belongs to an object.
     separate : bool
@@ -499,10 +492,7 @@ class PredictConfig(Settings):
     threshold: float | None = setting(
         None,
         kind="float",
-        low=0,
-        high=1,
-        open_low=True,
-        open_high=True,
+        **OPEN_UNIT,
         none=_TUNED + " 0.5",
         hint="the reference threshold is 0.5",
         help="foreground probability of object pixels",
@@ -514,19 +504,14 @@ class PredictConfig(Settings):
     seed_threshold: float | None = setting(
         None,
         kind="float",
-        low=0,
-        high=1,
-        open_low=True,
-        open_high=True,
+        **OPEN_UNIT,
         none=_TUNED + " 0.5",
         help="contour models: boundary probability under which pixels seed objects",
     )
     core_threshold: float | None = setting(
         None,
         kind="float",
-        low=0,
-        high=1,
-        open_high=True,
+        **HALF_OPEN_UNIT,
         none=_TUNED + " 0",
         hint="0 turns hysteresis off",
         help="hysteresis: split objects where the foreground probability is over this, "
@@ -602,27 +587,19 @@ class PostprocessGrid(Settings):
     thresholds: tuple[float, ...] = setting(
         (0.5, 0.6, 0.7),
         kind="floats",
-        low=0,
-        high=1,
-        open_low=True,
-        open_high=True,
+        **OPEN_UNIT,
         help="foreground probabilities to try",
     )
     seed_thresholds: tuple[float, ...] = setting(
         (0.4, 0.5, 0.6),
         kind="floats",
-        low=0,
-        high=1,
-        open_low=True,
-        open_high=True,
+        **OPEN_UNIT,
         help="seed thresholds to try (contour models only)",
     )
     core_thresholds: tuple[float, ...] = setting(
         (0.0, 0.85, 0.9),
         kind="floats",
-        low=0,
-        high=1,
-        open_high=True,
+        **HALF_OPEN_UNIT,
         help="hysteresis thresholds to try; 0 = off",
     )
     min_sizes: tuple[int, ...] = setting(

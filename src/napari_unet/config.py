@@ -17,15 +17,13 @@ import dataclasses
 import itertools
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from napari_unet.errors import ConfigError
 from napari_unet.settings import Settings, check, setting
 
 if TYPE_CHECKING:
     import torch
-
-    from napari_unet.checkpoint import TrainedModel
 
 Architecture = Literal["unet", "unetpp"]
 Target = Literal["foreground", "contour", "distance"]
@@ -408,6 +406,17 @@ class TrainConfig(Settings):
 _TUNED = "the model's tuned value, else the default"
 
 
+class TunedModel(Protocol):
+    """What :meth:`PredictConfig.for_model` reads of a model (a ``TrainedModel``).
+
+    A protocol, not the class, so that this module never imports
+    :mod:`napari_unet.checkpoint` (which imports it).
+    """
+
+    metadata: dict[str, Any]
+    source: str
+
+
 @dataclass(frozen=True)
 class PredictConfig(Settings):
     """Settings of a prediction, checked when built.
@@ -534,7 +543,7 @@ class PredictConfig(Settings):
             f"use overlap={self.tile_size // 8 if self.tile_size else 0} or a larger tile.",
         )
 
-    def for_model(self, model: TrainedModel) -> PredictConfig:
+    def for_model(self, model: TunedModel) -> PredictConfig:
         """This config with unset post-processing values filled in for ``model``.
 
         Order: the value given here, then the model's ``metadata["postprocess"]``

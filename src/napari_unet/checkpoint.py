@@ -10,6 +10,7 @@ Saving is atomic: the file appears complete or not at all.
 
 from __future__ import annotations
 
+import io
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,10 +142,21 @@ def save_model(
     Path
         The written path.
     """
-    payload = model_payload(network, config, metadata, half_precision)
+    return save_payload(path, model_payload(network, config, metadata, half_precision))
+
+
+def save_payload(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write a plain dictionary with :func:`torch.save`, atomically.
+
+    It is serialised in memory first, so a failing disk (full, read-only, a size limit)
+    raises :class:`OSError` (torch's own writer reports such failures as RuntimeError) and
+    leaves the file that was there before untouched. Parent folders are created.
+    """
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     path = Path(path)
     with atomic_write(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getbuffer())
     return path
 
 

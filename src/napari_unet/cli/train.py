@@ -163,10 +163,12 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_unet.data import infer_in_channels
     from napari_unet.distributed import quiet_unless_main
-    from napari_unet.training import TrainConfig, train_events
+    from napari_unet.training import TrainConfig, check_output_paths, train_events
 
     if not quiet_unless_main():
         args.quiet = True  # under torchrun, rank 0 alone shows progress and the summary
+    log = args.log if args.log is not None else args.out.with_suffix(".csv")
+    check_output_paths(args.out, log)  # before reading any data: a bad --out fails at once
     images, labels, val_images, val_labels, description = _load(args)
     model_config = ModelConfig.from_preset(
         args.preset,
@@ -196,7 +198,6 @@ def run(args: argparse.Namespace) -> int:
         loader_threads=args.loader_threads,
         contact_weight=args.contact_weight,
     )
-    log = args.log if args.log is not None else args.out.with_suffix(".csv")
     events = train_events(
         images,
         labels,

@@ -1,4 +1,4 @@
-"""Tests of the input preparation in napari_unet.data: channel layout and normalisation.
+"""Tests of the input preparation in napari_unet.data: channel layout, normalisation, labels.
 
 (Datasets, patches and targets of data.py are tested in test_data.py.)
 """
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_unet.config import NormalizationConfig
-from napari_unet.data import normalize, prepare_plane, to_channels_first
+from napari_unet.data import checked_labels, normalize, prepare_plane, to_channels_first
 from napari_unet.errors import DataError
 
 
@@ -123,3 +123,34 @@ def test_prepare_plane_is_layout_then_normalisation() -> None:
     assert np.array_equal(out, normalize(to_channels_first(rgb, 3), config))
     grey = prepare_plane(rgb, 1, NormalizationConfig("minmax"))
     assert grey.shape == (1, 9, 7) and grey.min() == 0 and grey.max() == 1
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        np.array([[0, 1], [2, 3]], np.uint16),
+        np.array([[0, 1], [2, 3]], np.int32),
+        np.array([[0.0, 1.0], [2.0, 3.0]], np.float32),  # whole floats, as some TIFFs hold
+        np.array([[False, True], [True, False]]),
+    ],
+)
+def test_checked_labels_accepts_whole_non_negative_numbers(labels: np.ndarray) -> None:
+    out = checked_labels(labels, "pair 0")
+    assert out.dtype == np.int64 and np.array_equal(out, labels.astype(np.int64))
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (np.array([[0, -1], [2, 3]], np.int16), "pair 4: labels hold negative values"),
+        (np.array([[0.0, -2.0]], np.float64), "pair 4: labels hold negative values"),
+        (np.array([[0.0, 1.5]], np.float32), "pair 4: labels hold non-integer values"),
+        (np.array([[0.0, np.nan]], np.float32), "pair 4: labels hold non-integer values"),
+        (np.array([[0.0, np.inf]], np.float32), "pair 4: labels hold non-integer values"),
+        (np.array([[0, 1j]]), "pair 4: labels of type complex128 are not numbers"),
+        (np.array([["a", "b"]]), "pair 4: labels of type <U1 are not numbers"),
+    ],
+)
+def test_checked_labels_refuses_other_values(labels: np.ndarray, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        checked_labels(labels, "pair 4")

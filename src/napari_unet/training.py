@@ -66,7 +66,6 @@ from napari_unet.training_run import (
     TrainingRun,
     checkpoint_model_config,
     read_checkpoint,
-    seeded_network,
 )
 
 SCHEDULES = ("plateau", "onecycle", "cosine")
@@ -444,27 +443,40 @@ def _prepare_data(
     val_labels: Sequence[Any] | None,
     config: TrainConfig,
     model_config: ModelConfig,
-) -> tuple[list[PlaneData], list[PlaneData], str]:
-    """Training and validation planes, and how validation was chosen (all read and checked)."""
+    data_description: dict[str, Any] | None,
+) -> tuple[list[PlaneData], list[PlaneData], dict[str, Any]]:
+    """Training and validation planes (all read and checked) and their description."""
     prepare = dict(
         in_channels=model_config.in_channels,
         normalization=model_config.normalization,
         target=model_config.target,
         label_mode=config.label_mode,
     )
-    planes = prepare_training_planes(
+    train_planes = prepare_training_planes(
         images, labels, contact_weight=config.contact_weight, **prepare
     )
     if val_images is not None and val_labels is not None:
         val_planes = prepare_training_planes(val_images, val_labels, what="validation", **prepare)
-        return planes, val_planes, "explicit"
-    train_index, val_index, validation = _split(len(planes), config.val_fraction, config.seed)
-    val_planes = [planes[i] for i in val_index]
-    if config.contact_weight != 1:
-        # Validation unweighted: contact weights imply instance or mask labels, whose
-        # unweighted planes count every pixel once (weights None).
-        val_planes = [dataclasses.replace(plane, weights=None) for plane in val_planes]
-    return [planes[i] for i in train_index], val_planes, validation
+        validation = "explicit"
+    else:
+        train_index, val_index, validation = _split(
+            len(train_planes), config.val_fraction, config.seed
+        )
+        val_planes = [train_planes[i] for i in val_index]
+        train_planes = [train_planes[i] for i in train_index]
+        if config.contact_weight != 1:
+            # Validation unweighted: contact weights imply instance or mask labels, whose
+            # unweighted planes count every pixel once (weights None).
+            val_planes = [dataclasses.replace(plane, weights=None) for plane in val_planes]
+    description = {
+        "train_planes": len(train_planes),
+        "val_planes": len(val_planes),
+        "train_pixels": int(sum(h * w for h, w in (p.shape for p in train_planes))),
+        "validation": validation,
+        "label_mode": config.label_mode,
+        **(data_description or {}),
+    }
+    return train_planes, val_planes, description
 
 
 def _train_steps(
@@ -639,11 +651,10 @@ def train_events(
         raise ConfigError("give either resume (continue a run) or init (fine-tune), not both.")
     _check((val_images is None) == (val_labels is None), "give both val_images and val_labels.")
     try:
-        device = select_device(config.device)
+        # Under torchrun: join the process group (NCCL on this rank's GPU, gloo on a CPU).
+        group, device = init_from_env(select_device(config.device))
     except ValueError as error:
         raise ConfigError(str(error)) from error
-    # Under torchrun: join the process group (NCCL on this rank's GPU, gloo on a CPU).
-    group, device = init_from_env(device)
     # Only rank 0 writes the model, log and checkpoint; their paths are checked first.
     outputs = (
         _Outputs(*check_output_paths(out, log_csv, checkpoint)) if group.is_main else _Outputs()
@@ -656,8 +667,8 @@ def train_events(
         model_config = checkpoint_model_config(resume_payload, str(resume))
     else:
         model_config = init_model.config if init_model is not None else config.model
-    train_planes, val_planes, validation = _prepare_data(
-        images, labels, val_images, val_labels, config, model_config
+    train_planes, val_planes, description = _prepare_data(
+        images, labels, val_images, val_labels, config, model_config, data_description
     )
 
     rng = np.random.default_rng(config.seed)
@@ -667,29 +678,15 @@ def train_events(
     steps_per_epoch = config.steps_per_epoch or max(
         1, math.ceil(sampler.patches_per_epoch() / (config.batch_size * group.world_size))
     )
-    details = dict(
-        data_description={
-            "train_planes": len(train_planes),
-            "val_planes": len(val_planes),
-            "train_pixels": int(sum(h * w for h, w in (p.shape for p in train_planes))),
-            "validation": validation,
-            "label_mode": config.label_mode,
-            **(data_description or {}),
-        },
-        init_source=init_model.source if init_model is not None else None,
-    )
     if resume_payload is not None:
         run = TrainingRun.from_checkpoint(
-            resume_payload, str(resume), config, device, steps_per_epoch, rng, **details
+            resume_payload, str(resume), config, device, steps_per_epoch, rng, description
         )
         if not group.is_main:  # the checkpoint holds rank 0's stream only
             rank_rng(rng, config.seed, group, run.epoch)
     else:
-        network = seeded_network(model_config, config.seed)
-        if init_model is not None:
-            network.load_state_dict(init_model.network.state_dict())
-        run = TrainingRun(
-            config, model_config, network.to(device), device, steps_per_epoch, rng, **details
+        run = TrainingRun.fresh(
+            config, model_config, device, steps_per_epoch, rng, description, init_model
         )
     if group.active:
         run.train_network = wrap_model(run.network, device)

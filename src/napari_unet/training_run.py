@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from napari_unet import __version__
-from napari_unet.checkpoint import model_payload, read_payload
+from napari_unet.checkpoint import TrainedModel, model_payload, read_payload
 from napari_unet.config import ModelConfig
 from napari_unet.data import PlaneData
 from napari_unet.errors import ConfigError, ModelFileError, TrainingDivergedError
@@ -320,6 +320,35 @@ class TrainingRun:
         return payload
 
     @classmethod
+    def fresh(
+        cls,
+        config: TrainConfig,
+        model_config: ModelConfig,
+        device: torch.device,
+        steps_per_epoch: int,
+        rng: np.random.Generator,
+        data_description: dict[str, Any] | None = None,
+        init_model: TrainedModel | None = None,
+    ) -> TrainingRun:
+        """A new run: seeded initial weights, or those of ``init_model`` (fine-tuning)."""
+        network = seeded_network(model_config, config.seed)
+        init_source = None
+        if init_model is not None:
+            network.load_state_dict(init_model.network.state_dict())
+            init_source = init_model.source
+        network.to(device)
+        return cls(
+            config,
+            model_config,
+            network,
+            device,
+            steps_per_epoch,
+            rng,
+            data_description,
+            init_source,
+        )
+
+    @classmethod
     def from_checkpoint(
         cls,
         payload: dict[str, Any],
@@ -328,7 +357,7 @@ class TrainingRun:
         device: torch.device,
         steps_per_epoch: int,
         rng: np.random.Generator,
-        **details: Any,
+        data_description: dict[str, Any] | None = None,
     ) -> TrainingRun:
         """The run that :meth:`to_checkpoint` saved, continuing under ``config``.
 
@@ -351,7 +380,13 @@ class TrainingRun:
         if problem is None:
             network.load_state_dict(payload["state_dict"])
             run = cls(
-                config, model_config, network.to(device), device, steps_per_epoch, rng, **details
+                config,
+                model_config,
+                network.to(device),
+                device,
+                steps_per_epoch,
+                rng,
+                data_description,
             )
             problem = run._restore(state)
         if problem is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -203,11 +205,11 @@ def test_bad_outputs_are_refused_before_reading_data(tmp_path, capsys) -> None:
         "parent is a file": (["--out", str(tmp_path / "a-file" / "m.pt")], "is a file"),
         "read-only folder": (
             ["--out", str(read_only_folder(tmp_path) / "m.pt")],
-            "takes no new files",
+            "is not writable",
         ),
         "log is a folder": (
             ["--out", str(tmp_path / "m.pt"), "--log", str(tmp_path / "existing")],
-            "log .* is a folder",
+            "--log.* is a folder",
         ),
     }
     # The data folders do not exist: an error about them would mean they were read first.
@@ -219,6 +221,29 @@ def test_bad_outputs_are_refused_before_reading_data(tmp_path, capsys) -> None:
         assert code == 2 and err.startswith("error: "), (name, err)
         assert len(err.strip().splitlines()) == 1 and re.search(message, err), (name, err)
         assert sorted(tmp_path.rglob("*")) == before, name
+
+
+def test_a_full_disk_is_one_error_line_and_keeps_the_model(tmp_path) -> None:
+    images, labels = write_pairs(tmp_path / "data")
+    out = tmp_path / "m.pt"
+    args = ["train", "--images", str(images), "--labels", str(labels), "--out", str(out), *FAST]
+    assert main(args) == 0
+    before = out.read_bytes()
+
+    def limit_file_size() -> None:  # as on a full disk, every write past 4 KiB fails
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "napari_unet", *args, "--seed", "3"],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size,
+        check=False,
+    )
+    assert completed.returncode == 2 and completed.stderr.startswith("error: "), completed.stderr
+    assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr
+    assert out.read_bytes() == before
 
 
 def test_python_dash_m_runs_the_same_cli(tmp_path) -> None:

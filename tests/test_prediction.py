@@ -259,3 +259,23 @@ def test_model_file_path_and_auto_tile_size(tmp_path) -> None:
     config = ModelConfig.from_preset("fast", in_channels=3)
     tile = auto_tile_size(config, torch.device("cpu"))
     assert 256 <= tile <= 1024 and tile % config.size_multiple == 0
+
+
+def test_segment_reads_a_path_and_refuses_what_is_not_an_image(tmp_path) -> None:
+    import tifffile
+
+    image = make_blobs(n=1, shape=(32, 36))[0][0]
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    model = make_threshold_model()
+    expected = segment(image, model, min_size=0)
+    np.testing.assert_array_equal(segment(str(tmp_path / "a.tif"), model, min_size=0), expected)
+    np.testing.assert_array_equal(segment(tmp_path / "a.tif", model, min_size=0), expected)
+    cases = [
+        (str(tmp_path / "missing.tif"), "missing.tif' does not exist"),
+        ([[1, 2], [3]], "the image is a ragged nested list"),
+        (torch.zeros(32, 36, requires_grad=True), "requires grad; give tensor.detach()"),
+        (np.zeros((32, 36), np.complex64), "the image holds complex numbers"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(DataError, match=message):
+            segment(bad, model)

@@ -535,32 +535,43 @@ def read_only_folder(tmp_path: Path) -> Path:
     return Path("/proc")
 
 
-def bad_outputs(tmp_path: Path) -> dict[str, tuple[dict, str]]:
-    """Output arguments of train_events that cannot work, and what the error says."""
+def bad_outputs(tmp_path: Path) -> dict[str, tuple[dict, type[Exception], str]]:
+    """Output arguments of train_events that cannot work, the error and what it says."""
     (tmp_path / "folder.pt").mkdir()
     (tmp_path / "a-file").write_text("not a folder")
     (tmp_path / "log-folder").mkdir()
+    model = tmp_path / "m.pt"
     return {
-        "out is a folder": (dict(out=tmp_path / "folder.pt"), "is a folder"),
-        "parent is a file": (dict(out=tmp_path / "a-file" / "sub" / "m.pt"), "is a file"),
-        "read-only folder": (dict(out=read_only_folder(tmp_path) / "m.pt"), "takes no new files"),
+        "out is a folder": (dict(out=tmp_path / "folder.pt"), DataError, "out .* is a folder"),
+        "parent is a file": (
+            dict(out=tmp_path / "a-file" / "sub" / "m.pt"),
+            DataError,
+            "a-file' is a file",
+        ),
+        "read-only folder": (
+            dict(out=read_only_folder(tmp_path) / "m.pt"),
+            DataError,
+            "is not writable",
+        ),
         "log is a folder": (
-            dict(out=tmp_path / "m.pt", log_csv=tmp_path / "log-folder"),
-            "log .* is a folder",
+            dict(out=model, log_csv=tmp_path / "log-folder"),
+            DataError,
+            "--log.* is a folder",
         ),
         "checkpoint in a file": (
-            dict(out=tmp_path / "m.pt", checkpoint=tmp_path / "a-file" / "c.pt"),
-            "resume checkpoint .*is a file",
+            dict(out=model, checkpoint=tmp_path / "a-file" / "c.pt"),
+            DataError,
+            "checkpoint .*is a file",
         ),
-        "log is the model": (dict(out=tmp_path / "m.pt", log_csv=tmp_path / "m.pt"), "different"),
+        "log is the model": (dict(out=model, log_csv=model), ConfigError, "different files"),
     }
 
 
 def test_bad_output_paths_are_refused_before_any_work(blobs, tmp_path) -> None:
-    for name, (outputs, message) in bad_outputs(tmp_path).items():
+    for name, (outputs, error, message) in bad_outputs(tmp_path).items():
         before = sorted(tmp_path.rglob("*"))
         events = train_events(*blobs, small_config(), **outputs)
-        with pytest.raises(ConfigError, match=message) as refused:
+        with pytest.raises(error, match=message) as refused:
             next(events)
         assert "\n" not in str(refused.value), name
         assert sorted(tmp_path.rglob("*")) == before, name  # the probe file is gone too
@@ -596,3 +607,21 @@ except OSError as error:
     assert completed.stdout.split() == ["OSError", str(errno.EFBIG)], completed.stderr
     assert (tmp_path / "m.pt").read_bytes() == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["m.ckpt.pt", "m.pt"]
+
+
+def test_paths_are_read_and_non_images_refused(blobs, tmp_path) -> None:
+    import tifffile
+
+    images, labels = blobs
+    paths = []
+    for index, (image, label) in enumerate(zip(images, labels)):
+        tifffile.imwrite(tmp_path / f"i{index}.tif", image)
+        tifffile.imwrite(tmp_path / f"l{index}.tif", label)
+        paths.append((str(tmp_path / f"i{index}.tif"), tmp_path / f"l{index}.tif"))
+    from_paths = train([p for p, _ in paths], [q for _, q in paths], small_config(epochs=1))
+    from_arrays = train(images, labels, small_config(epochs=1))
+    assert same_weights(weights_of(from_paths.model), weights_of(from_arrays.model))
+    with pytest.raises(DataError, match="training image 1 is a ragged nested list"):
+        train([images[0], [[1, 2], [3]]], labels[:2], small_config(epochs=1))
+    with pytest.raises(DataError, match="missing.tif' does not exist"):
+        train(images[:1], [str(tmp_path / "missing.tif")], small_config(epochs=1))

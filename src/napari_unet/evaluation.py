@@ -29,7 +29,7 @@ import numpy as np
 
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.errors import DataError
-from napari_unet.io import atomic_write, write_png, write_tiff
+from napari_unet.io import as_image, atomic_write, check_finite, write_png, write_tiff
 from napari_unet.metrics import (
     instance_metrics,
     mean_instance_metrics,
@@ -272,6 +272,23 @@ def check_planes(
             )
 
 
+def _finite_arrays(
+    names: Sequence[str], images: Sequence[Any], labels: Sequence[Any]
+) -> tuple[list[Any], list[Any]]:
+    """Images and labels as arrays (paths read), each image checked for NaN/inf values.
+
+    Raises
+    ------
+    DataError
+        If one is unreadable or not an array of numbers, or an image holds NaN/inf.
+    """
+    images = [as_image(image, f"image {name!r}") for name, image in zip(names, images)]
+    labels = [as_image(truth, f"the labels of {name!r}") for name, truth in zip(names, labels)]
+    for name, image in zip(names, images):
+        check_finite(image, f"image {name!r}")
+    return images, labels
+
+
 def evaluate_events(
     model: str | os.PathLike[str] | TrainedModel,
     images: Sequence[np.ndarray],
@@ -327,6 +344,7 @@ def evaluate_events(
     if resize is not None and not (isinstance(resize, int) and resize >= 16):
         raise DataError(f"resize must be a size of at least 16 pixels, got {resize!r}; try 256.")
     names = pair_names(images, labels, names, "evaluate")
+    images, labels = _finite_arrays(names, images, labels)  # before the first overlay
     trained = resolve_model(model, config.device)
     config = config.for_model(trained)
     check_planes(names, images, labels, trained.config.in_channels, channel_axis, "evaluate")

@@ -36,6 +36,7 @@ from napari_unet.checkpoint import TrainedModel, load_model
 from napari_unet.config import ModelConfig
 from napari_unet.data import prepare_plane, to_channels_first
 from napari_unet.errors import ConfigError, DataError
+from napari_unet.io import as_image, available_memory
 from napari_unet.model import select_device
 from napari_unet.postprocess import label_dtype, probabilities_to_labels
 from napari_unet.tiling import sliding_window, sliding_window_events, tile_grid
@@ -517,13 +518,7 @@ def _free_memory(device: torch.device) -> int:
     """Bytes of memory free for activations on ``device``."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        # Linux and macOS without psutil; free pages undercount the cache, erring small.
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    return available_memory()
 
 
 def activation_bytes_per_pixel(config: ModelConfig) -> int:
@@ -599,9 +594,10 @@ def predict_events(
 
     Parameters
     ----------
-    image : array_like or dask.array.Array
+    image : array_like, dask.array.Array, str or Path
         ``(H, W)``, ``(H, W, 3|4)``, multichannel with ``channel_axis``, or a stack
-        of those with up to two leading axes (``Z``, ``T``, ``T, Z``).
+        of those with up to two leading axes (``Z``, ``T``, ``T, Z``); a path is read
+        with :func:`napari_unet.io.read_image`.
     model : str, Path or TrainedModel
         A model file, ``"default"`` (the bundled model) or a loaded model.
     config : PredictConfig, optional
@@ -634,14 +630,13 @@ def predict_events(
     ModelFileError
         If the model file cannot be loaded.
     """
+    image = as_image(image)  # a path is read; tensors, ragged lists, complex refused
     config = config or PredictConfig()
     trained = resolve_model(model, config.device)
     config = config.for_model(trained)
     model_config = trained.config
     lazy = _is_dask(image)
-    arranged, layout = _arrange(
-        image if lazy else np.asarray(image), model_config.in_channels, rgb, channel_axis
-    )
+    arranged, layout = _arrange(image, model_config.in_channels, rgb, channel_axis)
     tile = config.tile_size or auto_tile_size(
         model_config, trained.device, config.tile_batch, config.overlap
     )

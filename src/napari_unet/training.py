@@ -29,7 +29,6 @@ import csv
 import dataclasses
 import math
 import os
-import tempfile
 import threading
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -57,7 +56,7 @@ from napari_unet.data import (
 from napari_unet.distributed import all_mean, init_from_env, rank_rng, wrap_model
 from napari_unet.distributed import validate as distributed_validate
 from napari_unet.errors import ConfigError
-from napari_unet.io import atomic_write
+from napari_unet.io import as_image, atomic_write, check_output
 from napari_unet.losses import LOSSES
 from napari_unet.model import select_device
 from napari_unet.prediction import run_to_end
@@ -333,10 +332,8 @@ def check_output_paths(
     """The model, log and checkpoint paths of a run, checked before any work.
 
     ``checkpoint`` defaults to :func:`default_checkpoint_path` of ``out`` (none without
-    ``out``). Each path must name a file (an existing one is replaced) in a folder that
-    exists or can be created, and that really takes new files: a test file is created and
-    removed there, because file modes do not tell (root writes through them, and a
-    read-only mount or ``/proc`` refuses files whatever the modes say).
+    ``out``). Each path must name a file (an existing one is replaced) that can be written:
+    see :func:`napari_unet.io.check_output`.
 
     Returns
     -------
@@ -344,9 +341,11 @@ def check_output_paths(
 
     Raises
     ------
+    DataError
+        A path is a folder or another non-file, a folder on the way is a file, or the
+        folder does not take new files.
     ConfigError
-        A path is a folder or some other non-file, two outputs are the same file, or the
-        folder cannot be created or written to.
+        Two outputs are the same file.
     """
     model = Path(out) if out is not None else None
     log = Path(log_csv) if log_csv is not None else None
@@ -354,51 +353,16 @@ def check_output_paths(
         state: Path | None = Path(checkpoint)
     else:
         state = default_checkpoint_path(model) if model is not None else None
-    named = {"model file": model, "log": log, "resume checkpoint": state}
-    given = {what: path for what, path in named.items() if path is not None}
-    for what, path in given.items():
-        try:
-            _check_writable(path, what)
-        except OSError as error:  # e.g. a folder on the way that cannot be searched
-            raise ConfigError(
-                f"cannot check the {what} path {str(path)!r} ({error.strerror or error}); "
-                "choose another path."
-            ) from error
+    named = {"out (--out)": model, "log_csv (--log)": log, "checkpoint": state}
+    given = {option: path for option, path in named.items() if path is not None}
+    for option, path in given.items():
+        check_output(path, "file", option)
     if len({path.resolve() for path in given.values()}) < len(given):
         raise ConfigError(
-            f"the {', '.join(given)} must be different files; give the log (--log) or the "
-            "checkpoint another path."
+            f"{', '.join(given)} must be different files; give the log or the checkpoint "
+            "another path."
         )
     return model, log, state
-
-
-def _check_writable(path: Path, what: str) -> None:
-    """Raise ConfigError unless a file can be written at ``path`` (see check_output_paths)."""
-    if path.is_dir():
-        raise ConfigError(
-            f"the {what} {str(path)!r} is a folder; give a file path (e.g. inside that folder)."
-        )
-    if path.exists() and not path.is_file():
-        raise ConfigError(
-            f"the {what} {str(path)!r} exists and is not a regular file; choose another path."
-        )
-    folder = path.parent
-    while not folder.exists():  # missing folders are created at the first save
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ConfigError(
-            f"cannot create the folder of the {what} {str(path)!r}: {str(folder)!r} is a file; "
-            "choose another path."
-        )
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".napari-unet-write-test-", dir=folder)
-    except OSError as error:
-        raise ConfigError(
-            f"cannot write the {what} {str(path)!r}: the folder {str(folder)!r} takes no new "
-            f"files ({error.strerror or error}); choose a writable folder."
-        ) from error
-    os.close(handle)
-    os.unlink(probe)
 
 
 @dataclass(frozen=True)
@@ -436,6 +400,11 @@ def _split(n_planes: int, fraction: float, seed: int) -> tuple[list[int], list[i
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist()), f"fraction {fraction}"
 
 
+def _as_images(images: Sequence[Any], what: str) -> list[Any]:
+    """Each of ``images`` as :func:`napari_unet.io.as_image` gives it (paths read)."""
+    return [as_image(image, f"{what} image {index}") for index, image in enumerate(images)]
+
+
 def _prepare_data(
     images: Sequence[Any],
     labels: Sequence[Any],
@@ -446,6 +415,11 @@ def _prepare_data(
     data_description: dict[str, Any] | None,
 ) -> tuple[list[PlaneData], list[PlaneData], dict[str, Any]]:
     """Training and validation planes (all read and checked) and their description."""
+    # Paths are read here; arrays are checked to be images.
+    images, labels = _as_images(images, "training"), _as_images(labels, "training label")
+    if val_images is not None and val_labels is not None:
+        val_images = _as_images(val_images, "validation")
+        val_labels = _as_images(val_labels, "validation label")
     prepare = dict(
         in_channels=model_config.in_channels,
         normalization=model_config.normalization,

@@ -16,7 +16,48 @@ from napari_unet.errors import DataError
 from napari_unet.io import find_dsb_samples, find_pairs, read_dsb_sample, read_image
 
 if TYPE_CHECKING:
+    from napari_unet.checkpoint import TrainedModel
     from napari_unet.prediction import PredictConfig, Progress
+
+#: Prediction settings that change the results (tiling, device and speed options do not).
+RESULT_SETTINGS = (
+    "tta",
+    "threshold",
+    "separate",
+    "min_size",
+    "seed_threshold",
+    "core_threshold",
+    "fill_holes",
+    "labels_per_plane",
+)
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser | Any, option: str = "--out") -> None:
+    """``--overwrite``: allow writing into a folder holding another model's results."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"write into an {option} folder that holds results of another model or other "
+        "settings (refused otherwise, so that two runs never mix their outputs)",
+    )
+
+
+def run_record(
+    command: str, model: TrainedModel, config: PredictConfig, **settings: Any
+) -> dict[str, Any]:
+    """What identifies the results of a run: command, model weights and result settings."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.network.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().flatten().numpy().tobytes())
+    used = config.for_model(model).to_dict()
+    return {
+        "command": command,
+        "model_sha256": digest.hexdigest(),
+        "settings": {**{key: used[key] for key in RESULT_SETTINGS}, **settings},
+    }
 
 
 def add_prediction_arguments(parser: argparse.ArgumentParser | Any) -> None:

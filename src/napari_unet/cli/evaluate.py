@@ -8,11 +8,14 @@ from pathlib import Path
 
 from napari_unet.cli._options import (
     add_labelled_data_arguments,
+    add_overwrite_argument,
     add_prediction_arguments,
     load_labelled_data,
     prediction_config,
+    run_record,
     run_with_progress_bar,
 )
+from napari_unet.io import check_output, check_run_record, write_run_record
 
 HELP = "predict labelled images and print pixel and instance metrics (DSB score, AP, PQ)"
 
@@ -34,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="write image | truth | prediction PNGs to DIR",
     )
+    add_overwrite_argument(output, "--save-overlays")
     settings = parser.add_argument_group("prediction")
     settings.add_argument(
         "--resize",
@@ -50,13 +54,22 @@ def run(args: argparse.Namespace) -> int:
     from napari_unet.evaluation import evaluate_events
     from napari_unet.prediction import DEFAULT_POSTPROCESS, resolve_model
 
+    if args.csv is not None:
+        check_output(args.csv, "file", "--csv")
+    if args.save_overlays is not None:
+        check_output(args.save_overlays, "folder", "--save-overlays")
     config = prediction_config(args)
     model = resolve_model(args.model, config.device)
+    record = run_record("evaluate", model, config, resize=args.resize)
+    if args.save_overlays is not None:
+        check_run_record(args.save_overlays, record, args.overwrite, "--save-overlays")
     names, images, labels = load_labelled_data(args)
     events = evaluate_events(
         model, images, labels, config, args.resize, names=names, overlay_dir=args.save_overlays
     )
     report = run_with_progress_bar(events, args.quiet, unit="image")
+    if args.save_overlays is not None:
+        write_run_record(args.save_overlays, record)
     if args.csv is not None:
         report.write_csv(args.csv)
     # The post-processing the scores came from: the options given, else the model's tuned values.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,16 +12,32 @@ from typing import Any
 import numpy as np
 
 from napari_unet.cli._options import (
+    add_overwrite_argument,
     add_prediction_arguments,
     prediction_config,
+    run_record,
     run_with_progress_bar,
 )
 from napari_unet.errors import DataError
-from napari_unet.io import IMAGE_SUFFIXES, atomic_write, list_images, read_image
+from napari_unet.io import (
+    IMAGE_SUFFIXES,
+    atomic_write,
+    check_finite,
+    check_memory,
+    check_output,
+    check_run_record,
+    image_header,
+    list_images,
+    read_image,
+    write_run_record,
+)
 
 HELP = "segment images, folders or TIFF/Zarr stacks with a model and write label TIFFs"
 
 _ZARR_SUFFIX = ".zarr"
+#: Rough peak bytes per pixel of predicting one plane in memory: network input,
+#: blended tile outputs, probabilities, labels and the watershed's working arrays.
+PLANE_BYTES_PER_PIXEL = 64
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write <name>_probabilities.tif (float32, channels first)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_overwrite_argument(parser)
     from napari_unet.distributed import add_scale_arguments
 
     add_scale_arguments(parser)  # --scheduler/--workers/--zarr/--block/--halo (scaling out)
@@ -112,6 +130,35 @@ def open_input(path: Path) -> Any:
     return da.from_zarr(node)
 
 
+def check_input(path: Path, in_channels: int, out_channels: int, args: argparse.Namespace) -> None:
+    """Check one input's memory need (from its header), layout and values (no NaN).
+
+    Raises
+    ------
+    DataError
+        If the image would not fit in memory, does not suit the model, or holds NaN/inf.
+    """
+    from napari_unet.prediction import labels_shape
+
+    lazy = _is_zarr(path)
+    image = open_input(path) if lazy else None
+    declared = image.shape if lazy else image_header(path)[0]
+    # The two longest axes bound a plane from above, whichever axes the channels are.
+    plane = math.prod(sorted(declared)[-2:])
+    needed = plane * PLANE_BYTES_PER_PIXEL
+    if not lazy:
+        # the whole stack's labels (and probabilities) are held until written
+        needed += math.prod(declared) * 4 * (1 + (out_channels if args.save_probabilities else 0))
+    check_memory(
+        needed,
+        f"segmenting {str(path)!r} (shape {tuple(declared)})",
+        hint="crop it, or segment it block by block with --zarr",
+    )
+    image = open_input(path) if image is None else image
+    labels_shape(image.shape, in_channels, None, args.channel_axis)
+    check_finite(image, repr(str(path)))
+
+
 def _stem(path: Path) -> str:
     return path.name[: -len(_ZARR_SUFFIX)] if _is_zarr(path) else path.stem
 
@@ -141,10 +188,11 @@ def run(args: argparse.Namespace) -> int:
     """Validate every input first, then segment and write; returns the exit code."""
     from napari_unet.distributed import run_cli, wants_scale
 
+    check_output(args.out, "folder", "--out")
     if wants_scale(args):
         return run_cli(args)  # block-wise Zarr output on a dask scheduler
 
-    from napari_unet.prediction import labels_shape, predict_events, resolve_model
+    from napari_unet.prediction import predict_events, resolve_model
 
     config = prediction_config(
         args,
@@ -160,13 +208,12 @@ def run(args: argparse.Namespace) -> int:
             f"several inputs are named {repeated[:5]}; their outputs would overwrite each "
             "other. Segment them into different --out folders."
         )
+    record = run_record("predict", model, config, channel_axis=args.channel_axis)
+    check_run_record(args.out, record, args.overwrite, "--out")
     # Check every input before writing anything: a bad file in a batch leaves no output.
     for path in sources:
-        image = open_input(path)
-        labels_shape(image.shape, model.config.in_channels, None, args.channel_axis)
-        del image
-
-    args.out.mkdir(parents=True, exist_ok=True)
+        check_input(path, model.config.in_channels, model.config.out_channels, args)
+    write_run_record(args.out, record)
     for path, stem in zip(sources, stems):
         image = open_input(path)
         labels_path = args.out / f"{stem}_labels.tif"

@@ -69,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Tune, print the best rows, optionally write the tuned model; returns the exit code."""
     from napari_unet.errors import ConfigError
+    from napari_unet.io import check_output
     from napari_unet.prediction import PredictConfig, default_overlap, resolve_model
     from napari_unet.tuning import PostprocessGrid, tune_events
 
@@ -80,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.holdout_splits < 0:
         raise ConfigError(f"--holdout-splits must be 0 or more, got {args.holdout_splits}.")
+    if args.out is not None:
+        check_output(args.out, "file", "--out")
     config = PredictConfig(
         tile_size=args.tile, overlap=default_overlap(args.tile), tta=args.tta, device=args.device
     )

@@ -351,3 +351,78 @@ def test_a_file_size_limit_mid_run_is_one_error_line_and_no_partial_file(tmp_pat
     assert result.stderr.startswith("error: File too large") and result.stderr.count("\n") == 1
     assert "noise_probabilities.tif" not in outputs(out)
     assert not list(out.glob(".*.part*"))
+
+
+def test_zarr_output_on_a_scheduler_and_errors(tmp_path: Path, capsys) -> None:
+    import zarr
+
+    from napari_unet.prediction import PredictConfig, predict
+
+    stack = np.stack(make_blobs(n=3, shape=(96, 120), seed=1)[0])
+    model = model_file(tmp_path)
+    source = tmp_path / "stack.zarr"
+    zarr.create_array(str(source), data=stack, chunks=(1, 48, 48))
+    out = tmp_path / "out"
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(model),
+            str(source),
+            "--out",
+            str(out),
+            "--scheduler",
+            "threads",
+            "--workers",
+            "2",
+            "--block",
+            "48",
+            "--tile",
+            "256",
+            "--overlap",
+            "16",
+            "--min-size",
+            "4",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    labels = zarr.open_array(str(out / "stack_labels.zarr" / "0"), mode="r")[:]
+    expected = predict(stack, model, PredictConfig(tile_size=256, overlap=16, min_size=4)).labels
+    # Blocks of 48: objects cut by block edges are stitched into the whole-plane objects.
+    pairs = np.unique(np.stack([labels.ravel(), expected.ravel()], 1), axis=0)
+    assert len(pairs) == len(np.unique(labels)) == len(np.unique(expected))
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(model),
+            str(tmp_path / "missing.tif"),
+            "--out",
+            str(out),
+            "--zarr",
+        ]
+    )
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_lazy_stack_in_blocks_is_numbered_1_to_n_and_leaves_no_scratch(tmp_path: Path, capsys):
+    import zarr
+
+    stack = np.stack(make_blobs(n=3, shape=(70, 90), seed=2)[0]).astype(np.float32)
+    zarr.create_array(str(tmp_path / "stack.zarr"), data=stack, chunks=(1, 35, 45))
+    model = str(model_file(tmp_path))
+    out = tmp_path / "out"
+    common = ["predict", "--model", model, "--out", str(out), "--min-size", "0", "--quiet"]
+    assert main([*common, str(tmp_path / "stack.zarr"), "--block", "32", "--halo", "16"]) == 0
+    labels = tifffile.imread(out / "stack_labels.tif")
+    ids = [set(np.unique(plane[plane > 0]).tolist()) for plane in labels]
+    assert all(ids) and not (ids[0] & ids[1]) and not (ids[1] & ids[2])  # unique over planes
+    assert set.union(*ids) == set(range(1, labels.max() + 1))  # sequential, no gaps
+    assert outputs(out) == ["stack_labels.tif"]  # the scratch folder is gone
+
+    stack[1, 3, 3] = np.nan  # found by a block task: the run fails after it started
+    zarr.create_array(str(tmp_path / "nan.zarr"), data=stack, chunks=(1, 35, 45))
+    assert main([*common, str(tmp_path / "nan.zarr")]) == 2
+    assert "NaN" in capsys.readouterr().err
+    assert outputs(out) == ["stack_labels.tif"]

@@ -20,8 +20,8 @@ from napari_unet.model import build_model
 from napari_unet.prediction import predict
 from napari_unet.training import TrainConfig, default_checkpoint_path, train
 from napari_unet.training_run import TrainingRun
+from test_ddp import torchrun, write_blob_folders
 from test_training import small_config
-from test_training_distributed import torchrun, write_blob_folders
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -15,10 +15,12 @@ from napari_unet.evaluation import (
     evaluate,
     overlay_image,
     resize_pair,
+    score_labels_events,
+    score_plane,
 )
 from napari_unet.io import read_image
 from napari_unet.metrics import instance_metrics, pixel_metrics
-from napari_unet.prediction import PredictConfig, predict
+from napari_unet.prediction import PredictConfig, predict, run_to_end
 
 PIXEL = ("accuracy", "f1", "jaccard", "recall", "precision")
 INSTANCE = ("dsb_score", "ap50", "ap75", "f1_50", "pq")
@@ -35,8 +37,8 @@ def test_scores_match_the_metrics_module() -> None:
     assert report.summary["n_images"] == 3
     expected_pixel, expected_instance = [], []
     for row, image, truth in zip(report.rows, images, labels):
-        result = predict(image, model, config, return_probabilities=True)
-        pixel = pixel_metrics(truth > 0, result.probabilities[0] > 0.5)
+        result = predict(image, model, config)
+        pixel = pixel_metrics(truth > 0, result.labels > 0)
         instance = instance_metrics(truth, result.labels)
         for key in PIXEL:
             assert row[key] == pytest.approx(pixel[key])
@@ -63,8 +65,7 @@ def test_resize_protocol_compares_at_the_resized_size() -> None:
     image, truth = resize_pair(images[0], labels[0], 32)
     assert image.shape == (32, 32, 3) and truth.shape == (32, 32)
     assert set(np.unique(truth)) <= set(np.unique(labels[0]))  # nearest: no new label values
-    result = predict(image, model, return_probabilities=True)
-    expected = pixel_metrics(truth > 0, result.probabilities[0] > 0.5)
+    expected = pixel_metrics(truth, predict(image, model).labels)
     assert report.rows[0]["f1"] == pytest.approx(expected["f1"])
 
 
@@ -148,3 +149,41 @@ def test_multichannel_images_are_scored_like_their_channels_last_copies() -> Non
     assert first.summary["instance"]["ap50"] > 0.7
     with pytest.raises(DataError, match="channel"):
         evaluate(make_threshold_model(in_channels=3), stacks, labels, config, channel_axis=0)
+
+
+def test_pixel_scores_are_those_of_the_labels_a_user_gets() -> None:
+    """One definition of pixel F1: the post-processed labels' foreground, in every path."""
+    images, labels = make_blobs(n=1, shape=(40, 48))
+    image, truth = images[0], labels[0]
+    speck = (slice(38, 40), slice(0, 2))
+    assert not truth[speck].any()
+    image[speck] = 255  # a bright speck: over the threshold, under the minimum size
+    model = make_threshold_model()
+    config = PredictConfig(threshold=0.5, min_size=20)
+    result = predict(image, model, config, return_probabilities=True)
+    assert (result.probabilities[0][speck] > 0.5).all() and not result.labels[speck].any()
+
+    row = evaluate(model, [image], [truth], config).rows[0]
+    pixel, instance = score_plane(truth, result.labels)
+    assert row["f1"] == pytest.approx(pixel["f1"]) and row["dsb_score"] == instance["dsb_score"]
+    assert row["f1"] > pixel_metrics(truth, result.probabilities[0] > 0.5)["f1"]
+    # scoring the labels as they are (the Evaluate widget) gives the same numbers
+    scores = run_to_end(score_labels_events(truth, result.labels))
+    assert scores["pixel"]["f1"] == pytest.approx(row["f1"])
+    assert scores["instance"]["dsb_score"] == pytest.approx(row["dsb_score"])
+
+
+def test_label_stacks_are_scored_plane_by_plane() -> None:
+    _, labels = make_blobs(n=2, shape=(32, 32))
+    truth, prediction = np.stack(labels), np.stack([labels[0], labels[0]])
+    events = score_labels_events(truth, prediction)
+    progress = [next(events), next(events)]
+    assert [(p.done, p.total) for p in progress] == [(1, 2), (2, 2)]
+    scores = run_to_end(score_labels_events(truth, prediction))
+    expected = [score_plane(t, p)[0]["f1"] for t, p in zip(truth, prediction)]
+    assert scores["pixel"]["f1"] == pytest.approx(np.mean(expected))
+    assert scores["instance"]["n_images"] == 2 and scores["pixel"]["f1"] < 1
+    with pytest.raises(DataError, match="pick labels of the same image"):
+        run_to_end(score_labels_events(truth, prediction[:, :16]))
+    with pytest.raises(DataError, match="not an image"):
+        run_to_end(score_labels_events(truth[0, 0], prediction[0, 0]))

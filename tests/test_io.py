@@ -108,7 +108,7 @@ def test_write_labels_tiff_keeps_dtype(tmp_path: Path, dtype: type) -> None:
 
 def test_write_labels_png(tmp_path: Path) -> None:
     small = np.array([[0, 1], [2, 255]], np.int64)
-    assert read_image(write_labels(tmp_path / "s.png", small)).dtype == np.uint8
+    assert read_image(write_labels(tmp_path / "s.png", small)).dtype == np.uint16
     large = np.array([[0, 1], [2, 65535]], np.int32)
     back = read_image(write_labels(tmp_path / "l.png", large))
     assert back.dtype == np.uint16 and np.array_equal(back, large)
@@ -381,3 +381,19 @@ def test_check_finite(tmp_path: Path) -> None:
         check_finite(bad, "'b'")
     with pytest.raises(DataError, match="holds NaN"):
         check_finite(da.from_array(bad, chunks=2), "'c'")
+
+
+def test_grey_plus_alpha_files_read_as_grey(tmp_path: Path) -> None:
+    image = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    with_alpha = np.stack([image, np.full_like(image, 255)], axis=-1)
+    iio.imwrite(tmp_path / "la.png", with_alpha, extension=".png")  # PNG mode LA
+    tifffile.imwrite(
+        tmp_path / "la.tif", with_alpha, photometric="minisblack", extrasamples=["unassalpha"]
+    )
+    tifffile.imwrite(tmp_path / "two.tif", with_alpha)  # two channels, no alpha
+    rgba = np.concatenate([np.stack([image] * 3, axis=-1), with_alpha[..., 1:]], axis=-1)
+    iio.imwrite(tmp_path / "rgba.png", rgba, extension=".png")
+    np.testing.assert_array_equal(read_image(tmp_path / "la.png"), image)
+    np.testing.assert_array_equal(read_image(tmp_path / "la.tif"), image)
+    np.testing.assert_array_equal(read_image(tmp_path / "two.tif"), with_alpha)
+    np.testing.assert_array_equal(read_image(tmp_path / "rgba.png"), rgba)  # napari shows it

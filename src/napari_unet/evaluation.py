@@ -3,21 +3,22 @@
 Each image is predicted (optionally after resizing it and its labels to
 ``resize x resize``, the reference protocol at 256), then scored:
 
-* pixel metrics (accuracy, F1, Jaccard, recall, precision) of the thresholded
-  foreground probability against ``labels > 0``, per image, then the mean over
-  images, exactly as the reference evaluation does;
+* pixel metrics (accuracy, F1, Jaccard, recall, precision) of the predicted
+  labels' foreground (``labels > 0``, after post-processing) against the true
+  labels' foreground, per image, then the mean over images;
 * instance metrics of the predicted labels against the true labels: DSB 2018
   score, TP/(TP+FP+FN) at IoU 0.5 and 0.75, F1 at 0.5 and panoptic quality.
 
-Both come from :mod:`napari_unet.metrics`. Every image is also given a rough
-imaging *modality* (fluorescence, brightfield or H&E, see
-:func:`classify_modality`) so that the report can show where a model is weak.
+Both come from :mod:`napari_unet.metrics`, through :func:`score_plane`: the one
+definition of every score, which the Evaluate widget uses too
+(:func:`score_labels_events` scores label images and stacks that are already there).
+Every image is also given a rough imaging *modality* (fluorescence, brightfield or
+H&E, see :func:`classify_modality`) so that the report can show where a model is weak.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import os
 import threading
 from collections.abc import Generator, Sequence
@@ -30,6 +31,7 @@ import numpy as np
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.errors import DataError
 from napari_unet.io import as_image, atomic_write, check_finite, write_png, write_tiff
+from napari_unet.layout import labels_shape
 from napari_unet.metrics import (
     instance_metrics,
     mean_instance_metrics,
@@ -39,7 +41,6 @@ from napari_unet.metrics import (
 from napari_unet.prediction import (
     PredictConfig,
     Progress,
-    labels_shape,
     predict,
     resolve_model,
     run_to_end,
@@ -205,6 +206,105 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
+def score_plane(true_labels: Any, pred_labels: Any) -> tuple[dict[str, float], dict[str, Any]]:
+    """Pixel and instance scores of one predicted label plane: the one definition.
+
+    **Pixel metrics** (accuracy, F1 = Dice, Jaccard = IoU, recall, precision) compare
+    the foreground of the predicted labels, ``pred_labels > 0`` (the objects left
+    after post-processing: thresholds, splitting, minimum size), with the foreground
+    of the true labels, ``true_labels > 0``
+    (:func:`napari_unet.metrics.pixel_metrics`). They score the segmentation a user
+    gets, not the probability map, so that scoring a Labels layer in napari and
+    scoring a model with :func:`evaluate` give the same number for the same labels.
+    **Instance metrics** match objects one-to-one by IoU
+    (:func:`napari_unet.metrics.instance_metrics`).
+
+    Parameters
+    ----------
+    true_labels, pred_labels : array_like
+        Integer label images of the same shape, 0 = background.
+
+    Returns
+    -------
+    pixel, instance : dict
+        :func:`~napari_unet.metrics.pixel_metrics` and
+        :func:`~napari_unet.metrics.instance_metrics` of the pair.
+
+    Raises
+    ------
+    DataError
+        If the shapes differ or the images are empty.
+    """
+    true_labels, pred_labels = np.asarray(true_labels), np.asarray(pred_labels)
+    return pixel_metrics(true_labels > 0, pred_labels > 0), instance_metrics(
+        true_labels, pred_labels
+    )
+
+
+def as_planes(labels: Any) -> np.ndarray:
+    """``(N, H, W)`` view of a 2D label image or a stack of any depth.
+
+    Raises
+    ------
+    DataError
+        If ``labels`` has fewer than two dimensions.
+    """
+    array = np.asarray(labels)
+    if array.ndim < 2:
+        raise DataError(f"labels of shape {array.shape} are not an image.")
+    return array.reshape((-1, *array.shape[-2:]))
+
+
+def score_labels_events(
+    true_labels: Any, pred_labels: Any
+) -> Generator[Progress, None, dict[str, dict[str, Any]]]:
+    """Score predicted labels against the truth plane by plane, yielding progress.
+
+    Each 2D plane (of an image, a stack or a time series) is scored by
+    :func:`score_plane` and the scores are averaged over planes, as an evaluation
+    over a set of images is (per-threshold counts are summed).
+
+    Parameters
+    ----------
+    true_labels, pred_labels : array_like
+        Label images or stacks of the same shape.
+
+    Yields
+    ------
+    Progress
+        After each plane.
+
+    Returns
+    -------
+    dict
+        ``{"pixel": mean_pixel_metrics(...), "instance": mean_instance_metrics(...)}``.
+
+    Raises
+    ------
+    DataError
+        If the shapes differ.
+    """
+    true_planes, pred_planes = as_planes(true_labels), as_planes(pred_labels)
+    if true_planes.shape != pred_planes.shape:
+        raise DataError(
+            f"the prediction has shape {np.shape(pred_labels)} and the ground truth "
+            f"{np.shape(true_labels)}; pick labels of the same image."
+        )
+    pixel_rows, instance_rows = [], []
+    total = len(true_planes)
+    for index, (true_plane, pred_plane) in enumerate(
+        zip(true_planes, pred_planes, strict=True), start=1
+    ):
+        pixel, instance = score_plane(true_plane, pred_plane)
+        pixel_rows.append(pixel)
+        instance_rows.append(instance)
+        yield Progress(index, total, f"scored plane {index}/{total}")
+    return {
+        "pixel": mean_pixel_metrics(pixel_rows),
+        "instance": mean_instance_metrics(instance_rows),
+    }
+
+
 def _summarise(
     pixel_rows: list[dict[str, float]], instance_rows: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -340,7 +440,7 @@ def evaluate_events(
         or labels do not match their image's shape. All pairs are checked before
         any prediction, so nothing is written for a bad input.
     """
-    config = dataclasses.replace(config or PredictConfig(), return_probabilities=True)
+    config = config or PredictConfig()
     if resize is not None and not (isinstance(resize, int) and resize >= 16):
         raise DataError(f"resize must be a size of at least 16 pixels, got {resize!r}; try 256.")
     names = pair_names(images, labels, names, "evaluate")
@@ -362,9 +462,7 @@ def evaluate_events(
         if resize is not None:
             image, truth = resize_pair(image, truth, resize)
         result = predict(image, trained, config, channel_axis=None if channel_axis is None else -1)
-        mask = result.probabilities[0] > config.threshold
-        pixel = pixel_metrics(truth > 0, mask)
-        instance = instance_metrics(truth, result.labels)
+        pixel, instance = score_plane(truth, result.labels)
         pixel_rows.append(pixel)
         instance_rows.append(instance)
         rows.append(

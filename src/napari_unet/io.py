@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from napari_unet.errors import DataError
+from napari_unet.layout import without_alpha
 
 #: File suffixes read as 2D images (or stacks, for TIFF).
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -215,6 +216,9 @@ def read_image(path: str | Path) -> np.ndarray:
     The file's first bytes decide how it is read (a PNG named ``.tif`` still reads),
     and its declared size is compared with the free memory before any pixel is read.
 
+    Grey+alpha pixels (a PNG of two channels, a TIFF with an alpha extra sample) lose
+    their alpha and read as grey; RGBA keeps it.
+
     Raises
     ------
     DataError
@@ -232,14 +236,32 @@ def read_image(path: str | Path) -> np.ndarray:
         if image_format == "TIFF":
             import tifffile
 
-            return tifffile.imread(path)
-        import imageio.v3 as iio
+            with tifffile.TiffFile(path) as tif:
+                image = tif.asarray()
+                alpha = _tiff_grey_alpha(tif)
+        else:
+            import imageio.v3 as iio
 
-        return np.asarray(iio.imread(path))
+            image = np.asarray(iio.imread(path))
+            # PNG's only two-channel colour type is grey+alpha (JPEG has none).
+            alpha = image_format == "PNG" and image.ndim == 3 and image.shape[-1] == 2
     except MemoryError as error:
         raise DataError(f"{str(path)!r} does not fit in the free memory; crop it.") from error
     except Exception as error:
         raise _unreadable(path, image_format, error) from error
+    # Grey+alpha reads as grey everywhere: alpha holds no intensity and napari cannot show
+    # it (RGBA is kept, napari shows it; the layout drops alpha before the network).
+    return without_alpha(image) if alpha else image
+
+
+def _tiff_grey_alpha(tif: Any) -> bool:
+    """True for a TIFF of grey+alpha pixels (two samples, the second one alpha)."""
+    page = tif.pages[0]
+    return bool(
+        page.samplesperpixel == 2
+        and page.extrasamples
+        and page.extrasamples[-1] in (1, 2)  # associated or unassociated alpha
+    )
 
 
 def image_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -418,8 +440,11 @@ def write_tiff(path: str | Path, data: np.ndarray, rgb: bool = False) -> Path:
     return path
 
 
-def write_png(path: str | Path, data: np.ndarray) -> Path:
+def write_png(path: str | Path, data: np.ndarray, bit_depth: int | None = None) -> Path:
     """Write a 2D (or RGB/RGBA) uint8/uint16 array to PNG atomically.
+
+    ``bit_depth`` 8 or 16 fixes the sample size; by default it is 8 when the values
+    fit, else 16.
 
     Raises
     ------
@@ -433,7 +458,9 @@ def write_png(path: str | Path, data: np.ndarray) -> Path:
         raise DataError(
             f"values from {data.min()} to {data.max()} do not fit a 16-bit PNG; save as TIFF."
         )
-    out_dtype = np.uint8 if data.size == 0 or data.max() <= 255 else np.uint16
+    if bit_depth is None:
+        bit_depth = 8 if data.size == 0 or data.max() <= 255 else 16
+    out_dtype = np.uint8 if bit_depth == 8 else np.uint16
     path = Path(path)
     with atomic_write(path) as tmp:
         iio.imwrite(tmp, data.astype(out_dtype), extension=".png")
@@ -442,6 +469,9 @@ def write_png(path: str | Path, data: np.ndarray) -> Path:
 
 def write_labels(path: str | Path, labels: np.ndarray) -> Path:
     """Write an integer label image to ``.tif``/``.tiff`` (any count) or ``.png`` (< 65,536 labels).
+
+    A PNG is always 16-bit, so that labels read back as labels (uint16), not as an
+    8-bit image, whatever their count.
 
     Raises
     ------
@@ -455,7 +485,7 @@ def write_labels(path: str | Path, labels: np.ndarray) -> Path:
     if suffix in _TIFF_SUFFIXES:
         return write_tiff(path, labels)
     if suffix == ".png":
-        return write_png(path, labels)
+        return write_png(path, labels, bit_depth=16)
     raise DataError(f"cannot write labels to {suffix!r}; use .tif or .png.")
 
 

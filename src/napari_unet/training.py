@@ -53,8 +53,8 @@ from napari_unet.data import (
     PlaneData,
     prepare_training_planes,
 )
-from napari_unet.distributed import all_mean, init_from_env, rank_rng, wrap_model
-from napari_unet.distributed import validate as distributed_validate
+from napari_unet.ddp import all_mean, init_from_env, rank_rng, wrap_model
+from napari_unet.ddp import validate as distributed_validate
 from napari_unet.errors import ConfigError
 from napari_unet.io import as_image, atomic_write, check_output
 from napari_unet.losses import LOSSES

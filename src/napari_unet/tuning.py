@@ -29,8 +29,7 @@ import numpy as np
 
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.errors import ConfigError, DataError
-from napari_unet.evaluation import check_planes, pair_names
-from napari_unet.metrics import instance_metrics, pixel_metrics
+from napari_unet.evaluation import check_planes, pair_names, score_plane
 from napari_unet.postprocess import probabilities_to_labels
 from napari_unet.prediction import PredictConfig, Progress, predict, resolve_model, run_to_end
 
@@ -106,7 +105,7 @@ class TuningResult:
     ----------
     rows : list of dict
         One per combination: its settings, and the means over images of the
-        pixel F1 (at its threshold), the DSB score and F1 at IoU 0.5; sorted by
+        pixel F1 (of its labels), the DSB score and F1 at IoU 0.5; sorted by
         ``rank_by``, best first (ties by the other instance score).
     rank_by : str
         The score the rows are sorted by.
@@ -229,9 +228,8 @@ def tune_events(
         pixel_f1, scores = [], {key: [] for key in RANK_KEYS}
         for probabilities, truth in cases:
             predicted = probabilities_to_labels(probabilities, trained.config.target, **settings)
-            mask = probabilities[0] > settings["threshold"]
-            pixel_f1.append(pixel_metrics(truth > 0, mask)["f1"])
-            instance = instance_metrics(truth, predicted)
+            pixel, instance = score_plane(truth, predicted)
+            pixel_f1.append(pixel["f1"])
             for key in RANK_KEYS:
                 scores[key].append(instance[key])
         rows.append(

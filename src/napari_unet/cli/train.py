@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_unet.data import infer_in_channels
-    from napari_unet.distributed import quiet_unless_main
+    from napari_unet.ddp import quiet_unless_main
     from napari_unet.training import TrainConfig, check_output_paths, train_events
 
     if not quiet_unless_main():

@@ -146,17 +146,21 @@ def save_model(
 
 
 def save_payload(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write a plain dictionary with :func:`torch.save`, atomically.
+    """Write a plain dictionary with :func:`torch.save`, atomically; parent folders are created.
 
-    It is serialised in memory first, so a failing disk (full, read-only, a size limit)
-    raises :class:`OSError` (torch's own writer reports such failures as RuntimeError) and
-    leaves the file that was there before untouched. Parent folders are created.
+    A failing disk (full, a size limit) raises :class:`OSError` and leaves the file that was
+    there before untouched.
     """
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
     path = Path(path)
     with atomic_write(path) as tmp:
-        tmp.write_bytes(buffer.getbuffer())
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError:
+            # torch's writer reports a failing disk as a RuntimeError without the cause;
+            # writing the serialised bytes through Python raises the system's own OSError.
+            buffer = io.BytesIO()
+            torch.save(payload, buffer)
+            tmp.write_bytes(buffer.getbuffer())
     return path
 
 

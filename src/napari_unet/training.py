@@ -453,6 +453,20 @@ def _prepare_data(
     return train_planes, val_planes, description
 
 
+def _patch_sampler(
+    planes: Sequence[PlaneData], config: TrainConfig, group: Any
+) -> tuple[PatchSampler, int]:
+    """The seeded patch sampler of the training planes, and the steps of an epoch."""
+    rng = np.random.default_rng(config.seed)
+    rank_rng(rng, config.seed, group)  # each rank its own patches
+    sampler = PatchSampler(planes, config.patch_size, config.sampling, config.augment, rng)
+    # By default an epoch covers the data once over all ranks together.
+    steps_per_epoch = config.steps_per_epoch or max(
+        1, math.ceil(sampler.patches_per_epoch() / (config.batch_size * group.world_size))
+    )
+    return sampler, steps_per_epoch
+
+
 def _train_steps(
     run: TrainingRun, sampler: PatchSampler, stop: threading.Event | None, model_path: Path | None
 ) -> Generator[TrainEvent, None, tuple[list[float], bool]]:
@@ -645,13 +659,8 @@ def train_events(
         images, labels, val_images, val_labels, config, model_config, data_description
     )
 
-    rng = np.random.default_rng(config.seed)
-    rank_rng(rng, config.seed, group)  # each rank its own patches
-    sampler = PatchSampler(train_planes, config.patch_size, config.sampling, config.augment, rng)
-    # By default an epoch covers the data once over all ranks together.
-    steps_per_epoch = config.steps_per_epoch or max(
-        1, math.ceil(sampler.patches_per_epoch() / (config.batch_size * group.world_size))
-    )
+    sampler, steps_per_epoch = _patch_sampler(train_planes, config, group)
+    rng = sampler.rng
     if resume_payload is not None:
         run = TrainingRun.from_checkpoint(
             resume_payload, str(resume), config, device, steps_per_epoch, rng, description

@@ -34,7 +34,7 @@ from napari_unet.metrics import pixel_metrics
 from napari_unet.model import build_model
 
 if TYPE_CHECKING:
-    from napari_unet.training import TrainConfig
+    from napari_unet.config import TrainConfig
 
 #: Tag of a training state (a plain model file has none).
 CHECKPOINT_FORMAT = "napari-unet-training-state"

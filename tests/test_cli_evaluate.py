@@ -60,7 +60,7 @@ def test_json_prints_the_summary_and_the_post_processing_used(tmp_path: Path, ca
     images = [read_image(p) for p in sorted(images_dir.iterdir())]
     labels = [read_image(p) for p in sorted(labels_dir.iterdir())]
     expected = evaluate(
-        make_threshold_model(in_channels=3), images, labels, PredictConfig(min_size=0)
+        images, labels, make_threshold_model(in_channels=3), PredictConfig(min_size=0)
     )
     assert summary["n_images"] == 3
     for group in ("pixel", "instance"):

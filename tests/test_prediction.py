@@ -65,6 +65,18 @@ def test_config_is_validated_with_a_fix_in_the_message() -> None:
     assert PredictConfig.from_dict(config.to_dict()) == config
 
 
+def test_keyword_overrides_are_prediction_settings_only() -> None:
+    image = make_blobs(n=1, shape=(30, 40))[0][0]
+    model = make_threshold_model()
+    config = PredictConfig(min_size=0)
+    assert segment(image, model, config).max() > 0
+    assert segment(image, model, config, min_size=10**6).max() == 0  # the override wins
+    with pytest.raises(ConfigError, match=r"Unknown prediction setting\(s\) \['tile'\]; valid"):
+        segment(image, model, tile=64)
+    with pytest.raises(ConfigError, match="min_size"):
+        predict(image, model, min_size=-1)
+
+
 @pytest.mark.parametrize("stored", [{"core_threshold": 2.0}, {"min_size": -3}, [0.5, 0.9]])
 def test_invalid_tuned_post_processing_in_a_model_file_is_named(stored) -> None:
     model = make_threshold_model()

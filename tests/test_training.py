@@ -342,6 +342,13 @@ def test_contact_weight_weights_training_and_not_validation(blobs, explicit_vali
     assert weighted["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-4)
 
 
+def test_keyword_overrides_are_training_settings_only(blobs) -> None:
+    with pytest.raises(ConfigError, match=r"Unknown training setting\(s\) \['lr'\]; valid"):
+        train(*blobs, small_config(), lr=1e-3)
+    with pytest.raises(ConfigError, match="epochs"):
+        train(*blobs, small_config(), epochs=0)
+
+
 def test_config_is_validated() -> None:
     with pytest.raises(ConfigError, match="learning_rate"):
         TrainConfig(learning_rate=5.0)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.config import TARGET_CHANNELS, NormalizationConfig
+from napari_unet.config import SPARSE_CONTACT_WEIGHT_ERROR, TARGET_CHANNELS, NormalizationConfig
 from napari_unet.errors import DataError
 from napari_unet.io import find_dsb_samples, find_pairs, read_dsb_sample, read_image
 from napari_unet.layout import layout_for_labels, to_channels_first
@@ -93,20 +93,9 @@ def prepare_plane(
 # Training data: reading pairs, splitting stacks into planes, targets, patches, augmentation
 # --------------------------------------------------------------------------------------
 
-#: How label values are read: ``instance`` (0 = background, 1..N objects), ``binary``
-#: (0 = background, anything else = object; objects are the connected components) and
-#: ``sparse`` scribbles (0 = not annotated, ignored by the loss; 1 = background; 2 = object).
-LABEL_MODES = ("instance", "binary", "sparse")
-
 #: Half-width, in pixels, of the inner object boundary that the ``contour`` target marks
 #: (a pixel is a contour pixel when a different label lies within this Chebyshev distance).
 CONTOUR_WIDTH = 2
-#: Why a contact weight and sparse scribbles do not go together (the config's check and
-#: :func:`make_targets` say it alike).
-SPARSE_CONTACT_WEIGHT_ERROR = (
-    "contact_weight needs instance or binary labels: sparse scribbles mark no separate "
-    "objects. Leave contact_weight at 1."
-)
 
 
 def contact_pixels(instances: np.ndarray) -> np.ndarray:
@@ -304,7 +293,8 @@ def make_targets(
     Parameters
     ----------
     labels : np.ndarray
-        ``(H, W)`` integer labels, read as ``label_mode`` says (see :data:`LABEL_MODES`).
+        ``(H, W)`` integer labels, read as ``label_mode`` says
+        (see :data:`napari_unet.config.LABEL_MODES`).
     target : {"foreground", "contour", "distance"}
         ``foreground``: ch0 = object. ``contour``: ch0 = object, ch1 = the
         :data:`CONTOUR_WIDTH`-pixel inner boundary of each object (where a different label,

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from napari_unet.checkpoint import TrainedModel
+from napari_unet.config import PredictConfig
 from napari_unet.errors import DataError
 from napari_unet.io import as_image, atomic_write, check_finite, write_png, write_tiff
 from napari_unet.layout import labels_shape
@@ -39,7 +40,6 @@ from napari_unet.metrics import (
     pixel_metrics,
 )
 from napari_unet.prediction import (
-    PredictConfig,
     Progress,
     predict,
     resolve_model,
@@ -390,12 +390,12 @@ def _finite_arrays(
 
 
 def evaluate_events(
-    model: str | os.PathLike[str] | TrainedModel,
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
+    model: str | os.PathLike[str] | TrainedModel,
     config: PredictConfig | None = None,
-    resize: int | None = None,
     *,
+    resize: int | None = None,
     names: Sequence[str] | None = None,
     overlay_dir: str | os.PathLike[str] | None = None,
     labels_dir: str | os.PathLike[str] | None = None,
@@ -406,13 +406,13 @@ def evaluate_events(
 
     Parameters
     ----------
-    model : str, Path or TrainedModel
-        A model file, ``"default"`` or a loaded model.
     images : sequence of np.ndarray
         2D planes: ``(H, W)`` grey, ``(H, W, 3|4)`` colour, or multichannel with
         ``channel_axis``.
     labels : sequence of np.ndarray
         ``(H, W)`` integer instance labels (0 = background), one per image.
+    model : str, Path or TrainedModel
+        A model file, ``"default"`` or a loaded model.
     config : PredictConfig, optional
         Prediction and post-processing settings (threshold 0.5 by default).
     resize : int, optional
@@ -496,12 +496,34 @@ def evaluate_events(
 
 
 def evaluate(
-    model: str | os.PathLike[str] | TrainedModel,
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
+    model: str | os.PathLike[str] | TrainedModel,
     config: PredictConfig | None = None,
+    *,
     resize: int | None = None,
-    **options: Any,
+    names: Sequence[str] | None = None,
+    overlay_dir: str | os.PathLike[str] | None = None,
+    labels_dir: str | os.PathLike[str] | None = None,
+    channel_axis: int | None = None,
+    stop: threading.Event | None = None,
+    **overrides: Any,
 ) -> EvaluationReport:
-    """Plain-function form of :func:`evaluate_events` (same arguments)."""
-    return run_to_end(evaluate_events(model, images, labels, config, resize, **options))
+    """Plain-function form of :func:`evaluate_events` (same arguments).
+
+    ``overrides`` are :class:`PredictConfig` fields overriding ``config`` (e.g.
+    ``tta=True``); any other name is a ConfigError naming the valid ones.
+    """
+    events = evaluate_events(
+        images,
+        labels,
+        model,
+        PredictConfig.with_overrides(config, overrides),
+        resize=resize,
+        names=names,
+        overlay_dir=overlay_dir,
+        labels_dir=labels_dir,
+        channel_axis=channel_axis,
+        stop=stop,
+    )
+    return run_to_end(events)

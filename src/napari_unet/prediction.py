@@ -22,7 +22,6 @@ writes them to a Zarr block by block, with the same labelling.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import os
 import threading
@@ -38,7 +37,7 @@ from torch import nn
 
 from napari_unet.blockwise.stitching import relabel_tables
 from napari_unet.checkpoint import TrainedModel, load_model
-from napari_unet.config import ModelConfig
+from napari_unet.config import ModelConfig, PredictConfig
 from napari_unet.data import normalize
 from napari_unet.errors import ConfigError
 from napari_unet.io import as_image, available_memory
@@ -58,185 +57,6 @@ MAX_AUTO_TILE = {"cpu": 1024, "other": 2048}
 MIN_AUTO_TILE = 256
 #: Fraction of the free memory that the activations of one batch of tiles may use.
 MEMORY_FRACTION = 0.25
-#: Post-processing used when neither the caller nor the model file sets a value. A model
-#: file may carry values tuned on its validation data in ``metadata["postprocess"]``.
-DEFAULT_POSTPROCESS: dict[str, float | int] = {
-    "threshold": 0.5,
-    "min_size": 8,
-    "seed_threshold": 0.5,
-    # 0: no hysteresis, objects are split at ``threshold``.
-    "core_threshold": 0.0,
-}
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    """Settings of a prediction, checked when built.
-
-    Parameters
-    ----------
-    tile_size : int or None
-        Largest tile side in pixels (tiles are shrunk to cover each image evenly).
-        None picks one from the free memory of the device (256 to 1024 on a CPU).
-    overlap : int
-        Minimum overlap of neighbouring tiles, blended smoothly; less than half
-        the tile size.
-    tile_batch : int
-        Tiles predicted at once (helps on a GPU).
-    tta : bool
-        Test-time augmentation: average the 8 flips/rotations of every tile
-        (8x slower, slightly smoother and more accurate).
-    compile : bool
-        Compile the network with ``torch.compile`` (weights frozen into the
-        graph). The first tile of each new tile shape pays a compilation of
-        tens of seconds, after which every tile runs faster (see
-        ``benchmarks/bench_predict.py``): worth it for large images, stacks and
-        folders of same-sized images. Needs a C++ compiler on a CPU; without one
-        prediction warns and runs uncompiled.
-    threshold : float or None
-        Foreground probability above which a pixel belongs to an object.
-    separate : bool
-        Split touching objects with a seeded watershed.
-    min_size : int or None
-        Objects with fewer pixels are removed.
-    seed_threshold : float or None
-        ``contour`` models: boundary probability under which a foreground pixel
-        seeds an object (see :mod:`napari_unet.postprocess`).
-    core_threshold : float or None
-        Hysteresis: objects are found and split where the foreground probability
-        is over ``core_threshold``, then grown to ``threshold``; at or below
-        ``threshold`` objects are split at ``threshold`` (see
-        :mod:`napari_unet.postprocess`).
-
-    ``threshold``, ``min_size``, ``seed_threshold`` and ``core_threshold`` left at None
-    take the value tuned for the model (its ``metadata["postprocess"]``), else
-    :data:`DEFAULT_POSTPROCESS`; see :meth:`for_model`.
-    fill_holes : bool
-        Fill holes inside objects.
-    labels_per_plane : bool
-        On a stack, number each plane's objects from 1 (otherwise labels are
-        unique across the whole stack).
-    device : str
-        ``"auto"`` (CUDA, MPS, CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
-    return_probabilities : bool
-        Also return the probability maps.
-    """
-
-    tile_size: int | None = None
-    overlap: int = 64
-    tile_batch: int = 1
-    tta: bool = False
-    compile: bool = False
-    threshold: float | None = None
-    separate: bool = True
-    min_size: int | None = None
-    seed_threshold: float | None = None
-    core_threshold: float | None = None
-    fill_holes: bool = True
-    labels_per_plane: bool = False
-    device: str = "auto"
-    return_probabilities: bool = False
-
-    def __post_init__(self) -> None:
-        def check(condition: bool, message: str) -> None:
-            if not condition:
-                raise ConfigError(message)
-
-        check(
-            self.tile_size is None
-            or (isinstance(self.tile_size, int) and 32 <= self.tile_size <= 16384),
-            f"tile_size must be None (automatic) or an integer from 32 to 16384, got "
-            f"{self.tile_size!r}; 512 is a good choice on a CPU.",
-        )
-        check(
-            isinstance(self.overlap, int) and 0 <= self.overlap <= 256,
-            f"overlap must be an integer from 0 to 256 pixels, got {self.overlap!r}; try 64.",
-        )
-        check(
-            self.tile_size is None or 2 * self.overlap < self.tile_size,
-            f"overlap ({self.overlap}) must be less than half of tile_size ({self.tile_size}); "
-            f"use overlap={self.tile_size // 8 if self.tile_size else 0} or a larger tile.",
-        )
-        check(
-            isinstance(self.tile_batch, int) and 1 <= self.tile_batch <= 256,
-            f"tile_batch must be an integer from 1 to 256, got {self.tile_batch!r}.",
-        )
-        for name in ("threshold", "seed_threshold"):
-            value = getattr(self, name)
-            check(
-                value is None or (isinstance(value, (int, float)) and 0.0 < value < 1.0),
-                f"{name} must be a probability strictly between 0 and 1 (or None for the "
-                f"model's tuned value), got {value!r}; the reference threshold is 0.5.",
-            )
-        check(
-            self.core_threshold is None
-            or (isinstance(self.core_threshold, (int, float)) and 0.0 <= self.core_threshold < 1.0),
-            f"core_threshold must be a probability from 0 (no hysteresis) to under 1 (or None "
-            f"for the model's tuned value), got {self.core_threshold!r}.",
-        )
-        check(
-            self.min_size is None or (isinstance(self.min_size, int) and self.min_size >= 0),
-            f"min_size must be a non-negative number of pixels, got {self.min_size!r}.",
-        )
-        check(
-            isinstance(self.device, str) and _is_device_name(self.device),
-            f"device {self.device!r} is not a device name; use auto, cpu, cuda, cuda:N or mps.",
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary (for JSON)."""
-        return dataclasses.asdict(self)
-
-    def for_model(self, model: TrainedModel) -> PredictConfig:
-        """This config with unset post-processing values filled in for ``model``.
-
-        Order: the value given here, then the model's ``metadata["postprocess"]``
-        (tuned on its validation data), then :data:`DEFAULT_POSTPROCESS`.
-        """
-        if all(getattr(self, name) is not None for name in DEFAULT_POSTPROCESS):
-            return self
-        tuned = model.metadata.get("postprocess", {})
-        fix = (
-            f"the post-processing stored in the model file {model.source} is invalid ({{}}); "
-            "give every setting explicitly (threshold, seed_threshold, core_threshold, "
-            "min_size) or re-tune the model (napari-unet tune --out)."
-        )
-        if not isinstance(tuned, dict):
-            raise ConfigError(fix.format(f"not a table of settings but {type(tuned).__name__}"))
-        filled = {
-            name: tuned.get(name, default) if getattr(self, name) is None else getattr(self, name)
-            for name, default in DEFAULT_POSTPROCESS.items()
-        }
-        try:
-            return dataclasses.replace(self, **filled)
-        except ConfigError as error:
-            raise ConfigError(fix.format(error)) from error
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PredictConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are refused."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"Unknown prediction setting(s) {unknown}; valid settings are {sorted(known)}."
-            )
-        return cls(**data)
-
-
-def default_overlap(tile_size: int | None) -> int:
-    """The default overlap: 64 pixels, or a quarter of a smaller tile."""
-    return 64 if tile_size is None else min(64, tile_size // 4)
-
-
-def _is_device_name(name: str) -> bool:
-    if name == "auto":
-        return True
-    try:
-        torch.device(name)
-    except RuntimeError:
-        return False
-    return True
 
 
 @dataclass
@@ -614,46 +434,45 @@ def run_to_end(events: Generator[Any, None, T]) -> T:
             return finished.value
 
 
-def _split_options(
-    config: PredictConfig | None, options: dict[str, Any]
-) -> tuple[PredictConfig, dict[str, Any]]:
-    """Apply keyword settings of :class:`PredictConfig` to ``config``; return the rest."""
-    fields = {f.name for f in dataclasses.fields(PredictConfig)}
-    settings = {k: v for k, v in options.items() if k in fields}
-    rest = {k: v for k, v in options.items() if k not in fields}
-    unknown = sorted(set(rest) - {"rgb", "channel_axis", "stop"})
-    if unknown:
-        raise TypeError(
-            f"unexpected argument(s) {unknown}; prediction settings are {sorted(fields)}"
-        )
-    return dataclasses.replace(config or PredictConfig(), **settings), rest
-
-
 def predict(
     image: Any,
     model: str | os.PathLike[str] | TrainedModel = "default",
     config: PredictConfig | None = None,
-    **options: Any,
+    *,
+    rgb: bool | None = None,
+    channel_axis: int | None = None,
+    stop: threading.Event | None = None,
+    **overrides: Any,
 ) -> Segmentation:
     """Predict labels (and probabilities) of an image or stack; see :func:`predict_events`.
 
-    ``options`` are :class:`PredictConfig` fields overriding ``config`` (e.g.
-    ``tta=True``) and ``rgb``/``channel_axis``/``stop``.
+    ``overrides`` are :class:`PredictConfig` fields overriding ``config`` (e.g.
+    ``tta=True``); any other name is a ConfigError naming the valid ones.
     """
-    config, rest = _split_options(config, options)
-    return run_to_end(predict_events(image, model, config, **rest))
+    config = PredictConfig.with_overrides(config, overrides)
+    events = predict_events(image, model, config, rgb=rgb, channel_axis=channel_axis, stop=stop)
+    return run_to_end(events)
 
 
 def segment(
     image: Any,
     model: str | os.PathLike[str] | TrainedModel = "default",
     config: PredictConfig | None = None,
-    **options: Any,
+    *,
+    rgb: bool | None = None,
+    channel_axis: int | None = None,
+    stop: threading.Event | None = None,
+    **overrides: Any,
 ) -> Any:
     """Instance labels of an image or stack (numpy, or dask read plane by plane).
+
+    Arguments as :func:`predict`.
 
     Examples
     --------
     >>> labels = segment(image, "default", min_size=20)  # doctest: +SKIP
     """
-    return predict(image, model, config, **options).labels
+    result = predict(
+        image, model, config, rgb=rgb, channel_axis=channel_axis, stop=stop, **overrides
+    )
+    return result.labels

@@ -47,9 +47,9 @@ def run(args: argparse.Namespace) -> int:
     images = [io.read_image(image_path) for image_path, _ in pairs]
     labels = [io.read_image(labels_path) for _, labels_path in pairs]
     report = evaluate(
-        model,
         images,
         labels,
+        model,
         config,
         names=names,
         overlay_dir=args.out / "overlays",

@@ -53,17 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, required=True, help="folder for <name>_labels.tif (created)"
     )
+    # --return-probabilities (alias --save-probabilities) writes
+    # <name>_probabilities.tif (float32, channels first)
     add_prediction_arguments(parser)
     parser.add_argument(
-        "--labels-per-plane", action="store_true", help="number each plane of a stack from 1"
-    )
-    parser.add_argument(
         "--channel-axis", type=int, help="channel axis of multichannel images (RGB needs none)"
-    )
-    parser.add_argument(
-        "--save-probabilities",
-        action="store_true",
-        help="also write <name>_probabilities.tif (float32, channels first)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_overwrite_argument(parser)
@@ -180,7 +174,7 @@ def check_input(path: Path, in_channels: int, out_channels: int, args: argparse.
     needed = plane * PLANE_BYTES_PER_PIXEL
     if not lazy:
         # the whole stack's labels (and probabilities) are held until written
-        needed += math.prod(declared) * 4 * (1 + (out_channels if args.save_probabilities else 0))
+        needed += math.prod(declared) * 4 * (1 + (out_channels if args.return_probabilities else 0))
     check_memory(
         needed,
         f"segmenting {str(path)!r} (shape {tuple(declared)})",
@@ -221,11 +215,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_unet.prediction import predict_events, resolve_model
 
     check_output(args.out, "folder", "--out")
-    config = prediction_config(
-        args,
-        labels_per_plane=args.labels_per_plane,
-        return_probabilities=args.save_probabilities,
-    )
+    config = prediction_config(args)
     model = resolve_model(args.model, config.device)
     sources = collect_inputs(args.inputs)
     stems = [_stem(path) for path in sources]

@@ -245,9 +245,7 @@ def infer_in_channels(images: Sequence[Any], labels: Sequence[Any]) -> int:
 
 
 def checked_labels(labels: Any, where: str) -> np.ndarray:
-    """``labels`` as int64, after checking that every value is a whole number >= 0.
-
-    Float labels are accepted when every value is whole (as read from some TIFFs).
+    """``labels`` as int64, after checking that every value is a whole number >= 0 (floats too).
 
     Raises
     ------

@@ -1,4 +1,4 @@
-"""Tests of napari_unet.bioimageio: importing our own and foreign bioimage.io packages."""
+"""Tests of napari_unet.bioimageio: reading our own, foreign and hostile bioimage.io packages."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import torch
 pytest.importorskip("bioimageio.core")
 yaml = pytest.importorskip("yaml")
 
-from napari_unet.bioimageio import PackageNetwork, _Layout, load_bioimageio  # noqa: E402
+from napari_unet.bioimageio.reading import PackageNetwork, TensorLayout  # noqa: E402
+from napari_unet.bioimageio.writing import export_bioimageio  # noqa: E402
 from napari_unet.checkpoint import TrainedModel, load_model  # noqa: E402
 from napari_unet.config import ModelConfig  # noqa: E402
 from napari_unet.data import normalize  # noqa: E402
 from napari_unet.errors import ModelFileError  # noqa: E402
-from napari_unet.export import export_bioimageio  # noqa: E402
 from napari_unet.model import UNet, build_model  # noqa: E402
 
 
@@ -98,7 +98,7 @@ def test_own_package_round_trip_is_the_native_network(
 def test_wrapped_weights_predict_like_the_original(
     package: Path, original: TrainedModel, image: np.ndarray, weights: str
 ) -> None:
-    imported = load_bioimageio(package, device="cpu", weights=weights)
+    imported = load_model(package, device="cpu", weights=weights)
     assert isinstance(imported.network, PackageNetwork)
     assert imported.config.target == "contour" and imported.config.in_channels == 3
     expected = network_outputs(original, image)
@@ -130,7 +130,7 @@ def test_foreign_probability_package_is_converted_to_logits(
     output = content["outputs"][0]
     output["postprocessing"] = []
     output["axes"][1]["channel_names"] = ["foreground"]
-    imported = load_bioimageio(write_rdf(rdf, content), device="cpu")
+    imported = load_model(write_rdf(rdf, content), device="cpu")
     assert isinstance(imported.network, PackageNetwork)
     assert imported.metadata["bioimageio"]["output"].startswith("probabilities")
     assert imported.config.target == "foreground"
@@ -165,7 +165,7 @@ def test_package_with_a_z_axis_is_refused(package: Path, tmp_path: Path) -> None
     for name in ("test_input.npy", "test_output.npy"):
         np.save(tmp_path / name, np.load(tmp_path / name)[:, :, None])
     with pytest.raises(ModelFileError, match="space axis 'z'.*2D"):
-        load_bioimageio(write_rdf(rdf, content), device="cpu")
+        load_model(write_rdf(rdf, content), device="cpu")
 
 
 def test_unknown_preprocessing_is_refused(package: Path, tmp_path: Path) -> None:
@@ -174,7 +174,7 @@ def test_unknown_preprocessing_is_refused(package: Path, tmp_path: Path) -> None
         {"id": "zero_mean_unit_variance", "kwargs": {"axes": ["channel", "y", "x"]}}
     ]
     with pytest.raises(ModelFileError, match="'zero_mean_unit_variance' is not supported"):
-        load_bioimageio(write_rdf(rdf, content), device="cpu")
+        load_model(write_rdf(rdf, content), device="cpu")
 
 
 def test_two_outputs_are_refused(package: Path, tmp_path: Path) -> None:
@@ -182,7 +182,7 @@ def test_two_outputs_are_refused(package: Path, tmp_path: Path) -> None:
     second = dict(content["outputs"][0], id="output2")
     content["outputs"].append(second)
     with pytest.raises(ModelFileError, match="2 output"):
-        load_bioimageio(write_rdf(rdf, content), device="cpu")
+        load_model(write_rdf(rdf, content), device="cpu")
 
 
 def test_missing_and_non_package_files_are_refused(tmp_path: Path) -> None:
@@ -196,10 +196,10 @@ def test_missing_and_non_package_files_are_refused(tmp_path: Path) -> None:
 
 def test_layouts_round_trip() -> None:
     x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
-    layout = _Layout(("batch", "y", "x", "channel"))
+    layout = TensorLayout(("batch", "y", "x", "channel"))
     assert layout.to_package(x).shape == (2, 4, 5, 3)
     torch.testing.assert_close(layout.from_package(layout.to_package(x)), x)
-    grey = _Layout(("y", "x"))
+    grey = TensorLayout(("y", "x"))
     single = x[:1, :1]
     assert grey.to_package(single).shape == (4, 5)
     torch.testing.assert_close(grey.from_package(grey.to_package(single)), single)
@@ -212,7 +212,7 @@ def test_imported_package_segments_like_the_original(
     from napari_unet.prediction import predict
 
     image = (np.random.default_rng(2).random((70, 90, 3)) * 255).astype(np.uint8)
-    imported = load_bioimageio(package, device="cpu", weights=weights)
+    imported = load_model(package, device="cpu", weights=weights)
     got = predict(image, imported, device="cpu", return_probabilities=True)
     expected = predict(image, original, device="cpu", return_probabilities=True)
     np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-4, rtol=0)

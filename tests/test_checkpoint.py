@@ -170,7 +170,7 @@ def test_wrong_content_raises_model_file_error(tmp_path: Path) -> None:
         "no-weights": "no valid weights",
         "not-tensors": "no valid weights",
         "bad-metadata": "metadata",
-        "mismatched": "do not match",
+        "mismatched": "do not fit",
     }
     for name, content in cases.items():
         torch.save(content, tmp_path / f"{name}.pt")

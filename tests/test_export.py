@@ -1,4 +1,4 @@
-"""Tests of napari_unet.export: ONNX graphs and bioimage.io packages of tiny real models."""
+"""Tests of napari_unet.export (and bioimageio.writing): ONNX graphs and packages of tiny models."""
 
 from __future__ import annotations
 
@@ -18,12 +18,8 @@ from napari_unet.errors import (  # noqa: E402
     ConfigError,
     ModelFileError,
 )
-from napari_unet.export import (  # noqa: E402
-    export_bioimageio,
-    export_model,
-    export_onnx,
-    make_test_input,
-)
+from napari_unet.bioimageio.writing import export_bioimageio, make_test_input  # noqa: E402
+from napari_unet.export import export_model, export_onnx  # noqa: E402
 from napari_unet.model import build_model  # noqa: E402
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QHBoxLayout,
@@ -21,7 +22,12 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet._widgets._registry import REGISTRY, SessionModel
-from napari_unet.checkpoint import DEFAULT_MODEL_NAME, TrainedModel, default_model_path
+from napari_unet.checkpoint import (
+    DEFAULT_MODEL_NAME,
+    TrainedModel,
+    TrustedPath,
+    default_model_path,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -205,6 +211,14 @@ class ModelPicker(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.combo)
         layout.addWidget(self._file_row)
+        # Off by default: a bioimage.io package's own Python code runs only when ticked.
+        self.trust_code = QCheckBox("Trust code in model packages")
+        self.trust_code.setToolTip(
+            "Let a bioimage.io package run its own Python code (needed by its "
+            "pytorch_state_dict weights). Tick only for packages from a source you trust."
+        )
+        self.trust_code.toggled.connect(lambda _: self.changed.emit())
+        layout.addWidget(self.trust_code)
         self.combo.currentIndexChanged.connect(self._on_choice)
         self.path_edit.textChanged.connect(lambda _: self.changed.emit())
         REGISTRY.changed.connect(self._on_registry)
@@ -233,10 +247,13 @@ class ModelPicker(QWidget):
 
     def _on_choice(self, *_: Any) -> None:
         self._file_row.setVisible(self.combo.currentText() == self.FILE)
+        self.trust_code.setVisible(self.combo.currentText() == self.FILE)
         self.changed.emit()
 
     def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Model file", "", "napari-unet model (*.pt)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Model file", "", "Models (*.pt *.zip *.yaml);;All files (*)"
+        )
         if path:
             self.path_edit.setText(path)
 
@@ -256,7 +273,8 @@ class ModelPicker(QWidget):
         if text == self.DEFAULT:
             return DEFAULT_MODEL_NAME
         if text == self.FILE:
-            return Path(self.path_edit.text().strip()).expanduser()
+            path = Path(self.path_edit.text().strip()).expanduser()
+            return TrustedPath(path) if self.trust_code.isChecked() else path
         entry = REGISTRY.get(text)
         return entry.model if entry is not None else None
 

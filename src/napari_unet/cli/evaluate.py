@@ -9,9 +9,11 @@ from pathlib import Path
 from napari_unet.cli._options import (
     add_labelled_data_arguments,
     add_prediction_arguments,
+    add_trust_option,
     load_labelled_data,
     prediction_config,
     run_with_progress_bar,
+    trusted_model,
 )
 
 HELP = "predict labelled images and print pixel and instance metrics (DSB score, AP, PQ)"
@@ -19,7 +21,10 @@ HELP = "predict labelled images and print pixel and instance metrics (DSB score,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``napari-unet evaluate``."""
-    parser.add_argument("--model", required=True, help="model file (*.pt) or 'default'")
+    parser.add_argument(
+        "--model", required=True, help="model file (*.pt), bioimage.io package or 'default'"
+    )
+    add_trust_option(parser)
     add_labelled_data_arguments(parser)
     output = parser.add_argument_group("output")
     output.add_argument("--csv", type=Path, help="write per-image scores to this CSV file")
@@ -51,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_unet.prediction import DEFAULT_POSTPROCESS, resolve_model
 
     config = prediction_config(args)
-    model = resolve_model(args.model, config.device)
+    model = resolve_model(trusted_model(args.model, args.trust_package_code), config.device)
     names, images, labels = load_labelled_data(args)
     events = evaluate_events(
         model, images, labels, config, args.resize, names=names, overlay_dir=args.save_overlays

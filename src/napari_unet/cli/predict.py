@@ -12,8 +12,10 @@ import numpy as np
 
 from napari_unet.cli._options import (
     add_prediction_arguments,
+    add_trust_option,
     prediction_config,
     run_with_progress_bar,
+    trusted_model,
 )
 from napari_unet.errors import DataError
 from napari_unet.io import IMAGE_SUFFIXES, atomic_write, list_images, read_image
@@ -32,11 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="INPUT",
         help="image file (TIFF, PNG, JPEG), folder of images, or TIFF/Zarr stack",
     )
-    parser.add_argument("--model", required=True, help="model file (*.pt) or 'default'")
+    parser.add_argument(
+        "--model", required=True, help="model file (*.pt), bioimage.io package or 'default'"
+    )
     parser.add_argument(
         "--out", type=Path, required=True, help="folder for <name>_labels.tif (created)"
     )
     add_prediction_arguments(parser)
+    add_trust_option(parser)
     parser.add_argument(
         "--labels-per-plane", action="store_true", help="number each plane of a stack from 1"
     )
@@ -141,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     """Validate every input first, then segment and write; returns the exit code."""
     from napari_unet.distributed import run_cli, wants_scale
 
+    args.model = trusted_model(args.model, args.trust_package_code)
     if wants_scale(args):
         return run_cli(args)  # block-wise Zarr output on a dask scheduler
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from napari_unet.cli._options import add_trust_option, trusted_model
 from napari_unet.config import PRESETS, ModelConfig, NormalizationConfig
 from napari_unet.errors import DataError
 
@@ -68,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="per-image intensity normalisation (default percentile 1-99.8)",
     )
     model.add_argument("--init", metavar="MODEL", help="model file (or 'default') to fine-tune")
+    add_trust_option(model)
     model.add_argument(
         "--resume", type=Path, metavar="CKPT", help="resume checkpoint (*.ckpt.pt) to continue"
     )
@@ -205,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         val_labels=val_labels,
         out=args.out,
         resume=args.resume,
-        init=args.init,
+        init=trusted_model(args.init, args.trust_package_code),
         log_csv=log,
         data_description=description,
     )

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from napari_unet.cli._options import (
     add_labelled_data_arguments,
+    add_trust_option,
     load_labelled_data,
     run_with_progress_bar,
+    trusted_model,
 )
 
 HELP = "choose the post-processing (thresholds, minimum size) on labelled images; store it"
@@ -16,7 +18,10 @@ HELP = "choose the post-processing (thresholds, minimum size) on labelled images
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``napari-unet tune``."""
-    parser.add_argument("--model", required=True, help="model file (*.pt) or 'default'")
+    parser.add_argument(
+        "--model", required=True, help="model file (*.pt), bioimage.io package or 'default'"
+    )
+    add_trust_option(parser)
     add_labelled_data_arguments(parser)
     grid = parser.add_argument_group("values to try")
     grid.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.6, 0.7])
@@ -83,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     config = PredictConfig(
         tile_size=args.tile, overlap=default_overlap(args.tile), tta=args.tta, device=args.device
     )
-    model = resolve_model(args.model, config.device)
+    model = resolve_model(trusted_model(args.model, args.trust_package_code), config.device)
     names, images, labels = load_labelled_data(args)
     events = tune_events(model, images, labels, grid, args.rank_by, config, names=names)
     result = run_with_progress_bar(events, args.quiet, unit="step")

@@ -12,13 +12,13 @@ import torch
 pytest.importorskip("bioimageio.core")
 onnxruntime = pytest.importorskip("onnxruntime")
 
+from napari_unet.bioimageio.writing import export_bioimageio, make_test_input  # noqa: E402
 from napari_unet.checkpoint import TrainedModel, save_model  # noqa: E402
 from napari_unet.config import ModelConfig  # noqa: E402
 from napari_unet.errors import (  # noqa: E402
     ConfigError,
     ModelFileError,
 )
-from napari_unet.bioimageio.writing import export_bioimageio, make_test_input  # noqa: E402
 from napari_unet.export import export_model, export_onnx  # noqa: E402
 from napari_unet.model import build_model  # noqa: E402
 

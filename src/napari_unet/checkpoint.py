@@ -227,6 +227,11 @@ def read_payload(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if "global" not in str(error).lower():  # damaged (a bad opcode), not a hostile object
+            raise ModelFileError(
+                f"{str(path)!r} is not a readable model file ({short_reason(error)}); it may "
+                "be truncated or of another format."
+            ) from error
         raise ModelFileError(
             f"{str(path)!r} holds objects that are not plain weights and was refused "
             "unread (loading it could run code). Only load model files from sources you trust; "

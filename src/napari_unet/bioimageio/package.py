@@ -148,7 +148,7 @@ def _open_zip(path: Path, where: str) -> tuple[zipfile.ZipFile, str, str]:
     try:
         archive = zipfile.ZipFile(path)
         infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+    except Exception as error:  # zipfile raises many types for damaged directories
         raise ModelFileError(
             f"{where} is a damaged zip archive ({short_reason(error)}); download it again."
         ) from error
@@ -166,7 +166,7 @@ def _open_zip(path: Path, where: str) -> tuple[zipfile.ZipFile, str, str]:
     except ModelFileError:
         archive.close()
         raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as error:
+    except Exception as error:  # zipfile raises many types for damaged members
         archive.close()
         raise ModelFileError(
             f"{where} is a damaged zip archive ({short_reason(error)}); download it again."

@@ -196,7 +196,7 @@ def test_mutated_rdf_yaml_files(package_folder: Path, tmp_path: Path) -> None:
         path.write_text(yaml_mutation(text, rng))
         return path
 
-    failures = run_cases(250, make, seed=7)
+    failures = run_cases(150, make, seed=7)
     assert not failures, failures[:10]
 
 
@@ -220,5 +220,5 @@ def test_mutated_package_archives(package_folder: Path, tmp_path: Path) -> None:
                 target.writestr(name, mutate(data, rng) if name == damaged else data)
         return path
 
-    failures = run_cases(150, make, seed=9)
+    failures = run_cases(100, make, seed=9)
     assert not failures, failures[:10]

@@ -203,12 +203,19 @@ def parse_yaml(text: str, where: str) -> dict[str, Any]:
     """
     from ruyaml import YAML, YAMLError
 
+    # One pass of bioimage.io's parser (YAML 1.2): compose, check, then construct that node.
     yaml = YAML(typ="safe", pure=True)
     try:
-        node = yaml.compose(text)
-        if node is not None:
-            _expanded_size(node, {}, set(), where)
-        content = yaml.load(text)
+        constructor, parser = yaml.get_constructor_parser(text)
+        try:
+            node = constructor.composer.get_single_node()
+            if node is not None:
+                _expanded_size(node, {}, set(), where)
+            content = constructor.construct_document(node) if node is not None else None
+        finally:
+            parser.dispose()
+    except ModelFileError:
+        raise
     except (YAMLError, RecursionError, ValueError, TypeError) as error:
         raise ModelFileError(
             f"{where}: its description is not valid YAML ({short_reason(error)})."

@@ -193,7 +193,7 @@ def test_export_events_report_progress_and_stop_without_writing(
 def test_the_bundled_model_card_ships_inside_the_package() -> None:
     from importlib.resources import files
 
-    from napari_unet.bioimageio.writing import DEFAULT_MODEL_CARD
+    from napari_unet.bioimageio.card import DEFAULT_MODEL_CARD
 
     shipped = files("napari_unet") / "samples" / "model_card.md"
     assert Path(str(shipped)) == DEFAULT_MODEL_CARD and DEFAULT_MODEL_CARD.is_file()

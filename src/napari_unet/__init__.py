@@ -28,6 +28,7 @@ _API = {
     "load_model": "napari_unet.checkpoint",
     "save_model": "napari_unet.checkpoint",
     "TrainedModel": "napari_unet.checkpoint",
+    "TrustedPath": "napari_unet.checkpoint",
     "TrainConfig": "napari_unet.training",
     "train": "napari_unet.training",
     "PredictConfig": "napari_unet.prediction",

@@ -35,32 +35,28 @@ import numpy as np
 import torch
 
 from napari_unet import __version__
+from napari_unet.bioimageio.card import default_card, model_card
 from napari_unet.bioimageio.reading import CONFIG_KEY
 from napari_unet.bioimageio.weights import (
     INPUT_ID,
     ONNX_OPSET,
     OUTPUT_CHANNEL_NAMES,
     OUTPUT_ID,
-    describe_normalization,
     export_network,
     onnx_metadata,
     require_modules,
     trace,
     write_onnx,
 )
-from napari_unet.checkpoint import TrainedModel, default_model_path, load_model
+from napari_unet.checkpoint import TrainedModel, load_model
 from napari_unet.config import ModelConfig
 from napari_unet.data import normalize, to_channels_first
 from napari_unet.errors import ConfigError, DataError, ModelFileError
 from napari_unet.io import SAMPLES_DIR, atomic_write, list_images, read_image, write_png, write_tiff
 from napari_unet.prediction import Progress, run_to_end
 
-#: Metadata keys (last part) listed under "Validation" in a generated model card.
-_METRIC_WORDS = ("dice", "iou", "loss", "score", "f1", "ap50", "ap75", "jaccard", "accuracy", "pq")
 #: Side of the square test input (cropped from the sample image), at most.
 TEST_SIZE = 128
-#: The bundled model's card, shipped inside the package.
-DEFAULT_MODEL_CARD = SAMPLES_DIR.parent / "model_card.md"
 
 _UNET_CITATION = (
     "Ronneberger, O., Fischer, P., Brox, T. U-Net: Convolutional Networks for Biomedical "
@@ -139,82 +135,6 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _flatten(metadata: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    """``(key, value)`` rows of scalar metadata, nested keys joined by dots; long lists skipped."""
-    rows: list[tuple[str, str]] = []
-    for key, value in metadata.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            rows.extend(_flatten(value, f"{name}."))
-        elif isinstance(value, (list, tuple)):
-            if len(value) <= 8 and all(not isinstance(v, (dict, list)) for v in value):
-                rows.append((name, ", ".join(str(v) for v in value)))
-        elif isinstance(value, float):
-            rows.append((name, f"{value:.4g}"))
-        else:
-            rows.append((name, str(value)))
-    return rows
-
-
-def model_card(model: TrainedModel, name: str, description: str) -> str:
-    """Markdown model card generated from the model's config and training metadata."""
-    config = model.config
-    rows = _flatten(model.metadata)
-    if rows:
-        training = "| item | value |\n| --- | --- |\n" + "\n".join(
-            f"| {key} | {value} |" for key, value in rows
-        )
-    else:
-        training = "No training metadata was recorded."
-    metrics = [
-        f"- {key}: {value}"
-        for key, value in rows
-        if any(word in key.rsplit(".", 1)[-1].lower() for word in _METRIC_WORDS)
-    ]
-    validation = "\n".join(metrics) or "No validation metrics were recorded with this model."
-    outputs = ", ".join(
-        f"channel {i}: {channel}" for i, channel in enumerate(OUTPUT_CHANNEL_NAMES[config.target])
-    )
-    return f"""# {name}
-
-{description}
-
-## Model
-
-- Architecture: {config.architecture} (base filters {config.base_filters}, depth {config.depth})
-- Input: {config.in_channels} channel(s), height and width at least {config.size_multiple} pixels
-- Pre-processing: {describe_normalization(config)}
-- Output: {outputs}; the network returns logits, the package applies a sigmoid
-- Target: {config.target}
-- Made with napari-unet {__version__}
-
-## Training
-
-{training}
-
-## Validation
-
-{validation}
-
-Validate the model on a few of your own annotated images before relying on it:
-`napari-unet evaluate` reports pixel and instance metrics (Dice, IoU, DSB score).
-
-## Limitations
-
-The model has only seen images like its training data; expect failures on other
-modalities, magnifications or stains. Check its output visually.
-"""
-
-
-def _default_card(model: TrainedModel) -> Path | None:
-    """The bundled model's card (shipped inside the package), for the bundled model only."""
-    source = Path(model.source) if model.source not in ("memory", "default") else None
-    bundled = model.source == "default" or (
-        source is not None and source.resolve() == default_model_path().resolve()
-    )
-    return DEFAULT_MODEL_CARD if bundled and DEFAULT_MODEL_CARD.is_file() else None
-
-
 def _project_url() -> str:
     """The project's home page from the installed metadata, else its PyPI page."""
     from importlib.metadata import PackageNotFoundError, metadata
@@ -268,7 +188,11 @@ def _model_description(
     tags: Sequence[str],
     opset: int,
 ) -> Any:
-    """The v0.5 ``ModelDescr`` for files already written to ``folder``."""
+    """The v0.5 ``ModelDescr`` for files already written to ``folder``.
+
+    Over 100 lines, on purpose: one declarative statement per part of the description
+    (tensors, weights, citations), read top to bottom like the rdf.yaml it becomes.
+    """
     from bioimageio.spec.model.v0_5 import (
         Author,
         AxisId,
@@ -513,7 +437,7 @@ def bioimageio_events(
         "napari-unet. "
         f"Outputs per-pixel probabilities ({', '.join(OUTPUT_CHANNEL_NAMES[config.target])})."
     )
-    card = Path(documentation) if documentation is not None else _default_card(model)
+    card = Path(documentation) if documentation is not None else default_card(model)
     if card is not None and not card.is_file():
         raise DataError(f"model card {str(card)!r} does not exist; check the path.")
     steps = _STEPS if test else _STEPS[:-1]

@@ -476,3 +476,26 @@ def test_broken_package_files_get_one_clear_line(tmp_path: Path, kind: str) -> N
     with pytest.raises(ModelFileError, match=expected) as refused:
         load_model(path, device="cpu")
     assert len(str(refused.value).splitlines()) == 1
+
+
+def test_widget_model_chooser_trusts_package_code_only_when_ticked(
+    package: Path, tmp_path: Path, qtbot: Any
+) -> None:
+    from napari_unet._widgets._common import ModelPicker
+    from napari_unet.checkpoint import TrustedPath
+
+    marker = tmp_path / "code-ran"
+    hostile = code_package(package, tmp_path / "pkg", marker)
+    picker = ModelPicker()
+    qtbot.addWidget(picker)
+    picker.select(ModelPicker.FILE)
+    picker.path_edit.setText(str(hostile))
+    assert not picker.trust_code.isChecked()
+    chosen = picker.value()
+    assert not isinstance(chosen, TrustedPath)
+    with pytest.raises(ModelFileError, match="Trust code in model packages"):
+        load_model(chosen, device="cpu")
+    assert not marker.exists()
+    picker.trust_code.setChecked(True)
+    assert isinstance(picker.value(), TrustedPath)
+    assert isinstance(load_model(picker.value(), device="cpu").network, PackageNetwork)

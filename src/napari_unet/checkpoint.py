@@ -5,7 +5,14 @@ format tag, the :class:`~napari_unet.config.ModelConfig` as a dictionary, the
 state dict, and free-form training metadata (numbers, strings, lists, dicts).
 Loading uses ``torch.load(weights_only=True)``, which refuses any pickled object
 that is not a tensor or a plain container, so a hostile file cannot run code.
+Before that, the file must be a regular, non-empty file whose content does not
+inflate beyond its size; after it, the weights are checked against the config's
+shapes on the meta device (and for NaN/infinite values) before a network is built.
 Saving is atomic: the file appears complete or not at all.
+
+:func:`load_model` also reads bioimage.io packages (through
+:mod:`napari_unet.bioimageio.reading`, which never imports this module back); their
+Python code runs only with ``trust_code=True`` or a :class:`TrustedPath`.
 """
 
 from __future__ import annotations

@@ -303,8 +303,8 @@ def python_entry_points(images: list[np.ndarray], labels: list[np.ndarray]) -> d
     return {
         "load_model": lambda model: nu.load_model(model, device="cpu"),
         "predict": lambda model: nu.predict(images[0], model, device="cpu"),
-        "evaluate": lambda model: nu.evaluate(model, images, labels, cpu),
-        "tune": lambda model: nu.tune(model, images, labels, config=cpu),
+        "evaluate": lambda model: nu.evaluate(images, labels, model, cpu),
+        "tune": lambda model: nu.tune(images, labels, model, config=cpu),
         "train --init": lambda model: nu.train(images, labels, init=model),
     }
 

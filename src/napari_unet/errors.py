@@ -29,6 +29,14 @@ class TrainingDivergedError(ConfigError):
     """The loss became NaN or infinite; the message says what to change."""
 
 
+class SaveError(NapariUnetError, OSError):
+    """A layer cannot be saved in the chosen format; the message says what to choose.
+
+    An ``OSError``, not a ``ValueError``: napari reads a writer's ``ValueError`` as
+    "this writer does not apply" and shows only its own generic warning.
+    """
+
+
 class WorkerProcessError(NapariUnetError, RuntimeError):
     """The child process could not start, or ended without a result (killed, out of memory)."""
 

@@ -64,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     """Export the model; print where it went."""
     from napari_unet.checkpoint import load_model
     from napari_unet.export import export_events, export_format
+    from napari_unet.io import check_output
 
+    check_output(args.out, "file", "--out")
     model = load_model(args.model, device="cpu", trust_code=args.trust_package_code)
     fmt = args.format or export_format(args.out)
     options = {}

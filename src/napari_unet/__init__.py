@@ -31,6 +31,7 @@ _API = {
     "load_model": "napari_unet.checkpoint",
     "save_model": "napari_unet.checkpoint",
     "TrainedModel": "napari_unet.checkpoint",
+    "TrustedPath": "napari_unet.checkpoint",
     "train": "napari_unet.training",
     "predict": "napari_unet.prediction",
     "segment": "napari_unet.prediction",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFrame,
@@ -23,7 +24,12 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet._widgets._registry import REGISTRY, SessionModel
-from napari_unet.checkpoint import DEFAULT_MODEL_NAME, TrainedModel, default_model_path
+from napari_unet.checkpoint import (
+    DEFAULT_MODEL_NAME,
+    TrainedModel,
+    TrustedPath,
+    default_model_path,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -244,6 +250,14 @@ class ModelPicker(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.combo)
         layout.addWidget(self._file_row)
+        # Off by default: a bioimage.io package's own Python code runs only when ticked.
+        self.trust_code = QCheckBox("Trust code in model packages")
+        self.trust_code.setToolTip(
+            "Let a bioimage.io package run its own Python code (needed by its "
+            "pytorch_state_dict weights). Tick only for packages from a source you trust."
+        )
+        self.trust_code.toggled.connect(lambda _: self.changed.emit())
+        layout.addWidget(self.trust_code)
         self.combo.currentIndexChanged.connect(self._on_choice)
         self.path_edit.textChanged.connect(lambda _: self.changed.emit())
         REGISTRY.changed.connect(self._on_registry)
@@ -272,6 +286,7 @@ class ModelPicker(QWidget):
 
     def _on_choice(self, *_: Any) -> None:
         self._file_row.setVisible(self.combo.currentText() == self.FILE)
+        self.trust_code.setVisible(self.combo.currentText() == self.FILE)
         self.changed.emit()
 
     def _browse(self) -> None:
@@ -295,7 +310,8 @@ class ModelPicker(QWidget):
         if text == self.DEFAULT:
             return DEFAULT_MODEL_NAME
         if text == self.FILE:
-            return Path(self.path_edit.text().strip()).expanduser()
+            path = Path(self.path_edit.text().strip()).expanduser()
+            return TrustedPath(path) if self.trust_code.isChecked() else path
         entry = REGISTRY.get(text)
         return entry.model if entry is not None else None
 

@@ -250,3 +250,22 @@ def run_with_progress_bar(
                 return finished.value
             bar.total = progress.total
             bar.update(progress.done - bar.n)
+
+
+def add_trust_option(parser: argparse.ArgumentParser | Any) -> None:
+    """``--trust-package-code``: let a bioimage.io package's Python code run (off by default)."""
+    parser.add_argument(
+        "--trust-package-code",
+        action="store_true",
+        help="allow a bioimage.io package's own Python code to run (its pytorch_state_dict "
+        "weights need it); only for packages from a source you trust",
+    )
+
+
+def trusted_model(model: str | None, trust: bool) -> str | Path | None:
+    """``model`` as given, or marked trusted (a ``TrustedPath``) with ``--trust-package-code``."""
+    if model is None or not trust:
+        return model
+    from napari_unet.checkpoint import TrustedPath
+
+    return TrustedPath(model)

@@ -10,10 +10,12 @@ from napari_unet.cli._options import (
     add_labelled_data_arguments,
     add_overwrite_argument,
     add_prediction_arguments,
+    add_trust_option,
     load_labelled_data,
     prediction_config,
     run_record,
     run_with_progress_bar,
+    trusted_model,
 )
 from napari_unet.io import check_output, check_run_record, write_run_record
 
@@ -28,7 +30,10 @@ NOT_OPTIONS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``napari-unet evaluate``."""
-    parser.add_argument("--model", required=True, help="model file (*.pt) or 'default'")
+    parser.add_argument(
+        "--model", required=True, help="model file (*.pt), bioimage.io package or 'default'"
+    )
+    add_trust_option(parser)
     add_labelled_data_arguments(parser)
     output = parser.add_argument_group("output")
     output.add_argument("--csv", type=Path, help="write per-image scores to this CSV file")
@@ -66,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.save_overlays is not None:
         check_output(args.save_overlays, "folder", "--save-overlays")
     config = prediction_config(args, exclude=NOT_OPTIONS)
-    model = resolve_model(args.model, config.device)
+    model = resolve_model(trusted_model(args.model, args.trust_package_code), config.device)
     record = run_record("evaluate", model, config, resize=args.resize)
     if args.save_overlays is not None:
         check_run_record(args.save_overlays, record, args.overwrite, "--save-overlays")

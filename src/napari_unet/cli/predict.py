@@ -14,9 +14,11 @@ from napari_unet.blockwise import DEFAULT_BLOCK, DEFAULT_HALO
 from napari_unet.cli._options import (
     add_overwrite_argument,
     add_prediction_arguments,
+    add_trust_option,
     prediction_config,
     run_record,
     run_with_progress_bar,
+    trusted_model,
 )
 from napari_unet.errors import DataError
 from napari_unet.io import (
@@ -49,13 +51,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="INPUT",
         help="image file (TIFF, PNG, JPEG), folder of images, or TIFF/Zarr stack",
     )
-    parser.add_argument("--model", required=True, help="model file (*.pt) or 'default'")
+    parser.add_argument(
+        "--model", required=True, help="model file (*.pt), bioimage.io package or 'default'"
+    )
     parser.add_argument(
         "--out", type=Path, required=True, help="folder for <name>_labels.tif (created)"
     )
     # --return-probabilities (alias --save-probabilities) writes
     # <name>_probabilities.tif (float32, channels first)
     add_prediction_arguments(parser)
+    add_trust_option(parser)
     parser.add_argument(
         "--channel-axis", type=int, help="channel axis of multichannel images (RGB needs none)"
     )
@@ -214,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
     """Validate every input first, then segment and write; returns the exit code."""
     from napari_unet.prediction import predict_events, resolve_model
 
+    args.model = trusted_model(args.model, args.trust_package_code)
     check_output(args.out, "folder", "--out")
     config = prediction_config(args)
     model = resolve_model(args.model, config.device)

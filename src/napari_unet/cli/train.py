@@ -7,7 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from napari_unet.cli._options import add_config_arguments, config_from_args
+from napari_unet.cli._options import (
+    add_config_arguments,
+    add_trust_option,
+    config_from_args,
+    trusted_model,
+)
 from napari_unet.config import ModelConfig, TrainConfig
 from napari_unet.errors import DataError
 from napari_unet.settings import option_fields
@@ -48,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         model, ModelConfig, exclude=NOT_OPTIONS, defaults={**FROM_PRESET, "preset": "fast"}
     )
     model.add_argument("--init", metavar="MODEL", help="model file (or 'default') to fine-tune")
+    add_trust_option(model)
     model.add_argument(
         "--resume", type=Path, metavar="CKPT", help="resume checkpoint (*.ckpt.pt) to continue"
     )
@@ -111,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         val_labels=val_labels,
         out=args.out,
         resume=args.resume,
-        init=args.init,
+        init=trusted_model(args.init, args.trust_package_code),
         log_csv=log,
         data_description=description,
     )

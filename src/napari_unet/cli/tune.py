@@ -9,10 +9,12 @@ from napari_unet.cli._options import (
     add_config_arguments,
     add_labelled_data_arguments,
     add_prediction_arguments,
+    add_trust_option,
     config_from_args,
     load_labelled_data,
     prediction_config,
     run_with_progress_bar,
+    trusted_model,
 )
 from napari_unet.config import PostprocessGrid
 
@@ -35,7 +37,10 @@ NOT_OPTIONS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``napari-unet tune``."""
-    parser.add_argument("--model", required=True, help="model file (*.pt) or 'default'")
+    parser.add_argument(
+        "--model", required=True, help="model file (*.pt), bioimage.io package or 'default'"
+    )
+    add_trust_option(parser)
     add_labelled_data_arguments(parser)
     grid = parser.add_argument_group("values to try")
     add_config_arguments(grid, PostprocessGrid)
@@ -81,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_output(args.out, "file", "--out")
     config = prediction_config(args, exclude=NOT_OPTIONS)
-    model = resolve_model(args.model, config.device)
+    model = resolve_model(trusted_model(args.model, args.trust_package_code), config.device)
     names, images, labels = load_labelled_data(args)
     events = tune_events(
         images, labels, model, config, grid=grid, rank_by=args.rank_by, names=names

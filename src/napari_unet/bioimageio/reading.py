@@ -9,9 +9,8 @@ is opened by :mod:`napari_unet.bioimageio.package` (bounded, local, code-free) f
 
 Two ways in:
 
-- **Packages napari-unet exported** carry its configuration under
-  ``config.napari_unet``; the network is rebuilt natively from the weights of the
-  TorchScript entry, so it is the exact original (it can be fine-tuned and re-saved).
+- **Packages napari-unet exported** carry its configuration (``config.napari_unet``); the
+  network is rebuilt from the TorchScript weights: the exact original, fine-tunable.
 - **Any other package** is wrapped in :class:`PackageNetwork`, an ``nn.Module``
   that runs the package's TorchScript, ONNX or PyTorch state-dict weights (in that
   order of preference) and returns **logits** like every napari-unet network:
@@ -26,10 +25,8 @@ Two ways in:
     :class:`~napari_unet.config.NormalizationConfig` (percentile mode; 0/100 is
     min-max), a following fixed ``clip`` is applied inside the wrapper.
 
-  The derived :class:`~napari_unet.config.ModelConfig` has the package's input
-  channels, target ``foreground``, that normalisation, and a ``depth`` matching the
-  package's size step; its architecture and filter fields are placeholders, so a
-  wrapped model cannot be re-saved as a napari-unet model file.
+  Its :class:`~napari_unet.config.ModelConfig` (input channels, target ``foreground``,
+  that normalisation, a ``depth`` for the size step) cannot be re-saved as a model file.
 
 Packages that cannot be used this way (3D or time axes, several inputs or
 outputs, several output channels, pre-processing other than ``scale_range`` /

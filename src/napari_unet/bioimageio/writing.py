@@ -177,59 +177,28 @@ def _preprocessing(config: ModelConfig) -> list[Any]:
     ]
 
 
-def _model_description(
-    model: TrainedModel,
-    folder: Path,
-    *,
-    name: str,
-    description: str,
-    authors: Sequence[str],
-    license: str,
-    documentation: Path,
-    tags: Sequence[str],
-    opset: int,
-) -> Any:
-    """The v0.5 ``ModelDescr`` for files already written to ``folder``.
-
-    Over 100 lines, on purpose: one declarative statement per part of the description
-    (tensors, weights, citations), read top to bottom like the rdf.yaml it becomes.
-    """
+def _input_tensors(config: ModelConfig, folder: Path) -> list[Any]:
+    """The input tensor: raw float32 intensities, channels named, Y/X multiples of 2**depth."""
     from bioimageio.spec.model.v0_5 import (
-        Author,
         AxisId,
         BatchAxis,
         ChannelAxis,
-        CiteEntry,
-        Doi,
         FileDescr,
-        HttpUrl,
         Identifier,
         InputTensorDescr,
         IntervalOrRatioDataDescr,
-        LicenseId,
-        ModelDescr,
-        OnnxWeightsDescr,
-        OutputTensorDescr,
         ParameterizedSize,
-        SigmoidDescr,
-        SizeReference,
         SpaceInputAxis,
-        SpaceOutputAxis,
         TensorId,
-        TorchscriptWeightsDescr,
-        Version,
-        WeightsDescr,
     )
 
-    config = model.config
-    multiple = config.size_multiple
     in_names = (
         ["red", "green", "blue"]
         if config.in_channels == 3
         else [f"channel{i}" for i in range(config.in_channels)]
     )
-    size = ParameterizedSize(min=multiple, step=multiple)
-    inputs = [
+    size = ParameterizedSize(min=config.size_multiple, step=config.size_multiple)
+    return [
         InputTensorDescr(
             id=TensorId(INPUT_ID),
             description="raw image intensities as float32",
@@ -245,23 +214,38 @@ def _model_description(
             preprocessing=_preprocessing(config),
         )
     ]
-    outputs = [
+
+
+def _output_tensors(config: ModelConfig, folder: Path) -> list[Any]:
+    """The output tensor: the target's probabilities, the input's Y/X size."""
+    from bioimageio.spec.model.v0_5 import (
+        AxisId,
+        BatchAxis,
+        ChannelAxis,
+        FileDescr,
+        Identifier,
+        IntervalOrRatioDataDescr,
+        OutputTensorDescr,
+        SigmoidDescr,
+        SizeReference,
+        SpaceOutputAxis,
+        TensorId,
+    )
+
+    def same_as_input(axis: str) -> Any:
+        size = SizeReference(tensor_id=TensorId(INPUT_ID), axis_id=AxisId(axis))
+        return SpaceOutputAxis(id=AxisId(axis), size=size)
+
+    channel_names = [Identifier(n) for n in OUTPUT_CHANNEL_NAMES[config.target]]
+    return [
         OutputTensorDescr(
             id=TensorId(OUTPUT_ID),
             description=f"probabilities for the {config.target} target",
             axes=[
                 BatchAxis(),
-                ChannelAxis(
-                    channel_names=[Identifier(n) for n in OUTPUT_CHANNEL_NAMES[config.target]]
-                ),
-                SpaceOutputAxis(
-                    id=AxisId("y"),
-                    size=SizeReference(tensor_id=TensorId(INPUT_ID), axis_id=AxisId("y")),
-                ),
-                SpaceOutputAxis(
-                    id=AxisId("x"),
-                    size=SizeReference(tensor_id=TensorId(INPUT_ID), axis_id=AxisId("x")),
-                ),
+                ChannelAxis(channel_names=channel_names),
+                same_as_input("y"),
+                same_as_input("x"),
             ],
             test_tensor=FileDescr(source=folder / "test_output.npy"),
             sample_tensor=FileDescr(source=folder / "sample_output.tif"),
@@ -269,11 +253,21 @@ def _model_description(
             postprocessing=[SigmoidDescr()],
         )
     ]
-    torch_version = Version(torch.__version__.split("+")[0])
-    weights = WeightsDescr(
+
+
+def _weights(folder: Path, opset: int) -> Any:
+    """TorchScript weights, and ONNX weights exported from the same module."""
+    from bioimageio.spec.model.v0_5 import (
+        OnnxWeightsDescr,
+        TorchscriptWeightsDescr,
+        Version,
+        WeightsDescr,
+    )
+
+    return WeightsDescr(
         torchscript=TorchscriptWeightsDescr(
             source=folder / "weights_torchscript.pt",
-            pytorch_version=torch_version,
+            pytorch_version=Version(torch.__version__.split("+")[0]),
             comment="traced with napari-unet; pads inputs to a multiple of 2**depth internally",
         ),
         onnx=OnnxWeightsDescr(
@@ -283,6 +277,12 @@ def _model_description(
             comment="exported from the same module with torch.onnx",
         ),
     )
+
+
+def _citations(config: ModelConfig) -> list[Any]:
+    """U-Net (and U-Net++ for that architecture), then this project."""
+    from bioimageio.spec.model.v0_5 import CiteEntry, Doi, HttpUrl
+
     citations = [CiteEntry(text=_UNET_CITATION[0], doi=Doi(_UNET_CITATION[1]))]
     if config.architecture == "unetpp":
         citations.append(CiteEntry(text=_UNETPP_CITATION[0], doi=Doi(_UNETPP_CITATION[1])))
@@ -292,23 +292,41 @@ def _model_description(
             url=HttpUrl(_project_url()),
         )
     )
+    return citations
+
+
+def _model_description(
+    model: TrainedModel,
+    folder: Path,
+    *,
+    name: str,
+    description: str,
+    authors: Sequence[str],
+    license: str,
+    documentation: Path,
+    tags: Sequence[str],
+    opset: int,
+) -> Any:
+    """The v0.5 ``ModelDescr`` for files already written to ``folder``."""
+    from bioimageio.spec.model.v0_5 import Author, FileDescr, LicenseId, ModelDescr, Version
+
     return ModelDescr(
         name=name,
         description=description,
         authors=[Author(name=author) for author in authors],
-        cite=citations,
+        cite=_citations(model.config),
         license=LicenseId(license),
         documentation=FileDescr(source=documentation),
         covers=[FileDescr(source=folder / "cover.png")],
         tags=list(tags),
-        inputs=inputs,
-        outputs=outputs,
-        weights=weights,
+        inputs=_input_tensors(model.config, folder),
+        outputs=_output_tensors(model.config, folder),
+        weights=_weights(folder, opset),
         version=Version(__version__),
         config={
             CONFIG_KEY: {
                 "version": __version__,
-                "model": config.to_dict(),
+                "model": model.config.to_dict(),
                 "metadata": _plain(model.metadata),
             }
         },

@@ -65,6 +65,11 @@ class _Nucleus:
     shape: np.ndarray
     radius: float
 
+    @property
+    def half_extent(self) -> np.ndarray:
+        """Half the ellipsoid's extent along z, y and x."""
+        return np.sqrt(np.diag(np.linalg.inv(self.shape)))
+
     def radius_along(self, direction: np.ndarray) -> float:
         """Distance from the centre to the surface along the unit vector ``direction``."""
         return float(1.0 / np.sqrt(direction @ self.shape @ direction))
@@ -86,8 +91,8 @@ def _inside(
 ) -> tuple[tuple[slice, ...], np.ndarray]:
     """The nucleus's bounding box in voxels and its boolean mask there."""
     spacing = np.array([anisotropy, 1.0, 1.0])
-    low = np.floor((nucleus.centre - nucleus.radius) / spacing).astype(int)
-    high = np.ceil((nucleus.centre + nucleus.radius) / spacing).astype(int) + 1
+    low = np.floor((nucleus.centre - nucleus.half_extent) / spacing).astype(int)
+    high = np.ceil((nucleus.centre + nucleus.half_extent) / spacing).astype(int) + 1
     low, high = np.maximum(low, 0), np.minimum(high, grid_shape)
     box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
     offsets = np.stack(
@@ -106,11 +111,16 @@ def _place(
     nuclei: list[_Nucleus],
     candidate: _Nucleus,
     extent: np.ndarray,
+    spacing: np.ndarray,
     layout: str,
 ) -> _Nucleus | None:
-    """``candidate`` moved to a random free position, or None if that one collides."""
-    margin = candidate.radius + 1.0
-    if extent.min() <= 2 * margin:
+    """``candidate`` moved to a random free position, or None if that one collides.
+
+    ``extent`` is the physical position of the last voxel; the nucleus keeps one
+    voxel away from every face of the volume.
+    """
+    margin = candidate.half_extent + spacing
+    if np.any(extent <= 2 * margin):
         return None
     if layout == "crowded" and nuclei and rng.random() < 0.85:
         # Against a random earlier nucleus, overlapping it a little so that they touch.
@@ -148,7 +158,8 @@ def _nuclei_labels(
     diameter: tuple[float, float],
 ) -> np.ndarray:
     """Instance labels ``1..n_nuclei`` of the placed ellipsoids (uint16)."""
-    extent = np.array(shape, dtype=float) * np.array([anisotropy, 1.0, 1.0])
+    spacing = np.array([anisotropy, 1.0, 1.0])
+    extent = (np.array(shape) - 1) * spacing
     labels = np.zeros(shape, dtype=np.uint16)
     nuclei: list[_Nucleus] = []
     attempts = 0
@@ -160,7 +171,7 @@ def _nuclei_labels(
                 f"({layout}) into a volume of shape {shape} at anisotropy {anisotropy:g}; ask "
                 "for fewer or smaller nuclei, or a larger volume."
             )
-        placed = _place(rng, nuclei, _random_nucleus(rng, diameter), extent, layout)
+        placed = _place(rng, nuclei, _random_nucleus(rng, diameter), extent, spacing, layout)
         if placed is None:
             continue
         box, mask = _inside(placed, anisotropy, shape)

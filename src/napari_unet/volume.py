@@ -39,6 +39,12 @@ from napari_unet.postprocess import label_dtype, probabilities_to_labels
 VOLUME_METHODS: tuple[str, ...] = ("link", "watershed", "orthogonal")
 #: Cellpose's default ``stitch_threshold``.
 DEFAULT_LINK_IOU = 0.25
+#: ``seed_threshold`` for the ``contour`` target on :func:`orthogonal_probabilities`.
+#: The mean of three views dilutes a boundary that only the side views see (where
+#: nuclei touch along Z, two thirds of it), so a core must have a lower boundary
+#: probability than in one view (0.5); 0.2 split touching nuclei best on the crowded
+#: volumes of ``benchmarks/bench_volumes.py --quick``.
+ORTHOGONAL_SEED_THRESHOLD = 0.2
 
 #: ``predict_planes(stack)``: ``(N, H, W)`` planes in, ``(C, N, H, W)`` probabilities out.
 PlanePredictor = Callable[[np.ndarray], np.ndarray]

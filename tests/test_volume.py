@@ -214,3 +214,7 @@ def test_orthogonal_views_refuse_bad_shapes() -> None:
         orthogonal_probabilities(volume[0], LabelReader())
     with pytest.raises(ConfigError):
         orthogonal_probabilities(volume, LabelReader(), anisotropy=-1)
+    with pytest.raises(ConfigError):
+        orthogonal_probabilities(volume, LabelReader(), anisotropy=float("nan"))
+    # A numpy scalar (e.g. from a layer's scale) is a number like any other.
+    assert orthogonal_probabilities(volume, LabelReader(), np.float32(1.5)).shape == (2, 4, 8, 8)

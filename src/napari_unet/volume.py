@@ -25,6 +25,7 @@ over the XY pixel size (2 when planes are twice as far apart as pixels).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -51,7 +52,7 @@ PlanePredictor = Callable[[np.ndarray], np.ndarray]
 
 
 def _check_anisotropy(anisotropy: float) -> float:
-    if not (isinstance(anisotropy, (int, float)) and np.isfinite(anisotropy) and anisotropy > 0):
+    if not (isinstance(anisotropy, numbers.Real) and np.isfinite(anisotropy) and anisotropy > 0):
         raise ConfigError(
             f"anisotropy must be a number > 0 (Z step / XY pixel size), got {anisotropy!r}; "
             "use 1 for cubic voxels."

@@ -6,7 +6,7 @@
 # from stage 1 (OUT_DIR/model.pt). STAGES=1 stops after stage 1; TARGET=distance trains the
 # comparison run of the model card. PRESET, EPOCHS, LR, SEED and STEPS change stage 1, EPOCHS2 and
 # LR2 stage 2, PATCH and DEVICE both; NAPARI_UNET names the CLI to run. The bundled model is the
-# GPU recipe of docs/model_card.md:
+# GPU recipe of src/napari_unet/samples/model_card.md:
 #   DEVICE=cuda PRESET=fast PATCH=256 EPOCHS=23 LR=2e-3 EPOCHS2=14 LR2=5e-4 bash benchmarks/train_default_model.sh
 # and the defaults are the CPU recipe of the earlier tiny model (106 min on a 2-core CPU).
 set -euo pipefail

@@ -1,4 +1,4 @@
-"""Tests of napari_unet.bioimageio: importing our own and foreign bioimage.io packages."""
+"""Tests of napari_unet.bioimageio: reading our own, foreign and hostile bioimage.io packages."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import torch
 pytest.importorskip("bioimageio.core")
 yaml = pytest.importorskip("yaml")
 
-from napari_unet.bioimageio import PackageNetwork, _Layout, load_bioimageio  # noqa: E402
+from napari_unet.bioimageio.reading import PackageNetwork, TensorLayout  # noqa: E402
+from napari_unet.bioimageio.writing import export_bioimageio  # noqa: E402
 from napari_unet.checkpoint import TrainedModel, load_model  # noqa: E402
 from napari_unet.config import ModelConfig  # noqa: E402
 from napari_unet.data import normalize  # noqa: E402
 from napari_unet.errors import ModelFileError  # noqa: E402
-from napari_unet.export import export_bioimageio  # noqa: E402
 from napari_unet.model import UNet, build_model  # noqa: E402
 
 
@@ -69,6 +69,63 @@ def write_rdf(rdf: Path, content: dict[str, Any]) -> Path:
     return rdf
 
 
+def zipped(folder: Path, out: Path) -> Path:
+    """Every file of ``folder`` in a new package ``out``."""
+    with zipfile.ZipFile(out, "w") as archive:
+        for file in sorted(folder.iterdir()):
+            archive.write(file, file.name)
+    return out
+
+
+#: A package's architecture code that leaves a marker file when it runs.
+ARCH_CODE = """
+from pathlib import Path
+
+Path({marker!r}).write_text("package code ran")
+
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+"""
+
+
+def code_package(package: Path, folder: Path, marker: Path, library: bool = False) -> Path:
+    """Our package with only ``pytorch_state_dict`` weights, whose network is built by code.
+
+    The code is ``arch.py`` shipped in the package, or (``library``) ``os.system`` with a
+    shell command; either leaves ``marker`` when it runs.
+    """
+    folder.mkdir()
+    rdf, content = unpacked(package, folder)
+    for name in ("weights_torchscript.pt", "weights.onnx"):
+        (folder / name).unlink()
+    (folder / "arch.py").write_text(ARCH_CODE.format(marker=str(marker)))
+    torch.save(
+        {"conv.weight": torch.zeros(2, 3, 1, 1), "conv.bias": torch.zeros(2)}, folder / "w.pt"
+    )
+    architecture: dict[str, Any] = (
+        {"import_from": "os", "callable": "system", "kwargs": {"command": f"touch {marker}"}}
+        if library
+        else {"source": "arch.py", "callable": "Net", "kwargs": {}}
+    )
+    content["weights"] = {
+        "pytorch_state_dict": {
+            "source": "w.pt",
+            "architecture": architecture,
+            "pytorch_version": torch.__version__.split("+")[0],
+        }
+    }
+    write_rdf(rdf, content)
+    return zipped(folder, folder.with_suffix(".zip"))
+
+
 def network_outputs(model: TrainedModel, image: np.ndarray) -> torch.Tensor:
     """The network's output on ``image`` normalised as ``model`` says."""
     x = torch.from_numpy(normalize(image, model.config.normalization)[None])
@@ -98,7 +155,7 @@ def test_own_package_round_trip_is_the_native_network(
 def test_wrapped_weights_predict_like_the_original(
     package: Path, original: TrainedModel, image: np.ndarray, weights: str
 ) -> None:
-    imported = load_bioimageio(package, device="cpu", weights=weights)
+    imported = load_model(package, device="cpu", weights=weights)
     assert isinstance(imported.network, PackageNetwork)
     assert imported.config.target == "contour" and imported.config.in_channels == 3
     expected = network_outputs(original, image)
@@ -130,7 +187,7 @@ def test_foreign_probability_package_is_converted_to_logits(
     output = content["outputs"][0]
     output["postprocessing"] = []
     output["axes"][1]["channel_names"] = ["foreground"]
-    imported = load_bioimageio(write_rdf(rdf, content), device="cpu")
+    imported = load_model(write_rdf(rdf, content), device="cpu")
     assert isinstance(imported.network, PackageNetwork)
     assert imported.metadata["bioimageio"]["output"].startswith("probabilities")
     assert imported.config.target == "foreground"
@@ -165,7 +222,7 @@ def test_package_with_a_z_axis_is_refused(package: Path, tmp_path: Path) -> None
     for name in ("test_input.npy", "test_output.npy"):
         np.save(tmp_path / name, np.load(tmp_path / name)[:, :, None])
     with pytest.raises(ModelFileError, match="space axis 'z'.*2D"):
-        load_bioimageio(write_rdf(rdf, content), device="cpu")
+        load_model(write_rdf(rdf, content), device="cpu")
 
 
 def test_unknown_preprocessing_is_refused(package: Path, tmp_path: Path) -> None:
@@ -174,7 +231,7 @@ def test_unknown_preprocessing_is_refused(package: Path, tmp_path: Path) -> None
         {"id": "zero_mean_unit_variance", "kwargs": {"axes": ["channel", "y", "x"]}}
     ]
     with pytest.raises(ModelFileError, match="'zero_mean_unit_variance' is not supported"):
-        load_bioimageio(write_rdf(rdf, content), device="cpu")
+        load_model(write_rdf(rdf, content), device="cpu")
 
 
 def test_two_outputs_are_refused(package: Path, tmp_path: Path) -> None:
@@ -182,7 +239,7 @@ def test_two_outputs_are_refused(package: Path, tmp_path: Path) -> None:
     second = dict(content["outputs"][0], id="output2")
     content["outputs"].append(second)
     with pytest.raises(ModelFileError, match="2 output"):
-        load_bioimageio(write_rdf(rdf, content), device="cpu")
+        load_model(write_rdf(rdf, content), device="cpu")
 
 
 def test_missing_and_non_package_files_are_refused(tmp_path: Path) -> None:
@@ -196,10 +253,10 @@ def test_missing_and_non_package_files_are_refused(tmp_path: Path) -> None:
 
 def test_layouts_round_trip() -> None:
     x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
-    layout = _Layout(("batch", "y", "x", "channel"))
+    layout = TensorLayout(("batch", "y", "x", "channel"))
     assert layout.to_package(x).shape == (2, 4, 5, 3)
     torch.testing.assert_close(layout.from_package(layout.to_package(x)), x)
-    grey = _Layout(("y", "x"))
+    grey = TensorLayout(("y", "x"))
     single = x[:1, :1]
     assert grey.to_package(single).shape == (4, 5)
     torch.testing.assert_close(grey.from_package(grey.to_package(single)), single)
@@ -212,8 +269,233 @@ def test_imported_package_segments_like_the_original(
     from napari_unet.prediction import predict
 
     image = (np.random.default_rng(2).random((70, 90, 3)) * 255).astype(np.uint8)
-    imported = load_bioimageio(package, device="cpu", weights=weights)
+    imported = load_model(package, device="cpu", weights=weights)
     got = predict(image, imported, device="cpu", return_probabilities=True)
     expected = predict(image, original, device="cpu", return_probabilities=True)
     np.testing.assert_allclose(got.probabilities, expected.probabilities, atol=1e-4, rtol=0)
     np.testing.assert_array_equal(got.labels, expected.labels)
+
+
+# ------------------------------------------------------------------ hostile and broken packages
+
+
+@pytest.fixture(scope="module")
+def labelled_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two RGB images with labels in images/ and labels/ folders (for the CLI)."""
+    from napari_unet.io import write_png, write_tiff
+
+    root = tmp_path_factory.mktemp("data")
+    (root / "images").mkdir()
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(2):
+        write_png(
+            root / "images" / f"i{index}.png", (rng.random((32, 32, 3)) * 255).astype(np.uint8)
+        )
+        write_tiff(root / "labels" / f"i{index}.tif", np.eye(32, dtype=np.uint16))
+    return root / "images", root / "labels"
+
+
+def python_entry_points(images: list[np.ndarray], labels: list[np.ndarray]) -> dict[str, Any]:
+    import napari_unet as nu
+
+    cpu = nu.PredictConfig(device="cpu")
+    return {
+        "load_model": lambda model: nu.load_model(model, device="cpu"),
+        "predict": lambda model: nu.predict(images[0], model, device="cpu"),
+        "evaluate": lambda model: nu.evaluate(images, labels, model, cpu),
+        "tune": lambda model: nu.tune(images, labels, model, config=cpu),
+        "train --init": lambda model: nu.train(images, labels, init=model),
+    }
+
+
+def cli_arguments(model: Path, images: Path, labels: Path, out: Path) -> dict[str, list[str]]:
+    data = ["--images", str(images), "--labels", str(labels)]
+    return {
+        "predict": ["predict", str(images), "--model", str(model), "--out", str(out)],
+        "evaluate": ["evaluate", "--model", str(model), *data],
+        "tune": ["tune", "--model", str(model), *data],
+        "export": ["export", "--model", str(model), "--out", str(out / "x.onnx")],
+        "train --init": ["train", *data, "--init", str(model), "--out", str(out / "m.pt")],
+    }
+
+
+@pytest.mark.parametrize("library", [False, True], ids=["arch.py", "import_from-os"])
+def test_package_code_never_runs_without_the_opt_in(
+    package: Path,
+    tmp_path: Path,
+    labelled_folder: tuple[Path, Path],
+    library: bool,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from napari_unet.cli import main
+    from napari_unet.io import read_image
+
+    marker = tmp_path / "code-ran"
+    hostile = code_package(package, tmp_path / "pkg", marker, library=library)
+    images = [read_image(p) for p in sorted(labelled_folder[0].iterdir())]
+    labels = [read_image(p) for p in sorted(labelled_folder[1].iterdir())]
+    for name, entry in python_entry_points(images, labels).items():
+        with pytest.raises(ModelFileError, match="trust_code=True") as refused:
+            entry(hostile)
+        assert len(str(refused.value).splitlines()) == 1, name
+        assert not marker.exists(), name
+    out = tmp_path / "out"
+    for name, argv in cli_arguments(hostile, *labelled_folder, out).items():
+        assert main(argv) == 2, name
+        error = capsys.readouterr().err
+        assert "--trust-package-code" in error and error.count("\n") == 1, name
+        assert not marker.exists(), name
+    assert not out.exists()
+
+
+def test_package_code_runs_with_the_opt_in(
+    package: Path, tmp_path: Path, labelled_folder: tuple[Path, Path]
+) -> None:
+    from napari_unet.checkpoint import TrustedPath
+    from napari_unet.cli import main
+
+    marker = tmp_path / "code-ran"
+    hostile = code_package(package, tmp_path / "pkg", marker)
+    loaded = load_model(hostile, device="cpu", trust_code=True)
+    assert marker.exists() and isinstance(loaded.network, PackageNetwork)
+    # (bioimage.io imports arch.py once per process, so the marker is not written again)
+    assert load_model(TrustedPath(hostile), device="cpu").config == loaded.config
+    out = tmp_path / "out"
+    argv = ["predict", str(labelled_folder[0]), "--model", str(hostile), "--out", str(out)]
+    assert main([*argv, "--trust-package-code"]) == 0
+    assert len(list(out.glob("*_labels.tif"))) == 2
+
+
+@pytest.mark.parametrize(
+    "source", ["/etc/passwd", "../outside.pt", "https://example.com/weights.pt"]
+)
+def test_weights_outside_the_package_are_refused_unread(
+    package: Path, tmp_path: Path, source: str
+) -> None:
+    rdf, content = unpacked(package, tmp_path / "pkg")
+    (tmp_path / "outside.pt").write_bytes(
+        (tmp_path / "pkg" / "weights_torchscript.pt").read_bytes()
+    )
+    content["weights"]["torchscript"]["source"] = source
+    write_rdf(rdf, content)
+    for path in (rdf, zipped(tmp_path / "pkg", tmp_path / "pkg.zip")):
+        with pytest.raises(ModelFileError, match="inside the package") as refused:
+            load_model(path, device="cpu")
+        assert len(str(refused.value).splitlines()) == 1
+
+
+def test_a_link_out_of_a_package_folder_is_refused(package: Path, tmp_path: Path) -> None:
+    rdf, content = unpacked(package, tmp_path / "pkg")
+    weights = tmp_path / "pkg" / "weights_torchscript.pt"
+    weights.rename(tmp_path / "elsewhere.pt")
+    weights.symlink_to(tmp_path / "elsewhere.pt")
+    with pytest.raises(ModelFileError, match="link to outside the package"):
+        load_model(rdf, device="cpu")
+
+
+def peak_rss_growth(action: Any) -> float:
+    """Bytes by which the process's peak resident memory grew while ``action`` ran."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    action()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024.0
+
+
+def test_yaml_alias_bomb_is_refused_with_bounded_memory(package: Path, tmp_path: Path) -> None:
+    import tracemalloc
+
+    rdf, _ = unpacked(package, tmp_path)
+    lines = ["bomb0: &b0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"bomb{i}: &b{i} [" + ", ".join([f"*b{i - 1}"] * 10) + "]" for i in range(1, 12)]
+    rdf.write_text(rdf.read_text() + "\n" + "\n".join(lines) + "\n")
+    recursive = tmp_path / "recursive.yaml"
+    recursive.write_text("a: &a [*a]\n")
+
+    tracemalloc.start()
+    for path, message in ((rdf, "alias bomb"), (recursive, "recursive")):
+        with pytest.raises(ModelFileError, match=message):
+            load_model(path, device="cpu")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 100 * 2**20
+
+
+def test_zip_bomb_is_refused_before_inflating(package: Path, tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(package) as source, zipfile.ZipFile(bomb, "w") as target:
+        for item in source.infolist():
+            if item.filename != "weights_torchscript.pt":
+                target.writestr(item, source.read(item))
+        # 256 MiB of zeros in about 256 KiB
+        member = zipfile.ZipInfo("weights_torchscript.pt")
+        member.compress_type = zipfile.ZIP_DEFLATED
+        with target.open(member, "w") as f:
+            chunk = bytes(2**24)
+            for _ in range(16):
+                f.write(chunk)
+    assert bomb.stat().st_size < 4 * 2**20
+
+    def load() -> None:
+        with pytest.raises(ModelFileError, match="zip bomb") as refused:
+            load_model(bomb, device="cpu")
+        assert len(str(refused.value).splitlines()) == 1
+
+    assert peak_rss_growth(load) < 256 * 2**20
+
+
+def test_nan_weights_are_refused(tmp_path: Path) -> None:
+    broken = tiny_model()
+    with torch.no_grad():
+        next(broken.network.parameters())[0] = float("nan")
+    path = export_bioimageio(broken, tmp_path / "nan.zip", test=False)
+    for weights in ("auto", "torchscript", "onnx"):
+        with pytest.raises(ModelFileError, match="NaN or infinite"):
+            load_model(path, device="cpu", weights=weights)
+
+
+@pytest.mark.parametrize("kind", ["folder", "empty", "text", "no-rdf"])
+def test_broken_package_files_get_one_clear_line(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "package.zip"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("not a package")
+    else:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("readme.md", "hello")
+    expected = {
+        "folder": "is a folder",
+        "empty": "neither a zip",
+        "text": "neither a zip",
+        "no-rdf": "no rdf.yaml",
+    }[kind]
+    with pytest.raises(ModelFileError, match=expected) as refused:
+        load_model(path, device="cpu")
+    assert len(str(refused.value).splitlines()) == 1
+
+
+def test_widget_model_chooser_trusts_package_code_only_when_ticked(
+    package: Path, tmp_path: Path, qtbot: Any
+) -> None:
+    from napari_unet._widgets._common import ModelPicker
+    from napari_unet.checkpoint import TrustedPath
+
+    marker = tmp_path / "code-ran"
+    hostile = code_package(package, tmp_path / "pkg", marker)
+    picker = ModelPicker()
+    qtbot.addWidget(picker)
+    picker.select(ModelPicker.FILE)
+    picker.path_edit.setText(str(hostile))
+    assert not picker.trust_code.isChecked()
+    chosen = picker.value()
+    assert not isinstance(chosen, TrustedPath)
+    with pytest.raises(ModelFileError, match="Trust code in model packages"):
+        load_model(chosen, device="cpu")
+    assert not marker.exists()
+    picker.trust_code.setChecked(True)
+    assert isinstance(picker.value(), TrustedPath)
+    assert isinstance(load_model(picker.value(), device="cpu").network, PackageNetwork)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -170,7 +171,7 @@ def test_wrong_content_raises_model_file_error(tmp_path: Path) -> None:
         "no-weights": "no valid weights",
         "not-tensors": "no valid weights",
         "bad-metadata": "metadata",
-        "mismatched": "do not match",
+        "mismatched": "do not fit",
     }
     for name, content in cases.items():
         torch.save(content, tmp_path / f"{name}.pt")
@@ -228,3 +229,95 @@ def test_default_model_name(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.setattr(checkpoint, "default_model_path", lambda: tmp_path / "gone.pt")
     with pytest.raises(ModelFileError, match="bundled default model is missing"):
         load_model("default", "cpu")
+
+
+def peak_rss_growth(action: Any) -> float:
+    """Bytes by which the process's peak resident memory grew while ``action`` ran."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    action()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024.0
+
+
+def test_tiny_file_with_a_huge_config_is_refused_without_allocating(tmp_path: Path) -> None:
+    net = trained_network()
+    payload = model_payload(net, net.config)
+    payload["config"] = {**payload["config"], "base_filters": 256, "depth": 6}
+    payload["state_dict"] = {"encoders.0.0.weight": torch.zeros(1)}
+    path = tmp_path / "huge.pt"
+    torch.save(payload, path)
+    assert path.stat().st_size < 4000
+
+    def load() -> None:
+        with pytest.raises(ModelFileError, match="do not fit its config") as refused:
+            load_model(path, device="cpu")
+        assert len(str(refused.value).splitlines()) == 1
+
+    assert peak_rss_growth(load) < 256 * 2**20  # building it would take over 30 GiB
+
+
+def test_nan_and_infinite_weights_are_refused(tmp_path: Path) -> None:
+    net = trained_network()
+    for bad in (float("nan"), float("inf")):
+        payload = model_payload(net, net.config)
+        payload["state_dict"]["head.bias"] = torch.full_like(
+            payload["state_dict"]["head.bias"], bad
+        )
+        torch.save(payload, tmp_path / "bad.pt")
+        with pytest.raises(ModelFileError, match="head.bias holds NaN or infinite values"):
+            load_model(tmp_path / "bad.pt", device="cpu")
+
+
+def test_weights_of_the_wrong_kind_are_refused(tmp_path: Path) -> None:
+    net = trained_network()
+    payload = model_payload(net, net.config)
+    payload["state_dict"]["head.bias"] = payload["state_dict"]["head.bias"].long()
+    torch.save(payload, tmp_path / "ints.pt")
+    with pytest.raises(ModelFileError, match="head.bias is stored as torch.int64"):
+        load_model(tmp_path / "ints.pt", device="cpu")
+
+
+def test_model_file_zip_bomb_is_refused_unread(tmp_path: Path) -> None:
+    import zipfile
+
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\0" * 2**26)
+    with pytest.raises(ModelFileError, match="would inflate to 64 MiB"):
+        load_model(path, device="cpu")
+
+
+@pytest.mark.parametrize("kind", ["hostile", "mismatched", "empty", "folder", "device", "text"])
+def test_model_file_messages_are_one_line_without_torch_advice(tmp_path: Path, kind: str) -> None:
+    net = trained_network()
+    path = tmp_path / "model.pt"
+    if kind == "hostile":
+        payload = model_payload(net, net.config)
+        payload["metadata"] = {"evil": Hostile(tmp_path / "pwned")}
+        torch.save(payload, path)
+    elif kind == "mismatched":
+        payload = model_payload(net, net.config)
+        payload["config"] = {**payload["config"], "base_filters": 8}
+        torch.save(payload, path)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "device":
+        path = Path("/dev/zero")
+    else:
+        path.write_text("not a model\n")
+    expected = {
+        "hostile": "refused unread",
+        "mismatched": "do not fit its config",
+        "empty": "is empty",
+        "folder": "is a folder",
+        "device": "not a regular file",
+        "text": "not a readable model file",
+    }[kind]
+    with pytest.raises(ModelFileError, match=expected) as refused:
+        load_model(path, device="cpu")
+    message = str(refused.value)
+    assert len(message.splitlines()) == 1 and "weights_only" not in message
+    assert "()" not in message and "does not exist" not in message

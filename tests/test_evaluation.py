@@ -8,17 +8,19 @@ import numpy as np
 import pytest
 
 from conftest import make_blobs, make_threshold_model
-from napari_unet.errors import DataError
+from napari_unet.errors import ConfigError, DataError
 from napari_unet.evaluation import (
     CSV_COLUMNS,
     classify_modality,
     evaluate,
     overlay_image,
     resize_pair,
+    score_labels_events,
+    score_plane,
 )
 from napari_unet.io import read_image
 from napari_unet.metrics import instance_metrics, pixel_metrics
-from napari_unet.prediction import PredictConfig, predict
+from napari_unet.prediction import PredictConfig, predict, run_to_end
 
 PIXEL = ("accuracy", "f1", "jaccard", "recall", "precision")
 INSTANCE = ("dsb_score", "ap50", "ap75", "f1_50", "pq")
@@ -28,15 +30,15 @@ def test_scores_match_the_metrics_module() -> None:
     images, labels = make_blobs(n=3, shape=(40, 48))
     model = make_threshold_model()
     config = PredictConfig(threshold=0.5, min_size=0)
-    report = evaluate(model, images, labels, config, names=["a", "b", "c"])
+    report = evaluate(images, labels, model, config, names=["a", "b", "c"])
     assert set(report.summary) == {"n_images", "pixel", "instance"}
     assert set(report.summary["pixel"]) == set(PIXEL)
     assert set(report.summary["instance"]) == set(INSTANCE)
     assert report.summary["n_images"] == 3
     expected_pixel, expected_instance = [], []
     for row, image, truth in zip(report.rows, images, labels):
-        result = predict(image, model, config, return_probabilities=True)
-        pixel = pixel_metrics(truth > 0, result.probabilities[0] > 0.5)
+        result = predict(image, model, config)
+        pixel = pixel_metrics(truth > 0, result.labels > 0)
         instance = instance_metrics(truth, result.labels)
         for key in PIXEL:
             assert row[key] == pytest.approx(pixel[key])
@@ -58,13 +60,12 @@ def test_scores_match_the_metrics_module() -> None:
 def test_resize_protocol_compares_at_the_resized_size() -> None:
     images, labels = make_blobs(n=2, shape=(48, 64), rgb=True)
     model = make_threshold_model(in_channels=3)
-    report = evaluate(model, images, labels, resize=32)
+    report = evaluate(images, labels, model, resize=32)
     assert all((row["height"], row["width"]) == (32, 32) for row in report.rows)
     image, truth = resize_pair(images[0], labels[0], 32)
     assert image.shape == (32, 32, 3) and truth.shape == (32, 32)
     assert set(np.unique(truth)) <= set(np.unique(labels[0]))  # nearest: no new label values
-    result = predict(image, model, return_probabilities=True)
-    expected = pixel_metrics(truth > 0, result.probabilities[0] > 0.5)
+    expected = pixel_metrics(truth, predict(image, model).labels)
     assert report.rows[0]["f1"] == pytest.approx(expected["f1"])
 
 
@@ -88,7 +89,7 @@ def test_modalities_and_per_modality_summaries() -> None:
     assert classify_modality(np.full((8, 8), 50_000, np.uint16)) == "brightfield"
     labels = [np.zeros((32, 32), np.uint16)] * 3
     report = evaluate(
-        make_threshold_model(in_channels=3), [fluorescence, brightfield, stained], labels
+        [fluorescence, brightfield, stained], labels, make_threshold_model(in_channels=3)
     )
     assert [row["modality"] for row in report.rows] == ["fluorescence", "brightfield", "H&E"]
     assert set(report.per_modality) == {"fluorescence", "brightfield", "H&E"}
@@ -100,9 +101,9 @@ def test_modalities_and_per_modality_summaries() -> None:
 def test_csv_overlays_and_label_files(tmp_path) -> None:
     images, labels = make_blobs(n=2, shape=(30, 36))
     report = evaluate(
-        make_threshold_model(),
         images,
         labels,
+        make_threshold_model(),
         names=["one", "two"],
         overlay_dir=tmp_path / "overlays",
         labels_dir=tmp_path / "labels",
@@ -124,16 +125,16 @@ def test_bad_inputs_are_refused_before_any_output(tmp_path) -> None:
     model = make_threshold_model()
     overlays = tmp_path / "overlays"
     with pytest.raises(DataError, match="shape"):
-        evaluate(model, images, [labels[0], labels[1][:20]], overlay_dir=overlays)
+        evaluate(images, [labels[0], labels[1][:20]], model, overlay_dir=overlays)
     assert not overlays.exists()  # the first image was not written either
     with pytest.raises(DataError, match="no images"):
-        evaluate(model, [], [])
+        evaluate([], [], model)
     with pytest.raises(DataError, match="pair"):
-        evaluate(model, images, labels[:1])
+        evaluate(images, labels[:1], model)
     with pytest.raises(DataError, match="integer"):
-        evaluate(model, images[:1], [labels[0].astype(np.float32)])
+        evaluate(images[:1], [labels[0].astype(np.float32)], model)
     with pytest.raises(DataError, match="channel"):
-        evaluate(make_threshold_model(in_channels=2), [np.zeros((30, 36, 3), np.uint8)], labels[:1])
+        evaluate([np.zeros((30, 36, 3), np.uint8)], labels[:1], make_threshold_model(in_channels=2))
 
 
 def test_multichannel_images_are_scored_like_their_channels_last_copies() -> None:
@@ -142,9 +143,56 @@ def test_multichannel_images_are_scored_like_their_channels_last_copies() -> Non
     stacks = [np.stack([image, image // 2]) for image in images]
     model = make_threshold_model(in_channels=2, gain=40.0)
     config = PredictConfig(threshold=0.5, min_size=0)
-    first = evaluate(model, stacks, labels, config, channel_axis=0)
-    last = evaluate(model, [np.moveaxis(s, 0, -1) for s in stacks], labels, config, channel_axis=2)
+    first = evaluate(stacks, labels, model, config, channel_axis=0)
+    last = evaluate([np.moveaxis(s, 0, -1) for s in stacks], labels, model, config, channel_axis=2)
     assert first.summary == last.summary
     assert first.summary["instance"]["ap50"] > 0.7
     with pytest.raises(DataError, match="channel"):
-        evaluate(make_threshold_model(in_channels=3), stacks, labels, config, channel_axis=0)
+        evaluate(stacks, labels, make_threshold_model(in_channels=3), config, channel_axis=0)
+
+
+def test_keyword_overrides_are_prediction_settings_only() -> None:
+    images, labels = make_blobs(n=2, shape=(30, 36))
+    model = make_threshold_model()
+    everything_removed = evaluate(images, labels, model, min_size=10**6)
+    assert everything_removed.summary["instance"]["f1_50"] == 0
+    with pytest.raises(ConfigError, match=r"Unknown prediction setting\(s\) \['tile'\]; valid"):
+        evaluate(images, labels, model, tile=64)
+
+
+def test_pixel_scores_are_those_of_the_labels_a_user_gets() -> None:
+    """One definition of pixel F1: the post-processed labels' foreground, in every path."""
+    images, labels = make_blobs(n=1, shape=(40, 48))
+    image, truth = images[0], labels[0]
+    speck = (slice(38, 40), slice(0, 2))
+    assert not truth[speck].any()
+    image[speck] = 255  # a bright speck: over the threshold, under the minimum size
+    model = make_threshold_model()
+    config = PredictConfig(threshold=0.5, min_size=20)
+    result = predict(image, model, config, return_probabilities=True)
+    assert (result.probabilities[0][speck] > 0.5).all() and not result.labels[speck].any()
+
+    row = evaluate([image], [truth], model, config).rows[0]
+    pixel, instance = score_plane(truth, result.labels)
+    assert row["f1"] == pytest.approx(pixel["f1"]) and row["dsb_score"] == instance["dsb_score"]
+    assert row["f1"] > pixel_metrics(truth, result.probabilities[0] > 0.5)["f1"]
+    # scoring the labels as they are (the Evaluate widget) gives the same numbers
+    scores = run_to_end(score_labels_events(truth, result.labels))
+    assert scores["pixel"]["f1"] == pytest.approx(row["f1"])
+    assert scores["instance"]["dsb_score"] == pytest.approx(row["dsb_score"])
+
+
+def test_label_stacks_are_scored_plane_by_plane() -> None:
+    _, labels = make_blobs(n=2, shape=(32, 32))
+    truth, prediction = np.stack(labels), np.stack([labels[0], labels[0]])
+    events = score_labels_events(truth, prediction)
+    progress = [next(events), next(events)]
+    assert [(p.done, p.total) for p in progress] == [(1, 2), (2, 2)]
+    scores = run_to_end(score_labels_events(truth, prediction))
+    expected = [score_plane(t, p)[0]["f1"] for t, p in zip(truth, prediction)]
+    assert scores["pixel"]["f1"] == pytest.approx(np.mean(expected))
+    assert scores["instance"]["n_images"] == 2 and scores["pixel"]["f1"] < 1
+    with pytest.raises(DataError, match="pick labels of the same image"):
+        run_to_end(score_labels_events(truth, prediction[:, :16]))
+    with pytest.raises(DataError, match="not an image"):
+        run_to_end(score_labels_events(truth[0, 0], prediction[0, 0]))

@@ -1,4 +1,4 @@
-"""Tests of napari_unet.export: ONNX graphs and bioimage.io packages of tiny real models."""
+"""Tests of napari_unet.export (and bioimageio.writing): ONNX graphs and packages of tiny models."""
 
 from __future__ import annotations
 
@@ -12,18 +12,14 @@ import torch
 pytest.importorskip("bioimageio.core")
 onnxruntime = pytest.importorskip("onnxruntime")
 
+from napari_unet.bioimageio.writing import export_bioimageio, make_test_input  # noqa: E402
 from napari_unet.checkpoint import TrainedModel, save_model  # noqa: E402
 from napari_unet.config import ModelConfig  # noqa: E402
 from napari_unet.errors import (  # noqa: E402
     ConfigError,
     ModelFileError,
 )
-from napari_unet.export import (  # noqa: E402
-    export_bioimageio,
-    export_model,
-    export_onnx,
-    make_test_input,
-)
+from napari_unet.export import export_model, export_onnx  # noqa: E402
 from napari_unet.model import build_model  # noqa: E402
 
 
@@ -164,3 +160,41 @@ def test_imported_foreign_network_cannot_be_exported(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match="not a napari-unet network"):
         export_onnx(foreign, tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_events_report_progress_and_stop_without_writing(
+    model: TrainedModel, tmp_path: Path
+) -> None:
+    import threading
+
+    from napari_unet.export import export_events
+
+    events = export_events(model, tmp_path / "m.zip", test=False)
+    seen = []
+    while True:
+        try:
+            seen.append(next(events))
+        except StopIteration as finished:
+            assert finished.value == tmp_path / "m.zip" and finished.value.is_file()
+            break
+    assert [p.done for p in seen] == [0, 1, 2, 3] and {p.total for p in seen} == {4}
+
+    stop = threading.Event()
+    events = export_events(model, tmp_path / "stopped.zip", stop=stop, test=False)
+    next(events)
+    stop.set()
+    with pytest.raises(StopIteration) as finished:
+        while True:
+            next(events)
+    assert finished.value.value is None
+    assert not list(tmp_path.glob("*stopped*"))
+
+
+def test_the_bundled_model_card_ships_inside_the_package() -> None:
+    from importlib.resources import files
+
+    from napari_unet.bioimageio.card import DEFAULT_MODEL_CARD
+
+    shipped = files("napari_unet") / "samples" / "model_card.md"
+    assert Path(str(shipped)) == DEFAULT_MODEL_CARD and DEFAULT_MODEL_CARD.is_file()
+    assert DEFAULT_MODEL_CARD.read_text().startswith("# Model card")

@@ -36,3 +36,16 @@ def test_manifest_contributions():
     for command in contributions.commands:
         plugin, _, verb_noun = command.id.partition(".")
         assert plugin == "napari-unet" and "_" in verb_noun
+
+
+def test_readme_and_docs_name_the_menus_as_napari_shows_them():
+    """napari titles the plugin's menus with the manifest's display name."""
+    manifest = npe2.PluginManifest.from_distribution("napari-unet")
+    name = manifest.display_name
+    assert name == "napari U-Net"
+    root = Path(__file__).parents[1]
+    for document in ("README.md", "docs/napari_plugin.md"):
+        text = (root / document).read_text(encoding="utf-8")
+        assert f"Plugins > {name}" in text, document
+        assert f"Open Sample > {name}" in text, document
+        assert "Plugins > napari-unet" not in text and "Open Sample > napari-unet" not in text

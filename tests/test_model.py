@@ -132,3 +132,19 @@ def test_select_device() -> None:
             select_device("cuda")
     with pytest.raises(ValueError, match="not a device name"):
         select_device("gpu-please")
+
+
+def test_size_is_computed_on_the_meta_device_and_bounded() -> None:
+    import resource
+
+    from napari_unet.model import MAX_PARAMETERS, parameter_count
+
+    tiny = ModelConfig.from_preset("tiny")
+    assert parameter_count(tiny) == count_parameters(build_model(tiny))
+    huge = ModelConfig(base_filters=256, depth=6)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert parameter_count(huge) > MAX_PARAMETERS
+    with pytest.raises(ConfigError, match="lower base_filters or depth"):
+        build_model(huge)
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+    assert grown < 256 * 2**20  # the network itself would take over 30 GiB

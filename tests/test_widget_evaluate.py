@@ -12,7 +12,13 @@ from skimage.draw import disk
 from conftest import make_threshold_model
 from napari_unet import metrics
 from napari_unet._widgets import EvaluateWidget
-from napari_unet._widgets._evaluate import SEGMENT, SUMMARY_ROWS, THRESHOLD_COLUMNS
+from napari_unet._widgets._common import is_prediction, prediction_metadata
+from napari_unet._widgets._evaluate import (
+    SEGMENT,
+    SUMMARY_ROWS,
+    THRESHOLD_COLUMNS,
+    pick_roles,
+)
 from napari_unet._widgets._registry import REGISTRY
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.config import ModelConfig
@@ -96,9 +102,10 @@ def test_evaluate_shows_the_metrics_module_numbers_and_exports_csv(
 def test_stacks_are_scored_plane_by_plane(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     truth, prediction = truth_and_prediction()
-    viewer.add_labels(np.stack([prediction, truth]), name="prediction")
     viewer.add_labels(np.stack([truth, truth]), name="truth")
+    viewer.add_labels(np.stack([prediction, truth]), name="prediction")
     widget = dock(viewer)
+    assert widget.prediction.layer().name == "prediction"  # the newest
     widget.start()
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
     expected = metrics.mean_instance_metrics([(truth, prediction), (truth, truth)])
@@ -112,6 +119,9 @@ def test_invalid_choices_disable_evaluate(make_napari_viewer):
     widget = dock(viewer)
     assert "ground-truth" in widget.update_state()
     viewer.add_labels(np.zeros((10, 10), np.uint8), name="only")
+    assert widget.truth.layer() is viewer.layers["only"]  # a loaded layer is ground truth
+    assert "Add the predicted Labels layer" in widget.update_state()
+    widget.prediction.set_layer(viewer.layers["only"])
     assert "same layer" in widget.update_state()
     viewer.add_labels(np.zeros((12, 10), np.uint8), name="other")
     widget.prediction.set_layer(viewer.layers["only"])
@@ -177,7 +187,7 @@ def test_tune_adds_a_copy_of_the_model_with_the_best_post_processing(make_napari
 
     assert [e.name for e in entries] == ["blobs #1", "blobs #1 tuned #2"]
     tuned = entries[1].model.metadata["postprocess"]
-    expected = tune(model, images, labels).best  # the same grid, run headless
+    expected = tune(images, labels, model).best  # the same grid, run headless
     assert {key: tuned[key] for key in expected} == expected
     assert "3 plane(s) of 'cells'" in tuned["tuned_on"]
     assert "postprocess" not in model.metadata  # the chosen model is left as it was
@@ -212,3 +222,62 @@ def test_model_mode_applies_test_time_augmentation(make_napari_viewer, qtbot):
     np.testing.assert_array_equal(viewer.layers["cells segmentation"].data, expected)
     widget.mode.setCurrentIndex(0)
     assert not widget.tta.isVisibleTo(widget)
+
+
+def test_roles_follow_the_stated_rule_as_layers_come_and_go(make_napari_viewer, qtbot):
+    """Issue 18: Evaluate opened after segmenting the sample, then more layers."""
+    REGISTRY.clear()
+    entry = REGISTRY.add(make_threshold_model(in_channels=3), "bright")
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-unet", "nuclei")  # "nuclei" + "nuclei labels" (loaded)
+    _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    segment.model.select(entry.name)
+    segment.device.setCurrentText("cpu")
+    segment.start()
+    qtbot.waitUntil(lambda: not segment.running, timeout=TIMEOUT_MS)
+    truth, produced = viewer.layers["nuclei labels"], viewer.layers["nuclei segmentation"]
+    assert is_prediction(produced) and not is_prediction(truth)
+
+    widget = dock(viewer)  # opened after segmenting: the produced layer is the prediction
+    assert (widget.prediction.layer(), widget.truth.layer()) == (produced, truth)
+    assert widget.roles.text() == (
+        "Prediction: 'nuclei segmentation' · Ground truth: 'nuclei labels'"
+    )
+    # A second segmentation becomes the prediction; the truth stays on the loaded labels.
+    segment.start()
+    qtbot.waitUntil(lambda: not segment.running, timeout=TIMEOUT_MS)
+    second = viewer.layers[-1]
+    assert is_prediction(second)
+    assert (widget.prediction.layer(), widget.truth.layer()) == (second, truth)
+    # A painted layer is ground truth; removing it brings the loaded labels back.
+    painted = viewer.add_labels(np.zeros(truth.data.shape, np.uint8), name="painted")
+    assert (widget.prediction.layer(), widget.truth.layer()) == (second, painted)
+    viewer.layers.remove(painted)
+    viewer.layers.remove(second)
+    assert (widget.prediction.layer(), widget.truth.layer()) == (produced, truth)
+    # Swap exchanges the roles, and says so.
+    widget.swap_button.click()
+    assert (widget.prediction.layer(), widget.truth.layer()) == (truth, produced)
+    assert widget.roles.text().startswith("Prediction: 'nuclei labels'")
+    widget.swap_button.click()
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    REGISTRY.clear()
+    pixel = metrics.pixel_metrics(truth.data, produced.data)
+    assert widget.scores["pixel"]["recall"] == pytest.approx(pixel["recall"])
+    assert widget.scores["pixel"]["precision"] == pytest.approx(pixel["precision"])
+
+
+def test_without_produced_layers_the_newest_is_the_prediction():
+    class Layer:  # only the metadata matters to the rule
+        def __init__(self, produced: bool = False) -> None:
+            self.metadata = prediction_metadata("m") if produced else {}
+
+    old, new, made = Layer(), Layer(), Layer(produced=True)
+    assert pick_roles([]) == (None, None)
+    assert pick_roles([old]) == (None, old)
+    assert pick_roles([old, new]) == (new, old)
+    assert pick_roles([made, old, new]) == (made, new)
+    assert pick_roles([made]) == (made, None)
+    older_made = Layer(produced=True)
+    assert pick_roles([older_made, made]) == (made, older_made)

@@ -3,7 +3,13 @@ and the human-in-the-loop cycle (segment, correct, fine-tune, segment again)."""
 
 from __future__ import annotations
 
+import gc
+import os
+import tempfile
+import threading
+import time
 import warnings
+from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -11,11 +17,14 @@ import pytest
 
 from conftest import blob_pair
 from napari_unet import metrics
-from napari_unet._widgets import SegmentWidget, TrainWidget
+from napari_unet._widgets import SegmentWidget, TrainWidget, _segment
 from napari_unet._widgets._registry import REGISTRY
-from napari_unet.checkpoint import TrainedModel, default_model_path
+from napari_unet._widgets._segment import segment_layer
+from napari_unet.checkpoint import TrainedModel, default_model_path, load_model
 from napari_unet.config import ModelConfig
+from napari_unet.errors import DataError
 from napari_unet.model import build_model
+from napari_unet.prediction import PredictConfig, run_to_end
 from napari_unet.training import TrainConfig, train
 
 TIMEOUT_MS = 120_000
@@ -143,10 +152,54 @@ def test_dask_stack_gives_the_numpy_result(viewer, qtbot):
     eager = viewer.layers["numpy segmentation"].data
     lazy = viewer.layers["lazy segmentation"].data
     assert isinstance(lazy, np.ndarray) and lazy.shape == stack.shape
-    # Same objects (the lazy path numbers planes with a stride, so compare masks and counts).
-    np.testing.assert_array_equal(eager > 0, lazy > 0)
-    for plane in range(3):
-        assert len(np.unique(eager[plane])) == len(np.unique(lazy[plane]))
+    # One labelling for both: unique across planes and numbered 1..N.
+    np.testing.assert_array_equal(lazy, eager)
+    np.testing.assert_array_equal(np.unique(lazy), np.arange(lazy.max() + 1))
+
+
+def lazy_stack() -> da.Array:
+    return da.from_array(np.stack([blob_pair(seed=s)[0] for s in range(3)]), chunks=(1, 32, 32))
+
+
+def scratch_folders(folder) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith("napari-unet-")]
+
+
+def test_large_dask_result_is_shown_from_disk_and_its_folder_removed(
+    tiny_model, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(_segment, "IN_MEMORY_LIMIT", 0)  # every result counts as large
+    config = PredictConfig(tile_size=64, overlap=16, device="cpu")
+    segmentation, _ = run_to_end(
+        segment_layer(lazy_stack(), tiny_model, config, False, None, threading.Event())
+    )
+    assert not isinstance(segmentation.labels, np.ndarray)  # read from the temporary Zarr
+    labels = segmentation.labels[:]
+    np.testing.assert_array_equal(np.unique(labels), np.arange(labels.max() + 1))
+    assert len(scratch_folders(tmp_path)) == 1
+    del segmentation
+    gc.collect()
+    assert scratch_folders(tmp_path) == []  # removed with the arrays that used it
+
+
+def test_stopped_or_failed_dask_runs_leave_no_scratch(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    config = PredictConfig(tile_size=64, overlap=16, device="cpu")
+    stop = threading.Event()
+    events = segment_layer(lazy_stack(), tiny_model, config, False, None, stop)
+    next(events)
+    stop.set()
+    segmentation, _ = run_to_end(events)
+    assert segmentation.cancelled and not segmentation.labels.any()
+    assert scratch_folders(tmp_path) == []
+    with pytest.raises(DataError, match="RGB"):  # refused before any block runs
+        run_to_end(segment_layer(lazy_stack(), tiny_model, config, True, None, threading.Event()))
+    broken = lazy_stack().astype(np.float32)
+    broken[1, 2, 2] = np.nan  # found by a block task, once the run has started
+    with pytest.raises(DataError, match="NaN"):
+        run_to_end(segment_layer(broken, tiny_model, config, False, None, threading.Event()))
+    assert scratch_folders(tmp_path) == []
 
 
 def test_multichannel_layer_with_a_channel_axis(viewer, qtbot):
@@ -209,7 +262,31 @@ def test_invalid_settings_disable_segment(make_napari_viewer, tmp_path):
     assert "does not exist" in widget.update_state()
     assert not widget.run_button.isEnabled()
     widget.model.path_edit.setText("")
-    assert "Choose a model file" in widget.update_state()
+    assert "Choose a model file (.pt, or a bioimage.io .zip)" in widget.update_state()
+
+
+def test_the_model_dialog_offers_pt_files_and_bioimageio_packages(
+    make_napari_viewer, tmp_path, monkeypatch
+):
+    from qtpy.QtWidgets import QFileDialog, QPushButton
+
+    package = tmp_path / "model.zip"
+    package.write_bytes(b"")
+    asked = []
+
+    def pick(parent, caption, folder, filters):
+        asked.append(filters)
+        return str(package), filters.split(";;")[0]
+
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(pick))
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((16, 16), np.uint8), name="img")
+    widget = dock(viewer)
+    widget.model.select(widget.model.FILE)
+    browse = [b for b in widget.model.findChildren(QPushButton) if b.text() == "Browse…"]
+    browse[0].click()
+    assert asked and asked[0].startswith("Models (*.pt *.zip)")
+    assert widget.model.value() == package and widget.update_state() is None
 
 
 def test_segment_correct_fine_tune_segment_again(viewer, qtbot):
@@ -249,8 +326,9 @@ def test_post_processing_defaults_to_the_values_tuned_for_the_model(viewer):
     config = widget.config()
     settings = ("threshold", "min_size", "seed_threshold", "core_threshold")
     assert [getattr(config, name) for name in settings] == [None] * 4
-    assert widget.threshold.text() == widget.min_size.text() == "tuned for the model"
-    assert widget.core_threshold.text() == "tuned for the model"
+    # the session model has no tuned values: the fields show the defaults it will use
+    assert widget.threshold.text() == widget.seed_threshold.text() == "tuned: 0.5"
+    assert widget.min_size.text() == "tuned: 8 px" and widget.core_threshold.text() == "tuned: off"
     widget.threshold.setValue(0.3)
     widget.min_size.setValue(0)
     widget.seed_threshold.setValue(0.6)
@@ -269,7 +347,45 @@ def test_bundled_model_segments_the_nuclei_sample(make_napari_viewer, qtbot):
     widget.image.set_layer(viewer.layers["nuclei"])
     widget.model.select(widget.model.DEFAULT)
     assert widget.model.value() == "default"
+    # the values tuned for the bundled model, read in the background
+    tuned = load_model("default").metadata["postprocess"]
+    qtbot.waitUntil(lambda: widget.threshold.text() == f"tuned: {tuned['threshold']:g}")
+    assert widget.core_threshold.text() == f"tuned: {tuned['core_threshold']:g}"
+    assert widget.min_size.text() == f"tuned: {tuned['min_size']} px"
+    widget.threshold.setValue(0.3)
+    assert widget.threshold.text() == "0.30"
+    widget.threshold.setValue(0.0)
     run(widget, qtbot)
     truth = viewer.layers["nuclei labels"].data
     predicted = viewer.layers["nuclei segmentation"].data
     assert metrics.instance_metrics(truth, predicted)["dsb_score"] > 0.5
+
+
+def test_a_model_file_is_read_once_for_two_runs(viewer, qtbot, tmp_path, tiny_model, monkeypatch):
+    from napari_unet._widgets import _registry
+
+    reads = []
+    real_load = _registry.load_model
+
+    def counting_load(path, device="auto"):
+        reads.append(Path(path))
+        return real_load(path, device=device)
+
+    monkeypatch.setattr(_registry, "load_model", counting_load)
+    _registry.MODEL_CACHE.clear()
+    path = tiny_model.save(tmp_path / "tiny.pt")
+    image, _ = blob_pair(seed=3)
+    viewer.add_image(image, name="cells")
+    widget = dock(viewer)
+    widget.model.select(widget.model.FILE)
+    widget.model.path_edit.setText(str(path))
+    run(widget, qtbot)
+    run(widget, qtbot)
+    assert reads == [path]
+    assert len([layer for layer in viewer.layers if "segmentation" in layer.name]) == 2
+    # A new version of the file is read again.
+    path.write_bytes(path.read_bytes())
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    run(widget, qtbot)
+    assert reads == [path, path]
+    _registry.MODEL_CACHE.clear()

@@ -10,6 +10,7 @@ from napari_unet import io
 from napari_unet._reader import get_reader
 from napari_unet._writer import write_labels, write_training_folder
 from napari_unet.data import load_pairs_from_folders
+from napari_unet.errors import SaveError
 
 
 def labels_2d(dtype=np.uint16, top: int = 3) -> np.ndarray:
@@ -42,7 +43,7 @@ def test_labels_stack_to_tiff(tmp_path):
 def test_labels_png_when_the_range_fits(tmp_path):
     small = labels_2d(np.int32, top=200)
     path = write_labels(str(tmp_path / "small.png"), small, {})[0]
-    assert io.read_image(path).dtype == np.uint8
+    assert io.read_image(path).dtype == np.uint16  # 16-bit, even when 8 bits would do
     np.testing.assert_array_equal(io.read_image(path), small)
     wide = labels_2d(np.int32, top=40_000)
     path = write_labels(str(tmp_path / "wide.png"), wide, {})[0]
@@ -57,13 +58,13 @@ def test_labels_png_when_the_range_fits(tmp_path):
     ],
 )
 def test_labels_png_refuses_what_does_not_fit_and_writes_nothing(tmp_path, labels, message):
-    with pytest.raises(io.DataError, match=message):
+    with pytest.raises(SaveError, match=message):
         write_labels(str(tmp_path / "bad.png"), labels, {})
     assert list(tmp_path.iterdir()) == []
 
 
 def test_float_labels_are_refused(tmp_path):
-    with pytest.raises(io.DataError, match="integers"):
+    with pytest.raises(SaveError, match="integers"):
         write_labels(str(tmp_path / "f.tif"), labels_2d().astype(float), {})
     assert list(tmp_path.iterdir()) == []
 
@@ -105,9 +106,9 @@ def test_training_folder_refuses_unpaired_layers(tmp_path):
         (np.zeros((10, 10)), {"name": "a"}, "image"),
         (np.zeros((12, 10), np.uint8), {"name": "a labels"}, "labels"),
     ]
-    with pytest.raises(io.DataError, match="unpaired"):
+    with pytest.raises(SaveError, match="unpaired"):
         write_training_folder(str(tmp_path / "set"), layer_data)
-    with pytest.raises(io.DataError, match="folder name"):
+    with pytest.raises(SaveError, match="folder name"):
         write_training_folder(str(tmp_path / "set.tif"), layer_data[:1])
     assert list(tmp_path.iterdir()) == []
 
@@ -124,3 +125,24 @@ def test_viewer_saves_labels_and_training_folder_with_the_plugin(make_napari_vie
     viewer.layers.save(str(tmp_path / "train_set"), selected=True, plugin="napari-unet")
     assert (tmp_path / "train_set" / "images" / "img.tif").is_file()
     assert (tmp_path / "train_set" / "labels" / "img.tif").is_file()
+
+
+def test_a_refusal_reaches_the_user_with_the_plugins_message(make_napari_viewer, tmp_path):
+    """napari hides a writer's ValueError behind 'not a valid writer'; SaveError gets through."""
+    viewer = make_napari_viewer()
+    stack = viewer.add_labels(np.stack([labels_2d()] * 2), name="stack")
+    viewer.layers.selection = {stack}
+    with pytest.raises(SaveError, match="a PNG holds one 2D plane.*save as .tif"):
+        viewer.layers.save(str(tmp_path / "stack.png"), selected=True, plugin="napari-unet")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_png_labels_reopen_as_16_bit_labels(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    labels = labels_2d(np.int32, top=200)
+    layer = viewer.add_labels(labels, name="cells")
+    viewer.layers.selection = {layer}
+    viewer.layers.save(str(tmp_path / "cells_labels.png"), selected=True, plugin="napari-unet")
+    reopened = viewer.open(str(tmp_path / "cells_labels.png"), plugin="napari-unet")[0]
+    assert type(reopened).__name__ == "Labels" and reopened.data.dtype == np.uint16
+    np.testing.assert_array_equal(reopened.data, labels)

@@ -1,42 +1,62 @@
 """napari writers: Labels layers to TIFF/PNG, Image + Labels pairs to a training folder.
 
 Every file is written through :func:`napari_unet.io.atomic_write`, so a failed or
-interrupted save never leaves a truncated file nor replaces a good one.
+interrupted save never leaves a truncated file nor replaces a good one. A refusal
+(a 3D layer as PNG, float labels, unpaired layers) is raised as
+:class:`~napari_unet.errors.SaveError`, which napari passes on to the user with its
+message (it hides a writer's ``ValueError`` behind a generic warning).
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from napari_unet import io
 from napari_unet._pairs import match_pairs, spatial_shape
 from napari_unet._reader import LABELS_MARKER
+from napari_unet.errors import DataError, SaveError
 
 LayerData = tuple[Any, dict[str, Any], str]
+Writer = TypeVar("Writer", bound=Callable[..., list[str]])
 
 
+def _refusals_reach_the_user(writer: Writer) -> Writer:
+    """Raise the writer's DataError as a SaveError (with the same message) for napari."""
+
+    @functools.wraps(writer)
+    def write(*args: Any, **kwargs: Any) -> list[str]:
+        try:
+            return writer(*args, **kwargs)
+        except DataError as error:
+            raise SaveError(str(error)) from error
+
+    return write  # type: ignore[return-value]
+
+
+@_refusals_reach_the_user
 def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """Write one Labels layer to ``.tif``/``.tiff`` (dtype kept) or ``.png``.
 
     TIFFs are zlib-compressed and carry a marker that makes the napari-unet
     reader open them as Labels again, whatever their name. PNG holds one 2D
-    plane with values from 0 to 65,535 (8-bit when they fit).
+    plane with values from 0 to 65,535, always 16-bit (it reopens as uint16 labels).
 
     Raises
     ------
-    DataError
+    SaveError
         If the labels are not integers, or do not fit a PNG (save as TIFF then).
     """
     labels = np.asarray(data)
     target = Path(path)
     if target.suffix.lower() == ".png":
         if labels.ndim != 2:
-            raise io.DataError(
+            raise DataError(
                 f"a PNG holds one 2D plane, the labels have shape {labels.shape}; save as .tif."
             )
         return [str(io.write_labels(target, labels))]
@@ -51,13 +71,14 @@ def write_labels_tiff(path: str | Path, labels: np.ndarray) -> Path:
     if labels.dtype == bool:
         labels = labels.astype(np.uint8)
     if not np.issubdtype(labels.dtype, np.integer):
-        raise io.DataError(f"labels must be integers, got {labels.dtype}; round or cast them.")
+        raise DataError(f"labels must be integers, got {labels.dtype}; round or cast them.")
     path = Path(path)
     with io.atomic_write(path) as tmp:
         tifffile.imwrite(tmp, labels, compression="zlib", metadata={LABELS_MARKER: "labels"})
     return path
 
 
+@_refusals_reach_the_user
 def write_training_folder(path: str, layer_data: Sequence[LayerData]) -> list[str]:
     """Write Image + Labels layer pairs to ``path/images/*.tif`` + ``path/labels/*.tif``.
 
@@ -69,12 +90,12 @@ def write_training_folder(path: str, layer_data: Sequence[LayerData]) -> list[st
 
     Raises
     ------
-    DataError
+    SaveError
         If a layer has no partner of the same shape, or the path names a file.
     """
     folder = Path(path)
     if folder.suffix.lower() in io.IMAGE_SUFFIXES or folder.is_file():
-        raise io.DataError(
+        raise DataError(
             f"{str(folder)!r} looks like a file; a training set is saved to a folder name."
         )
     images = [(d, m) for d, m, kind in layer_data if kind == "image"]
@@ -86,7 +107,7 @@ def write_training_folder(path: str, layer_data: Sequence[LayerData]) -> list[st
     unpaired = [m["name"] for i, (_, m) in enumerate(images) if i not in {p[0] for p in pairs}]
     unpaired += [m["name"] for j, (_, m) in enumerate(labels) if j not in {p[1] for p in pairs}]
     if not pairs or unpaired:
-        raise io.DataError(
+        raise DataError(
             "every Image layer needs a Labels layer of the same shape to save a training set; "
             f"unpaired: {unpaired or 'all layers'}."
         )

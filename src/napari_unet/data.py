@@ -1,9 +1,9 @@
-"""Turning images into network input: channel layout and intensity normalisation.
+"""Turning images into network input: intensity normalisation, training data.
 
 These functions are shared by training and prediction so that a model sees its
-inputs prepared identically in both. Shapes: a *plane* is one 2D image, either
-``(H, W)`` grey, ``(H, W, 3|4)`` RGB/RGBA, or multichannel with an explicit
-``channel_axis``; network input is ``(C, H, W)`` float32.
+inputs prepared identically in both. Which axis is channel, stack or plane is
+:mod:`napari_unet.layout`'s decision; :func:`prepare_plane` is that layout's
+``(C, H, W)`` float32 network input of one plane, normalised.
 
 The second part serves training: reading image/label folders (:func:`load_pairs_from_folders`,
 :func:`load_dsb`), splitting stacks into planes (:func:`split_planes`), building targets
@@ -21,71 +21,20 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.config import TARGET_CHANNELS, NormalizationConfig
+from napari_unet.config import SPARSE_CONTACT_WEIGHT_ERROR, TARGET_CHANNELS, NormalizationConfig
 from napari_unet.errors import DataError
 from napari_unet.io import find_dsb_samples, find_pairs, read_dsb_sample, read_image
+from napari_unet.layout import layout_for_labels, to_channels_first
 
 
-def to_channels_first(
-    plane: np.ndarray, in_channels: int, channel_axis: int | None = None
-) -> np.ndarray:
-    """Arrange one 2D plane as ``(in_channels, H, W)`` float32.
+def intensity_range(image: np.ndarray, config: NormalizationConfig) -> tuple[float, float]:
+    """``(low, high)``: the intensities that ``config`` maps to 0 and 1 in ``image``.
 
-    Parameters
-    ----------
-    plane : np.ndarray
-        ``(H, W)`` grey, ``(H, W, 3)`` RGB, ``(H, W, 4)`` RGBA (alpha dropped), or
-        any layout with ``channel_axis`` naming the channel axis of a 3D array.
-    in_channels : int
-        Channels the model takes. A grey plane is repeated for an RGB model; an
-        RGB plane is averaged to grey for a one-channel model.
-    channel_axis : int, optional
-        Channel axis of a 3D ``plane``; inferred (last axis of size 3/4) if None.
-
-    Raises
-    ------
-    DataError
-        If the plane's channels cannot be matched to ``in_channels``.
-    """
-    plane = np.asarray(plane)
-    if plane.ndim == 2:
-        channels = plane[None]
-    elif plane.ndim == 3:
-        if channel_axis is None:
-            if plane.shape[-1] not in (3, 4):
-                raise DataError(
-                    f"cannot tell the channel axis of a plane of shape {plane.shape}; "
-                    "give channel_axis, or pass a 2D plane."
-                )
-            channel_axis = -1
-        channels = np.moveaxis(plane, channel_axis, 0)
-        if channel_axis == -1 or channel_axis == plane.ndim - 1:
-            if channels.shape[0] == 4:  # RGBA: alpha carries no intensity
-                channels = channels[:3]
-    else:
-        raise DataError(
-            f"expected a 2D plane (H, W) or (H, W, C), got shape {plane.shape}; "
-            "pass stacks plane by plane."
-        )
-    n = channels.shape[0]
-    if n == in_channels:
-        out = channels
-    elif n == 1:
-        out = np.repeat(channels, in_channels, axis=0)
-    elif in_channels == 1 and n in (3, 4):
-        out = channels[:3].astype(np.float32).mean(axis=0, keepdims=True)
-    else:
-        raise DataError(
-            f"the image has {n} channel(s) but the model takes {in_channels}; pick the right "
-            "channel axis, or train a model on images with this many channels."
-        )
-    return np.ascontiguousarray(out, dtype=np.float32)
-
-
-def normalize(image: np.ndarray, config: NormalizationConfig) -> np.ndarray:
-    """Scale intensities of one image (all channels together) as ``config`` says.
-
-    Returns float32 of the same shape. A constant image maps to zeros.
+    All channels together: ``percentile`` gives the ``config.low``/``config.high``
+    percentiles, ``minmax`` the extremes, ``none`` (and an empty image) ``(0, 1)``,
+    which leaves the values as they are. Block-wise prediction computes the range on a
+    whole (or subsampled) plane and applies it to each block with
+    :func:`apply_intensity_range`, so a block sees the values the plane would.
 
     Raises
     ------
@@ -98,15 +47,36 @@ def normalize(image: np.ndarray, config: NormalizationConfig) -> np.ndarray:
             "the image holds NaN or infinite values; replace them (e.g. numpy.nan_to_num) first."
         )
     if config.mode == "none" or image.size == 0:
-        return image
+        return 0.0, 1.0
     if config.mode == "percentile":
         low, high = np.percentile(image, [config.low, config.high])
     else:
-        low, high = float(image.min()), float(image.max())
+        low, high = image.min(), image.max()
+    return float(low), float(high)
+
+
+def apply_intensity_range(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``(image - low) / (high - low)`` as float32; zeros when ``high <= low`` (constant)."""
+    image = np.asarray(image, dtype=np.float32)
     scale = high - low
     if scale <= 0:
         return np.zeros_like(image)
     return (image - np.float32(low)) / np.float32(scale)
+
+
+def normalize(image: np.ndarray, config: NormalizationConfig) -> np.ndarray:
+    """Scale intensities of one image (all channels together) as ``config`` says.
+
+    :func:`intensity_range` then :func:`apply_intensity_range`. Returns float32 of the
+    same shape. A constant image maps to zeros.
+
+    Raises
+    ------
+    DataError
+        If the image holds NaN or infinite values.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    return apply_intensity_range(image, *intensity_range(image, config))
 
 
 def prepare_plane(
@@ -123,20 +93,9 @@ def prepare_plane(
 # Training data: reading pairs, splitting stacks into planes, targets, patches, augmentation
 # --------------------------------------------------------------------------------------
 
-#: How label values are read: ``instance`` (0 = background, 1..N objects), ``binary``
-#: (0 = background, anything else = object; objects are the connected components) and
-#: ``sparse`` scribbles (0 = not annotated, ignored by the loss; 1 = background; 2 = object).
-LABEL_MODES = ("instance", "binary", "sparse")
-
 #: Half-width, in pixels, of the inner object boundary that the ``contour`` target marks
 #: (a pixel is a contour pixel when a different label lies within this Chebyshev distance).
 CONTOUR_WIDTH = 2
-#: Why a contact weight and sparse scribbles do not go together (the config's check and
-#: :func:`make_targets` say it alike).
-SPARSE_CONTACT_WEIGHT_ERROR = (
-    "contact_weight needs instance or binary labels: sparse scribbles mark no separate "
-    "objects. Leave contact_weight at 1."
-)
 
 
 def contact_pixels(instances: np.ndarray) -> np.ndarray:
@@ -207,22 +166,6 @@ def load_dsb(folder: str | Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return images, labels
 
 
-def _channel_axis(image_shape: tuple[int, ...], label_shape: tuple[int, ...]) -> int | None:
-    """The image's channel axis (last, or just before ``H, W``), or None for grey images.
-
-    Returns None when the shapes are equal and raises ``ValueError`` when no single axis
-    explains the difference.
-    """
-    if image_shape == label_shape:
-        return None
-    if len(image_shape) == len(label_shape) + 1:
-        if image_shape[:-1] == label_shape:
-            return len(image_shape) - 1
-        if image_shape[:-3] + image_shape[-2:] == label_shape:
-            return len(image_shape) - 3
-    raise ValueError("no channel axis fits")
-
-
 def split_planes(
     images: Sequence[Any], labels: Sequence[Any]
 ) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
@@ -263,27 +206,16 @@ def split_planes(
     for index, (image, label) in enumerate(zip(images, labels, strict=True)):
         image_shape, label_shape = tuple(image.shape), tuple(label.shape)
         try:
-            channel_axis = _channel_axis(image_shape, label_shape)
-        except ValueError:
-            raise DataError(
-                f"pair {index}: image shape {image_shape} does not fit label shape "
-                f"{label_shape}; labels must have the image's shape (without its colour "
-                "axis). Check that the right label file goes with each image."
-            ) from None
-        colour = channel_axis is not None
-        if colour and channel_axis != len(image_shape) - 1:
-            image = np.moveaxis(image, channel_axis, -1)
+            layout = layout_for_labels(image_shape, label_shape)
+        except DataError as error:
+            raise DataError(f"pair {index}: {error}") from None
+        colour = layout.channel_axis is not None
+        if colour and layout.channel_axis != len(image_shape) - 1:
+            image = np.moveaxis(image, layout.channel_axis, -1)
             image_shape = tuple(image.shape)
         if len(label_shape) < 2:
             raise DataError(f"pair {index}: labels of shape {label_shape} are not an image.")
-        label_array = np.asarray(label)
-        if not (np.issubdtype(label_array.dtype, np.integer) or label_array.dtype == bool):
-            if not np.array_equal(label_array, np.round(label_array)):
-                raise DataError(
-                    f"pair {index}: labels hold non-integer values ({label_array.dtype}); "
-                    "give integer label images (0 = background)."
-                )
-        label_array = label_array.astype(np.int64, copy=False)
+        label_array = checked_labels(label, f"pair {index}")
         colour_flags.add(colour)
         # Flatten any leading stack axes (Z, T, ...) into a list of planes.
         n_planes = int(np.prod(label_shape[:-2], dtype=np.int64))
@@ -301,12 +233,45 @@ def split_planes(
 
 
 def infer_in_channels(images: Sequence[Any], labels: Sequence[Any]) -> int:
-    """Number of network input channels the first pair calls for (RGBA counts as 3)."""
-    planes, _, channels_last = split_planes(images[:1], labels[:1])
-    if not channels_last:
-        return 1
-    channels = int(planes[0].shape[-1])
-    return 3 if channels == 4 else channels
+    """Number of network input channels the first pair calls for (alpha not counted).
+
+    Raises
+    ------
+    DataError
+        As :func:`split_planes`.
+    """
+    split_planes(images[:1], labels[:1])  # the pair's checks and messages
+    return layout_for_labels(np.shape(images[0]), np.shape(labels[0])).model_channels
+
+
+def checked_labels(labels: Any, where: str) -> np.ndarray:
+    """``labels`` as int64, after checking that every value is a whole number >= 0 (floats too).
+
+    Raises
+    ------
+    DataError
+        Naming ``where`` (e.g. ``"pair 3"``), if a value is negative, not a whole number,
+        not finite, or the labels are not numbers at all.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "biuf":
+        raise DataError(
+            f"{where}: labels of type {labels.dtype} are not numbers; give integer label "
+            "images (0 = background)."
+        )
+    if labels.dtype.kind == "f" and not (
+        np.isfinite(labels).all() and np.array_equal(labels, np.round(labels))
+    ):
+        raise DataError(
+            f"{where}: labels hold non-integer values ({labels.dtype}); give integer label "
+            "images (0 = background)."
+        )
+    if labels.dtype.kind in "if" and labels.size and labels.min() < 0:
+        raise DataError(
+            f"{where}: labels hold negative values (down to {labels.min():g}); label ids are "
+            "0 (background) or positive: relabel them, e.g. with skimage.measure.label."
+        )
+    return labels.astype(np.int64, copy=False)
 
 
 def _instances(labels: np.ndarray, label_mode: str) -> np.ndarray:
@@ -326,7 +291,8 @@ def make_targets(
     Parameters
     ----------
     labels : np.ndarray
-        ``(H, W)`` integer labels, read as ``label_mode`` says (see :data:`LABEL_MODES`).
+        ``(H, W)`` integer labels, read as ``label_mode`` says
+        (see :data:`napari_unet.config.LABEL_MODES`).
     target : {"foreground", "contour", "distance"}
         ``foreground``: ch0 = object. ``contour``: ch0 = object, ch1 = the
         :data:`CONTOUR_WIDTH`-pixel inner boundary of each object (where a different label,

@@ -3,21 +3,22 @@
 Each image is predicted (optionally after resizing it and its labels to
 ``resize x resize``, the reference protocol at 256), then scored:
 
-* pixel metrics (accuracy, F1, Jaccard, recall, precision) of the thresholded
-  foreground probability against ``labels > 0``, per image, then the mean over
-  images, exactly as the reference evaluation does;
+* pixel metrics (accuracy, F1, Jaccard, recall, precision) of the predicted
+  labels' foreground (``labels > 0``, after post-processing) against the true
+  labels' foreground, per image, then the mean over images;
 * instance metrics of the predicted labels against the true labels: DSB 2018
   score, TP/(TP+FP+FN) at IoU 0.5 and 0.75, F1 at 0.5 and panoptic quality.
 
-Both come from :mod:`napari_unet.metrics`. Every image is also given a rough
-imaging *modality* (fluorescence, brightfield or H&E, see
-:func:`classify_modality`) so that the report can show where a model is weak.
+Both come from :mod:`napari_unet.metrics`, through :func:`score_plane`: the one
+definition of every score, which the Evaluate widget uses too
+(:func:`score_labels_events` scores label images and stacks that are already there).
+Every image is also given a rough imaging *modality* (fluorescence, brightfield or
+H&E, see :func:`classify_modality`) so that the report can show where a model is weak.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import os
 import threading
 from collections.abc import Generator, Sequence
@@ -28,8 +29,10 @@ from typing import Any
 import numpy as np
 
 from napari_unet.checkpoint import TrainedModel
+from napari_unet.config import PredictConfig
 from napari_unet.errors import DataError
-from napari_unet.io import atomic_write, write_png, write_tiff
+from napari_unet.io import as_image, atomic_write, check_finite, write_png, write_tiff
+from napari_unet.layout import labels_shape
 from napari_unet.metrics import (
     instance_metrics,
     mean_instance_metrics,
@@ -37,9 +40,7 @@ from napari_unet.metrics import (
     pixel_metrics,
 )
 from napari_unet.prediction import (
-    PredictConfig,
     Progress,
-    labels_shape,
     predict,
     resolve_model,
     run_to_end,
@@ -205,6 +206,105 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
+def score_plane(true_labels: Any, pred_labels: Any) -> tuple[dict[str, float], dict[str, Any]]:
+    """Pixel and instance scores of one predicted label plane: the one definition.
+
+    **Pixel metrics** (accuracy, F1 = Dice, Jaccard = IoU, recall, precision) compare
+    the foreground of the predicted labels, ``pred_labels > 0`` (the objects left
+    after post-processing: thresholds, splitting, minimum size), with the foreground
+    of the true labels, ``true_labels > 0``
+    (:func:`napari_unet.metrics.pixel_metrics`). They score the segmentation a user
+    gets, not the probability map, so that scoring a Labels layer in napari and
+    scoring a model with :func:`evaluate` give the same number for the same labels.
+    **Instance metrics** match objects one-to-one by IoU
+    (:func:`napari_unet.metrics.instance_metrics`).
+
+    Parameters
+    ----------
+    true_labels, pred_labels : array_like
+        Integer label images of the same shape, 0 = background.
+
+    Returns
+    -------
+    pixel, instance : dict
+        :func:`~napari_unet.metrics.pixel_metrics` and
+        :func:`~napari_unet.metrics.instance_metrics` of the pair.
+
+    Raises
+    ------
+    DataError
+        If the shapes differ or the images are empty.
+    """
+    true_labels, pred_labels = np.asarray(true_labels), np.asarray(pred_labels)
+    return pixel_metrics(true_labels > 0, pred_labels > 0), instance_metrics(
+        true_labels, pred_labels
+    )
+
+
+def as_planes(labels: Any) -> np.ndarray:
+    """``(N, H, W)`` view of a 2D label image or a stack of any depth.
+
+    Raises
+    ------
+    DataError
+        If ``labels`` has fewer than two dimensions.
+    """
+    array = np.asarray(labels)
+    if array.ndim < 2:
+        raise DataError(f"labels of shape {array.shape} are not an image.")
+    return array.reshape((-1, *array.shape[-2:]))
+
+
+def score_labels_events(
+    true_labels: Any, pred_labels: Any
+) -> Generator[Progress, None, dict[str, dict[str, Any]]]:
+    """Score predicted labels against the truth plane by plane, yielding progress.
+
+    Each 2D plane (of an image, a stack or a time series) is scored by
+    :func:`score_plane` and the scores are averaged over planes, as an evaluation
+    over a set of images is (per-threshold counts are summed).
+
+    Parameters
+    ----------
+    true_labels, pred_labels : array_like
+        Label images or stacks of the same shape.
+
+    Yields
+    ------
+    Progress
+        After each plane.
+
+    Returns
+    -------
+    dict
+        ``{"pixel": mean_pixel_metrics(...), "instance": mean_instance_metrics(...)}``.
+
+    Raises
+    ------
+    DataError
+        If the shapes differ.
+    """
+    true_planes, pred_planes = as_planes(true_labels), as_planes(pred_labels)
+    if true_planes.shape != pred_planes.shape:
+        raise DataError(
+            f"the prediction has shape {np.shape(pred_labels)} and the ground truth "
+            f"{np.shape(true_labels)}; pick labels of the same image."
+        )
+    pixel_rows, instance_rows = [], []
+    total = len(true_planes)
+    for index, (true_plane, pred_plane) in enumerate(
+        zip(true_planes, pred_planes, strict=True), start=1
+    ):
+        pixel, instance = score_plane(true_plane, pred_plane)
+        pixel_rows.append(pixel)
+        instance_rows.append(instance)
+        yield Progress(index, total, f"scored plane {index}/{total}")
+    return {
+        "pixel": mean_pixel_metrics(pixel_rows),
+        "instance": mean_instance_metrics(instance_rows),
+    }
+
+
 def _summarise(
     pixel_rows: list[dict[str, float]], instance_rows: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -272,13 +372,30 @@ def check_planes(
             )
 
 
+def _finite_arrays(
+    names: Sequence[str], images: Sequence[Any], labels: Sequence[Any]
+) -> tuple[list[Any], list[Any]]:
+    """Images and labels as arrays (paths read), each image checked for NaN/inf values.
+
+    Raises
+    ------
+    DataError
+        If one is unreadable or not an array of numbers, or an image holds NaN/inf.
+    """
+    images = [as_image(image, f"image {name!r}") for name, image in zip(names, images)]
+    labels = [as_image(truth, f"the labels of {name!r}") for name, truth in zip(names, labels)]
+    for name, image in zip(names, images):
+        check_finite(image, f"image {name!r}")
+    return images, labels
+
+
 def evaluate_events(
-    model: str | os.PathLike[str] | TrainedModel,
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
+    model: str | os.PathLike[str] | TrainedModel,
     config: PredictConfig | None = None,
-    resize: int | None = None,
     *,
+    resize: int | None = None,
     names: Sequence[str] | None = None,
     overlay_dir: str | os.PathLike[str] | None = None,
     labels_dir: str | os.PathLike[str] | None = None,
@@ -289,13 +406,13 @@ def evaluate_events(
 
     Parameters
     ----------
-    model : str, Path or TrainedModel
-        A model file, ``"default"`` or a loaded model.
     images : sequence of np.ndarray
         2D planes: ``(H, W)`` grey, ``(H, W, 3|4)`` colour, or multichannel with
         ``channel_axis``.
     labels : sequence of np.ndarray
         ``(H, W)`` integer instance labels (0 = background), one per image.
+    model : str, Path or TrainedModel
+        A model file, ``"default"`` or a loaded model.
     config : PredictConfig, optional
         Prediction and post-processing settings (threshold 0.5 by default).
     resize : int, optional
@@ -323,10 +440,11 @@ def evaluate_events(
         or labels do not match their image's shape. All pairs are checked before
         any prediction, so nothing is written for a bad input.
     """
-    config = dataclasses.replace(config or PredictConfig(), return_probabilities=True)
+    config = config or PredictConfig()
     if resize is not None and not (isinstance(resize, int) and resize >= 16):
         raise DataError(f"resize must be a size of at least 16 pixels, got {resize!r}; try 256.")
     names = pair_names(images, labels, names, "evaluate")
+    images, labels = _finite_arrays(names, images, labels)  # before the first overlay
     trained = resolve_model(model, config.device)
     config = config.for_model(trained)
     check_planes(names, images, labels, trained.config.in_channels, channel_axis, "evaluate")
@@ -344,9 +462,7 @@ def evaluate_events(
         if resize is not None:
             image, truth = resize_pair(image, truth, resize)
         result = predict(image, trained, config, channel_axis=None if channel_axis is None else -1)
-        mask = result.probabilities[0] > config.threshold
-        pixel = pixel_metrics(truth > 0, mask)
-        instance = instance_metrics(truth, result.labels)
+        pixel, instance = score_plane(truth, result.labels)
         pixel_rows.append(pixel)
         instance_rows.append(instance)
         rows.append(
@@ -380,12 +496,34 @@ def evaluate_events(
 
 
 def evaluate(
-    model: str | os.PathLike[str] | TrainedModel,
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
+    model: str | os.PathLike[str] | TrainedModel,
     config: PredictConfig | None = None,
+    *,
     resize: int | None = None,
-    **options: Any,
+    names: Sequence[str] | None = None,
+    overlay_dir: str | os.PathLike[str] | None = None,
+    labels_dir: str | os.PathLike[str] | None = None,
+    channel_axis: int | None = None,
+    stop: threading.Event | None = None,
+    **overrides: Any,
 ) -> EvaluationReport:
-    """Plain-function form of :func:`evaluate_events` (same arguments)."""
-    return run_to_end(evaluate_events(model, images, labels, config, resize, **options))
+    """Plain-function form of :func:`evaluate_events` (same arguments).
+
+    ``overrides`` are :class:`PredictConfig` fields overriding ``config`` (e.g.
+    ``tta=True``); any other name is a ConfigError naming the valid ones.
+    """
+    events = evaluate_events(
+        images,
+        labels,
+        model,
+        PredictConfig.with_overrides(config, overrides),
+        resize=resize,
+        names=names,
+        overlay_dir=overlay_dir,
+        labels_dir=labels_dir,
+        channel_axis=channel_axis,
+        stop=stop,
+    )
+    return run_to_end(events)

@@ -4,7 +4,9 @@ Pixel metrics follow the reference evaluation: each image is flattened, accuracy
 F1 (Dice), Jaccard (IoU), recall and precision are computed for the foreground
 class (scikit-learn's ``average="binary"``), and a dataset's score is the plain
 mean over images. They are computed here with numpy; the test-suite checks them
-against scikit-learn.
+against scikit-learn. Evaluation (the CLI, the Python API and the Evaluate widget) passes
+the foreground of the predicted *labels*, after post-processing, as the predicted mask
+(:func:`napari_unet.evaluation.score_plane`).
 
 Instance metrics match true and predicted objects one-to-one by intersection over
 union (IoU), as StarDist's ``matching`` does: a pair may match at threshold ``t``

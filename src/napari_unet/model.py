@@ -8,6 +8,7 @@ cropped back, so odd image sizes need no care from the caller.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -15,6 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_unet.config import ModelConfig
+from napari_unet.errors import ConfigError, ModelFileError
+
+#: Most parameters a network may have (4 GB as float32); the reference U-Net has 31 M.
+#: Checked from the config before anything is allocated.
+MAX_PARAMETERS = 1_000_000_000
 
 
 class ConvBlock(nn.Sequential):
@@ -201,8 +207,86 @@ def build_model(
         config = ModelConfig.from_preset(preset, **overrides)
     elif overrides:
         raise TypeError("give either a config or preset/overrides, not both")
-    network_class = UNetPlusPlus if config.architecture == "unetpp" else UNet
-    return network_class(config)
+    count = parameter_count(config)
+    if count > MAX_PARAMETERS:
+        raise ConfigError(
+            f"a {config.architecture} with base_filters {config.base_filters} and depth "
+            f"{config.depth} has {count / 1e6:,.0f} M parameters ({count * 4 / 2**30:.1f} GiB), "
+            f"over the {MAX_PARAMETERS / 1e6:,.0f} M napari-unet builds; lower base_filters or "
+            "depth."
+        )
+    return _network_class(config)(config)
+
+
+def _network_class(config: ModelConfig) -> type[UNet | UNetPlusPlus]:
+    return UNetPlusPlus if config.architecture == "unetpp" else UNet
+
+
+def _meta_network(config: ModelConfig) -> UNet | UNetPlusPlus:
+    """The network of ``config`` on the meta device: shapes only, no memory allocated."""
+    with torch.device("meta"):
+        return _network_class(config)(config)
+
+
+def parameter_count(config: ModelConfig) -> int:
+    """Number of parameters of the network ``config`` describes, computed without building it.
+
+    The network is made on the meta device, so even a config of billions of
+    parameters costs milliseconds and no memory.
+    """
+    return sum(p.numel() for p in _meta_network(config).parameters())
+
+
+def check_weights(config: ModelConfig, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse weights that do not fit ``config`` or are not finite, before a network is built.
+
+    The expected names and shapes come from the meta device, so a small file whose
+    config describes a huge network is refused without allocating it.
+
+    Raises
+    ------
+    ModelFileError
+        One line naming the first problems: missing, unexpected or misshapen weights,
+        weights of the wrong kind, or NaN/infinite values.
+    """
+    expected = _meta_network(config).state_dict()
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+    misshapen = [
+        name for name in expected if name in state and state[name].shape != expected[name].shape
+    ]
+    if missing or unexpected or misshapen:
+        problems = [
+            f"{len(found)} {what} (e.g. {found[0]})"
+            for what, found in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("of another shape", misshapen),
+            )
+            if found
+        ]
+        if misshapen:
+            name = misshapen[0]
+            problems[-1] = (
+                f"{len(misshapen)} of another shape (e.g. {name}: {tuple(state[name].shape)} in "
+                f"the file, {tuple(expected[name].shape)} for the config)"
+            )
+        raise ModelFileError(
+            f"{source!r}: its weights do not fit its config ({config.architecture}, base_filters "
+            f"{config.base_filters}, depth {config.depth}): {', '.join(problems)}; re-save the "
+            "model with napari-unet."
+        )
+    for name, value in state.items():
+        if value.is_floating_point() != expected[name].is_floating_point() or value.is_complex():
+            raise ModelFileError(
+                f"{source!r}: weight {name} is stored as {value.dtype}, not as "
+                f"{expected[name].dtype}; re-save the model with napari-unet."
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ModelFileError(
+                f"{source!r}: weight {name} holds NaN or infinite values (training diverged or "
+                "the file is damaged); use an earlier checkpoint or retrain."
+            )
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -7,26 +7,38 @@ from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtCore import Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
 
 from napari_unet._widgets._registry import REGISTRY, SessionModel
-from napari_unet.checkpoint import DEFAULT_MODEL_NAME, TrainedModel, default_model_path
+from napari_unet.checkpoint import (
+    DEFAULT_MODEL_NAME,
+    TrainedModel,
+    TrustedPath,
+    default_model_path,
+)
 
 if TYPE_CHECKING:
     import napari
     from napari.layers import Layer
 
+#: The model file dialog's filter: napari-unet files and bioimage.io packages.
+MODEL_FILE_FILTER = (
+    "Models (*.pt *.zip);;napari-unet model (*.pt);;bioimage.io package (*.zip);;All files (*)"
+)
 #: Device choices offered in the widgets, as the core's ``device`` strings.
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -56,6 +68,39 @@ def shrink(combo: QComboBox) -> QComboBox:
     combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
     combo.setMinimumContentsLength(8)
     return combo
+
+
+class ScrollingDock(QWidget):
+    """A dock widget whose controls scroll vertically in :attr:`content`.
+
+    Docked together, the widgets share the height of the window: each keeps
+    :data:`MIN_HEIGHT` pixels (its first rows stay visible) and scrolls the rest,
+    rather than forcing the window taller than the screen. The dock is as wide as
+    its controls need, so nothing scrolls sideways.
+    """
+
+    #: Height, in pixels, under which a dock does not shrink.
+    MIN_HEIGHT = 150
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        #: The widget holding the controls; give it the layout.
+        self.content = QWidget()
+        self.scroll_area = QScrollArea()
+        self.scroll_area.setWidgetResizable(True)
+        self.scroll_area.setFrameShape(QFrame.NoFrame)
+        self.scroll_area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.scroll_area.setWidget(self.content)
+        self.scroll_area.setMinimumHeight(self.MIN_HEIGHT)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll_area)
+
+    def showEvent(self, event: Any) -> None:
+        """Fit the width to the controls once they know their sizes."""
+        super().showEvent(event)
+        bar = self.scroll_area.verticalScrollBar().sizeHint().width()
+        self.scroll_area.setMinimumWidth(self.content.minimumSizeHint().width() + bar)
 
 
 class HintLabel(QLabel):
@@ -111,9 +156,9 @@ class LayerCombo(QComboBox):
         index = self.currentIndex()
         return self._layers[index] if 0 <= index < len(self._layers) else None
 
-    def set_layer(self, layer: Layer) -> None:
-        """Select ``layer`` (which must be listed)."""
-        self.setCurrentIndex(self._layers.index(layer))
+    def set_layer(self, layer: Layer | None) -> None:
+        """Select ``layer`` (which must be listed), or nothing for None."""
+        self.setCurrentIndex(-1 if layer is None else self._layers.index(layer))
 
     def layers(self) -> list[Layer]:
         """All listed layers, in layer-list order."""
@@ -193,7 +238,7 @@ class ModelPicker(QWidget):
         self._follow_new = follow_new
         self.combo = shrink(QComboBox())
         self.path_edit = QLineEdit()
-        self.path_edit.setPlaceholderText("path to a .pt model file")
+        self.path_edit.setPlaceholderText("a .pt model file or a bioimage.io .zip")
         browse = QPushButton("Browse…")
         browse.clicked.connect(self._browse)
         self._file_row = QWidget()
@@ -205,6 +250,14 @@ class ModelPicker(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.combo)
         layout.addWidget(self._file_row)
+        # Off by default: a bioimage.io package's own Python code runs only when ticked.
+        self.trust_code = QCheckBox("Trust code in model packages")
+        self.trust_code.setToolTip(
+            "Let a bioimage.io package run its own Python code (needed by its "
+            "pytorch_state_dict weights). Tick only for packages from a source you trust."
+        )
+        self.trust_code.toggled.connect(lambda _: self.changed.emit())
+        layout.addWidget(self.trust_code)
         self.combo.currentIndexChanged.connect(self._on_choice)
         self.path_edit.textChanged.connect(lambda _: self.changed.emit())
         REGISTRY.changed.connect(self._on_registry)
@@ -233,10 +286,11 @@ class ModelPicker(QWidget):
 
     def _on_choice(self, *_: Any) -> None:
         self._file_row.setVisible(self.combo.currentText() == self.FILE)
+        self.trust_code.setVisible(self.combo.currentText() == self.FILE)
         self.changed.emit()
 
     def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Model file", "", "napari-unet model (*.pt)")
+        path, _ = QFileDialog.getOpenFileName(self, "Model file", "", MODEL_FILE_FILTER)
         if path:
             self.path_edit.setText(path)
 
@@ -256,7 +310,8 @@ class ModelPicker(QWidget):
         if text == self.DEFAULT:
             return DEFAULT_MODEL_NAME
         if text == self.FILE:
-            return Path(self.path_edit.text().strip()).expanduser()
+            path = Path(self.path_edit.text().strip()).expanduser()
+            return TrustedPath(path) if self.trust_code.isChecked() else path
         entry = REGISTRY.get(text)
         return entry.model if entry is not None else None
 
@@ -266,7 +321,7 @@ class ModelPicker(QWidget):
             return None
         text = self.path_edit.text().strip()
         if not text:
-            return "Choose a model file (.pt), or pick another model."
+            return "Choose a model file (.pt, or a bioimage.io .zip), or pick another model."
         if not Path(text).expanduser().is_file():
             return f"Model file {text!r} does not exist."
         return None
@@ -426,3 +481,23 @@ class RunControls(QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
         self.running_changed.emit()
+
+
+#: Key in a Labels layer's metadata that marks a segmentation this plugin produced.
+PREDICTION_KEY = "napari_unet_prediction"
+
+
+def prediction_metadata(model: str) -> dict[str, Any]:
+    """Metadata for a Labels layer this plugin predicts (read by :func:`is_prediction`).
+
+    Parameters
+    ----------
+    model : str
+        The model's name as the widget shows it.
+    """
+    return {PREDICTION_KEY: {"model": model}}
+
+
+def is_prediction(layer: Layer) -> bool:
+    """Whether ``layer`` is a segmentation this plugin produced (not loaded or painted)."""
+    return PREDICTION_KEY in (getattr(layer, "metadata", None) or {})

@@ -1,7 +1,10 @@
 """The Evaluate widget: score a segmentation against ground truth, export the table.
 
 Pick a predicted Labels layer and a ground-truth Labels layer (or an image and a
-model, which segments it first and adds the prediction as a layer). The scores
+model, which segments it first and adds the prediction as a layer). The roles are
+chosen by :func:`pick_roles` whenever layers are added or removed: a segmentation this
+plugin produced is the prediction, a loaded or painted layer the ground truth, and
+otherwise the newest layer is the prediction; *Swap* exchanges them. The scores
 are those of :mod:`napari_unet.metrics`: pixel accuracy, F1 (Dice), Jaccard
 (IoU), recall and precision of the foreground, and the instance scores (DSB
 score, TP/(TP+FP+FN) at IoU 0.5 and 0.75, F1 at 0.5, panoptic quality) with the
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import csv
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,26 +44,36 @@ from napari_unet._widgets._common import (
     LayerCombo,
     ModelPicker,
     RunControls,
+    ScrollingDock,
     connect_until_destroyed,
+    is_prediction,
     layer_data,
+    prediction_metadata,
 )
-from napari_unet._widgets._registry import REGISTRY
+from napari_unet._widgets._registry import MODEL_CACHE, REGISTRY
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.errors import ConfigError, DataError, ModelFileError
+from napari_unet.evaluation import as_planes, score_labels_events
 from napari_unet.io import atomic_write
 from napari_unet.prediction import (
     PredictConfig,
     Progress,
     Segmentation,
     predict_events,
-    resolve_model,
 )
 from napari_unet.tuning import TuningResult, tune_events
 
 if TYPE_CHECKING:
     import napari
+    from napari.layers import Labels
 
 COMPARE = "compare a prediction with ground truth"
+#: How the widget picks the two layers (its tooltip and the docs say the same).
+ROLE_RULE = (
+    "Chosen whenever layers are added or removed: a segmentation made by napari U-Net is "
+    "the prediction, a loaded or painted Labels layer the ground truth; otherwise the "
+    "newest (top-most) layer is the prediction. Swap exchanges them."
+)
 SEGMENT = "segment an image with a model, then compare"
 #: Summary rows of the table: (label shown, section, key in the metrics dictionaries).
 SUMMARY_ROWS = (
@@ -81,51 +94,37 @@ SUMMARY_ROWS = (
 THRESHOLD_COLUMNS = ("IoU", "TP", "FP", "FN", "precision", "recall", "F1", "AP")
 
 
-def planes(labels: Any) -> np.ndarray:
-    """``(N, H, W)`` view of a 2D label image or a stack of any depth."""
-    array = np.asarray(labels)
-    if array.ndim < 2:
-        raise DataError(f"labels of shape {array.shape} are not an image.")
-    return array.reshape((-1, *array.shape[-2:]))
+def pick_roles(layers: Sequence[Labels]) -> tuple[Labels | None, Labels | None]:
+    """The (prediction, ground truth) pair among ``layers`` by :data:`ROLE_RULE`.
 
+    The prediction is the newest segmentation this plugin produced (see
+    :func:`~napari_unet._widgets._common.is_prediction`), else the newest layer when
+    there are two or more (a single loaded layer is ground truth). The ground truth is
+    the newest other layer that was loaded or painted, else the newest other layer.
 
-def score(truth: Any, prediction: Any) -> Generator[Progress, None, dict[str, dict[str, Any]]]:
-    """Score ``prediction`` against ``truth`` plane by plane, yielding progress.
-
-    Returns
-    -------
-    dict
-        ``{"pixel": mean_pixel_metrics(...), "instance": mean_instance_metrics(...)}``.
+    Parameters
+    ----------
+    layers : sequence of Labels
+        The viewer's Labels layers, oldest (bottom of the layer list) first.
     """
-    truth_planes, predicted_planes = planes(truth), planes(prediction)
-    if truth_planes.shape != predicted_planes.shape:
-        raise DataError(
-            f"the prediction has shape {np.shape(prediction)} and the ground truth "
-            f"{np.shape(truth)}; pick layers of the same image."
-        )
-    pixel_rows, instance_rows = [], []
-    total = len(truth_planes)
-    for index, (true_plane, predicted_plane) in enumerate(
-        zip(truth_planes, predicted_planes, strict=True), start=1
-    ):
-        pixel_rows.append(metrics.pixel_metrics(true_plane, predicted_plane))
-        instance_rows.append(metrics.instance_metrics(true_plane, predicted_plane))
-        yield Progress(index, total, f"scored plane {index}/{total}")
-    return {
-        "pixel": metrics.mean_pixel_metrics(pixel_rows),
-        "instance": metrics.mean_instance_metrics(instance_rows),
-    }
+    produced = [layer for layer in layers if is_prediction(layer)]
+    prediction = produced[-1] if produced else layers[-1] if len(layers) > 1 else None
+    others = [layer for layer in layers if layer is not prediction]
+    loaded = [layer for layer in others if not is_prediction(layer)]
+    truth = (loaded or others)[-1] if others else None
+    return prediction, truth
 
 
 def segment_and_score(
     image: Any, rgb: bool, model: str | Path | TrainedModel, truth: Any, config: PredictConfig
 ) -> Generator[Progress, None, tuple[dict[str, dict[str, Any]], Segmentation]]:
-    """Segment ``image`` with ``model`` and ``config``, then :func:`score` it.
+    """Segment ``image`` with ``model`` and ``config``, then score it against ``truth``.
 
     Post-processing left unset in ``config`` uses the values tuned for the model.
     """
-    segmentation = yield from predict_events(image, model, config, rgb=rgb)
-    scores = yield from score(truth, segmentation.labels)
+    trained = MODEL_CACHE.get(model, config.device)
+    segmentation = yield from predict_events(image, trained, config, rgb=rgb)
+    scores = yield from score_labels_events(truth, segmentation.labels)
     return scores, segmentation
 
 
@@ -138,12 +137,12 @@ def tune_on_layers(
     """
     images = np.asarray(image)
     images = images.reshape((-1, *images.shape[-3:]) if rgb else (-1, *images.shape[-2:]))
-    trained = resolve_model(model, config.device)
-    result = yield from tune_events(trained, list(images), list(planes(truth)), config=config)
+    trained = MODEL_CACHE.get(model, config.device)
+    result = yield from tune_events(list(images), list(as_planes(truth)), trained, config=config)
     return trained, result
 
 
-class EvaluateWidget(QWidget):
+class EvaluateWidget(ScrollingDock):
     """Pixel and instance metrics of a Labels layer against ground truth.
 
     Parameters
@@ -161,7 +160,7 @@ class EvaluateWidget(QWidget):
         self._image_layer: Any = None  # the image segmented by the run in progress
         self._tune_names = ("", "")  # (new model's label, image name) of the tuning in progress
 
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.content)
         # A grid, not a form: rows whose widgets are hidden take no space in a grid.
         grid = QGridLayout()
         self.mode = QComboBox()
@@ -185,8 +184,19 @@ class EvaluateWidget(QWidget):
             self._labels[widget] = QLabel(text)
             grid.addWidget(self._labels[widget], row, 0)
             grid.addWidget(widget, row, 1)
+        self.swap_button = QPushButton("⇅ Swap")
+        self.swap_button.setToolTip("Exchange the prediction and the ground truth.")
+        self.swap_button.clicked.connect(self.swap)
+        grid.addWidget(self.swap_button, len(self._labels), 1)
         grid.setColumnStretch(1, 1)
+        for widget in (self.prediction, self.truth, self._labels[self.prediction]):
+            widget.setToolTip(ROLE_RULE)
         layout.addLayout(grid)
+        # Both roles in one line, so that a swapped pair shows at a glance.
+        self.roles = QLabel()
+        self.roles.setWordWrap(True)
+        self.roles.setToolTip(ROLE_RULE)
+        layout.addWidget(self.roles)
         self.export_button = QPushButton("Export CSV…")
         self.export_button.setEnabled(False)
         self.export_button.clicked.connect(self._export_dialog)
@@ -237,27 +247,27 @@ class EvaluateWidget(QWidget):
         ):
             signal.connect(self.update_state)
         events = napari_viewer.layers.events
-        connect_until_destroyed(self, [(events.inserted, self._on_inserted)])
-        self._separate_truth()
-        self.update_state()
+        connect_until_destroyed(
+            self, [(events.inserted, self.choose_roles), (events.removed, self.choose_roles)]
+        )
+        self.choose_roles()
 
-    def _on_inserted(self, event: Any) -> None:
-        """A new Labels layer (e.g. from the Segment widget) becomes the prediction."""
-        # Callbacks may run before the drop-downs' own; make sure they list the new layer.
+    def choose_roles(self, *_: Any) -> None:
+        """Pick the prediction and the ground truth by :data:`ROLE_RULE`."""
+        # Callbacks may run before the drop-downs' own; make sure they list every layer.
         self.prediction.refresh()
         self.truth.refresh()
-        if event.value in self.prediction.layers():
-            self.prediction.set_layer(event.value)
-        self._separate_truth()
+        prediction, truth = pick_roles(self.truth.layers())
+        self.prediction.set_layer(prediction)
+        self.truth.set_layer(truth)
+        self.update_state()
 
-    def _separate_truth(self) -> None:
-        """Keep the ground truth on another layer than the prediction when there is one."""
+    def swap(self) -> None:
+        """Exchange the prediction and the ground truth."""
         prediction, truth = self.prediction.layer(), self.truth.layer()
-        if truth is not None and truth is not prediction:
-            return
-        others = [layer for layer in self.truth.layers() if layer is not prediction]
-        if others:
-            self.truth.set_layer(others[0])
+        if prediction is not None and truth is not None:
+            self.prediction.set_layer(truth)
+            self.truth.set_layer(prediction)
 
     @property
     def running(self) -> bool:
@@ -271,11 +281,24 @@ class EvaluateWidget(QWidget):
             visible = segmenting != (widget is self.prediction)
             widget.setVisible(visible)
             self._labels[widget].setVisible(visible)
+        self.swap_button.setVisible(not segmenting)
+        self.roles.setText(self._roles_text(segmenting))
         hint = None if self.running else self._problem()
         self.controls.show_hint(hint)
         self.tune_button.setVisible(segmenting)
         self.tune_button.setEnabled(segmenting and hint is None and not self.running)
         return hint
+
+    def _roles_text(self, segmenting: bool) -> str:
+        truth = self.truth.layer()
+        truth_name = "—" if truth is None else repr(truth.name)
+        if segmenting:
+            image = self.image.layer()
+            source = "—" if image is None else f"segment {image.name!r}"
+            return f"Prediction: {source} · Ground truth: {truth_name}"
+        prediction = self.prediction.layer()
+        prediction_name = "—" if prediction is None else repr(prediction.name)
+        return f"Prediction: {prediction_name} · Ground truth: {truth_name}"
 
     def _problem(self) -> str | None:
         truth = self.truth.layer()
@@ -325,7 +348,7 @@ class EvaluateWidget(QWidget):
                 PredictConfig(tta=self.tta.isChecked()),
             )
         else:
-            work = score
+            work = score_labels_events
             args = (layer_data(truth), layer_data(self.prediction.layer()))
         self.controls.run(
             work,
@@ -388,6 +411,7 @@ class EvaluateWidget(QWidget):
                 name=f"{image.name} segmentation",
                 scale=image.scale,
                 translate=image.translate,
+                metadata=prediction_metadata(self.model.combo.currentText()),
             )
         else:
             scores = result

@@ -1,18 +1,23 @@
-"""Models trained in this napari session, shared between the widgets.
+"""Models of this napari session, shared between the widgets.
 
 The Train widget adds every model it finishes (or stops) here; the Segment,
 Train (fine-tune) and Evaluate widgets list them next to the bundled default
 and model files, so a model is usable the moment training ends, saved or not.
+Model files are read once per file version and device (:data:`MODEL_CACHE`), not
+on every click.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from psygnal import Signal
 
-from napari_unet.checkpoint import TrainedModel
+from napari_unet.checkpoint import DEFAULT_MODEL_NAME, TrainedModel, default_model_path, load_model
 
 
 @dataclass(frozen=True)
@@ -67,3 +72,58 @@ class ModelRegistry:
 
 #: The registry of this Python process (one napari session).
 REGISTRY = ModelRegistry()
+
+
+class ModelCache:
+    """Loaded model files, keyed by file (path, modification time, size) and device.
+
+    A widget asks for ``"default"`` or a path on every run; the file is read the
+    first time only, and again when it changes on disk. The least recently used
+    models beyond ``capacity`` are dropped (each may hold GPU memory). Safe to call
+    from worker threads.
+
+    Parameters
+    ----------
+    capacity : int
+        How many loaded models to keep.
+    """
+
+    def __init__(self, capacity: int = 4) -> None:
+        self._capacity = capacity
+        self._models: OrderedDict[tuple[str, int, int, str], TrainedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, model: str | os.PathLike[str] | TrainedModel, device: str) -> TrainedModel:
+        """The model ``model`` names, loaded on ``device`` (a loaded model as it is).
+
+        Raises
+        ------
+        ModelFileError
+            If the file is missing, hostile, corrupt or of another format.
+        """
+        if isinstance(model, TrainedModel):
+            return model
+        path = default_model_path() if str(model) == DEFAULT_MODEL_NAME else Path(model)
+        try:
+            stat = path.stat()
+            key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, device)
+        except OSError:
+            return load_model(path, device=device)  # its own message says what is wrong
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            loaded = load_model(path, device=device)
+            self._models[key] = loaded
+            while len(self._models) > self._capacity:
+                self._models.popitem(last=False)
+            return loaded
+
+    def clear(self) -> None:
+        """Forget every loaded model."""
+        with self._lock:
+            self._models.clear()
+
+
+#: The loaded model files of this Python process.
+MODEL_CACHE = ModelCache()

@@ -7,16 +7,19 @@ result is a new Labels layer named ``"<image> segmentation"`` (and, on request, 
 probability maps as Image layers), with the image's scale and translation.
 
 2D, RGB, multichannel (pick the channel axis), 3D and time stacks (segmented
-plane by plane) and dask-backed layers work alike. A dask layer is segmented
-chunk by chunk: the core returns a lazy result, which the worker computes one
-block of planes at a time into a new array (in memory, or in a temporary zarr
-store on disk when it would be large), so the stack is never loaded whole.
+plane by plane) and dask-backed layers work alike. A dask layer goes through the
+core's block-wise path (:func:`napari_unet.blockwise.segment_to_zarr_events`) into a
+temporary Zarr (read into memory when small, removed when no longer used), so the
+stack is never loaded whole.
 """
 
 from __future__ import annotations
 
+import math
+import shutil
 import tempfile
 import threading
+import weakref
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,17 +33,20 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSpinBox,
     QVBoxLayout,
-    QWidget,
 )
 
 from napari_unet._widgets._common import (
     LayerCombo,
     ModelPicker,
     RunControls,
+    ScrollingDock,
     available_devices,
     layer_data,
+    prediction_metadata,
 )
-from napari_unet.checkpoint import TrainedModel, load_model
+from napari_unet._widgets._registry import MODEL_CACHE
+from napari_unet.blockwise import is_lazy, segment_to_zarr_events
+from napari_unet.checkpoint import TrainedModel
 from napari_unet.errors import ConfigError
 from napari_unet.prediction import PredictConfig, Progress, Segmentation, predict_events
 
@@ -48,7 +54,7 @@ if TYPE_CHECKING:
     import napari
     from napari.layers import Image
 
-#: Output bigger than this is computed into a temporary zarr store rather than memory.
+#: A dask layer's result bigger than this is shown from a temporary Zarr, not memory.
 IN_MEMORY_LIMIT = 2**30
 #: Shown by the post-processing fields when they take the model's tuned value.
 TUNED = "tuned for the model"
@@ -58,6 +64,15 @@ CHANNEL_NAMES = {
     "contour": ("probability", "boundary"),
     "distance": ("probability", "distance"),
 }
+
+
+def tuned_text(name: str, value: float) -> str:
+    """What a post-processing field at "tuned" shows: the value the run will use."""
+    if name == "min_size":
+        return f"tuned: {int(value)} px"
+    if name == "core_threshold" and value <= 0:
+        return "tuned: off"
+    return f"tuned: {value:g}"
 
 
 def tuned_probability_box(tooltip: str) -> QDoubleSpinBox:
@@ -79,12 +94,12 @@ def segment_layer(
     channel_axis: int | None,
     stop: threading.Event,
 ) -> Generator[Progress, None, tuple[Segmentation, str]]:
-    """Segment ``data`` with ``model``; compute a lazy (dask) result block by block.
+    """Segment ``data`` with ``model``; a dask layer block by block (see :func:`_segment_lazy`).
 
     Yields
     ------
     Progress
-        The core's progress, then one event per block of planes of a dask result.
+        The core's progress: tiles of an in-memory image, block tasks of a dask one.
 
     Returns
     -------
@@ -92,64 +107,94 @@ def segment_layer(
         The result (numpy, or zarr-backed when large; ``cancelled`` set when Stop
         ended it early) and the model's target, which names the probability maps.
     """
-    # Session models are used as they are; files are read once here, on the CPU
-    # (predict_events moves the network to the configured device).
-    trained = model if isinstance(model, TrainedModel) else load_model(model, device="cpu")
-    segmentation = yield from predict_events(
-        data, trained, config, rgb=rgb, channel_axis=channel_axis, stop=stop
-    )
-    if _is_dask(segmentation.labels):
-        segmentation = yield from _materialise(segmentation, stop)
+    # Session models are used as they are; a file is read once per version and device.
+    trained = MODEL_CACHE.get(model, config.device)
+    if is_lazy(data):
+        segmentation = yield from _segment_lazy(data, trained, config, rgb, channel_axis, stop)
+    else:
+        segmentation = yield from predict_events(
+            data, trained, config, rgb=rgb, channel_axis=channel_axis, stop=stop
+        )
     return segmentation, trained.config.target
 
 
-def _is_dask(array: Any) -> bool:
-    return type(array).__module__.startswith("dask")
+def _load_for(model: str | Path, device: str) -> tuple[TrainedModel, tuple[str | Path, str]]:
+    """The cached model for ``(model, device)``, returned with the pair that asked for it."""
+    return MODEL_CACHE.get(model, device), (model, device)
 
 
-def _empty_like(lazy: Any) -> Any:
-    """A writable array for ``lazy``'s values: in memory, or a temporary zarr store if large."""
-    if lazy.nbytes <= IN_MEMORY_LIMIT:
-        return np.zeros(lazy.shape, lazy.dtype)
+def _segment_lazy(
+    data: Any,
+    model: TrainedModel,
+    config: PredictConfig,
+    rgb: bool,
+    channel_axis: int | None,
+    stop: threading.Event,
+) -> Generator[Progress, None, Segmentation]:
+    """Segment a dask layer block by block (the core's one path for large stacks).
+
+    :func:`~napari_unet.blockwise.segment_to_zarr_events` writes into a temporary folder.
+    A result under :data:`IN_MEMORY_LIMIT` is read into memory and the folder removed at
+    once; a larger one is shown from disk, and its folder is removed when the arrays are
+    garbage collected (their layers deleted) or at exit. Stop or an error removes it at
+    once; a stopped run gives empty labels.
+    """
     import zarr
 
-    store = tempfile.mkdtemp(prefix="napari-unet-")
-    return zarr.open_array(
-        store, mode="w", shape=lazy.shape, dtype=lazy.dtype, chunks=lazy.chunksize
-    )
+    folder = Path(tempfile.mkdtemp(prefix="napari-unet-"))
+    keep = False  # set once large arrays are shown from the folder
+    try:
+        result = yield from segment_to_zarr_events(
+            data,
+            folder / "labels.zarr",
+            model,
+            config,
+            ome=False,
+            rgb=rgb,
+            channel_axis=channel_axis,
+            probabilities_out=folder / "probabilities.zarr"
+            if config.return_probabilities
+            else None,
+            stop=stop,
+        )
+        if result.cancelled:
+            return Segmentation(_zeros(result.shape), cancelled=True)
+        arrays = [zarr.open_array(str(result.path), mode="r")]
+        if result.probabilities is not None:
+            arrays.append(zarr.open_array(str(result.probabilities), mode="r"))
+        if sum(array.nbytes for array in arrays) <= IN_MEMORY_LIMIT:
+            return Segmentation(*(array[...] for array in arrays))
+        _remove_when_collected(folder, arrays)
+        keep = True
+        return Segmentation(*arrays)
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
-def _materialise(
-    lazy: Segmentation, stop: threading.Event
-) -> Generator[Progress, None, Segmentation]:
-    """Compute a lazy segmentation one block of leading-axis chunks at a time.
+def _zeros(shape: tuple[int, ...]) -> Any:
+    """Empty labels of ``shape``: in memory, or lazy when large."""
+    if math.prod(shape) <= IN_MEMORY_LIMIT:
+        return np.zeros(shape, np.uint8)
+    import dask.array as da
 
-    Labels and probabilities of a block are computed together, so the network runs
-    once per plane. Stop leaves the planes not reached at 0.
-    """
-    import dask
-
-    labels = _empty_like(lazy.labels)
-    probabilities = None if lazy.probabilities is None else _empty_like(lazy.probabilities)
-    if lazy.labels.ndim == 2:
-        blocks = [slice(None)]
-    else:
-        bounds = np.cumsum((0, *lazy.labels.chunks[0]))
-        blocks = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    for index, where in enumerate(blocks, start=1):
-        if stop.is_set():
-            break
-        if probabilities is None:
-            labels[where] = lazy.labels[where].compute()
-        else:
-            labels[where], probabilities[:, where] = dask.compute(
-                lazy.labels[where], lazy.probabilities[:, where]
-            )
-        yield Progress(index, len(blocks), f"computed block {index}/{len(blocks)}")
-    return Segmentation(labels, probabilities, cancelled=stop.is_set())
+    return da.zeros(shape, dtype=np.uint8)
 
 
-class SegmentWidget(QWidget):
+def _remove_when_collected(folder: Path, arrays: list[Any]) -> None:
+    """Remove ``folder`` once every one of ``arrays`` is garbage collected (or at exit)."""
+    remaining = [len(arrays)]
+
+    def release() -> None:
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    for array in arrays:
+        weakref.finalize(array, release)
+
+
+class SegmentWidget(ScrollingDock):
     """Segment an Image layer into a new Labels layer.
 
     Parameters
@@ -167,9 +212,10 @@ class SegmentWidget(QWidget):
         # The layer and channel axis of the run in progress.
         self._source: Image | None = None
         self._axis: int | None = None
+        self._model_name = ""
         defaults = PredictConfig()
 
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.content)
         form = QFormLayout()
         self.image = LayerCombo(napari_viewer, Image)
         form.addRow("Image", self.image)
@@ -259,8 +305,60 @@ class SegmentWidget(QWidget):
             self.device.currentIndexChanged,
         ):
             signal.connect(self.update_state)
+        self._tuned_worker: Any = None
+        self._tuned_for: tuple[Any, str] | None = None
+        self.model.changed.connect(self.show_tuned_values)
+        self.device.currentIndexChanged.connect(self.show_tuned_values)
         self._fill_channel_axes()
         self.update_state()
+        self.show_tuned_values()
+
+    def _tuned_boxes(self) -> dict[str, QDoubleSpinBox | QSpinBox]:
+        return {
+            "threshold": self.threshold,
+            "seed_threshold": self.seed_threshold,
+            "core_threshold": self.core_threshold,
+            "min_size": self.min_size,
+        }
+
+    def show_tuned_values(self, *_: Any) -> None:
+        """Show in each post-processing field at "tuned" the value the chosen model gives.
+
+        A model file is loaded in the background (into the cache the run then uses);
+        until it is, and for a model that cannot be read, the fields say "tuned for
+        the model".
+        """
+        for box in self._tuned_boxes().values():
+            box.setSpecialValueText(TUNED)
+        model = self.model.value()
+        if model is None or self.model.problem() is not None:
+            self._tuned_for = None
+            return
+        self._tuned_for = (model, self.device.currentText())
+        if isinstance(model, TrainedModel):
+            self._on_tuned_model((model, self._tuned_for))
+            return
+        from napari.qt.threading import create_worker
+
+        self._tuned_worker = create_worker(
+            _load_for,
+            *self._tuned_for,
+            # A bound method: Qt drops the call if the widget is closed meanwhile.
+            _connect={"returned": self._on_tuned_model},
+            # A file that cannot be read says so when Segment is pressed.
+            _ignore_errors=True,
+        )
+
+    def _on_tuned_model(self, loaded: tuple[TrainedModel, tuple[Any, str]]) -> None:
+        trained, wanted = loaded
+        if wanted != self._tuned_for:
+            return  # the choice changed while the model loaded
+        try:
+            tuned = PredictConfig().for_model(trained)
+        except ConfigError:
+            return  # invalid stored settings: the run's error says how to fix them
+        for name, box in self._tuned_boxes().items():
+            box.setSpecialValueText(tuned_text(name, getattr(tuned, name)))
 
     def _fill_channel_axes(self) -> None:
         image = self.image.layer()
@@ -331,11 +429,13 @@ class SegmentWidget(QWidget):
             return
         self._source = image
         self._axis = self.channel_axis.currentData()
+        model = self.model.value()
+        self._model_name = str(model) if isinstance(model, Path) else self.model.combo.currentText()
         self.output = None
         self.controls.run(
             segment_layer,
             layer_data(image),
-            self.model.value(),
+            model,
             config,
             bool(image.rgb),
             self._axis,
@@ -363,6 +463,7 @@ class SegmentWidget(QWidget):
             name=f"{source.name} segmentation{suffix}",
             scale=scale,
             translate=translate,
+            metadata=prediction_metadata(self._model_name),
         )
         if segmentation.probabilities is not None:
             names = CHANNEL_NAMES.get(target, ())

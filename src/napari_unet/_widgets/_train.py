@@ -27,13 +27,11 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
-    QScrollArea,
     QSpinBox,
     QToolButton,
     QVBoxLayout,
@@ -45,6 +43,7 @@ from napari_unet._widgets._common import (
     LayerCombo,
     ModelPicker,
     RunControls,
+    ScrollingDock,
     available_devices,
     connect_until_destroyed,
     layer_data,
@@ -52,11 +51,12 @@ from napari_unet._widgets._common import (
 )
 from napari_unet._widgets._plots import TrainingCurves
 from napari_unet._widgets._registry import REGISTRY
+from napari_unet.annotations import check_training_labels, count_planes, split_held_out_strip
 from napari_unet.checkpoint import TrainedModel
-from napari_unet.config import PRESETS, TARGET_CHANNELS, ModelConfig
+from napari_unet.config import PRESETS, TARGET_CHANNELS, TrainConfig
 from napari_unet.errors import ConfigError, DataError, ModelFileError
 from napari_unet.process import CHILD_PROCESSES, events_in_process
-from napari_unet.training import TrainConfig, TrainEvent, TrainResult, train_events
+from napari_unet.training import TrainEvent, TrainResult, train_events
 
 if TYPE_CHECKING:
     import napari
@@ -70,8 +70,6 @@ LABEL_MODES = {
 }
 VALIDATION_REGION = "held-out strip"
 VALIDATION_IMAGES = "whole images"
-#: Fewest rows/columns a held-out validation strip gets.
-MIN_STRIP = 16
 
 
 def _default(name: str) -> Any:
@@ -139,7 +137,7 @@ class PairRow(QWidget):
         return self.image.layer(), self.labels.layer()
 
 
-class TrainWidget(QWidget):
+class TrainWidget(ScrollingDock):
     """Train a U-Net on (Image, Labels) layer pairs of the viewer.
 
     Parameters
@@ -169,16 +167,7 @@ class TrainWidget(QWidget):
 
     # ---------------------------------------------------------------- UI
     def _build_ui(self) -> None:
-        # The form is taller than a laptop screen's dock area: let it scroll.
-        content = QWidget()
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.NoFrame)
-        scroll.setWidget(content)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
-        layout = QVBoxLayout(content)
+        layout = QVBoxLayout(self.content)
 
         data_box = QGroupBox("Training data")
         data_layout = QVBoxLayout(data_box)
@@ -306,10 +295,7 @@ class TrainWidget(QWidget):
 
         self.rows: list[PairRow] = []
         self.add_pair()
-        # Scroll vertically only: the dock is as wide as the form needs (see showEvent).
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        self._scroll, self._content = scroll, content
-        for combo in content.findChildren(QComboBox):
+        for combo in self.content.findChildren(QComboBox):
             shrink(combo)
         for signal in (
             self.label_mode.currentIndexChanged,
@@ -329,12 +315,6 @@ class TrainWidget(QWidget):
             self.save_path.textChanged,
         ):
             signal.connect(self.schedule_check)
-
-    def showEvent(self, event: Any) -> None:
-        """Fit the scroll area's width to the form once its widgets know their sizes."""
-        super().showEvent(event)
-        bar = self._scroll.verticalScrollBar().sizeHint().width()
-        self._scroll.setMinimumWidth(self._content.minimumSizeHint().width() + bar)
 
     def _browse_save(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save model as", "model.pt", "Model (*.pt)")
@@ -452,21 +432,20 @@ class TrainWidget(QWidget):
         if snapshot:
             label_arrays = [_snapshot(array) for array in label_arrays]
         for (_, labels), array in zip(pairs, label_arrays, strict=True):
-            _check_labels(labels.name, array, mode)
+            check_training_labels(labels.name, array, mode)
         image_arrays = [layer_data(image) for image in images]
 
         init = self.init_model.value()
         problem = self.init_model.problem()
         if problem:
             raise ModelFileError(problem)
-        in_channels = 3 if images[0].rgb else 1
-        model = ModelConfig.from_preset(
-            self.preset.currentText(), in_channels=in_channels, target=self.target.currentText()
-        )
         region = self.validation.currentText() == VALIDATION_REGION
         fraction = float(self.val_fraction.value())
-        config = TrainConfig(
-            model=model,
+        # The option names of the command line (TrainConfig.from_options builds both).
+        config = TrainConfig.from_options(
+            preset=self.preset.currentText(),
+            in_channels=3 if images[0].rgb else 1,
+            target=self.target.currentText(),
             epochs=self.epochs.value(),
             batch_size=self.batch_size.value(),
             learning_rate=learning_rate,
@@ -489,8 +468,10 @@ class TrainWidget(QWidget):
             ),
         }
         if region:
-            self._split_regions(plan, fraction)
-        elif sum(_n_planes(array) for array in label_arrays) < 2:
+            plan.images, plan.labels, plan.val_images, plan.val_labels = split_held_out_strip(
+                plan.images, plan.labels, fraction
+            )
+        elif sum(count_planes(array) for array in label_arrays) < 2:
             raise DataError(
                 "Whole-image validation needs at least 2 images or planes; choose "
                 f"{VALIDATION_REGION!r} or add another pair."
@@ -503,35 +484,6 @@ class TrainWidget(QWidget):
             plan.out = out
             plan.log_csv = out.with_name(f"{out.stem}_log.csv")
         return plan
-
-    @staticmethod
-    def _split_regions(plan: TrainPlan, fraction: float) -> None:
-        """Hold out the last ``fraction`` of every plane along its longer side."""
-        train_images, train_labels, val_images, val_labels = [], [], [], []
-        for image, labels in zip(plan.images, plan.labels, strict=True):
-            height, width = labels.shape[-2:]
-            axis = labels.ndim - 2 if height >= width else labels.ndim - 1
-            size = labels.shape[axis]
-            strip = min(max(math.ceil(size * fraction), MIN_STRIP), size // 2)
-            if strip < 1:
-                raise DataError(f"An image of shape {labels.shape} is too small to split.")
-            cut = size - strip
-            keep = [slice(None)] * image.ndim
-            held = [slice(None)] * image.ndim
-            keep[axis], held[axis] = slice(0, cut), slice(cut, size)
-            train_images.append(image[tuple(keep)])
-            val_images.append(image[tuple(held)])
-            train_labels.append(labels[tuple(keep[: labels.ndim])])
-            val_labels.append(labels[tuple(held[: labels.ndim])])
-        for what, arrays in (("training part", train_labels), ("held-out strip", val_labels)):
-            if not any(_annotated(array) for array in arrays):
-                raise DataError(
-                    f"The {what} of the labels (validation holds out the last "
-                    f"{fraction:.0%} of each image, bottom or right) has no annotation; "
-                    "paint some there, or validate on whole images."
-                )
-        plan.images, plan.labels = train_images, train_labels
-        plan.val_images, plan.val_labels = val_images, val_labels
 
     # ---------------------------------------------------------------- run
     def start(self) -> None:
@@ -624,36 +576,6 @@ class TrainWidget(QWidget):
 def _snapshot(data: Any) -> Any:
     """A copy of numpy labels (painting during a run must not change its data); dask as is."""
     return np.array(data) if isinstance(data, np.ndarray) else data
-
-
-def _n_planes(labels: Any) -> int:
-    return int(np.prod(labels.shape[:-2], dtype=np.int64))
-
-
-def _annotated(labels: Any) -> bool:
-    """Whether ``labels`` mark something (objects, or any scribble in sparse mode)."""
-    return bool(np.asarray((labels > 0).any()))
-
-
-def _check_labels(name: str, labels: Any, mode: str) -> None:
-    """Refuse labels that cannot train: all zero, or scribbles that are not 0/1/2."""
-    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
-        raise DataError(f"Labels {name!r} hold {labels.dtype} values; labels must be integers.")
-    if not _annotated(labels):
-        raise DataError(
-            f"Labels {name!r} are empty: paint some objects"
-            + (" (label 2) and background (label 1)" if mode == "sparse" else "")
-            + " first."
-        )
-    if mode == "sparse":
-        top = int(np.asarray(labels.max()))
-        if top > 2:
-            raise DataError(
-                f"Scribble labels use 1 = background and 2 = object, but {name!r} holds "
-                f"labels up to {top}; pick instance mode or repaint with labels 1 and 2."
-            )
-        if not np.asarray((labels == 2).any()):
-            raise DataError(f"Scribbles {name!r} mark no object: paint some with label 2.")
 
 
 def _free_gpu_memory() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from napari_unet.cli._options import add_trust_option, run_with_progress_bar
+
 HELP = "export a model as a bioimage.io package (.zip) or an ONNX file (.onnx)"
 
 
@@ -21,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output format (default: from the --out suffix, .zip or .onnx)",
     )
     parser.add_argument("--out", type=Path, required=True, help="file to write")
+    add_trust_option(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     package = parser.add_argument_group("bioimage.io package")
     package.add_argument("--name", help="package name (default generated from the model)")
     package.add_argument("--description", help="one-paragraph summary of the model")
@@ -38,8 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     package.add_argument(
         "--doc",
         type=Path,
-        help="model card (Markdown); default docs/model_card.md for the bundled model, "
-        "else one generated from the training metadata",
+        help="model card (Markdown); default the bundled model's card (samples/model_card.md "
+        "in the package) for the bundled model, else one generated from the training metadata",
     )
     package.add_argument(
         "--sample",
@@ -59,14 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Export the model; print where it went."""
     from napari_unet.checkpoint import load_model
-    from napari_unet.export import FORMAT_SUFFIXES, export_model
+    from napari_unet.export import export_events, export_format
+    from napari_unet.io import check_output
 
-    model = load_model(args.model, device="cpu")
-    fmt = args.format
-    if fmt is None:
-        fmt = {suffix: name for name, suffix in FORMAT_SUFFIXES.items()}.get(
-            args.out.suffix.lower()
-        )
+    check_output(args.out, "file", "--out")
+    model = load_model(args.model, device="cpu", trust_code=args.trust_package_code)
+    fmt = args.format or export_format(args.out)
     options = {}
     if fmt == "bioimageio":
         options = {
@@ -79,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
             "tags": args.tags,
             "test": not args.no_test,
         }
-    path = export_model(model, args.out, fmt, **options)
+    path = run_with_progress_bar(
+        export_events(model, args.out, fmt, **options), args.quiet, unit="step"
+    )
     tested = " (passed bioimage.io's test)" if fmt == "bioimageio" and not args.no_test else ""
-    print(f"wrote {fmt or 'model'} export: {path}{tested}")
+    print(f"wrote {fmt} export: {path}{tested}")
     return 0

@@ -1,11 +1,11 @@
-"""Use bioimage.io model packages wherever napari-unet takes a model.
+"""Reading bioimage.io model packages: a package in, a network returning logits out.
 
-:func:`load_bioimageio` turns a bioimage.io package (a ``.zip`` or an ``rdf.yaml``
+:func:`read_package` turns a bioimage.io package (a ``.zip`` or an ``rdf.yaml``
 with its files) of a 2D, single-input, single-output segmentation model into a
-:class:`~napari_unet.checkpoint.TrainedModel`, so prediction, evaluation and the
-widgets use it like a model file. It needs ``bioimageio.core`` (the ``export``
-extra); :func:`napari_unet.checkpoint.load_model` calls it for ``.zip`` and
-``.yaml`` paths.
+network, config and metadata; :func:`napari_unet.checkpoint.load_model` calls it for
+``.zip`` and ``.yaml`` paths, so prediction, evaluation and the widgets use packages
+like model files. It needs ``bioimageio.core`` (the ``export`` extra). The package
+is opened by :mod:`napari_unet.bioimageio.package` (bounded, local, code-free) first.
 
 Two ways in:
 
@@ -34,41 +34,43 @@ Two ways in:
 Packages that cannot be used this way (3D or time axes, several inputs or
 outputs, several output channels, pre-processing other than ``scale_range`` /
 ``clip`` / ``ensure_dtype``, no usable weights, fixed input sizes) are refused
-with a :class:`~napari_unet.checkpoint.ModelFileError` that says why. Loading
-PyTorch state-dict weights of a foreign package runs the Python architecture
-code it ships; TorchScript and ONNX weights are preferred for that reason.
+with a :class:`~napari_unet.errors.ModelFileError` that says why. PyTorch
+state-dict weights need the Python architecture code a package ships or names;
+they are used only with ``trust_code=True`` (TorchScript and ONNX are preferred).
 """
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_unet.checkpoint import TrainedModel
+from napari_unet.bioimageio.package import open_package, refuse_code
 from napari_unet.config import ModelConfig, NormalizationConfig
-from napari_unet.errors import ConfigError, ModelFileError
-from napari_unet.model import build_model, select_device
+from napari_unet.errors import ConfigError, ModelFileError, short_reason
+from napari_unet.model import build_model, check_weights
 
 #: Weight formats this module runs, in order of preference for foreign packages.
 WEIGHT_FORMATS = ("torchscript", "onnx", "pytorch_state_dict")
 WeightsChoice = Literal["auto", "native", "torchscript", "onnx", "pytorch_state_dict"]
 #: Key under the package's ``config`` where napari-unet stores its own settings.
 CONFIG_KEY = "napari_unet"
-_EXTRA_HINT = "install the export extra: pip install 'napari-unet[export]'"
+#: Largest test tensor read (to tell probabilities from logits).
+MAX_TEST_BYTES = 256 * 2**20
 # Probabilities are clamped away from 0 and 1 before logit() so outputs stay finite.
 _PROBABILITY_EPS = 1e-6
 _NCHW = ("batch", "channel", "y", "x")
 
 
 @dataclass(frozen=True)
-class _Layout:
+class TensorLayout:
     """How a package's tensor is laid out, relative to napari-unet's ``(N, C, H, W)``."""
 
     axes: tuple[str, ...]  # axis ids in package order, e.g. ("batch", "channel", "y", "x")
@@ -122,7 +124,7 @@ class PackageNetwork(nn.Module):
     ----------
     runner : nn.Module
         The package's weights (TorchScript module, ONNX runner or PyTorch module).
-    input_layout, output_layout : _Layout
+    input_layout, output_layout : TensorLayout
         Axis orders of the package's input and output tensors.
     min_size, step : tuple of int
         Valid input sizes per spatial axis ``(y, x)``: ``min + n * step``.
@@ -135,8 +137,8 @@ class PackageNetwork(nn.Module):
     def __init__(
         self,
         runner: nn.Module,
-        input_layout: _Layout,
-        output_layout: _Layout,
+        input_layout: TensorLayout,
+        output_layout: TensorLayout,
         min_size: tuple[int, int],
         step: tuple[int, int],
         clip: tuple[float | None, float | None] | None,
@@ -183,73 +185,7 @@ class PackageNetwork(nn.Module):
         return out
 
 
-def _require() -> None:
-    try:
-        import bioimageio.spec  # noqa: F401
-    except ImportError as error:
-        raise ModelFileError(
-            f"reading bioimage.io packages needs bioimageio.core; {_EXTRA_HINT}"
-        ) from error
-
-
-def _load_description(path: Path) -> Any:
-    """The package's model description (latest format), or ModelFileError saying what is wrong."""
-    from bioimageio.spec import InvalidDescr, load_description
-
-    if not path.exists():
-        raise ModelFileError(f"bioimage.io package {str(path)!r} does not exist; check the path.")
-    try:
-        descr = load_description(str(path), format_version="latest")
-    except Exception as error:
-        raise ModelFileError(
-            f"{str(path)!r} is not a readable bioimage.io package ({error})."
-        ) from error
-    if isinstance(descr, InvalidDescr):
-        missing = _unreadable_files(path)
-        if missing:
-            raise ModelFileError(
-                f"bioimage.io package {str(path)!r} is invalid: files it names are missing or "
-                f"unreadable: {', '.join(missing)}."
-            )
-        reason = (descr.get_reason() or "it does not follow the bioimage.io specification").replace(
-            "\n- ", "; "
-        )
-        raise ModelFileError(f"bioimage.io package {str(path)!r} is invalid: {reason}")
-    if descr.type != "model":
-        raise ModelFileError(f"{str(path)!r} describes a bioimage.io {descr.type!r}, not a model.")
-    return descr
-
-
-def _unreadable_files(path: Path) -> list[str]:
-    """Weights and test tensors a description names but that cannot be read.
-
-    bioimage.io's own message for a file missing from a package is a bare
-    ``TypeError``; this names the files instead.
-    """
-    from bioimageio.spec import InvalidDescr, load_description
-
-    try:
-        descr = load_description(str(path), format_version="latest", perform_io_checks=False)
-    except Exception:
-        return []
-    if isinstance(descr, InvalidDescr) or descr.type != "model":
-        return []
-    files = [(f"{name} weights", entry) for name, entry in descr.weights if entry is not None]
-    files += [
-        (f"test tensor of {tensor.id!s}", tensor.test_tensor)
-        for tensor in (*descr.inputs, *descr.outputs)
-        if tensor.test_tensor is not None
-    ]
-    missing = []
-    for what, entry in files:
-        try:
-            entry.get_reader()
-        except Exception:
-            missing.append(f"{what} ({str(entry.source).rsplit('/', 1)[-1]})")
-    return missing
-
-
-def _layout(tensor: Any, kind: str, where: str) -> _Layout:
+def _layout(tensor: Any, kind: str, where: str) -> TensorLayout:
     """Check a tensor's axes are 2D (batch, channel, y, x in any order) and return its layout."""
     axes = []
     for axis in tensor.axes:
@@ -271,7 +207,7 @@ def _layout(tensor: Any, kind: str, where: str) -> _Layout:
             f"{where}: the {kind} lacks a y or x axis (it has {axes}); napari-unet runs 2D "
             "image models."
         )
-    return _Layout(tuple(axes))
+    return TensorLayout(tuple(axes))
 
 
 def _channels(tensor: Any) -> int:
@@ -381,7 +317,7 @@ def _normalization(
     return normalization, clip
 
 
-def _outputs_probabilities(descr: Any, output: Any, where: str) -> bool:
+def _outputs_probabilities(output: Any, where: str) -> bool:
     """Whether the raw weights output probabilities (True) or logits (False)."""
     steps = [step.id for step in output.postprocessing if step.id != "ensure_dtype"]
     if steps == ["sigmoid"]:
@@ -395,8 +331,38 @@ def _outputs_probabilities(descr: Any, output: Any, where: str) -> bool:
     declared = getattr(data, "range", (None, None))
     if declared[0] is not None and declared[1] is not None:
         return declared[0] >= 0.0 and declared[1] <= 1.0
-    test = descr.get_output_test_arrays()[0] if output.test_tensor is not None else None
-    return test is not None and float(np.min(test)) >= 0.0 and float(np.max(test)) <= 1.0
+    if output.test_tensor is None:
+        return False
+    test = _test_array(output.test_tensor, where)
+    return test.size > 0 and float(np.min(test)) >= 0.0 and float(np.max(test)) <= 1.0
+
+
+def _test_array(file: Any, where: str) -> np.ndarray:
+    """A test tensor (``.npy``), its declared shape checked against its bytes before loading."""
+    try:
+        data = file.get_reader().read(MAX_TEST_BYTES + 1)
+        if len(data) > MAX_TEST_BYTES:
+            raise ModelFileError(
+                f"{where}: its test tensor is over {MAX_TEST_BYTES // 2**20} MiB; refused."
+            )
+        buffer = io.BytesIO(data)
+        version = np.lib.format.read_magic(buffer)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read_header(buffer)
+        if dtype.hasobject or math.prod(shape) * dtype.itemsize > len(data):
+            raise ValueError("its header does not match its data")
+        buffer.seek(0)
+        return np.asarray(np.load(buffer, allow_pickle=False), dtype=np.float64)
+    except ModelFileError:
+        raise
+    except Exception as error:  # numpy and zip readers raise many types for damaged data
+        raise ModelFileError(
+            f"{where}: its test tensor is not a readable .npy file ({short_reason(error)})."
+        ) from error
 
 
 def _package_config(descr: Any) -> dict[str, Any] | None:
@@ -404,11 +370,15 @@ def _package_config(descr: Any) -> dict[str, Any] | None:
     config = descr.config
     extra = getattr(config, "model_extra", None) or {}
     value = extra.get(CONFIG_KEY)
-    return value if isinstance(value, dict) and "model" in value else None
+    return value if isinstance(value, dict) and isinstance(value.get("model"), dict) else None
 
 
-def _runner(descr: Any, weights: str, where: str) -> tuple[nn.Module, str]:
-    """Load the chosen (or the preferred available) weights as an nn.Module."""
+def _runner(descr: Any, weights: str, where: str, trust_code: bool) -> tuple[nn.Module, str]:
+    """Load the chosen (or the preferred available) weights as an nn.Module.
+
+    PyTorch state-dict weights run the package's Python code to build their network,
+    so they are refused unless ``trust_code``.
+    """
     available = [fmt for fmt in WEIGHT_FORMATS if getattr(descr.weights, fmt) is not None]
     if weights in WEIGHT_FORMATS:
         if weights not in available:
@@ -422,22 +392,55 @@ def _runner(descr: Any, weights: str, where: str) -> tuple[nn.Module, str]:
             "or pytorch_state_dict weights."
         )
     entry = getattr(descr.weights, chosen)
+    if not trust_code:
+        refuse_code(entry, where)
     try:
         if chosen == "torchscript":
-            return torch.jit.load(entry.get_reader(), map_location="cpu"), chosen
-        if chosen == "onnx":
+            runner: nn.Module = torch.jit.load(entry.get_reader(), map_location="cpu")
+        elif chosen == "onnx":
             if getattr(entry, "external_data", None) is not None:
                 raise ModelFileError(f"{where}: ONNX weights with external data are not supported.")
-            return _OnnxRunner(entry.get_reader().read()), chosen
-        from bioimageio.core.backends.pytorch_backend import load_torch_model
+            model_bytes = entry.get_reader().read()
+            _check_onnx_finite(model_bytes, where)
+            runner = _OnnxRunner(model_bytes)
+        else:
+            from bioimageio.core.backends.pytorch_backend import load_torch_model
 
-        return load_torch_model(entry, load_state=True, devices=["cpu"]), chosen
+            runner = load_torch_model(entry, load_state=True, devices=["cpu"])
     except ModelFileError:
         raise
-    except Exception as error:
+    except Exception as error:  # torch, ONNX Runtime and package code raise many types
         raise ModelFileError(
-            f"{where}: its {chosen} weights could not be loaded ({error})."
+            f"{where}: its {chosen} weights could not be loaded ({short_reason(error)})."
         ) from error
+    _check_finite(runner.state_dict(), where)
+    return runner, chosen
+
+
+def _check_finite(state: dict[str, torch.Tensor], where: str) -> None:
+    for name, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ModelFileError(
+                f"{where}: weight {name} holds NaN or infinite values; the package is damaged "
+                "or its training diverged."
+            )
+
+
+def _check_onnx_finite(model_bytes: bytes, where: str) -> None:
+    """Refuse ONNX weights with NaN/infinite initialisers (checked when onnx is installed)."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        return
+    graph = onnx.load_model_from_string(model_bytes).graph
+    for initializer in graph.initializer:
+        values = numpy_helper.to_array(initializer)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise ModelFileError(
+                f"{where}: ONNX weight {initializer.name} holds NaN or infinite values; the "
+                "package is damaged or its training diverged."
+            )
 
 
 def _formats(descr: Any) -> str:
@@ -446,34 +449,39 @@ def _formats(descr: Any) -> str:
 
 
 def _native(descr: Any, ours: dict[str, Any], where: str) -> nn.Module:
-    """Rebuild napari-unet's own network from the TorchScript weights it exported."""
+    """Rebuild napari-unet's own network from the TorchScript weights it exported.
+
+    The weights are checked against the stored config on the meta device first, so
+    a config describing a huge network is refused before anything is allocated.
+    """
     entry = descr.weights.torchscript
     if entry is None:
         raise ModelFileError(f"{where} has no torchscript weights to rebuild the network from.")
     config = _own_config(ours, where)
     try:
         traced = torch.jit.load(entry.get_reader(), map_location="cpu")
-        # export.py traces a wrapper whose U-Net sits under "network."
-        state = {
-            key.removeprefix("network."): value
-            for key, value in traced.state_dict().items()
-            if key.startswith("network.")
-        }
-        network = build_model(config)
-        network.load_state_dict(state)
-    except RuntimeError as error:
+    except Exception as error:  # TorchScript raises many types for damaged archives
         raise ModelFileError(
-            f"{where}: its napari-unet configuration does not match its weights ({error})."
+            f"{where}: its torchscript weights could not be loaded ({short_reason(error)})."
         ) from error
+    # The exported graph wraps the U-Net under "network."
+    state = {
+        key.removeprefix("network."): value
+        for key, value in traced.state_dict().items()
+        if key.startswith("network.")
+    }
+    check_weights(config, state, where)
+    network = build_model(config)
+    network.load_state_dict(state)
     return network
 
 
 def _own_config(ours: dict[str, Any], where: str) -> ModelConfig:
     try:
         return ModelConfig.from_dict(ours["model"])
-    except (ConfigError, TypeError) as error:
+    except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as error:
         raise ModelFileError(
-            f"{where}: its napari-unet configuration is invalid ({error})."
+            f"{where}: its napari-unet configuration is invalid ({short_reason(error)})."
         ) from error
 
 
@@ -492,7 +500,7 @@ def _foreign_config(
         )
     multiple = min(step)
     # depth only sets napari-unet's preferred tile multiple; PackageNetwork pads anyway.
-    depth = int(math.log2(multiple)) if multiple & (multiple - 1) == 0 else 0
+    depth = int(math.log2(multiple)) if multiple > 0 and multiple & (multiple - 1) == 0 else 0
     try:
         return ModelConfig(
             in_channels=in_channels,
@@ -504,38 +512,48 @@ def _foreign_config(
         raise ModelFileError(f"{where}: {error}") from error
 
 
-def load_bioimageio(
-    path: str | Path, device: str | torch.device = "auto", weights: WeightsChoice = "auto"
-) -> TrainedModel:
-    """Load a bioimage.io model package as a :class:`~napari_unet.checkpoint.TrainedModel`.
+class PackageModel(NamedTuple):
+    """What a package holds for napari-unet: a CPU network in eval mode returning logits,
+    its config, and metadata (``metadata["bioimageio"]`` describes the package)."""
+
+    network: nn.Module
+    config: ModelConfig
+    metadata: dict[str, Any]
+
+
+def read_package(
+    path: str | Path, weights: WeightsChoice = "auto", trust_code: bool = False
+) -> PackageModel:
+    """Read a bioimage.io model package (``.zip`` or ``rdf.yaml``) into a network and config.
+
+    :func:`napari_unet.checkpoint.load_model` calls this for ``.zip`` and ``.yaml``
+    paths and wraps the result in a :class:`~napari_unet.checkpoint.TrainedModel`.
 
     Parameters
     ----------
     path : str or Path
         A package ``.zip``, or an ``rdf.yaml`` / ``bioimageio.yaml`` next to its files.
-    device : str or torch.device
-        ``"auto"`` (CUDA, MPS, CPU) or a torch device. ONNX weights run on the CPU.
     weights : {"auto", "native", "torchscript", "onnx", "pytorch_state_dict"}
         ``auto``: napari-unet's own network for packages it exported, else the first
         of torchscript, onnx, pytorch_state_dict present. ``native`` insists on the
         former; a format name wraps that format's weights in :class:`PackageNetwork`.
-
-    Returns
-    -------
-    TrainedModel
-        Network returning logits, config, metadata (``metadata["bioimageio"]``
-        describes the package), device and ``source=str(path)``.
+    trust_code : bool
+        Allow weights that run Python code shipped in (or named by) the package
+        (``pytorch_state_dict``). Off by default: such packages are refused.
 
     Raises
     ------
     ModelFileError
-        If ``bioimageio.core`` is missing, or the package is invalid or unusable
-        (the message says why).
+        If ``bioimageio.core`` is missing, or the package is hostile, invalid or
+        unusable (the message says why).
     """
-    _require()
-    path = Path(path)
-    where = f"bioimage.io package {str(path)!r}"
-    descr = _load_description(path)
+    with open_package(path) as package:
+        return _read(package.descr, package.where, str(package.path), weights, trust_code)
+
+
+def _read(
+    descr: Any, where: str, source: str, weights: WeightsChoice, trust_code: bool
+) -> PackageModel:
     if len(descr.inputs) != 1 or len(descr.outputs) != 1:
         raise ModelFileError(
             f"{where} has {len(descr.inputs)} input(s) and {len(descr.outputs)} output(s); "
@@ -548,7 +566,7 @@ def load_bioimageio(
     _check_output_size(tensor_out, str(tensor_in.id), where)
     in_channels, out_channels = _channels(tensor_in), _channels(tensor_out)
     normalization, clip = _normalization(tensor_in, in_channels, where)
-    probabilities = _outputs_probabilities(descr, tensor_out, where)
+    probabilities = _outputs_probabilities(tensor_out, where)
     ours = _package_config(descr)
 
     info: dict[str, Any] = {
@@ -556,7 +574,7 @@ def load_bioimageio(
         "description": descr.description,
         "authors": [author.name for author in descr.authors],
         "license": str(descr.license) if descr.license is not None else None,
-        "source": str(path),
+        "source": source,
     }
     if weights == "native" and ours is None:
         raise ModelFileError(
@@ -575,14 +593,13 @@ def load_bioimageio(
             config = _own_config(ours, where)
         else:
             config = _foreign_config(in_channels, out_channels, step, normalization, where)
-        runner, chosen = _runner(descr, weights, where)
+        runner, chosen = _runner(descr, weights, where, trust_code)
         network = PackageNetwork(
             runner, input_layout, output_layout, min_size, step, clip, probabilities
         )
         info["weights_format"] = chosen
         info["output"] = "probabilities (converted to logits)" if probabilities else "logits"
-    metadata = dict(ours.get("metadata", {})) if ours is not None else {}
+    stored = ours.get("metadata") if ours is not None else None
+    metadata = dict(stored) if isinstance(stored, dict) else {}
     metadata["bioimageio"] = info
-    torch_device = device if isinstance(device, torch.device) else select_device(device)
-    network.to(torch_device).eval()
-    return TrainedModel(network, config, metadata, torch_device, source=str(path))
+    return PackageModel(network.eval(), config, metadata)

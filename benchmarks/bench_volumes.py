@@ -46,11 +46,11 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.config import NormalizationConfig
-from napari_unet.data import prepare_plane
+from napari_unet.config import NormalizationConfig, PredictConfig
+from napari_unet.data import apply_intensity_range, intensity_range, prepare_plane
 from napari_unet.metrics import instance_metrics
 from napari_unet.postprocess import probabilities_to_labels
-from napari_unet.prediction import PredictConfig, TilePredictor, predict, resolve_model
+from napari_unet.prediction import TilePredictor, predict, resolve_model
 from napari_unet.synthetic import nuclei_volume
 from napari_unet.volume import (
     ORTHOGONAL_SEED_THRESHOLD,
@@ -66,32 +66,20 @@ BATCH_PIXELS = 1 << 18
 POSTPROCESS_KEYS = ("threshold", "min_size", "seed_threshold", "core_threshold", "fill_holes")
 
 
-def volume_range(model: Any, volume: np.ndarray) -> tuple[float, float]:
-    """The intensity range the model's normalisation takes, over the whole volume."""
-    normalization = model.config.normalization
-    if normalization.mode == "percentile":
-        low, high = np.percentile(volume, [normalization.low, normalization.high])
-    else:
-        low, high = volume.min(), volume.max()
-    return float(low), float(max(high, low + 1e-6))
-
-
 def batched_plane_predictor(
-    model: Any, intensity_range: tuple[float, float] | None = None
+    model: Any, volume_range: tuple[float, float] | None = None
 ) -> Callable[[np.ndarray], np.ndarray]:
     """``predict_planes`` for :func:`orthogonal_probabilities`: planes in batches.
 
     Each plane is normalised on its own exactly as ``predict`` does
-    (:func:`napari_unet.data.prepare_plane`), or with ``intensity_range`` mapped to
-    0..1 if given, and predicted whole (no tiles: the planes of a benchmark volume
+    (:func:`napari_unet.data.prepare_plane`), or with ``volume_range`` mapped to 0..1
+    if given, and predicted whole (no tiles: the planes of a benchmark volume
     are small), ``BATCH_PIXELS`` at a time.
     """
     network = TilePredictor(model)
     config = model.config
-    normalization = config.normalization
-    if intensity_range is not None:
-        low, high = intensity_range
-        normalization = NormalizationConfig(mode="none")
+    # With one range for all planes, the planes arrive normalised.
+    normalization = config.normalization if volume_range is None else NormalizationConfig("none")
 
     def predict_planes(planes: np.ndarray) -> np.ndarray:
         per_batch = max(1, BATCH_PIXELS // (planes.shape[1] * planes.shape[2]))
@@ -100,7 +88,9 @@ def batched_plane_predictor(
             batch = np.stack(
                 [
                     prepare_plane(
-                        plane if intensity_range is None else (plane - low) / (high - low),
+                        plane
+                        if volume_range is None
+                        else apply_intensity_range(plane, *volume_range),
                         config.in_channels,
                         normalization,
                     )
@@ -150,7 +140,9 @@ def run_case(
 
     start = time.perf_counter()
     if one_range:
-        predict_planes = batched_plane_predictor(model, volume_range(model, image))
+        predict_planes = batched_plane_predictor(
+            model, intensity_range(image, model.config.normalization)
+        )
         probabilities = predict_planes(image)
         plane_labels = None
     else:

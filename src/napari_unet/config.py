@@ -55,6 +55,10 @@ LOSSES = ("bce", "dice", "bce+dice")
 LABEL_MODES = ("instance", "binary", "sparse")
 SCHEDULES = ("plateau", "onecycle", "cosine")
 SAMPLINGS = ("area", "image")
+#: How prediction treats the planes of a stack: one 3D volume, or each plane on its own.
+STACK_MODES = ("volume", "planes")
+#: The ways :mod:`napari_unet.volume` turns a 2D model's planes into 3D objects.
+VOLUME_METHODS = ("link", "watershed", "orthogonal")
 #: Why a contact weight and sparse scribbles do not go together (the config's check and
 #: :func:`napari_unet.data.make_targets` say it alike).
 SPARSE_CONTACT_WEIGHT_ERROR = (
@@ -463,6 +467,16 @@ class PredictConfig(Settings):
         ``"auto"`` (CUDA, MPS, CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
     return_probabilities : bool
         Also return the probability maps.
+    stack : {"volume", "planes"} or None
+        A stack's planes as one volume of 3D objects (one id per object across Z) or
+        each plane on its own. None: ``volume`` unless the stack is a time series (a
+        ``T`` axis, from file metadata, right before the plane). ``volume`` on a 2D
+        image has nothing to do and segments the image.
+    anisotropy : float or None
+        Z step over XY pixel size of a volume (2 when planes are twice as far apart as
+        pixels), > 0; None: 1 (the command line reads it from the file's voxel size).
+    volume_method : {"link", "watershed", "orthogonal"}
+        How a 2D model's planes become 3D objects (see :mod:`napari_unet.volume`).
 
     ``threshold``, ``min_size``, ``seed_threshold`` and ``core_threshold`` left at None
     take the value tuned for the model (its ``metadata["postprocess"]``), else
@@ -534,6 +548,31 @@ class PredictConfig(Settings):
         kind="bool",
         aliases=("--save-probabilities",),
         help="also return the probability maps (predict writes <name>_probabilities.tif)",
+    )
+    stack: str | None = setting(
+        None,
+        kind="choice",
+        choices=STACK_MODES,
+        none="volume, or planes for a time series",
+        help="a stack as one volume of 3D objects, or each plane on its own",
+    )
+    anisotropy: float | None = setting(
+        None,
+        kind="float",
+        low=0,
+        high=1000,
+        open_low=True,
+        none="1, or the file's voxel size on the command line",
+        hint="use 1 for cubic voxels",
+        help="Z step / XY pixel size of a volume",
+    )
+    volume_method: str = setting(
+        "orthogonal",
+        kind="choice",
+        choices=VOLUME_METHODS,
+        help="how planes become 3D objects: link (IoU across Z), watershed (3D watershed "
+        "of the planes' probabilities), orthogonal (XY, XZ, YZ views averaged, then 3D "
+        "watershed; best, 2-4x the time)",
     )
 
     def _check_together(self) -> None:

@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+# Re-exported: the methods' names live with the prediction settings.
+from napari_unet.config import VOLUME_METHODS as VOLUME_METHODS
 from napari_unet.errors import ConfigError, DataError
 from napari_unet.metrics import overlap_table
 from napari_unet.postprocess import label_dtype, probabilities_to_labels
 
-#: The ways :mod:`napari_unet.volume` turns a 2D model's planes into 3D objects.
-VOLUME_METHODS: tuple[str, ...] = ("link", "watershed", "orthogonal")
 #: Cellpose's default ``stitch_threshold``.
 DEFAULT_LINK_IOU = 0.25
 #: ``seed_threshold`` for the ``contour`` target on :func:`orthogonal_probabilities`.
@@ -202,9 +202,9 @@ def _resample_z(array: np.ndarray, size: int, axis: int) -> np.ndarray:
 
 
 def _predict_view(predict_planes: PlanePredictor, planes: np.ndarray) -> np.ndarray:
-    """``predict_planes(planes)``, checked to be ``(C, *planes.shape)``."""
+    """``predict_planes(planes)``, checked to be ``(C, N, H, W)`` for ``(N, H, W[, C])`` planes."""
     probabilities = np.asarray(predict_planes(np.ascontiguousarray(planes)), dtype=np.float32)
-    if probabilities.ndim != 4 or probabilities.shape[1:] != planes.shape:
+    if probabilities.ndim != 4 or probabilities.shape[1:] != planes.shape[:3]:
         raise DataError(
             f"predict_planes must map (N, H, W) planes to (C, N, H, W) probabilities; it gave "
             f"shape {probabilities.shape} for planes of shape {planes.shape}."
@@ -228,9 +228,10 @@ def orthogonal_probabilities(
     Parameters
     ----------
     volume : np.ndarray
-        ``(Z, Y, X)`` grey volume.
+        ``(Z, Y, X)`` grey volume, or ``(Z, Y, X, C)`` with its channels last.
     predict_planes : callable
-        ``predict_planes(planes)`` maps ``(N, H, W)`` planes to ``(C, N, H, W)``
+        ``predict_planes(planes)`` maps ``(N, H, W)`` planes (``(N, H, W, C)`` for a
+        volume with channels) to ``(C, N, H, W)``
         probabilities, each plane predicted on its own (e.g.
         ``lambda s: predict(s, model, return_probabilities=True).probabilities``).
     anisotropy : float
@@ -254,23 +255,101 @@ def orthogonal_probabilities(
     """
     anisotropy = _check_anisotropy(anisotropy)
     volume = np.asarray(volume)
-    if volume.ndim != 3:
+    if volume.ndim not in (3, 4):
         raise DataError(
-            f"orthogonal_probabilities needs a (Z, Y, X) grey volume, got shape {volume.shape}."
+            "orthogonal_probabilities needs a (Z, Y, X) grey volume or (Z, Y, X, C), got "
+            f"shape {volume.shape}."
         )
+    spatial = volume.shape[:3]
     n_planes = volume.shape[0]
     if xy_probabilities is None:
         xy_probabilities = _predict_view(predict_planes, volume)
     xy_probabilities = np.asarray(xy_probabilities, dtype=np.float32)
-    if xy_probabilities.ndim != 4 or xy_probabilities.shape[1:] != volume.shape:
+    if xy_probabilities.ndim != 4 or xy_probabilities.shape[1:] != spatial:
         raise DataError(
-            f"xy_probabilities must be (C, Z, Y, X) = (C, {', '.join(map(str, volume.shape))}), "
+            f"xy_probabilities must be (C, Z, Y, X) = (C, {', '.join(map(str, spatial))}), "
             f"got shape {xy_probabilities.shape}."
         )
     depth = max(1, round(n_planes * anisotropy))
     cubic = _resample_z(volume.astype(np.float32, copy=False), depth, axis=0)
-    # XZ planes: one per row y, each (depth, X); YZ planes: one per column x, (depth, Y).
-    xz = _predict_view(predict_planes, cubic.transpose(1, 0, 2)).transpose(0, 2, 1, 3)
-    yz = _predict_view(predict_planes, cubic.transpose(2, 0, 1)).transpose(0, 2, 3, 1)
+    # XZ planes: one per row y, each (depth, X); YZ planes: one per column x, (depth, Y);
+    # channels, if any, stay last.
+    channels = tuple(range(3, volume.ndim))
+    xz = _predict_view(predict_planes, cubic.transpose(1, 0, 2, *channels)).transpose(0, 2, 1, 3)
+    yz = _predict_view(predict_planes, cubic.transpose(2, 0, 1, *channels)).transpose(0, 2, 3, 1)
     mean = (_resample_z(xy_probabilities, depth, axis=1) + xz + yz) / 3
     return _resample_z(mean, n_planes, axis=1).astype(np.float32, copy=False)
+
+
+def volume_labels(
+    probabilities: np.ndarray,
+    method: str,
+    target: str = "contour",
+    anisotropy: float = 1.0,
+    volume: np.ndarray | None = None,
+    predict_planes: PlanePredictor | None = None,
+    orthogonal_seed_threshold: float = ORTHOGONAL_SEED_THRESHOLD,
+    **settings: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """3D labels of a volume from its XY planes' probabilities, by ``method``.
+
+    The dispatcher of prediction's ``volume`` mode over the three ways of this module.
+
+    Parameters
+    ----------
+    probabilities : np.ndarray
+        ``(C, Z, Y, X)`` probabilities of the XY planes.
+    method : {"link", "watershed", "orthogonal"}
+        :func:`link_planes` of the planes labelled on their own, :func:`watershed_volume`,
+        or :func:`orthogonal_probabilities` then :func:`watershed_volume`.
+    target : str
+        What the model predicts (``model.config.target``).
+    anisotropy : float
+        Z step over XY pixel size, > 0.
+    volume : np.ndarray, optional
+        ``(Z, Y, X)`` or ``(Z, Y, X, C)`` network input (normalised); needed by
+        ``orthogonal``.
+    predict_planes : callable, optional
+        Planes of ``volume`` -> ``(C, N, H, W)`` probabilities; needed by ``orthogonal``.
+    orthogonal_seed_threshold : float
+        ``seed_threshold`` of a ``contour`` model on the mean of the three views
+        (:data:`ORTHOGONAL_SEED_THRESHOLD` unless the user gave one).
+    **settings
+        Post-processing keywords of
+        :func:`napari_unet.postprocess.probabilities_to_labels`.
+
+    Returns
+    -------
+    labels, probabilities : np.ndarray
+        ``(Z, Y, X)`` labels ``0..N`` and the probabilities they came from (the mean of
+        the three views for ``orthogonal``, else ``probabilities``).
+
+    Raises
+    ------
+    ConfigError
+        If ``method`` is unknown, ``anisotropy`` is not > 0, or ``orthogonal`` lacks its
+        volume or predictor.
+    """
+    anisotropy = _check_anisotropy(anisotropy)
+    if method == "link":
+        planes = np.stack(
+            [
+                probabilities_to_labels(plane, target, **settings)
+                for plane in probabilities.swapaxes(0, 1)
+            ]
+        )
+        return link_planes(planes), probabilities
+    if method == "orthogonal":
+        if volume is None or predict_planes is None:
+            raise ConfigError(
+                "volume_method 'orthogonal' needs the volume and a plane predictor; give "
+                "both, or use volume_method='watershed'."
+            )
+        probabilities = orthogonal_probabilities(volume, predict_planes, anisotropy, probabilities)
+        if target == "contour":
+            settings["seed_threshold"] = orthogonal_seed_threshold
+    elif method != "watershed":
+        raise ConfigError(
+            f"volume_method {method!r} is unknown; use one of {', '.join(VOLUME_METHODS)}."
+        )
+    return watershed_volume(probabilities, target, anisotropy, **settings), probabilities

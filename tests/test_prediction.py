@@ -24,8 +24,11 @@ from napari_unet.prediction import (
     number_planes,
     predict,
     predict_events,
+    run_to_end,
     segment,
 )
+from napari_unet.synthetic import nuclei_volume
+from napari_unet.volume import VOLUME_METHODS
 
 
 def blob_stack(n: int = 3, shape: tuple[int, int] = (40, 52)) -> tuple[np.ndarray, np.ndarray]:
@@ -185,7 +188,7 @@ def test_colour_layouts_and_channel_checks() -> None:
 def test_stacks_keep_their_shape_and_get_unique_labels(shape: tuple[int, ...]) -> None:
     images, truth = blob_stack(n=int(np.prod(shape)))
     stack = images.reshape(*shape, *images.shape[1:])
-    labels = segment(stack, make_threshold_model(), min_size=0)
+    labels = segment(stack, make_threshold_model(), min_size=0, stack="planes")
     assert labels.shape == stack.shape
     planes = labels.reshape(-1, *labels.shape[-2:])
     seen: set[int] = set()
@@ -195,7 +198,9 @@ def test_stacks_keep_their_shape_and_get_unique_labels(shape: tuple[int, ...]) -
         seen |= values
         assert instance_metrics(true_plane, plane)["ap50"] > 0.7
     assert sorted(seen) == list(range(1, len(seen) + 1))  # sequential over the stack
-    per_plane = segment(stack, make_threshold_model(), min_size=0, labels_per_plane=True)
+    per_plane = segment(
+        stack, make_threshold_model(), min_size=0, labels_per_plane=True, stack="planes"
+    )
     for plane in per_plane.reshape(-1, *labels.shape[-2:]):
         assert plane.min() == 0 and np.unique(plane)[1] == 1
 
@@ -237,7 +242,13 @@ def test_wide_label_dtype_for_many_objects_over_a_stack() -> None:
     grid = np.zeros((2, 400, 400), np.float32)
     grid[:, ::2, ::2] = 1.0  # 40,000 one-pixel objects per plane
     labels = segment(
-        grid, make_threshold_model(), separate=False, min_size=0, tile_size=400, overlap=0
+        grid,
+        make_threshold_model(),
+        separate=False,
+        min_size=0,
+        tile_size=400,
+        overlap=0,
+        stack="planes",
     )
     assert labels.max() == 80_000
     assert labels.dtype == np.uint32
@@ -261,7 +272,9 @@ def test_tta_prediction_is_flip_invariant() -> None:
 
 def test_events_report_progress_and_stop_cancels() -> None:
     images, _ = blob_stack(n=3)
-    events = predict_events(images, make_threshold_model(), PredictConfig(tile_size=32, overlap=8))
+    events = predict_events(
+        images, make_threshold_model(), PredictConfig(tile_size=32, overlap=8, stack="planes")
+    )
     progress: list[Progress] = []
     while True:
         try:
@@ -275,7 +288,10 @@ def test_events_report_progress_and_stop_cancels() -> None:
 
     stop = threading.Event()
     events = predict_events(
-        images, make_threshold_model(), PredictConfig(tile_size=32, overlap=8), stop=stop
+        images,
+        make_threshold_model(),
+        PredictConfig(tile_size=32, overlap=8, stack="planes"),
+        stop=stop,
     )
     next(events)
     stop.set()
@@ -313,3 +329,98 @@ def test_segment_reads_a_path_and_refuses_what_is_not_an_image(tmp_path) -> None
     for bad, message in cases:
         with pytest.raises(DataError, match=message):
             segment(bad, model)
+
+
+# --------------------------------------------------------------------------- volumes
+
+
+@pytest.fixture(scope="module")
+def nuclei() -> tuple[np.ndarray, np.ndarray]:
+    """A small synthetic volume of 4 nuclei, each spanning 10-12 planes, and its labels."""
+    return nuclei_volume((16, 64, 64), 4, diameter=(10.0, 14.0), seed=2)
+
+
+def segment_with_axes(image: np.ndarray, model: TrainedModel, axes: str, **settings) -> np.ndarray:
+    """Labels of ``image`` whose file axes are ``axes`` (the generator takes them)."""
+    events = predict_events(image, model, PredictConfig(**settings), axes=axes)
+    return run_to_end(events).labels
+
+
+def ids_per_nucleus(truth: np.ndarray, labels: np.ndarray) -> list[int]:
+    """How many predicted ids cover at least a tenth of each true nucleus."""
+    counts = []
+    for nucleus in range(1, int(truth.max()) + 1):
+        inside = labels[truth == nucleus]
+        ids, sizes = np.unique(inside[inside > 0], return_counts=True)
+        counts.append(int(np.count_nonzero(sizes >= inside.size / 10)))
+    return counts
+
+
+@pytest.mark.parametrize("method", VOLUME_METHODS)
+def test_volume_mode_gives_one_id_per_nucleus_across_z(nuclei, method: str) -> None:
+    image, truth = nuclei
+    model = make_threshold_model(target="contour")
+    labels = segment(image, model, volume_method=method)  # volume: the default for ZYX
+    assert labels.shape == image.shape
+    assert labels.max() == truth.max() == 4
+    assert ids_per_nucleus(truth, labels) == [1, 1, 1, 1]
+    assert instance_metrics(truth, labels)["n_pred"] == 4
+    # Each plane on its own: a nucleus gets a new id in each of its planes.
+    planes = segment(image, model, stack="planes")
+    for nucleus in range(1, 5):
+        assert len(np.unique(planes[truth == nucleus])) > 8
+
+
+def test_volume_mode_options_and_refusals(nuclei) -> None:
+    image, _ = nuclei
+    model = make_threshold_model(target="contour")
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="anisotropy must be"):
+            PredictConfig(anisotropy=bad)
+    with pytest.raises(ConfigError, match="stack 'cube' is unknown"):
+        PredictConfig(stack="cube")
+    with pytest.raises(ConfigError, match="volume_method 'stardist' is unknown"):
+        PredictConfig(volume_method="stardist")
+    # A T axis right before the plane: time points, never joined into 3D objects.
+    with pytest.raises(ConfigError, match="time series.*stack='planes'"):
+        segment_with_axes(image, model, "TYX", stack="volume")
+    by_time = segment_with_axes(image, model, "TYX")
+    np.testing.assert_array_equal(by_time, segment(image, model, stack="planes"))
+    # A 2D image has nothing to join: volume mode segments it as a plane.
+    np.testing.assert_array_equal(
+        segment(image[8], model, stack="volume"), segment(image[8], model, stack="planes")
+    )
+    # Anisotropy changes the orthogonal views' resampling, and so the probabilities.
+    flat = predict(image, model, anisotropy=1.0, return_probabilities=True).probabilities
+    deep = predict(image, model, anisotropy=2.0, return_probabilities=True).probabilities
+    assert flat.shape == deep.shape == (2, *image.shape)
+    assert not np.allclose(flat, deep)
+
+
+def test_time_points_of_a_tz_stack_are_volumes_with_unique_ids(nuclei) -> None:
+    image, truth = nuclei
+    model = make_threshold_model(target="contour")
+    stack = np.stack([image, image[:, ::-1]])
+    labels = segment_with_axes(stack, model, "TZYX", volume_method="watershed")
+    assert labels.shape == stack.shape
+    assert ids_per_nucleus(truth, labels[0]) == [1, 1, 1, 1]
+    assert ids_per_nucleus(truth[:, ::-1], labels[1]) == [1, 1, 1, 1]
+    assert set(np.unique(labels[1])) - {0} == set(range(5, 9))  # after the first volume's
+
+
+def test_small_planes_go_through_the_network_in_batches() -> None:
+    images, _ = blob_stack(n=5)
+    model = make_threshold_model()
+    config = PredictConfig(tile_size=256, overlap=8, stack="planes", return_probabilities=True)
+    calls = []
+    events = predict_events(images, model, config)
+    while True:
+        try:
+            calls.append(next(events))
+        except StopIteration as finished:
+            result = finished.value
+            break
+    # 5 planes that each fit a tile: one batch, one plane counted as one tile.
+    assert [(p.done, p.total) for p in calls] == [(5, 5)]
+    one_by_one = [predict(plane, model, config).probabilities for plane in images]
+    np.testing.assert_allclose(result.probabilities, np.stack(one_by_one, axis=1), atol=1e-5)

@@ -99,6 +99,30 @@ class ImageMetadata:
     units: tuple[str | None, ...] | None = None
     translate: tuple[float, ...] | None = None
 
+    @property
+    def plain(self) -> bool:
+        """True when it says nothing beyond pixel units: steps 1, origin 0, no units."""
+        return (
+            all(step == 1 for step in self.scale or ())
+            and not any(self.translate or ())
+            and not any(self.units or ())
+        )
+
+    def moved_to_front(self, index: int) -> ImageMetadata:
+        """The metadata of the array with axis ``index`` moved first (``numpy.moveaxis``)."""
+
+        def move(values: tuple[Any, ...] | str | None) -> Any:
+            if values is None:
+                return None
+            order = [index % len(values)]
+            order += [axis for axis in range(len(values)) if axis != order[0]]
+            moved = [values[axis] for axis in order]
+            return "".join(moved) if isinstance(values, str) else tuple(moved)
+
+        return ImageMetadata(
+            move(self.axes), move(self.scale), move(self.units), move(self.translate)
+        )
+
     def step(self, letter: str) -> tuple[float, str | None] | None:
         """The ``(step, unit)`` of the axis ``letter`` (``"Z"``), or None if unknown."""
         if self.axes is None or self.scale is None or letter not in self.axes:
@@ -309,17 +333,51 @@ def labels_axes(ndim: int, units: Sequence[str | None] | None = None) -> str:
     return "?" * max(ndim - 4, 0) + "TZYX"[-ndim:] if ndim else ""
 
 
-def tiff_metadata(metadata: ImageMetadata | None, shape: Sequence[int]) -> dict[str, Any]:
+def tiff_metadata(
+    metadata: ImageMetadata | None, shape: Sequence[int], notes: dict[str, str] | None = None
+) -> dict[str, Any]:
     """``tifffile.imwrite`` keyword arguments that store ``metadata`` as OME-TIFF.
 
-    Empty when there is nothing to store (no metadata, or axes OME cannot hold, such as
-    two stack axes of the same kind): the file is then written as before, without it.
+    ``notes`` (such as the Labels writer's marker) go into the OME image description as
+    JSON, or into tifffile's own JSON description when there is no OME metadata; read
+    them back with :func:`tiff_notes`. Without voxel metadata (none given, or axes OME
+    cannot hold, such as two stack axes of one kind) the file is a plain TIFF.
     """
-    if metadata is None or metadata.axes is None or len(metadata.axes) != len(shape):
+    ome = _ome_fields(metadata, shape)
+    if ome is None:
+        return {"metadata": dict(notes)} if notes else {}
+    if notes:
+        ome["Description"] = json.dumps(notes)
+    return {"ome": True, "metadata": ome}
+
+
+def tiff_notes(path: str | Path) -> dict[str, Any]:
+    """The notes :func:`tiff_metadata` stored in a TIFF; {} when none or unreadable."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if tif.is_ome and tif.ome_metadata:
+                root = ElementTree.fromstring(tif.ome_metadata)
+                description = next((e for e in root.iter() if e.tag.endswith("}Description")), None)
+                notes = json.loads(description.text or "") if description is not None else {}
+            else:
+                shaped = tif.shaped_metadata
+                notes = shaped[0] if shaped else {}
+    except Exception:  # any unreadable file simply carries no notes
         return {}
+    return notes if isinstance(notes, dict) else {}
+
+
+def _ome_fields(metadata: ImageMetadata | None, shape: Sequence[int]) -> dict[str, Any] | None:
+    """tifffile's OME metadata fields for ``metadata``; None when OME cannot hold it."""
+    if metadata is None or metadata.axes is None or len(metadata.axes) != len(shape):
+        return None
+    if metadata.plain:
+        return None  # nothing beyond pixels: keep the file as it always was
     axes = metadata.axes.replace("S", "C")
     if any(letter not in _NGFF_TYPES for letter in axes) or len(set(axes)) != len(axes):
-        return {}
+        return None
     ome: dict[str, Any] = {"axes": axes}
     scale = metadata.scale or (1.0,) * len(axes)
     units = metadata.units or (None,) * len(axes)
@@ -334,7 +392,7 @@ def tiff_metadata(metadata: ImageMetadata | None, shape: Sequence[int]) -> dict[
                 ome["TimeIncrementUnit"] = _OME_SYMBOLS[unit]
     if metadata.translate is not None and any(metadata.translate):
         ome["Plane"] = _plane_positions(axes, shape, scale, metadata.translate)
-    return {"ome": True, "metadata": ome}
+    return ome
 
 
 def _plane_positions(

@@ -144,6 +144,19 @@ class ImageMetadata:
         )
 
 
+def labels_metadata(metadata: ImageMetadata, labels_ndim: int) -> ImageMetadata | None:
+    """An image's metadata for its labels: without the channel axis (``C`` or ``S``).
+
+    None when the image's metadata names no axes or does not match ``labels_ndim``.
+    """
+    if metadata.axes is None:
+        return None
+    for letter in "CS":
+        if letter in metadata.axes:
+            metadata = metadata.without_axis(metadata.axes.index(letter))
+    return metadata if len(metadata.axes or "") == labels_ndim else None
+
+
 def unit_name(unit: str | None) -> str | None:
     """``unit`` as a pint/NGFF name (``"µm"`` -> ``"micrometer"``); None for none or pixels."""
     if unit is None or not str(unit).strip() or str(unit).lower() in ("pixel", "pixels", "none"):

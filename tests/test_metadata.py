@@ -18,6 +18,7 @@ from napari_unet.metadata import (
     ngff_transformations,
     tiff_metadata,
     tiff_notes,
+    unit_name,
 )
 
 MICRONS = ("micrometer",) * 3
@@ -160,3 +161,25 @@ def test_ngff_axes_and_transformations() -> None:
     ]
     assert ngff_axes(None, 2) == [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
     assert ngff_transformations(None, 2) == [{"type": "scale", "scale": [1.0, 1.0]}]
+
+
+def test_uncalibrated_imagej_and_unknown_units_give_no_voxel_size(tmp_path) -> None:
+    # ImageJ ignores a resolution without a unit (a 72 dpi print resolution, say).
+    tifffile.imwrite(
+        tmp_path / "dpi.tif",
+        np.zeros((3, 16, 20), np.uint8),
+        imagej=True,
+        resolution=(72.0, 72.0),
+        metadata={"axes": "ZYX", "spacing": 4.0},
+    )
+    metadata = image_metadata(tmp_path / "dpi.tif")
+    assert metadata.axes == "ZYX" and metadata.scale is None
+    assert anisotropy_from(metadata) is None
+    assert [unit_name(u) for u in ("µm", "micron", "NM", "pixel", "parsec", None)] == [
+        "micrometer",
+        "micrometer",
+        "nanometer",
+        None,
+        None,
+        None,
+    ]

@@ -110,18 +110,19 @@ class ImageMetadata:
 
     def moved_to_front(self, index: int) -> ImageMetadata:
         """The metadata of the array with axis ``index`` moved first (``numpy.moveaxis``)."""
+        index %= self.ndim
+        return self._taken([index, *(axis for axis in range(self.ndim) if axis != index)])
 
-        def move(values: tuple[Any, ...] | str | None) -> Any:
-            if values is None:
-                return None
-            order = [index % len(values)]
-            order += [axis for axis in range(len(values)) if axis != order[0]]
-            moved = [values[axis] for axis in order]
-            return "".join(moved) if isinstance(values, str) else tuple(moved)
+    def without_axis(self, index: int) -> ImageMetadata:
+        """The metadata of the array without axis ``index`` (a channel or colour axis)."""
+        index %= self.ndim
+        return self._taken([axis for axis in range(self.ndim) if axis != index])
 
-        return ImageMetadata(
-            move(self.axes), move(self.scale), move(self.units), move(self.translate)
-        )
+    @property
+    def ndim(self) -> int:
+        """Axes described (0 when nothing is known)."""
+        known = [f for f in (self.axes, self.scale, self.units, self.translate) if f is not None]
+        return len(known[0]) if known else 0
 
     def step(self, letter: str) -> tuple[float, str | None] | None:
         """The ``(step, unit)`` of the axis ``letter`` (``"Z"``), or None if unknown."""
@@ -130,17 +131,17 @@ class ImageMetadata:
         index = self.axes.index(letter)
         return self.scale[index], None if self.units is None else self.units[index]
 
-    def without_axis(self, index: int) -> ImageMetadata:
-        """The metadata of the array without axis ``index`` (a channel or colour axis)."""
+    def _taken(self, order: list[int]) -> ImageMetadata:
+        """The metadata of the axes ``order``, in that order."""
 
-        def drop(values: tuple[Any, ...] | str | None) -> Any:
+        def take(values: tuple[Any, ...] | str | None) -> Any:
             if values is None:
                 return None
-            kept = [value for axis, value in enumerate(values) if axis != index % len(values)]
-            return "".join(kept) if isinstance(values, str) else tuple(kept)
+            taken = [values[axis] for axis in order]
+            return "".join(taken) if isinstance(values, str) else tuple(taken)
 
         return ImageMetadata(
-            drop(self.axes), drop(self.scale), drop(self.units), drop(self.translate)
+            take(self.axes), take(self.scale), take(self.units), take(self.translate)
         )
 
 
@@ -158,11 +159,16 @@ def labels_metadata(metadata: ImageMetadata, labels_ndim: int) -> ImageMetadata 
 
 
 def unit_name(unit: str | None) -> str | None:
-    """``unit`` as a pint/NGFF name (``"µm"`` -> ``"micrometer"``); None for none or pixels."""
-    if unit is None or not str(unit).strip() or str(unit).lower() in ("pixel", "pixels", "none"):
+    """``unit`` as a pint/NGFF name (``"µm"`` -> ``"micrometer"``).
+
+    None for no unit, pixels, and units other than the lengths and times of microscopy
+    (napari would refuse a layer with a unit it does not know).
+    """
+    if unit is None:
         return None
     unit = str(unit).strip()
-    return _UNIT_NAMES.get(unit, _UNIT_NAMES.get(unit.lower(), unit))
+    name = _UNIT_NAMES.get(unit, _UNIT_NAMES.get(unit.lower(), unit.lower()))
+    return name if name in _METRES or name in _TIME_UNITS else None
 
 
 def image_metadata(path: str | Path) -> ImageMetadata:
@@ -209,15 +215,19 @@ def _tiff_metadata(path: Path) -> ImageMetadata:
 
 
 def _imagej_metadata(info: dict[str, Any], tags: Any, axes: str) -> ImageMetadata:
-    """ImageJ: X/Y steps are 1/resolution, Z ``spacing``, T ``finterval``, one ``unit``."""
+    """ImageJ: X/Y steps are 1/resolution, Z ``spacing``, T ``finterval``, one ``unit``.
+
+    Like ImageJ, a file without a length unit is uncalibrated: its resolution (often a
+    print resolution such as 72 dpi) is no voxel size.
+    """
     length = unit_name(info.get("unit"))
     steps: dict[str, tuple[float, str | None]] = {}
     for letter, tag in (("X", "XResolution"), ("Y", "YResolution")):
-        if tag in tags:
+        if length is not None and tag in tags:
             numerator, denominator = tags[tag].value
             if numerator > 0 and denominator > 0:
                 steps[letter] = (denominator / numerator, length)
-    if _positive(info.get("spacing")):
+    if length is not None and _positive(info.get("spacing")):
         steps["Z"] = (float(info["spacing"]), length)
     if _positive(info.get("finterval")):
         steps["T"] = (float(info["finterval"]), unit_name(info.get("tunit", "sec")))

@@ -17,6 +17,7 @@ from napari_unet.checkpoint import save_model
 from napari_unet.cli import main
 from napari_unet.io import RUN_RECORD, write_png
 from napari_unet.metrics import instance_metrics
+from napari_unet.synthetic import nuclei_volume
 
 
 def model_file(tmp_path: Path, in_channels: int = 1) -> Path:
@@ -449,3 +450,56 @@ def test_label_tiff_keeps_the_inputs_voxel_size(tmp_path: Path) -> None:
     assert labels == ImageMetadata("ZYX", (2.0, 0.5, 0.5), ("micrometer",) * 3, (0.0, 0.0, 0.0))
     assert anisotropy_from(labels) == pytest.approx(4.0)
     assert tifffile.imread(out / "volume_labels.tif").shape == (3, 36, 40)
+
+
+def test_a_3d_tiff_gives_one_id_per_nucleus_across_z(tmp_path: Path, capsys) -> None:
+    image, truth = nuclei_volume((16, 64, 64), 4, anisotropy=2.0, diameter=(12.0, 16.0), seed=3)
+    model = make_threshold_model(target="contour")
+    model_path = str(save_model(tmp_path / "contour.pt", model.network, model.config))
+    # An ImageJ volume whose planes are 2 pixels apart: the anisotropy comes from the file.
+    source = tmp_path / "volume.tif"
+    tifffile.imwrite(
+        source,
+        image,
+        imagej=True,
+        resolution=(1.0, 1.0),
+        metadata={"axes": "ZYX", "spacing": 2.0, "unit": "um"},
+    )
+
+    def probabilities(out: str, *options: str) -> np.ndarray:
+        common = ["predict", "--model", model_path, str(source), "--quiet"]
+        assert main([*common, "--out", str(tmp_path / out), "--save-probabilities", *options]) == 0
+        return tifffile.imread(tmp_path / out / "volume_probabilities.tif")
+
+    from_file = probabilities("file")
+    labels = tifffile.imread(tmp_path / "file" / "volume_labels.tif")
+    counts = instance_metrics(truth, labels)
+    assert abs(counts["n_pred"] - counts["n_true"]) <= 0.05 * counts["n_true"]
+    for nucleus in range(1, 5):  # one id (not one per plane) covers each nucleus
+        ids, sizes = np.unique(labels[truth == nucleus], return_counts=True)
+        assert sizes[ids > 0].max() > max(0.9 * sizes[ids > 0].sum(), 0.5 * sizes.sum())
+    np.testing.assert_array_equal(from_file, probabilities("two", "--anisotropy", "2"))
+    assert not np.allclose(from_file, probabilities("one", "--anisotropy", "1"))
+    probabilities("planes", "--stack", "planes")
+    assert tifffile.imread(tmp_path / "planes" / "volume_labels.tif").max() > 4 * 4
+
+
+def test_volume_mode_refusals_exit_2_and_write_nothing(tmp_path: Path, capsys) -> None:
+    image, _ = nuclei_volume((16, 64, 64), 4, diameter=(10.0, 14.0), seed=2)
+    model = str(model_file(tmp_path))
+    volume = tmp_path / "volume.tif"
+    tifffile.imwrite(volume, image)
+    series = tmp_path / "series.tif"
+    tifffile.imwrite(series, image, imagej=True, metadata={"axes": "TYX"})
+    out = tmp_path / "out"
+    for source, options, message in [
+        (volume, ["--anisotropy", "0"], "anisotropy must be"),
+        (volume, ["--anisotropy", "-2"], "anisotropy must be"),
+        (series, ["--stack", "volume"], "time series"),
+    ]:
+        code = main(["predict", "--model", model, str(source), "--out", str(out), *options])
+        assert code == 2
+        assert message in capsys.readouterr().err
+        assert outputs(out) == []
+    # Without --stack, a time series is segmented plane by plane.
+    assert main(["predict", "--model", model, str(series), "--out", str(out), "--quiet"]) == 0

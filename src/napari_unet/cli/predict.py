@@ -20,7 +20,8 @@ from napari_unet.cli._options import (
     run_with_progress_bar,
     trusted_model,
 )
-from napari_unet.errors import DataError
+from napari_unet.config import PredictConfig
+from napari_unet.errors import ConfigError, DataError
 from napari_unet.io import (
     IMAGE_SUFFIXES,
     atomic_write,
@@ -33,7 +34,13 @@ from napari_unet.io import (
     read_image,
     write_run_record,
 )
-from napari_unet.metadata import ImageMetadata, image_metadata, labels_metadata, tiff_metadata
+from napari_unet.metadata import (
+    ImageMetadata,
+    anisotropy_from,
+    image_metadata,
+    labels_metadata,
+    tiff_metadata,
+)
 
 HELP = "segment images, folders or TIFF/Zarr stacks with a model and write label TIFFs"
 
@@ -240,8 +247,10 @@ def run(args: argparse.Namespace) -> int:
     record = run_record("predict", model, config, channel_axis=args.channel_axis)
     check_run_record(args.out, record, args.overwrite, "--out")
     # Check every input before writing anything: a bad file in a batch leaves no output.
+    settings = {}
     for path in sources:
         check_input(path, model.config.in_channels, model.config.out_channels, args)
+        settings[path] = file_settings(path, config, model.config.in_channels, args)
     write_run_record(args.out, record)
     for path, stem in zip(sources, stems):
         if wants_zarr(args):
@@ -250,7 +259,11 @@ def run(args: argparse.Namespace) -> int:
         image = open_input(path)
         labels_path = args.out / f"{stem}_labels.tif"
         if isinstance(image, np.ndarray):
-            events = predict_events(image, model, config, channel_axis=args.channel_axis)
+            file_config, axes = settings[path]
+            axes = axes if axes is not None and len(axes) == image.ndim else None
+            events = predict_events(
+                image, model, file_config, channel_axis=args.channel_axis, axes=axes
+            )
             result = run_with_progress_bar(events, args.quiet, unit="tile", desc=path.name)
             _write_stack(labels_path, result.labels, _voxels(path, result.labels.ndim))
             if config.return_probabilities:
@@ -259,6 +272,47 @@ def run(args: argparse.Namespace) -> int:
             _segment_lazy(path, stem, config, args)
         print(f"{path} -> {labels_path}")
     return 0
+
+
+def file_settings(
+    path: Path, config: PredictConfig, in_channels: int, args: argparse.Namespace
+) -> tuple[PredictConfig, str | None]:
+    """The settings and axes of one input, checked: ``config`` with the file's anisotropy
+    when ``--anisotropy`` is not given, and the file's axes (a ``T`` makes it a time
+    series, segmented plane by plane).
+
+    Raises
+    ------
+    ConfigError
+        If ``--stack volume`` is asked for a time series, or for a Zarr store or
+        block-wise run (segmented plane by plane), or the file's voxel size gives no
+        valid anisotropy.
+    """
+    from napari_unet.layout import find_layout
+    from napari_unet.prediction import stack_mode
+
+    lazy = wants_zarr(args) or _is_zarr(path)
+    if lazy and config.stack == "volume":
+        raise ConfigError(
+            f"{str(path)!r}: block-wise prediction (Zarr, --zarr, --scheduler, --workers) "
+            "segments plane by plane; use --stack planes, or a TIFF for 3D objects."
+        )
+    metadata = image_metadata(path)
+    shape = image_header(path)[0] if not lazy else ()
+    axes = metadata.axes if args.channel_axis is None else None
+    if axes is None or len(axes) != len(shape):
+        axes = None  # what the reader keeps no longer matches the file's axes
+    if config.anisotropy is None and (anisotropy := anisotropy_from(metadata)) is not None:
+        try:
+            config = config.replace(anisotropy=anisotropy)
+        except ConfigError as error:
+            raise ConfigError(
+                f"{str(path)!r}: its voxel size gives no valid anisotropy ({error}); "
+                "give --anisotropy."
+            ) from error
+    if not lazy:
+        stack_mode(find_layout(shape, in_channels, None, None, axes=axes), config.stack)
+    return config, axes
 
 
 def _write_stack(path: Path, array: Any, metadata: ImageMetadata | None = None) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
+import tifffile
 
 from conftest import make_blobs, make_threshold_model
 from napari_unet.checkpoint import save_model
@@ -13,6 +15,7 @@ from napari_unet.cli import main
 from napari_unet.evaluation import evaluate
 from napari_unet.io import read_image, write_png
 from napari_unet.prediction import PredictConfig
+from napari_unet.synthetic import nuclei_volume
 
 
 def write_dataset(folder: Path, n: int = 3, shape: tuple[int, int] = (32, 40)) -> tuple[Path, Path]:
@@ -196,3 +199,25 @@ def test_overlays_of_another_model_need_overwrite(tmp_path: Path, capsys) -> Non
     assert main(["evaluate", *args, "--resize", "16"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main(["evaluate", *args, "--resize", "16", "--overwrite"]) == 0
+
+
+def test_a_volume_is_scored_in_3d(tmp_path: Path, capsys) -> None:
+    image, truth = nuclei_volume((16, 64, 64), 4, diameter=(10.0, 14.0), seed=2)
+    for folder, array in (("images", image), ("labels", truth)):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "volume.tif", array)
+    model = make_threshold_model(target="contour")
+    model_path = str(save_model(tmp_path / "contour.pt", model.network, model.config))
+    common = ["evaluate", "--model", model_path, "--images", str(tmp_path / "images")]
+    common += ["--labels", str(tmp_path / "labels"), "--quiet", "--json"]
+
+    def scores(name: str, *options: str) -> tuple[dict, dict]:
+        assert main([*common, "--csv", str(tmp_path / name), *options]) == 0
+        with open(tmp_path / name, encoding="utf-8") as stream:
+            return json.loads(capsys.readouterr().out), next(csv.DictReader(stream))
+
+    volume, volume_row = scores("volume.csv")
+    planes, planes_row = scores("planes.csv", "--stack", "planes")
+    assert volume["instance"].keys() == planes["instance"].keys()
+    assert volume_row["n_true"] == volume_row["n_pred"] == "4"  # objects counted once, in 3D
+    assert int(planes_row["n_true"]) > 4 * 8  # one per plane an object crosses

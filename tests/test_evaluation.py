@@ -21,6 +21,7 @@ from napari_unet.evaluation import (
 from napari_unet.io import read_image
 from napari_unet.metrics import instance_metrics, pixel_metrics
 from napari_unet.prediction import PredictConfig, predict, run_to_end
+from napari_unet.synthetic import nuclei_volume
 
 PIXEL = ("accuracy", "f1", "jaccard", "recall", "precision")
 INSTANCE = ("dsb_score", "ap50", "ap75", "f1_50", "pq")
@@ -196,3 +197,24 @@ def test_label_stacks_are_scored_plane_by_plane() -> None:
         run_to_end(score_labels_events(truth, prediction[:, :16]))
     with pytest.raises(DataError, match="not an image"):
         run_to_end(score_labels_events(truth[0, 0], prediction[0, 0]))
+
+
+def test_volumes_are_scored_in_3d_or_plane_by_plane(tmp_path) -> None:
+    image, truth = nuclei_volume((16, 64, 64), 4, diameter=(10.0, 14.0), seed=2)
+    model = make_threshold_model(target="contour")
+    report = evaluate([image], [truth], model, overlay_dir=tmp_path / "overlays")
+    row = report.rows[0]
+    # Objects matched in 3D and counted once: 4 nuclei, not one per plane they cross.
+    assert row["n_true"] == 4 and row["n_pred"] == 4
+    labels = predict(image, model).labels
+    assert row["ap50"] == instance_metrics(truth, labels)["ap50"]  # IoU over voxels
+    assert set(report.summary["pixel"]) == set(PIXEL)
+    assert set(report.summary["instance"]) == set(INSTANCE)
+    assert (tmp_path / "overlays" / "image_000.png").exists()  # the middle plane
+    by_plane = evaluate([image], [truth], model, stack="planes").rows[0]
+    planes_crossed = sum(len(np.unique(plane)) - 1 for plane in truth)
+    assert by_plane["n_true"] == planes_crossed > 4 * 8
+    with pytest.raises(DataError, match="resize works on 2D planes"):
+        evaluate([image], [truth], model, resize=32)
+    with pytest.raises(DataError, match="2D or 3D integer image"):
+        evaluate([image], [truth[None]], model)

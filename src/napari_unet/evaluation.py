@@ -241,6 +241,25 @@ def score_plane(true_labels: Any, pred_labels: Any) -> tuple[dict[str, float], d
     )
 
 
+def score_labels(
+    true_labels: np.ndarray, pred_labels: np.ndarray, stack: str | None = None
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Scores of a label image, or of a volume in 3D or plane by plane.
+
+    A 2D image, or a volume with ``stack`` other than ``"planes"`` (the default of
+    :class:`~napari_unet.config.PredictConfig`), is scored as one by
+    :func:`score_plane`: objects of a volume are matched in 3D (IoU over voxels) and
+    counted once. With ``stack="planes"`` each plane is scored on its own, and the
+    scores are the means over planes (counts summed), as :func:`score_labels_events`
+    gives.
+    """
+    if true_labels.ndim == 2 or stack != "planes":
+        return score_plane(true_labels, pred_labels)
+    scores = [score_plane(truth, pred) for truth, pred in zip(true_labels, pred_labels)]
+    pixel = mean_pixel_metrics([pixel for pixel, _ in scores])
+    return pixel, mean_instance_metrics([instance for _, instance in scores])
+
+
 def as_planes(labels: Any) -> np.ndarray:
     """``(N, H, W)`` view of a 2D label image or a stack of any depth.
 
@@ -346,25 +365,31 @@ def check_planes(
     in_channels: int,
     channel_axis: int | None,
     task: str,
+    volumes: bool = False,
 ) -> None:
-    """Check that every image is a 2D plane for the model and its labels match it.
+    """Check that every image is a 2D plane (or, with ``volumes``, a ``(Z, Y, X)``
+    volume) for the model and its labels match it.
 
     Raises
     ------
     DataError
-        If labels are not a 2D integer image, an image is not a 2D plane (grey, colour,
-        or multichannel along ``channel_axis``), or the shapes differ.
+        If labels are not a 2D (or 3D) integer image, an image is not a 2D plane or
+        volume (grey, colour, or multichannel along ``channel_axis``), or the shapes
+        differ.
     """
+    dims = (2, 3) if volumes else (2,)
+    what = "2D or 3D" if volumes else "2D"
     for name, image, truth in zip(names, images, labels):
         truth = np.asarray(truth)
-        if truth.ndim != 2 or not np.issubdtype(truth.dtype, np.integer):
+        if truth.ndim not in dims or not np.issubdtype(truth.dtype, np.integer):
             raise DataError(
-                f"labels of {name!r} must be a 2D integer image, got shape {truth.shape} of "
-                f"{truth.dtype}."
+                f"labels of {name!r} must be a {what} integer image, got shape {truth.shape} "
+                f"of {truth.dtype}."
             )
         expected = labels_shape(np.shape(image), in_channels, None, channel_axis)
-        if len(expected) != 2:
-            raise DataError(f"{name!r} has shape {np.shape(image)}; {task} takes 2D planes.")
+        if len(expected) not in dims:
+            takes = "2D planes and (Z, Y, X) volumes" if volumes else "2D planes"
+            raise DataError(f"{name!r} has shape {np.shape(image)}; {task} takes {takes}.")
         if expected != truth.shape:
             raise DataError(
                 f"labels of {name!r} have shape {truth.shape} but the image is {expected}; "
@@ -389,6 +414,11 @@ def _finite_arrays(
     return images, labels
 
 
+def _middle_plane(volume: np.ndarray) -> np.ndarray:
+    """The plane a volume's modality and overlay come from."""
+    return volume[len(volume) // 2]
+
+
 def evaluate_events(
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
@@ -408,9 +438,12 @@ def evaluate_events(
     ----------
     images : sequence of np.ndarray
         2D planes: ``(H, W)`` grey, ``(H, W, 3|4)`` colour, or multichannel with
-        ``channel_axis``.
+        ``channel_axis``; or ``(Z, Y, X)`` volumes of such planes.
     labels : sequence of np.ndarray
-        ``(H, W)`` integer instance labels (0 = background), one per image.
+        ``(H, W)`` (or ``(Z, Y, X)``) integer instance labels (0 = background), one per
+        image. A volume is predicted and scored as ``config.stack`` says
+        (:func:`score_labels`): by default as 3D objects, matched in 3D; with
+        ``stack="planes"``, plane by plane.
     model : str, Path or TrainedModel
         A model file, ``"default"`` or a loaded model.
     config : PredictConfig, optional
@@ -447,7 +480,11 @@ def evaluate_events(
     images, labels = _finite_arrays(names, images, labels)  # before the first overlay
     trained = resolve_model(model, config.device)
     config = config.for_model(trained)
-    check_planes(names, images, labels, trained.config.in_channels, channel_axis, "evaluate")
+    check_planes(
+        names, images, labels, trained.config.in_channels, channel_axis, "evaluate", volumes=True
+    )
+    if resize is not None and any(np.ndim(truth) == 3 for truth in labels):
+        raise DataError("resize works on 2D planes; leave it out to evaluate volumes.")
 
     rows: list[dict[str, Any]] = []
     pixel_rows: list[dict[str, float]] = []
@@ -458,19 +495,20 @@ def evaluate_events(
         image, truth = np.asarray(image), np.asarray(truth)
         if channel_axis is not None:
             image = np.moveaxis(image, channel_axis, -1)
-        modality = classify_modality(image)
+        middle = _middle_plane if truth.ndim == 3 else np.asarray
+        modality = classify_modality(middle(image))
         if resize is not None:
             image, truth = resize_pair(image, truth, resize)
         result = predict(image, trained, config, channel_axis=None if channel_axis is None else -1)
-        pixel, instance = score_plane(truth, result.labels)
+        pixel, instance = score_labels(truth, result.labels, config.stack)
         pixel_rows.append(pixel)
         instance_rows.append(instance)
         rows.append(
             {
                 "image": name,
                 "modality": modality,
-                "height": int(truth.shape[0]),
-                "width": int(truth.shape[1]),
+                "height": int(truth.shape[-2]),
+                "width": int(truth.shape[-1]),
                 "n_true": int(instance["n_true"]),
                 "n_pred": int(instance["n_pred"]),
                 **{k: float(pixel[k]) for k in PIXEL_KEYS},
@@ -480,7 +518,8 @@ def evaluate_events(
         if labels_dir is not None:
             write_tiff(Path(labels_dir) / f"{name}.tif", result.labels)
         if overlay_dir is not None:
-            write_png(Path(overlay_dir) / f"{name}.png", overlay_image(image, truth, result.labels))
+            overlay = overlay_image(middle(image), middle(truth), middle(result.labels))
+            write_png(Path(overlay_dir) / f"{name}.png", overlay)
         yield Progress(number + 1, len(names), name)
     if not rows:
         raise DataError("evaluation was stopped before any image was scored.")

@@ -23,7 +23,7 @@ HELP = "predict labelled images and print pixel and instance metrics (DSB score,
 
 #: Prediction settings without an option here, and why.
 NOT_OPTIONS = {
-    "labels_per_plane": "evaluate scores 2D images",
+    "labels_per_plane": "evaluate scores labels as they are matched, never renumbered",
     "return_probabilities": "always on: the pixel scores need them",
 }
 

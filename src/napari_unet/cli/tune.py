@@ -31,6 +31,9 @@ NOT_OPTIONS = {
     "separate": "tuning splits touching objects as prediction does by default",
     "fill_holes": "tuning fills holes as prediction does by default",
     "labels_per_plane": "tune scores 2D images",
+    "stack": "tune scores 2D images",
+    "anisotropy": "tune scores 2D images",
+    "volume_method": "tune scores 2D images",
     "return_probabilities": "always on: tuning re-uses them",
 }
 

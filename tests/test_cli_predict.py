@@ -104,6 +104,8 @@ def test_tiff_and_zarr_stacks_give_the_same_sequential_labels(tmp_path: Path) ->
             "0",
             "--quiet",
             "--save-probabilities",
+            "--stack",
+            "planes",  # block-wise (Zarr) prediction segments plane by plane
         ]
     )
     assert code == 0
@@ -389,7 +391,8 @@ def test_zarr_output_on_a_scheduler_and_errors(tmp_path: Path, capsys) -> None:
     )
     assert code == 0
     labels = zarr.open_array(str(out / "stack_labels.zarr" / "0"), mode="r")[:]
-    expected = predict(stack, model, PredictConfig(tile_size=256, overlap=16, min_size=4)).labels
+    config = PredictConfig(tile_size=256, overlap=16, min_size=4, stack="planes")
+    expected = predict(stack, model, config).labels  # block-wise: plane by plane
     # Blocks of 48: objects cut by block edges are stitched into the whole-plane objects.
     pairs = np.unique(np.stack([labels.ravel(), expected.ravel()], 1), axis=0)
     assert len(pairs) == len(np.unique(labels)) == len(np.unique(expected))

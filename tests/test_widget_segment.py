@@ -15,7 +15,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from conftest import blob_pair
+from conftest import blob_pair, make_threshold_model
 from napari_unet import metrics
 from napari_unet._widgets import SegmentWidget, TrainWidget, _segment
 from napari_unet._widgets._registry import REGISTRY
@@ -24,7 +24,8 @@ from napari_unet.checkpoint import TrainedModel, default_model_path, load_model
 from napari_unet.config import ModelConfig
 from napari_unet.errors import DataError
 from napari_unet.model import build_model
-from napari_unet.prediction import PredictConfig, run_to_end
+from napari_unet.prediction import PredictConfig, run_to_end, segment
+from napari_unet.synthetic import nuclei_volume
 from napari_unet.training import TrainConfig, train
 
 TIMEOUT_MS = 120_000
@@ -56,6 +57,11 @@ def viewer(make_napari_viewer, tiny_model):
     REGISTRY.add(tiny_model, "tiny test model")
     yield make_napari_viewer()
     REGISTRY.clear()
+
+
+def threshold_model() -> TrainedModel:
+    """The same known contour model on every call (conftest's weights are fixed)."""
+    return make_threshold_model(target="contour")
 
 
 def dock(viewer) -> SegmentWidget:
@@ -128,6 +134,7 @@ def test_stack_is_segmented_plane_by_plane_with_progress(viewer, qtbot):
     stack = np.stack([blob_pair(seed=s)[0] for s in range(3)])
     viewer.add_image(stack, name="stack")
     widget = dock(viewer)
+    widget.stack.setCurrentIndex(widget.stack.findData("planes"))
     run(widget, qtbot)
     labels = viewer.layers["stack segmentation"].data
     assert labels.shape == stack.shape
@@ -140,11 +147,32 @@ def test_stack_is_segmented_plane_by_plane_with_progress(viewer, qtbot):
     assert widget.progress.maximum() == widget.progress.value()
 
 
+def test_a_volume_becomes_3d_objects_with_the_image_scale(viewer, qtbot):
+    image, truth = nuclei_volume((16, 64, 64), 4, anisotropy=2.0, diameter=(12.0, 16.0), seed=3)
+    viewer.add_image(image, name="nuclei", scale=(1.0, 0.5, 0.5), translate=(0, 5, 5))
+    widget = dock(viewer)
+    assert widget.stack.currentData() == "volume"  # 3D objects by default
+    assert widget.config().anisotropy == 2.0  # Z step 1 over pixels of 0.5
+    REGISTRY.add(threshold_model(), "threshold")
+    widget.model.combo.setCurrentText("threshold")
+    run(widget, qtbot)
+    output = viewer.layers["nuclei segmentation"]
+    assert tuple(output.scale) == (1.0, 0.5, 0.5) and tuple(output.translate) == (0, 5, 5)
+    assert output.data.shape == image.shape
+    assert output.data.max() == 4  # one id per nucleus across Z
+    expected = segment(image, threshold_model(), anisotropy=2.0, tile_size=64, overlap=16)
+    np.testing.assert_array_equal(output.data, expected)
+    widget.stack.setCurrentIndex(widget.stack.findData("planes"))
+    run(widget, qtbot)
+    assert viewer.layers[-1].data.max() > 4 * 4  # a new id in every plane
+
+
 def test_dask_stack_gives_the_numpy_result(viewer, qtbot):
     stack = np.stack([blob_pair(seed=s)[0] for s in range(3)])
     viewer.add_image(stack, name="numpy")
     viewer.add_image(da.from_array(stack, chunks=(1, 32, 32)), name="lazy")
     widget = dock(viewer)
+    widget.stack.setCurrentIndex(widget.stack.findData("planes"))  # dask: plane by plane
     widget.image.set_layer(viewer.layers["numpy"])
     run(widget, qtbot)
     widget.image.set_layer(viewer.layers["lazy"])
@@ -224,6 +252,7 @@ def test_stop_mid_stack_keeps_the_planes_done(viewer, qtbot):
     stack = np.stack([blob_pair(size=128, seed=s % 4)[0] for s in range(60)])
     viewer.add_image(stack, name="long")
     widget = dock(viewer)
+    widget.stack.setCurrentIndex(widget.stack.findData("planes"))
     widget.tile_size.setValue(32)  # 25 small tiles a plane, so Stop lands mid-stack
     widget.start()
     # 25 tiles a plane: wait until the first two planes are done.

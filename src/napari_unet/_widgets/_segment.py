@@ -225,6 +225,15 @@ class SegmentWidget(ScrollingDock):
             "'none' segments every plane of a stack."
         )
         form.addRow("Channel axis", self.channel_axis)
+        self.stack = QComboBox()
+        self.stack.addItem("3D objects", "volume")
+        self.stack.addItem("each plane on its own", "planes")
+        self.stack.setToolTip(
+            "A stack's planes as one volume (one id per object across Z, the Z step "
+            "from the layer's scale) or each plane segmented on its own (time series). "
+            "Dask layers are segmented plane by plane."
+        )
+        form.addRow("Stack", self.stack)
         self.model = ModelPicker(follow_new=True)
         form.addRow("Model", self.model)
         # Post-processing left at its lowest value ("tuned for the model") takes the
@@ -397,6 +406,8 @@ class SegmentWidget(ScrollingDock):
             min_size=None if self.min_size.value() < 0 else self.min_size.value(),
             device=self.device.currentText(),
             return_probabilities=self.probabilities.isChecked(),
+            stack=self.stack.currentData(),
+            anisotropy=_anisotropy(self.image.layer(), self.channel_axis.currentData()),
         )
 
     def update_state(self, *_: Any) -> str | None:
@@ -534,6 +545,16 @@ def _spatial(layer: Image, channel_axis: int | None) -> tuple[tuple[float, ...],
     if channel_axis is not None:
         del scale[channel_axis], translate[channel_axis]
     return tuple(scale), tuple(translate)
+
+
+def _anisotropy(layer: Image | None, channel_axis: int | None) -> float | None:
+    """Z step over X pixel size, from a volume layer's scale; None for a plane."""
+    if layer is None:
+        return None
+    scale, _ = _spatial(layer, channel_axis)
+    if len(scale) < 3 or not scale[-1]:
+        return None
+    return abs(scale[-3] / scale[-1])
 
 
 def _count_objects(labels: Any) -> int | None:

@@ -73,6 +73,9 @@ PREDICT_EXAMPLES: dict[str, tuple[list[str] | None, Any]] = {
     "labels_per_plane": ([], True),
     "device": (["cpu"], "cpu"),
     "return_probabilities": ([], True),
+    "stack": (["planes"], "planes"),
+    "anisotropy": (["2.5"], 2.5),
+    "volume_method": (["link"], "link"),
 }
 GRID_EXAMPLES: dict[str, tuple[list[str], Any]] = {
     "thresholds": (["0.3", "0.4"], (0.3, 0.4)),

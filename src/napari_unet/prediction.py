@@ -21,26 +21,27 @@ writes them to a Zarr block by block, with the same labelling.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import threading
-import warnings
-import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
-from torch import nn
 
 from napari_unet.blockwise.stitching import relabel_tables
 from napari_unet.checkpoint import TrainedModel, load_model
 from napari_unet.config import ModelConfig, PredictConfig
 from napari_unet.data import apply_intensity_range, intensity_range, normalize
 from napari_unet.errors import ConfigError
-from napari_unet.io import as_image, available_memory
+
+# Re-exported: prediction's names from before napari_unet.inference.
+from napari_unet.inference import TilePredictor as TilePredictor
+from napari_unet.inference import activation_bytes_per_pixel as activation_bytes_per_pixel
+from napari_unet.inference import auto_tile_size as auto_tile_size
+from napari_unet.inference import inference_network as inference_network
+from napari_unet.io import as_image
 from napari_unet.layout import Layout, find_layout
 
 # Re-exported: prediction.labels_shape was public before napari_unet.layout.
@@ -50,13 +51,6 @@ from napari_unet.postprocess import label_dtype, probabilities_to_labels
 from napari_unet.tiling import sliding_window_events, tile_grid
 
 T = TypeVar("T")
-
-#: Largest automatic tile side: bigger tiles are not faster on a CPU and only
-#: raise peak memory; a GPU gains from fewer, larger launches.
-MAX_AUTO_TILE = {"cpu": 1024, "other": 2048}
-MIN_AUTO_TILE = 256
-#: Fraction of the free memory that the activations of one batch of tiles may use.
-MEMORY_FRACTION = 0.25
 
 
 @dataclass
@@ -93,180 +87,6 @@ class Segmentation:
 def _network_input(plane: np.ndarray, config: ModelConfig, layout: Layout) -> np.ndarray:
     """``(C, H, W)`` float32 network input of one arranged plane, normalised like in training."""
     return normalize(layout.network_input(plane), config.normalization)
-
-
-# --------------------------------------------------------------------------- network
-
-
-#: Fast inference copies, keyed by the network they were made from; the key also
-#: holds the parameters' versions, so a network trained further is rebuilt.
-_FAST: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], dict[bool, nn.Module]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _fold_batchnorm(network: nn.Module) -> nn.Module:
-    """A copy of ``network`` in eval mode with every (Conv2d, BatchNorm2d) pair folded.
-
-    Folding removes one full pass over every activation map; the result is
-    numerically the same network.
-    """
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    folded = copy.deepcopy(network).eval()
-    for module in folded.modules():
-        if isinstance(module, nn.Sequential):
-            for i in range(len(module) - 1):
-                conv, norm = module[i], module[i + 1]
-                if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
-                    module[i] = fuse_conv_bn_eval(conv, norm)
-                    module[i + 1] = nn.Identity()
-    return folded
-
-
-def inference_network(
-    network: nn.Module, device: torch.device, compiled: bool = False
-) -> nn.Module:
-    """The fastest equivalent of ``network`` for inference on ``device`` (cached).
-
-    BatchNorm is folded into the convolutions and, on a CPU, weights and
-    activations use the channels-last layout, which oneDNN's convolutions run
-    fastest (see ``benchmarks/bench_predict.py``). With ``compiled`` that network
-    is wrapped in ``torch.compile`` with frozen weights, which fuses the
-    element-wise work (ReLU, concatenation) into the convolutions; compilation
-    happens at the first call of each input shape. The original network is not
-    modified.
-    """
-    tensors = [*network.parameters(), *network.buffers()]
-    key = (str(device), *((t.data_ptr(), t._version) for t in tensors))
-    cached = _FAST.get(network)
-    if cached is None or cached[0] != key:
-        fast = _fold_batchnorm(network).to(device)
-        if device.type == "cpu":
-            fast = fast.to(memory_format=torch.channels_last)
-        cached = (key, {False: fast})
-        _FAST[network] = cached
-    versions = cached[1]
-    if compiled and True not in versions:
-        # Freezing turns the weights into constants of the graph (inference only),
-        # which lets inductor pre-pack them for oneDNN; one graph per tile shape.
-        versions[True] = torch.compile(versions[False], dynamic=False, options={"freezing": True})
-    return versions[compiled]
-
-
-Transform = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _d4() -> list[tuple[Transform, Transform]]:
-    """The 8 symmetries of a tile (4 rotations, each with and without a flip).
-
-    Returned as ``(forward, inverse)`` pairs acting on the last two axes.
-    """
-    pairs = []
-    for flip in (False, True):
-        for k in range(4):
-
-            def forward(t: torch.Tensor, k: int = k, flip: bool = flip) -> torch.Tensor:
-                return torch.rot90(t.flip(-1) if flip else t, k, dims=(-2, -1))
-
-            def inverse(t: torch.Tensor, k: int = k, flip: bool = flip) -> torch.Tensor:
-                t = torch.rot90(t, -k, dims=(-2, -1))
-                return t.flip(-1) if flip else t
-
-            pairs.append((forward, inverse))
-    return pairs
-
-
-class TilePredictor:
-    """Sigmoid probabilities of a batch of tiles: the predictor of :func:`sliding_window`.
-
-    Parameters
-    ----------
-    model : TrainedModel
-        The model; its network is wrapped by :func:`inference_network`.
-    tta : bool
-        Average the predictions of the 8 flips/rotations of each tile.
-    compile : bool
-        Use the ``torch.compile`` version of the network (see :class:`PredictConfig`);
-        if compiling fails, warn once and predict with the uncompiled network.
-    """
-
-    def __init__(self, model: TrainedModel, tta: bool = False, compile: bool = False) -> None:
-        self.model = model
-        self.eager = inference_network(model.network, model.device)
-        self.network = (
-            inference_network(model.network, model.device, compiled=True) if compile else self.eager
-        )
-        self.transforms = _d4() if tta else None
-
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        if self.network is self.eager:
-            return self.network(x)
-        try:
-            return self.network(x)
-        except Exception as error:  # torch.compile's errors have no common base class
-            warnings.warn(
-                f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); "
-                "predicting without compiling. Install a C++ compiler (e.g. apt-get install "
-                "g++) or leave compile off.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            self.network = self.eager
-            return self.network(x)
-
-    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        if self.model.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
-        return torch.sigmoid(self._logits(x))
-
-    def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        """``(N, C_in, h, w)`` float32 -> ``(N, C_out, h, w)`` float32 probabilities."""
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32))
-            x = x.to(self.model.device)
-            if self.transforms is None:
-                out = self._probabilities(x)
-            else:
-                out = sum(
-                    inverse(self._probabilities(forward(x))) for forward, inverse in self.transforms
-                )
-                out = out / len(self.transforms)
-            return out.float().cpu().contiguous().numpy()
-
-
-def _free_memory(device: torch.device) -> int:
-    """Bytes of memory free for activations on ``device``."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    return available_memory()
-
-
-def activation_bytes_per_pixel(config: ModelConfig) -> int:
-    """Rough peak bytes of activations per input pixel during inference.
-
-    Measured peaks (CPU, BatchNorm folded) are 7-7.5 float32 values per base
-    filter per pixel for a U-Net (the full-resolution decoder step holds skip,
-    upsampled, concatenated and convolved maps at once) and 15 for a depth-4
-    U-Net++, which keeps every nested node; the estimate rounds them up.
-    """
-    per_filter = 8 if config.architecture == "unet" else 8 + 2 * config.depth
-    return 4 * per_filter * config.base_filters
-
-
-def auto_tile_size(
-    config: ModelConfig, device: torch.device, tile_batch: int = 1, overlap: int = 64
-) -> int:
-    """Largest tile side whose activations fit in a fraction of the free memory.
-
-    The result is a multiple of the network's size step, between 256 (or four
-    times the overlap) and 1024 on a CPU / 2048 on a GPU.
-    """
-    budget = _free_memory(device) * MEMORY_FRACTION / tile_batch
-    side = int(math.sqrt(budget / activation_bytes_per_pixel(config)))
-    largest = MAX_AUTO_TILE["cpu" if device.type == "cpu" else "other"]
-    side = max(min(side, largest), MIN_AUTO_TILE, 4 * overlap)
-    return side // config.size_multiple * config.size_multiple
 
 
 # --------------------------------------------------------------------------- prediction

@@ -86,6 +86,19 @@ def tuned_probability_box(tooltip: str) -> QDoubleSpinBox:
     return box
 
 
+def stack_choice() -> QComboBox:
+    """The Stack choice: a stack as 3D objects (:class:`PredictConfig` ``stack``)."""
+    box = QComboBox()
+    box.addItem("3D objects", "volume")
+    box.addItem("each plane on its own", "planes")
+    box.setToolTip(
+        "A stack's planes as one volume (one id per object across Z, the Z step from "
+        "the layer's scale) or each plane segmented on its own (time series). Dask "
+        "layers are segmented plane by plane."
+    )
+    return box
+
+
 def segment_layer(
     data: Any,
     model: str | Path | TrainedModel,
@@ -225,14 +238,7 @@ class SegmentWidget(ScrollingDock):
             "'none' segments every plane of a stack."
         )
         form.addRow("Channel axis", self.channel_axis)
-        self.stack = QComboBox()
-        self.stack.addItem("3D objects", "volume")
-        self.stack.addItem("each plane on its own", "planes")
-        self.stack.setToolTip(
-            "A stack's planes as one volume (one id per object across Z, the Z step "
-            "from the layer's scale) or each plane segmented on its own (time series). "
-            "Dask layers are segmented plane by plane."
-        )
+        self.stack = stack_choice()
         form.addRow("Stack", self.stack)
         self.model = ModelPicker(follow_new=True)
         form.addRow("Model", self.model)

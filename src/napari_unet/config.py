@@ -462,7 +462,8 @@ class PredictConfig(Settings):
         Fill holes inside objects.
     labels_per_plane : bool
         On a stack, number each plane's objects from 1 (otherwise labels are
-        unique across the whole stack).
+        unique across the whole stack); in ``volume`` mode, each volume's (of a
+        ``T, Z`` stack).
     device : str
         ``"auto"`` (CUDA, MPS, CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
     return_probabilities : bool

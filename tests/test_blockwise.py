@@ -24,7 +24,8 @@ from napari_unet.errors import DataError
 from napari_unet.metadata import image_metadata
 from napari_unet.prediction import PredictConfig, predict, segment
 
-CONFIG = PredictConfig(tile_size=256, overlap=16, min_size=4)
+# The block-wise path segments plane by plane: compared with predict's planes mode.
+CONFIG = PredictConfig(tile_size=256, overlap=16, min_size=4, stack="planes")
 
 
 def same_up_to_relabelling(first: np.ndarray, second: np.ndarray) -> bool:
@@ -109,7 +110,7 @@ def test_labels_per_plane_and_plain_zarr(tmp_path, model_file, stack) -> None:
         stack,
         tmp_path / "plain.zarr",
         model_file,
-        PredictConfig(tile_size=256, overlap=16, min_size=4, labels_per_plane=True),
+        PredictConfig(tile_size=256, overlap=16, min_size=4, labels_per_plane=True, stack="planes"),
         block=48,
         ome=False,
         scheduler_name="threads",
@@ -169,7 +170,9 @@ def test_match_strips_and_relabel_tables() -> None:
 
 
 def test_one_block_per_plane_gives_exactly_the_in_memory_result(tmp_path, model_file, stack):
-    config = PredictConfig(tile_size=64, overlap=16, min_size=4, return_probabilities=True)
+    config = PredictConfig(
+        tile_size=64, overlap=16, min_size=4, return_probabilities=True, stack="planes"
+    )
     expected = predict(stack, model_file, config)
     result = segment_to_zarr(
         stack,

@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {}
     for path in sources:
         check_input(path, model.config.in_channels, model.config.out_channels, args)
-        settings[path] = file_settings(path, config, model.config.in_channels, args)
+        settings[path] = file_settings(path, config, args)
     write_run_record(args.out, record)
     for path, stem in zip(sources, stems):
         if wants_zarr(args):
@@ -275,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def file_settings(
-    path: Path, config: PredictConfig, in_channels: int, args: argparse.Namespace
+    path: Path, config: PredictConfig, args: argparse.Namespace
 ) -> tuple[PredictConfig, str | None]:
     """The settings and axes of one input, checked: ``config`` with the file's anisotropy
     when ``--anisotropy`` is not given, and the file's axes (a ``T`` makes it a time
@@ -310,8 +310,9 @@ def file_settings(
                 f"{str(path)!r}: its voxel size gives no valid anisotropy ({error}); "
                 "give --anisotropy."
             ) from error
-    if not lazy:
-        stack_mode(find_layout(shape, in_channels, None, None, axes=axes), config.stack)
+    if axes is not None:  # a time series is known from the file's axes only
+        # Channels were checked on the image as read (alpha dropped) by check_input.
+        stack_mode(find_layout(shape, None, None, None, axes=axes), config.stack)
     return config, axes
 
 

@@ -41,9 +41,9 @@ from napari_unet.metrics import (
 )
 from napari_unet.prediction import (
     Progress,
+    plain_form,
     predict,
     resolve_model,
-    run_to_end,
 )
 
 PIXEL_KEYS = ("accuracy", "f1", "jaccard", "recall", "precision")
@@ -401,6 +401,7 @@ def evaluate_events(
     labels_dir: str | os.PathLike[str] | None = None,
     channel_axis: int | None = None,
     stop: threading.Event | None = None,
+    **overrides: Any,
 ) -> Generator[Progress, None, EvaluationReport]:
     """Predict and score every image, yielding progress after each one.
 
@@ -428,6 +429,9 @@ def evaluate_events(
         Channel axis of multichannel images (colour images need none).
     stop : threading.Event, optional
         When set, stop after the current image and report the images done.
+    **overrides
+        :class:`PredictConfig` fields overriding ``config`` (e.g. ``tta=True``); any other
+        name is a ConfigError naming the valid ones.
 
     Returns
     -------
@@ -440,7 +444,7 @@ def evaluate_events(
         or labels do not match their image's shape. All pairs are checked before
         any prediction, so nothing is written for a bad input.
     """
-    config = config or PredictConfig()
+    config = PredictConfig.with_overrides(config, overrides)
     if resize is not None and not (isinstance(resize, int) and resize >= 16):
         raise DataError(f"resize must be a size of at least 16 pixels, got {resize!r}; try 256.")
     names = pair_names(images, labels, names, "evaluate")
@@ -495,35 +499,14 @@ def evaluate_events(
     return EvaluationReport(rows, _summarise(pixel_rows, instance_rows), per_modality)
 
 
-def evaluate(
-    images: Sequence[np.ndarray],
-    labels: Sequence[np.ndarray],
-    model: str | os.PathLike[str] | TrainedModel,
-    config: PredictConfig | None = None,
-    *,
-    resize: int | None = None,
-    names: Sequence[str] | None = None,
-    overlay_dir: str | os.PathLike[str] | None = None,
-    labels_dir: str | os.PathLike[str] | None = None,
-    channel_axis: int | None = None,
-    stop: threading.Event | None = None,
-    **overrides: Any,
-) -> EvaluationReport:
-    """Plain-function form of :func:`evaluate_events` (same arguments).
+evaluate = plain_form(
+    evaluate_events,
+    "evaluate",
+    """Predict and score every image: :func:`evaluate_events` run to its end.
 
-    ``overrides`` are :class:`PredictConfig` fields overriding ``config`` (e.g.
-    ``tta=True``); any other name is a ConfigError naming the valid ones.
-    """
-    events = evaluate_events(
-        images,
-        labels,
-        model,
-        PredictConfig.with_overrides(config, overrides),
-        resize=resize,
-        names=names,
-        overlay_dir=overlay_dir,
-        labels_dir=labels_dir,
-        channel_axis=channel_axis,
-        stop=stop,
-    )
-    return run_to_end(events)
+    Examples
+    --------
+    >>> report = evaluate(images, labels, "default", resize=256)  # doctest: +SKIP
+    >>> report.summary["f1_50"]  # doctest: +SKIP
+    """,
+)

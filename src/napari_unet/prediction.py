@@ -22,14 +22,17 @@ writes them to a Zarr block by block, with the same labelling.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import math
 import os
+import re
 import threading
 import warnings
 import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar, get_args, get_type_hints
 
 import numpy as np
 import torch
@@ -50,6 +53,7 @@ from napari_unet.postprocess import label_dtype, probabilities_to_labels
 from napari_unet.tiling import sliding_window_events, tile_grid
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 #: Largest automatic tile side: bigger tiles are not faster on a CPU and only
 #: raise peak memory; a GPU gains from fewer, larger launches.
@@ -312,6 +316,7 @@ def predict_events(
     rgb: bool | None = None,
     channel_axis: int | None = None,
     stop: threading.Event | None = None,
+    **overrides: Any,
 ) -> Generator[Progress, None, Segmentation]:
     """Predict instance labels of an image or stack, yielding progress.
 
@@ -332,6 +337,9 @@ def predict_events(
         Axis holding the channels of a multichannel image.
     stop : threading.Event, optional
         When set, the prediction ends after the current batch of tiles.
+    **overrides
+        :class:`PredictConfig` fields overriding ``config`` (e.g. ``tta=True``); any other
+        name is a ConfigError naming the valid ones.
 
     Yields
     ------
@@ -354,7 +362,7 @@ def predict_events(
         If the model file cannot be loaded.
     """
     image = as_image(image)  # a path is read; tensors, ragged lists, complex refused
-    config = config or PredictConfig()
+    config = PredictConfig.with_overrides(config, overrides)
     trained = resolve_model(model, config.device)
     config = config.for_model(trained)
     model_config = trained.config
@@ -422,11 +430,7 @@ def number_planes(local: np.ndarray, counts: list[int], per_plane: bool) -> np.n
 
 
 def run_to_end(events: Generator[Any, None, T]) -> T:
-    """Drive a generator of progress events to its end and return its value.
-
-    The plain-function forms (``predict``, ``evaluate``, ``tune``, ``train``) of the
-    ``*_events`` generators are this call.
-    """
+    """Drive a generator of progress events to its end and return its value."""
     while True:
         try:
             next(events)
@@ -434,45 +438,67 @@ def run_to_end(events: Generator[Any, None, T]) -> T:
             return finished.value
 
 
-def predict(
-    image: Any,
-    model: str | os.PathLike[str] | TrainedModel = "default",
-    config: PredictConfig | None = None,
-    *,
-    rgb: bool | None = None,
-    channel_axis: int | None = None,
-    stop: threading.Event | None = None,
-    **overrides: Any,
-) -> Segmentation:
-    """Predict labels (and probabilities) of an image or stack; see :func:`predict_events`.
+#: Docstring sections of a ``*_events`` function that its plain form shares.
+_SHARED_SECTIONS = ("Parameters", "Raises")
 
-    ``overrides`` are :class:`PredictConfig` fields overriding ``config`` (e.g.
-    ``tta=True``); any other name is a ConfigError naming the valid ones.
+
+def _doc_sections(doc: str) -> list[str]:
+    """A numpydoc docstring split into its summary and its sections (each with its header)."""
+    return [part.strip() for part in re.split(r"\n(?=\w[\w ]*\n-{3,}\n)", inspect.cleandoc(doc))]
+
+
+def plain_form(
+    events_function: Callable[P, Generator[Any, None, T]], name: str, doc: str
+) -> Callable[P, T]:
+    """The plain function that runs the generator function ``events_function`` to its end.
+
+    The plain form (``train``, ``predict``, ``evaluate``, ...) takes the same arguments,
+    so one declaration serves both: its signature (what ``help()`` and IDEs show) is the
+    generator's, returning the generator's value; its docstring is ``doc`` (a summary and
+    any Examples) with the generator's Parameters and Raises sections put in after the
+    summary.
     """
-    config = PredictConfig.with_overrides(config, overrides)
-    events = predict_events(image, model, config, rgb=rgb, channel_axis=channel_axis, stop=stop)
-    return run_to_end(events)
+
+    @functools.wraps(events_function)
+    def plain(*args: P.args, **kwargs: P.kwargs) -> T:
+        return run_to_end(events_function(*args, **kwargs))
+
+    returns = get_args(get_type_hints(events_function)["return"])[-1]
+    own, shared = _doc_sections(doc), _doc_sections(events_function.__doc__ or "")
+    shared = [section for section in shared[1:] if section.split("\n")[0] in _SHARED_SECTIONS]
+    plain.__signature__ = inspect.signature(events_function).replace(  # type: ignore[attr-defined]
+        return_annotation=returns
+    )
+    plain.__name__ = plain.__qualname__ = name
+    plain.__doc__ = "\n\n".join([own[0], *shared, *own[1:]])
+    return plain
+
+
+predict = plain_form(
+    predict_events,
+    "predict",
+    """Predict labels (and probabilities) of an image or stack; :func:`predict_events` to its end.
+
+    Examples
+    --------
+    >>> result = predict(image, "default", tta=True)  # doctest: +SKIP
+    >>> result.labels, result.probabilities  # doctest: +SKIP
+    """,
+)
 
 
 def segment(
     image: Any,
     model: str | os.PathLike[str] | TrainedModel = "default",
     config: PredictConfig | None = None,
-    *,
-    rgb: bool | None = None,
-    channel_axis: int | None = None,
-    stop: threading.Event | None = None,
-    **overrides: Any,
+    **arguments: Any,
 ) -> Any:
     """Instance labels of an image or stack (numpy, or dask read plane by plane).
 
-    Arguments as :func:`predict`.
+    The labels of :func:`predict`'s result; ``arguments`` as there.
 
     Examples
     --------
     >>> labels = segment(image, "default", min_size=20)  # doctest: +SKIP
     """
-    result = predict(
-        image, model, config, rgb=rgb, channel_axis=channel_axis, stop=stop, **overrides
-    )
-    return result.labels
+    return predict(image, model, config, **arguments).labels

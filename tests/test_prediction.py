@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
+from collections.abc import Generator
 
 import dask.array as da
 import numpy as np
@@ -22,8 +24,10 @@ from napari_unet.prediction import (
     inference_network,
     labels_shape,
     number_planes,
+    plain_form,
     predict,
     predict_events,
+    run_to_end,
     segment,
 )
 
@@ -75,6 +79,53 @@ def test_keyword_overrides_are_prediction_settings_only() -> None:
         segment(image, model, tile=64)
     with pytest.raises(ConfigError, match="min_size"):
         predict(image, model, min_size=-1)
+
+
+def test_generator_takes_the_same_overrides_as_the_plain_function() -> None:
+    image = make_blobs(n=1, shape=(30, 40))[0][0]
+    events = predict_events(
+        image, make_threshold_model(), PredictConfig(min_size=0), min_size=10**6
+    )
+    assert run_to_end(events).labels.max() == 0
+    with pytest.raises(ConfigError, match=r"\['tile'\]"):
+        next(predict_events(image, make_threshold_model(), tile=64))
+
+
+def test_plain_form_shares_the_generators_signature_and_parameter_docs() -> None:
+    def count_events(n: int, *, step: int = 1) -> Generator[int, None, list[int]]:
+        """Count to ``n``, yielding each number.
+
+        Parameters
+        ----------
+        n : int
+            Where to stop.
+        step : int
+            Stride.
+
+        Yields
+        ------
+        int
+            The numbers.
+        """
+        done = list(range(0, n, step))
+        yield from done
+        return done
+
+    count = plain_form(
+        count_events, "count", "The numbers up to ``n``.\n\nExamples\n--------\n>>> 1"
+    )
+    assert count(5, step=2) == [0, 2, 4]
+    signature = inspect.signature(count)
+    assert list(signature.parameters) == ["n", "step"]
+    assert signature.return_annotation == list[int]
+    assert count.__name__ == "count"
+    assert count.__doc__.startswith("The numbers up to ``n``.\n\nParameters\n")
+    assert "Stride." in count.__doc__ and "Yields" not in count.__doc__
+    assert count.__doc__.endswith("Examples\n--------\n>>> 1")
+    assert (
+        inspect.signature(predict).parameters.keys()
+        == inspect.signature(predict_events).parameters.keys()
+    )
 
 
 @pytest.mark.parametrize("stored", [{"core_threshold": 2.0}, {"min_size": -3}, [0.5, 0.9]])

@@ -262,6 +262,14 @@ def add_trust_option(parser: argparse.ArgumentParser | Any) -> None:
     )
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model`` (required) and ``--trust-package-code``: the model a command predicts with."""
+    parser.add_argument(
+        "--model", required=True, help="model file (*.pt), bioimage.io package or 'default'"
+    )
+    add_trust_option(parser)
+
+
 def trusted_model(model: str | None, trust: bool) -> str | Path | None:
     """``model`` as given, or marked trusted (a ``TrustedPath``) with ``--trust-package-code``."""
     if model is None or not trust:

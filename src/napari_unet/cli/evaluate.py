@@ -8,9 +8,9 @@ from pathlib import Path
 
 from napari_unet.cli._options import (
     add_labelled_data_arguments,
+    add_model_arguments,
     add_overwrite_argument,
     add_prediction_arguments,
-    add_trust_option,
     load_labelled_data,
     prediction_config,
     run_record,
@@ -30,10 +30,7 @@ NOT_OPTIONS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``napari-unet evaluate``."""
-    parser.add_argument(
-        "--model", required=True, help="model file (*.pt), bioimage.io package or 'default'"
-    )
-    add_trust_option(parser)
+    add_model_arguments(parser)
     add_labelled_data_arguments(parser)
     output = parser.add_argument_group("output")
     output.add_argument("--csv", type=Path, help="write per-image scores to this CSV file")

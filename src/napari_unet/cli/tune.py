@@ -8,8 +8,8 @@ from pathlib import Path
 from napari_unet.cli._options import (
     add_config_arguments,
     add_labelled_data_arguments,
+    add_model_arguments,
     add_prediction_arguments,
-    add_trust_option,
     config_from_args,
     load_labelled_data,
     prediction_config,
@@ -37,10 +37,7 @@ NOT_OPTIONS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``napari-unet tune``."""
-    parser.add_argument(
-        "--model", required=True, help="model file (*.pt), bioimage.io package or 'default'"
-    )
-    add_trust_option(parser)
+    add_model_arguments(parser)
     add_labelled_data_arguments(parser)
     grid = parser.add_argument_group("values to try")
     add_config_arguments(grid, PostprocessGrid)

@@ -430,12 +430,13 @@ def evaluate_events(
     stop : threading.Event, optional
         When set, stop after the current image and report the images done.
     **overrides
-        :class:`PredictConfig` fields overriding ``config`` (e.g. ``tta=True``); any other
-        name is a ConfigError naming the valid ones.
+        :class:`PredictConfig` fields overriding ``config`` (e.g. ``tta=True``); see
+        :meth:`~napari_unet.settings.Settings.with_overrides`.
 
     Returns
     -------
     EvaluationReport
+        Per-image scores, their means over all images and per modality.
 
     Raises
     ------

@@ -338,8 +338,8 @@ def predict_events(
     stop : threading.Event, optional
         When set, the prediction ends after the current batch of tiles.
     **overrides
-        :class:`PredictConfig` fields overriding ``config`` (e.g. ``tta=True``); any other
-        name is a ConfigError naming the valid ones.
+        :class:`PredictConfig` fields overriding ``config`` (e.g. ``tta=True``); see
+        :meth:`~napari_unet.settings.Settings.with_overrides`.
 
     Yields
     ------

@@ -425,8 +425,8 @@ def train_events(
     data_description : dict, optional
         Plain-typed description of the data, stored in the model metadata.
     **overrides
-        :class:`TrainConfig` fields overriding ``config`` (e.g. ``epochs=2``); any other
-        name is a ConfigError naming the valid ones.
+        :class:`TrainConfig` fields overriding ``config`` (e.g. ``epochs=2``); see
+        :meth:`~napari_unet.settings.Settings.with_overrides`.
 
     Raises
     ------

@@ -128,12 +128,13 @@ def tune_events(
     stop : threading.Event, optional
         When set, stop and raise :class:`~napari_unet.io.DataError`.
     **overrides
-        :class:`PredictConfig` fields overriding ``config`` (e.g. ``tta=True``); any other
-        name is a ConfigError naming the valid ones.
+        :class:`PredictConfig` fields overriding ``config`` (e.g. ``tta=True``); see
+        :meth:`~napari_unet.settings.Settings.with_overrides`.
 
     Returns
     -------
     TuningResult
+        Every combination with its mean scores, best first.
 
     Raises
     ------

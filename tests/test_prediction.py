@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
 import threading
-from collections.abc import Generator
 
 import dask.array as da
 import numpy as np
@@ -15,6 +13,7 @@ from conftest import make_blobs, make_threshold_model
 from napari_unet.checkpoint import TrainedModel, save_model
 from napari_unet.config import ModelConfig
 from napari_unet.errors import ConfigError, DataError
+from napari_unet.events import run_to_end
 from napari_unet.metrics import instance_metrics
 from napari_unet.model import build_model
 from napari_unet.prediction import (
@@ -24,10 +23,8 @@ from napari_unet.prediction import (
     inference_network,
     labels_shape,
     number_planes,
-    plain_form,
     predict,
     predict_events,
-    run_to_end,
     segment,
 )
 
@@ -89,43 +86,6 @@ def test_generator_takes_the_same_overrides_as_the_plain_function() -> None:
     assert run_to_end(events).labels.max() == 0
     with pytest.raises(ConfigError, match=r"\['tile'\]"):
         next(predict_events(image, make_threshold_model(), tile=64))
-
-
-def test_plain_form_shares_the_generators_signature_and_parameter_docs() -> None:
-    def count_events(n: int, *, step: int = 1) -> Generator[int, None, list[int]]:
-        """Count to ``n``, yielding each number.
-
-        Parameters
-        ----------
-        n : int
-            Where to stop.
-        step : int
-            Stride.
-
-        Yields
-        ------
-        int
-            The numbers.
-        """
-        done = list(range(0, n, step))
-        yield from done
-        return done
-
-    count = plain_form(
-        count_events, "count", "The numbers up to ``n``.\n\nExamples\n--------\n>>> 1"
-    )
-    assert count(5, step=2) == [0, 2, 4]
-    signature = inspect.signature(count)
-    assert list(signature.parameters) == ["n", "step"]
-    assert signature.return_annotation == list[int]
-    assert count.__name__ == "count"
-    assert count.__doc__.startswith("The numbers up to ``n``.\n\nParameters\n")
-    assert "Stride." in count.__doc__ and "Yields" not in count.__doc__
-    assert count.__doc__.endswith("Examples\n--------\n>>> 1")
-    assert (
-        inspect.signature(predict).parameters.keys()
-        == inspect.signature(predict_events).parameters.keys()
-    )
 
 
 @pytest.mark.parametrize("stored", [{"core_threshold": 2.0}, {"min_size": -3}, [0.5, 0.9]])

@@ -31,6 +31,7 @@ import numpy as np
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.config import PredictConfig
 from napari_unet.errors import DataError
+from napari_unet.events import plain_form
 from napari_unet.io import as_image, atomic_write, check_finite, write_png, write_tiff
 from napari_unet.layout import labels_shape
 from napari_unet.metrics import (
@@ -41,7 +42,6 @@ from napari_unet.metrics import (
 )
 from napari_unet.prediction import (
     Progress,
-    plain_form,
     predict,
     resolve_model,
 )

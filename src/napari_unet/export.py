@@ -27,8 +27,9 @@ from napari_unet.bioimageio.weights import (
 from napari_unet.bioimageio.writing import bioimageio_events
 from napari_unet.checkpoint import TrainedModel, load_model
 from napari_unet.errors import ConfigError
+from napari_unet.events import run_to_end
 from napari_unet.io import atomic_write
-from napari_unet.prediction import Progress, run_to_end
+from napari_unet.prediction import Progress
 
 ExportFormat = Literal["bioimageio", "onnx"]
 #: Formats :func:`export_model` writes, and the file suffix each one gets by default.

@@ -22,17 +22,14 @@ writes them to a Zarr block by block, with the same labelling.
 from __future__ import annotations
 
 import copy
-import functools
-import inspect
 import math
 import os
-import re
 import threading
 import warnings
 import weakref
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar, get_args, get_type_hints
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +40,7 @@ from napari_unet.checkpoint import TrainedModel, load_model
 from napari_unet.config import ModelConfig, PredictConfig
 from napari_unet.data import normalize
 from napari_unet.errors import ConfigError
+from napari_unet.events import plain_form
 from napari_unet.io import as_image, available_memory
 from napari_unet.layout import Layout, find_layout
 
@@ -51,9 +49,6 @@ from napari_unet.layout import labels_shape as labels_shape
 from napari_unet.model import select_device
 from napari_unet.postprocess import label_dtype, probabilities_to_labels
 from napari_unet.tiling import sliding_window_events, tile_grid
-
-T = TypeVar("T")
-P = ParamSpec("P")
 
 #: Largest automatic tile side: bigger tiles are not faster on a CPU and only
 #: raise peak memory; a GPU gains from fewer, larger launches.
@@ -427,51 +422,6 @@ def number_planes(local: np.ndarray, counts: list[int], per_plane: bool) -> np.n
     for index, plane, table in zip(np.ndindex(*leading), planes, tables):
         labels[index] = table.astype(labels.dtype)[plane]
     return labels
-
-
-def run_to_end(events: Generator[Any, None, T]) -> T:
-    """Drive a generator of progress events to its end and return its value."""
-    while True:
-        try:
-            next(events)
-        except StopIteration as finished:
-            return finished.value
-
-
-#: Docstring sections of a ``*_events`` function that its plain form shares.
-_SHARED_SECTIONS = ("Parameters", "Raises")
-
-
-def _doc_sections(doc: str) -> list[str]:
-    """A numpydoc docstring split into its summary and its sections (each with its header)."""
-    return [part.strip() for part in re.split(r"\n(?=\w[\w ]*\n-{3,}\n)", inspect.cleandoc(doc))]
-
-
-def plain_form(
-    events_function: Callable[P, Generator[Any, None, T]], name: str, doc: str
-) -> Callable[P, T]:
-    """The plain function that runs the generator function ``events_function`` to its end.
-
-    The plain form (``train``, ``predict``, ``evaluate``, ...) takes the same arguments,
-    so one declaration serves both: its signature (what ``help()`` and IDEs show) is the
-    generator's, returning the generator's value; its docstring is ``doc`` (a summary and
-    any Examples) with the generator's Parameters and Raises sections put in after the
-    summary.
-    """
-
-    @functools.wraps(events_function)
-    def plain(*args: P.args, **kwargs: P.kwargs) -> T:
-        return run_to_end(events_function(*args, **kwargs))
-
-    returns = get_args(get_type_hints(events_function)["return"])[-1]
-    own, shared = _doc_sections(doc), _doc_sections(events_function.__doc__ or "")
-    shared = [section for section in shared[1:] if section.split("\n")[0] in _SHARED_SECTIONS]
-    plain.__signature__ = inspect.signature(events_function).replace(  # type: ignore[attr-defined]
-        return_annotation=returns
-    )
-    plain.__name__ = plain.__qualname__ = name
-    plain.__doc__ = "\n\n".join([own[0], *shared, *own[1:]])
-    return plain
 
 
 predict = plain_form(

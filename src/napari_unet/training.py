@@ -52,9 +52,9 @@ from napari_unet.data import (
 from napari_unet.ddp import all_mean, init_from_env, rank_rng, wrap_model
 from napari_unet.ddp import validate as distributed_validate
 from napari_unet.errors import ConfigError
+from napari_unet.events import plain_form
 from napari_unet.io import as_image, atomic_write, check_output
 from napari_unet.model import select_device
-from napari_unet.prediction import plain_form
 from napari_unet.training_run import (
     LOG_COLUMNS,
     TrainingRun,

@@ -29,8 +29,9 @@ from napari_unet.checkpoint import TrainedModel
 from napari_unet.config import GRID_SETTINGS, PostprocessGrid, PredictConfig
 from napari_unet.errors import ConfigError, DataError
 from napari_unet.evaluation import check_planes, pair_names, score_plane
+from napari_unet.events import plain_form
 from napari_unet.postprocess import probabilities_to_labels
-from napari_unet.prediction import Progress, plain_form, predict, resolve_model
+from napari_unet.prediction import Progress, predict, resolve_model
 
 #: Scores a grid can be ranked by (means over images).
 RANK_KEYS = ("f1_50", "dsb_score")

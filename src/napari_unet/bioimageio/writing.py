@@ -52,9 +52,10 @@ from napari_unet.checkpoint import TrainedModel, load_model
 from napari_unet.config import ModelConfig
 from napari_unet.data import normalize
 from napari_unet.errors import ConfigError, DataError, ModelFileError
+from napari_unet.events import plain_form
 from napari_unet.io import SAMPLES_DIR, atomic_write, list_images, read_image, write_png, write_tiff
 from napari_unet.layout import to_channels_first
-from napari_unet.prediction import Progress, plain_form
+from napari_unet.prediction import Progress
 
 #: Side of the square test input (cropped from the sample image), at most.
 TEST_SIZE = 128

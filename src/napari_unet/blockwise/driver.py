@@ -38,6 +38,7 @@ from napari_unet.blockwise.workers import (
     write_final,
 )
 from napari_unet.errors import ConfigError
+from napari_unet.events import run_to_end
 from napari_unet.layout import find_layout
 from napari_unet.postprocess import label_dtype
 from napari_unet.prediction import (
@@ -45,7 +46,6 @@ from napari_unet.prediction import (
     Progress,
     auto_tile_size,
     resolve_model,
-    run_to_end,
 )
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""From per-pixel probabilities to instance labels.
+"""From per-pixel probabilities to instance labels, of a plane or a volume.
 
 Threshold the foreground probability (the reference's rule, default 0.5), then
 split touching nuclei with a seeded watershed, whose seeds depend on what the
@@ -22,6 +22,11 @@ are found and split inside the confident mask (foreground probability over
 into the pixels over ``threshold``, which set their extent, by a watershed of the
 same elevation (for ``foreground``: of the negative foreground probability). Regions
 over ``threshold`` that hold no confident pixel are dropped.
+
+Every step works the same in 3D on ``(C, Z, Y, X)`` probabilities (a stack of planes
+predicted by a 2D model, see :mod:`napari_unet.volume`): seeds, watershed, connected
+components and holes are then 3D, with face (6-)connectivity; ``spacing`` gives the
+distance transform of the ``foreground`` target the voxel size of an anisotropic volume.
 """
 
 from __future__ import annotations
@@ -97,9 +102,10 @@ def _fill_object_holes(labels: np.ndarray) -> None:
     holes = ndi.binary_fill_holes(objects) & ~objects
     if not holes.any():
         return
-    hole_ids, count = ndi.label(holes, structure=np.ones((3, 3), dtype=bool))
+    window = (3,) * labels.ndim
+    hole_ids, count = ndi.label(holes, structure=np.ones(window, dtype=bool))
     # The one-pixel ring around each hole, with the object labels found on it.
-    around = ndi.grey_dilation(hole_ids, size=(3, 3))
+    around = ndi.grey_dilation(hole_ids, size=window)
     ring = (around > 0) & ~holes
     pairs = np.unique(np.stack([around[ring], labels[ring]]), axis=1)
     hole_index, first, touching = np.unique(pairs[0], return_index=True, return_counts=True)
@@ -110,14 +116,20 @@ def _fill_object_holes(labels: np.ndarray) -> None:
 
 
 def _split(
-    probabilities: np.ndarray, target: str, mask: np.ndarray, separate: bool, seed_threshold: float
+    probabilities: np.ndarray,
+    target: str,
+    mask: np.ndarray,
+    separate: bool,
+    seed_threshold: float,
+    spacing: tuple[float, ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Objects of ``mask``, and the elevation over which to grow them beyond it.
 
-    ``probabilities`` is ``(C, H, W)`` and ``mask`` ``(H, W)`` boolean; both returned
-    arrays are ``(H, W)``. The elevation is the one the target's watershed floods,
-    taken outside the mask too: the boundary probability (``contour``), the negative
-    predicted distance (``distance``), else the negative foreground probability.
+    ``probabilities`` is ``(C, *S)`` and ``mask`` ``S`` boolean (``S`` the plane's or
+    volume's shape); both returned arrays are ``S``. The elevation is the one the
+    target's watershed floods, taken outside the mask too: the boundary probability
+    (``contour``), the negative predicted distance (``distance``), else the negative
+    foreground probability.
     """
     if not separate:
         return connected_components(mask, connectivity=1), -probabilities[0]
@@ -129,7 +141,7 @@ def _split(
         seeds = _h_maxima_seeds(distance, mask, PREDICTED_DISTANCE_H, floor=0.0)
         return _seeded_watershed(-distance, seeds, mask), -probabilities[1]
     # Inside the mask the distance transform is at least 1.
-    distance = ndi.distance_transform_edt(mask)
+    distance = ndi.distance_transform_edt(mask, sampling=spacing)
     seeds = _h_maxima_seeds(distance, mask, DISTANCE_TRANSFORM_H, floor=1.0)
     return _seeded_watershed(-distance, seeds, mask), -probabilities[0]
 
@@ -143,15 +155,16 @@ def probabilities_to_labels(
     fill_holes: bool = True,
     seed_threshold: float = CONTOUR_CORE_THRESHOLD,
     core_threshold: float = 0.0,
+    spacing: tuple[float, ...] | None = None,
 ) -> np.ndarray:
-    """Instance labels of one plane from the network's sigmoid outputs.
+    """Instance labels of one plane, or of a volume, from the network's sigmoid outputs.
 
     Parameters
     ----------
     probabilities : np.ndarray
-        ``(C, H, W)`` probabilities: channel 0 the foreground, channel 1 the
-        boundary (``contour``) or the scaled distance (``distance``). A ``(H, W)``
-        array is taken as the foreground alone.
+        ``(C, H, W)`` probabilities of a plane or ``(C, Z, Y, X)`` of a volume:
+        channel 0 the foreground, channel 1 the boundary (``contour``) or the scaled
+        distance (``distance``). A ``(H, W)`` array is taken as the foreground alone.
     target : {"foreground", "contour", "distance"}
         What the model predicts (``model.config.target``).
     threshold : float
@@ -170,11 +183,14 @@ def probabilities_to_labels(
         Hysteresis: objects are found and split where the foreground probability is
         over ``core_threshold``, then grown to ``threshold`` (see the module notes).
         At or below ``threshold`` (the default 0) objects are split at ``threshold``.
+    spacing : tuple of float, optional
+        Pixel or voxel size per spatial axis (e.g. ``(anisotropy, 1, 1)``), used by the
+        ``foreground`` target's distance transform; None is 1 on every axis.
 
     Returns
     -------
     np.ndarray
-        ``(H, W)`` labels ``0..N`` (0 = background), sequential, uint16 (uint32
+        ``(H, W)`` or ``(Z, Y, X)`` labels ``0..N`` (0 = background), sequential, uint16 (uint32
         past 65,535 objects).
     """
     probabilities = np.asarray(probabilities, dtype=np.float32)
@@ -182,10 +198,10 @@ def probabilities_to_labels(
         probabilities = probabilities[None]
     if target not in TARGET_CHANNELS:
         raise ValueError(f"target {target!r} is unknown; use one of {sorted(TARGET_CHANNELS)}")
-    if probabilities.ndim != 3 or probabilities.shape[0] < TARGET_CHANNELS[target]:
+    if probabilities.ndim not in (3, 4) or probabilities.shape[0] < TARGET_CHANNELS[target]:
         raise ValueError(
-            f"target {target!r} needs ({TARGET_CHANNELS[target]}, H, W) probabilities, got "
-            f"shape {probabilities.shape}"
+            f"target {target!r} needs ({TARGET_CHANNELS[target]}, H, W) or "
+            f"({TARGET_CHANNELS[target]}, Z, Y, X) probabilities, got shape {probabilities.shape}"
         )
     foreground = probabilities[0]
     mask = foreground > threshold
@@ -194,7 +210,7 @@ def probabilities_to_labels(
         # Specks under min_size cannot become objects; dropping them first saves work.
         # (max_size is the largest size removed.)
         core = remove_small_objects(core, max_size=min_size - 1)
-    labels, elevation = _split(probabilities, target, core, separate, seed_threshold)
+    labels, elevation = _split(probabilities, target, core, separate, seed_threshold, spacing)
     if min_size > 1:
         # Watershed fragments under min_size go too.
         sizes = np.bincount(labels.ravel())

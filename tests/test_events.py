@@ -7,8 +7,10 @@ from collections.abc import Generator
 
 import pytest
 
+from napari_unet.blockwise.driver import segment_to_zarr, segment_to_zarr_events
 from napari_unet.evaluation import evaluate, evaluate_events
 from napari_unet.events import plain_form, run_to_end
+from napari_unet.export import export_events, export_model
 from napari_unet.prediction import predict, predict_events
 from napari_unet.training import train, train_events
 from napari_unet.tuning import tune, tune_events
@@ -63,8 +65,16 @@ def test_plain_form_shares_the_generators_signature_and_parameter_docs() -> None
         (train, train_events),
         (evaluate, evaluate_events),
         (tune, tune_events),
+        (segment_to_zarr, segment_to_zarr_events),
+        (export_model, export_events),
     ],
 )
 def test_public_plain_functions_take_their_generators_arguments(plain, events) -> None:
     assert inspect.signature(plain).parameters == inspect.signature(events).parameters
-    assert "**overrides" in plain.__doc__ and plain.__module__ == events.__module__
+    assert "Parameters\n----------\n" in plain.__doc__
+    assert plain.__module__ == events.__module__
+
+
+@pytest.mark.parametrize("plain", [predict, train, evaluate, tune])
+def test_config_overrides_are_documented_on_every_plain_function(plain) -> None:
+    assert "**overrides" in plain.__doc__

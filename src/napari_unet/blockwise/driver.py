@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -37,8 +37,9 @@ from napari_unet.blockwise.workers import (
     segment_block,
     write_final,
 )
+from napari_unet.checkpoint import TrainedModel
 from napari_unet.errors import ConfigError
-from napari_unet.events import run_to_end
+from napari_unet.events import plain_form
 from napari_unet.layout import find_layout
 from napari_unet.postprocess import label_dtype
 from napari_unet.prediction import (
@@ -47,9 +48,6 @@ from napari_unet.prediction import (
     auto_tile_size,
     resolve_model,
 )
-
-if TYPE_CHECKING:
-    from napari_unet.checkpoint import TrainedModel
 
 
 @dataclass
@@ -440,22 +438,16 @@ def _run_passes(
     return final, largest, int(sum(len(p) for p in pairs))
 
 
-def segment_to_zarr(
-    source: Any,
-    out: str | os.PathLike[str],
-    model: str | os.PathLike[str] | TrainedModel = "default",
-    config: PredictConfig | None = None,
-    **options: Any,
-) -> ScaleResult:
+segment_to_zarr = plain_form(
+    segment_to_zarr_events,
+    "segment_to_zarr",
     """Segment an image or stack of any size block by block into a Zarr of instance labels.
 
-    :func:`segment_to_zarr_events` driven to its end (see there for ``options``: ``block``,
-    ``halo``, ``scheduler_name``, ``workers``, ``ome``, ``name``, ``rgb``,
-    ``channel_axis``, ``level``, ``probabilities_out``, ``stop``).
+    :func:`segment_to_zarr_events` run to its end.
 
     Examples
     --------
     >>> result = segment_to_zarr("big.ome.zarr", "big.ome.zarr/labels/cells")  # doctest: +SKIP
     >>> labels = result.open()  # doctest: +SKIP
-    """
-    return run_to_end(segment_to_zarr_events(source, out, model, config, **options))
+    """,
+)

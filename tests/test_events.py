@@ -40,22 +40,28 @@ def test_plain_form_shares_the_generators_signature_and_parameter_docs() -> None
         ------
         int
             The numbers.
+
+        Examples
+        --------
+        >>> count(3)
+        [0, 1, 2]
         """
         done = list(range(0, n, step))
         yield from done
         return done
 
-    count = plain_form(
-        count_events, "count", "The numbers up to ``n``.\n\nExamples\n--------\n>>> 1"
-    )
+    count = plain_form(count_events, "count", "The numbers up to ``n``.")
     assert count(5, step=2) == [0, 2, 4]
     signature = inspect.signature(count)
     assert list(signature.parameters) == ["n", "step"]
     assert signature.return_annotation == list[int]
     assert count.__name__ == "count"
-    assert count.__doc__.startswith("The numbers up to ``n``.\n\nParameters\n")
+    assert count.__doc__.startswith(
+        "The numbers up to ``n``.\n\nRuns :func:`count_events` to its end and returns its value."
+        "\n\nParameters\n"
+    )
     assert "Stride." in count.__doc__ and "Yields" not in count.__doc__
-    assert count.__doc__.endswith("Examples\n--------\n>>> 1")
+    assert count.__doc__.endswith("Examples\n--------\n>>> count(3)\n[0, 1, 2]")
 
 
 @pytest.mark.parametrize(

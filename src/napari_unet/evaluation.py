@@ -444,6 +444,11 @@ def evaluate_events(
         If there are no images, counts differ, an image does not suit the model,
         or labels do not match their image's shape. All pairs are checked before
         any prediction, so nothing is written for a bad input.
+
+    Examples
+    --------
+    >>> report = evaluate(images, labels, "default", resize=256)  # doctest: +SKIP
+    >>> report.summary["f1_50"]  # doctest: +SKIP
     """
     config = PredictConfig.with_overrides(config, overrides)
     if resize is not None and not (isinstance(resize, int) and resize >= 16):
@@ -500,14 +505,4 @@ def evaluate_events(
     return EvaluationReport(rows, _summarise(pixel_rows, instance_rows), per_modality)
 
 
-evaluate = plain_form(
-    evaluate_events,
-    "evaluate",
-    """Predict and score every image: :func:`evaluate_events` run to its end.
-
-    Examples
-    --------
-    >>> report = evaluate(images, labels, "default", resize=256)  # doctest: +SKIP
-    >>> report.summary["f1_50"]  # doctest: +SKIP
-    """,
-)
+evaluate = plain_form(evaluate_events, "evaluate", "Predict and score every image.")

@@ -28,24 +28,25 @@ def run_to_end(events: Generator[Any, None, T]) -> T:
 
 
 #: Docstring sections of a ``*_events`` function that its plain form shares.
-_SHARED_SECTIONS = ("Parameters", "Raises")
+_SHARED_SECTIONS = ("Parameters", "Raises", "Examples")
 
 
-def _doc_sections(doc: str) -> list[str]:
-    """A numpydoc docstring split into its summary and its sections (each with its header)."""
-    return [part.strip() for part in re.split(r"\n(?=\w[\w ]*\n-{3,}\n)", inspect.cleandoc(doc))]
+def _shared_sections(doc: str) -> list[str]:
+    """The sections of the numpydoc docstring ``doc`` named in :data:`_SHARED_SECTIONS`."""
+    sections = re.split(r"\n(?=\w[\w ]*\n-{3,}\n)", inspect.cleandoc(doc))[1:]
+    return [part.strip() for part in sections if part.split("\n")[0] in _SHARED_SECTIONS]
 
 
 def plain_form(
-    events_function: Callable[P, Generator[Any, None, T]], name: str, doc: str
+    events_function: Callable[P, Generator[Any, None, T]], name: str, summary: str
 ) -> Callable[P, T]:
-    """The plain function that runs the generator function ``events_function`` to its end.
+    """The plain function ``name`` that runs the generator function ``events_function``.
 
     The plain form (``train``, ``predict``, ``evaluate``, ...) takes the same arguments,
     so one declaration serves both: its signature (what ``help()`` and IDEs show) is the
-    generator's, returning the generator's value; its docstring is ``doc`` (a summary and
-    any Examples) with the generator's Parameters and Raises sections put in after the
-    summary.
+    generator's, returning the generator's value; its docstring is ``summary``, a line
+    naming the generator, and the generator's Parameters, Raises and Examples (which
+    show the plain form: it is what scripts call).
     """
 
     @functools.wraps(events_function)
@@ -53,11 +54,10 @@ def plain_form(
         return run_to_end(events_function(*args, **kwargs))
 
     returns = get_args(get_type_hints(events_function)["return"])[-1]
-    own, shared = _doc_sections(doc), _doc_sections(events_function.__doc__ or "")
-    shared = [section for section in shared[1:] if section.split("\n")[0] in _SHARED_SECTIONS]
     plain.__signature__ = inspect.signature(events_function).replace(  # type: ignore[attr-defined]
         return_annotation=returns
     )
     plain.__name__ = plain.__qualname__ = name
-    plain.__doc__ = "\n\n".join([own[0], *shared, *own[1:]])
+    runs = f"Runs :func:`{events_function.__name__}` to its end and returns its value."
+    plain.__doc__ = "\n\n".join([summary, runs, *_shared_sections(events_function.__doc__ or "")])
     return plain

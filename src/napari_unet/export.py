@@ -117,6 +117,10 @@ def export_events(
         If the format is unknown or cannot be inferred.
     ModelFileError
         See :func:`~napari_unet.bioimageio.writing.export_bioimageio` and :func:`export_onnx`.
+
+    Examples
+    --------
+    >>> export_model("default", "nuclei.onnx")  # doctest: +SKIP
     """
     path = Path(path)
     format = format or export_format(path)
@@ -135,14 +139,7 @@ def export_events(
 export_model = plain_form(
     export_events,
     "export_model",
-    """Export ``model`` to ``path`` as a bioimage.io package or an ONNX file.
-
-    :func:`export_events` run to its end.
-
-    Examples
-    --------
-    >>> export_model("default", "nuclei.onnx")  # doctest: +SKIP
-    """,
+    "Export ``model`` to ``path`` as a bioimage.io package or an ONNX file.",
 )
 
 

@@ -355,6 +355,11 @@ def predict_events(
         If a setting is invalid or the device is not available.
     ModelFileError
         If the model file cannot be loaded.
+
+    Examples
+    --------
+    >>> result = predict(image, "default", tta=True)  # doctest: +SKIP
+    >>> result.labels, result.probabilities  # doctest: +SKIP
     """
     image = as_image(image)  # a path is read; tensors, ragged lists, complex refused
     config = PredictConfig.with_overrides(config, overrides)
@@ -425,15 +430,7 @@ def number_planes(local: np.ndarray, counts: list[int], per_plane: bool) -> np.n
 
 
 predict = plain_form(
-    predict_events,
-    "predict",
-    """Predict labels (and probabilities) of an image or stack; :func:`predict_events` to its end.
-
-    Examples
-    --------
-    >>> result = predict(image, "default", tta=True)  # doctest: +SKIP
-    >>> result.labels, result.probabilities  # doctest: +SKIP
-    """,
+    predict_events, "predict", "Predict labels (and probabilities) of an image or stack."
 )
 
 

@@ -169,5 +169,5 @@ def sliding_window_events(
 sliding_window = plain_form(
     sliding_window_events,
     "sliding_window",
-    "Tiled prediction of one ``(C, H, W)`` image: :func:`sliding_window_events` to its end.",
+    "Tiled prediction of one ``(C, H, W)`` image.",
 )

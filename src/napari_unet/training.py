@@ -438,6 +438,12 @@ def train_events(
     ModelFileError
         Unreadable ``init`` or ``resume`` file, or a damaged ``resume`` checkpoint (all
         checked before the first epoch).
+
+    Examples
+    --------
+    >>> cfg = TrainConfig(model=ModelConfig.from_preset("tiny", in_channels=1), epochs=2)
+    >>> result = train(images, labels, cfg, out="nuclei.pt")  # doctest: +SKIP
+    >>> result.best_epoch, result.history[-1]["val_dice"]  # doctest: +SKIP
     """
     config = TrainConfig.with_overrides(config, overrides)
     if resume is not None and init is not None:
@@ -485,15 +491,4 @@ def train_events(
     return (yield from _finish(run, outputs, cancelled, stopped_early))
 
 
-train = plain_form(
-    train_events,
-    "train",
-    """Run :func:`train_events` to its end and return its :class:`TrainResult`.
-
-    Examples
-    --------
-    >>> cfg = TrainConfig(model=ModelConfig.from_preset("tiny", in_channels=1), epochs=2)
-    >>> result = train(images, labels, cfg, out="nuclei.pt")  # doctest: +SKIP
-    >>> result.best_epoch, result.history[-1]["val_dice"]  # doctest: +SKIP
-    """,
-)
+train = plain_form(train_events, "train", "Train a network and return its :class:`TrainResult`.")

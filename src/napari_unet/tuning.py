@@ -145,6 +145,11 @@ def tune_events(
         If there are no images, counts differ, an image is not a 2D plane, labels are
         not 2D integer images of their image's shape or hold no object at all, or the
         run was stopped. All pairs are checked before any prediction.
+
+    Examples
+    --------
+    >>> result = tune(images, labels, "default")  # doctest: +SKIP
+    >>> print(result.format_table(5))  # doctest: +SKIP
     """
     grid = grid or PostprocessGrid()
     if rank_by not in RANK_KEYS:
@@ -193,13 +198,5 @@ def tune_events(
 
 
 tune = plain_form(
-    tune_events,
-    "tune",
-    """Score every combination of post-processing settings: :func:`tune_events` run to its end.
-
-    Examples
-    --------
-    >>> result = tune(images, labels, "default")  # doctest: +SKIP
-    >>> print(result.format_table(5))  # doctest: +SKIP
-    """,
+    tune_events, "tune", "Score every combination of post-processing settings and rank them."
 )

@@ -412,6 +412,10 @@ def bioimageio_events(
         or the package fails bioimage.io's validation or test.
     DataError, ConfigError
         If the sample image or a setting cannot be used.
+
+    Examples
+    --------
+    >>> path = export_bioimageio("default", "nuclei.zip")  # doctest: +SKIP
     """
     require_modules("bioimageio.core", "onnx", "onnxruntime")
     from bioimageio.spec import save_bioimageio_package
@@ -485,12 +489,7 @@ def bioimageio_events(
 export_bioimageio = plain_form(
     bioimageio_events,
     "export_bioimageio",
-    """Write ``model`` as a bioimage.io model package: :func:`bioimageio_events` run to its end.
-
-    Examples
-    --------
-    >>> path = export_bioimageio("default", "nuclei.zip")  # doctest: +SKIP
-    """,
+    "Write ``model`` as a bioimage.io model package (a ``.zip``).",
 )
 
 

@@ -321,6 +321,11 @@ def segment_to_zarr_events(
     ------
     DataError, ConfigError, ModelFileError
         Unreadable input, bad layout or settings, unusable model (before writing).
+
+    Examples
+    --------
+    >>> result = segment_to_zarr("big.ome.zarr", "big.ome.zarr/labels/cells")  # doctest: +SKIP
+    >>> labels = result.open()  # doctest: +SKIP
     """
     started = time.perf_counter()
     plan = _plan(source, model, config or PredictConfig(), block, halo, rgb, channel_axis, level)
@@ -441,13 +446,5 @@ def _run_passes(
 segment_to_zarr = plain_form(
     segment_to_zarr_events,
     "segment_to_zarr",
-    """Segment an image or stack of any size block by block into a Zarr of instance labels.
-
-    :func:`segment_to_zarr_events` run to its end.
-
-    Examples
-    --------
-    >>> result = segment_to_zarr("big.ome.zarr", "big.ome.zarr/labels/cells")  # doctest: +SKIP
-    >>> labels = result.open()  # doctest: +SKIP
-    """,
+    "Segment an image or stack of any size block by block into a Zarr of instance labels.",
 )

@@ -21,6 +21,7 @@ from napari_unet.blockwise import (
 )
 from napari_unet.checkpoint import save_model
 from napari_unet.errors import DataError
+from napari_unet.metadata import image_metadata
 from napari_unet.prediction import PredictConfig, predict, segment
 
 CONFIG = PredictConfig(tile_size=256, overlap=16, min_size=4)
@@ -230,3 +231,26 @@ def test_colour_and_channel_axes_are_read_as_predict_reads_them(tmp_path, stack,
         scheduler_name="synchronous",
     )
     np.testing.assert_array_equal(zarr.open_array(str(result.path), mode="r")[:], expected)
+
+
+def test_ome_zarr_labels_keep_the_images_voxel_size(tmp_path, model_file, stack) -> None:
+    image = tmp_path / "image.zarr"
+    group = zarr.open_group(str(image), mode="w", zarr_format=2)
+    axes = [{"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"]
+    transformations = [
+        {"type": "scale", "scale": [2.0, 0.5, 0.5]},
+        {"type": "translation", "translation": [4.0, 0.0, 1.0]},
+    ]
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": axes,
+            "datasets": [{"path": "0", "coordinateTransformations": transformations}],
+        }
+    ]
+    group.create_array("0", data=stack[:, :64, :64], chunks=(1, 64, 64))
+    segment_to_zarr(image, image / "labels" / "cells", model_file, CONFIG, block=64, name="cells")
+    attrs = json.loads((image / "labels" / "cells" / ".zattrs").read_text())
+    (dataset,) = attrs["multiscales"][0]["datasets"]
+    assert dataset["coordinateTransformations"] == transformations
+    assert image_metadata(image / "labels" / "cells") == image_metadata(image)

@@ -426,3 +426,26 @@ def test_lazy_stack_in_blocks_is_numbered_1_to_n_and_leaves_no_scratch(tmp_path:
     assert main([*common, str(tmp_path / "nan.zarr")]) == 2
     assert "NaN" in capsys.readouterr().err
     assert outputs(out) == ["stack_labels.tif"]
+
+
+def test_label_tiff_keeps_the_inputs_voxel_size(tmp_path: Path) -> None:
+    from napari_unet.metadata import ImageMetadata, anisotropy_from, image_metadata
+
+    images, _ = make_blobs(n=3, shape=(36, 40))
+    tifffile.imwrite(
+        tmp_path / "volume.tif",
+        np.stack(images),
+        imagej=True,
+        resolution=(2.0, 2.0),
+        metadata={"axes": "ZYX", "spacing": 2.0, "unit": "micron"},
+    )
+    out = tmp_path / "out"
+    code = main(
+        ["predict", "--model", str(model_file(tmp_path)), str(tmp_path / "volume.tif")]
+        + ["--out", str(out), "--min-size", "0", "--quiet"]
+    )
+    assert code == 0
+    labels = image_metadata(out / "volume_labels.tif")
+    assert labels == ImageMetadata("ZYX", (2.0, 0.5, 0.5), ("micrometer",) * 3, (0.0, 0.0, 0.0))
+    assert anisotropy_from(labels) == pytest.approx(4.0)
+    assert tifffile.imread(out / "volume_labels.tif").shape == (3, 36, 40)

@@ -141,3 +141,42 @@ def test_channels_open_as_one_layer_and_grey_alpha_as_grey(tmp_path):
     np.testing.assert_array_equal(data[1], image // 2)
     ((data, meta, kind),) = read(tmp_path / "la.png")
     assert kind == "image" and not meta["rgb"] and data.shape == (24, 32)
+
+
+def test_imagej_and_ome_voxel_size_become_the_layers_scale(make_napari_viewer, tmp_path):
+    volume = np.zeros((4, 2, 24, 32), np.uint16)
+    tifffile.imwrite(
+        tmp_path / "imagej.tif",
+        volume,
+        imagej=True,
+        resolution=(2.0, 2.0),
+        metadata={"axes": "ZCYX", "spacing": 1.5, "unit": "micron"},
+    )
+    _, labels = image_and_labels()
+    tifffile.imwrite(
+        tmp_path / "cells_labels.tif",
+        np.stack([labels] * 3),
+        ome=True,
+        metadata={"axes": "ZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3, "PhysicalSizeZ": 0.9},
+    )
+    ((data, meta, kind),) = read(tmp_path / "imagej.tif")
+    # the channels go first, and their axis has no voxel size
+    assert kind == "image" and data.shape == (2, 4, 24, 32)
+    assert meta["scale"] == (1.0, 1.5, 0.5, 0.5)
+    assert meta["axis_labels"] == ("c", "z", "y", "x")
+    viewer = make_napari_viewer()
+    image = viewer.open(str(tmp_path / "imagej.tif"), plugin="napari-unet")[0]
+    np.testing.assert_allclose(image.scale, (1.0, 1.5, 0.5, 0.5))
+    assert [str(unit) for unit in image.units] == ["pixel", *["micrometer"] * 3]
+    layer = viewer.open(str(tmp_path / "cells_labels.tif"), plugin="napari-unet")[0]
+    assert type(layer).__name__ == "Labels"
+    np.testing.assert_allclose(layer.scale, (0.9, 0.3, 0.3))
+    assert [str(unit) for unit in layer.units] == ["micrometer"] * 3
+
+
+def test_a_plain_multipage_tiff_is_no_volume_and_has_unit_scale(tmp_path):
+    image, _ = image_and_labels()
+    tifffile.imwrite(tmp_path / "pages.tif", np.stack([image] * 3), photometric="minisblack")
+    ((data, meta, kind),) = read(tmp_path / "pages.tif")
+    assert kind == "image" and data.shape == (3, 24, 32)
+    assert "scale" not in meta and "axis_labels" not in meta

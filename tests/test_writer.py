@@ -146,3 +146,42 @@ def test_png_labels_reopen_as_16_bit_labels(make_napari_viewer, tmp_path):
     reopened = viewer.open(str(tmp_path / "cells_labels.png"), plugin="napari-unet")[0]
     assert type(reopened).__name__ == "Labels" and reopened.data.dtype == np.uint16
     np.testing.assert_array_equal(reopened.data, labels)
+
+
+def test_labels_scale_translate_and_units_round_trip(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    stack = np.stack([labels_2d(np.uint32, top=70_000)] * 3)
+    layer = viewer.add_labels(
+        stack, name="cells", scale=(2.0, 0.5, 0.25), translate=(10.0, -4.0, 3.0), units="µm"
+    )
+    viewer.layers.selection = {layer}
+    viewer.layers.save(str(tmp_path / "cells.tif"), selected=True, plugin="napari-unet")
+    reopened = viewer.open(str(tmp_path / "cells.tif"), plugin="napari-unet")[0]
+    assert type(reopened).__name__ == "Labels" and reopened.data.dtype == np.uint32
+    np.testing.assert_array_equal(reopened.data, stack)
+    np.testing.assert_allclose(reopened.scale, (2.0, 0.5, 0.25))
+    np.testing.assert_allclose(reopened.translate, (10.0, -4.0, 3.0))
+    assert [str(unit) for unit in reopened.units] == ["micrometer"] * 3
+    # Fiji and other OME readers see the voxel size too.
+    with tifffile.TiffFile(tmp_path / "cells.tif") as tif:
+        assert tif.is_ome and 'PhysicalSizeZ="2.0"' in tif.ome_metadata
+
+
+def test_training_folder_keeps_the_layers_scale(tmp_path):
+    labels = labels_2d()
+    colour = np.repeat(labels[..., None], 3, axis=-1).astype(np.uint8)
+    half_micron = {"scale": (0.5, 0.5), "units": ("µm", "µm")}
+    layer_data = [
+        (colour, {"name": "img", "rgb": True, **half_micron}, "image"),
+        (labels, {"name": "img labels", **half_micron}, "labels"),
+    ]
+    write_training_folder(str(tmp_path / "set"), layer_data)
+    files = [str(tmp_path / "set" / folder / "img.tif") for folder in ("images", "labels")]
+    image_layer, labels_layer = get_reader(files)(files)
+    assert image_layer[2] == "image" and image_layer[1]["rgb"]
+    assert labels_layer[2] == "labels"
+    for _, meta, _ in (image_layer, labels_layer):
+        assert meta["scale"] == (0.5, 0.5)
+        assert meta["units"] == ("micrometer", "micrometer")
+    np.testing.assert_array_equal(labels_layer[0], labels)
+    np.testing.assert_array_equal(image_layer[0], colour)

@@ -45,6 +45,7 @@ import numpy as np
 from napari_unet import io
 from napari_unet.errors import DataError
 from napari_unet.layout import Layout, find_layout
+from napari_unet.metadata import ImageMetadata, image_metadata, tiff_notes
 
 PathOrPaths = str | Sequence[str]
 LayerData = tuple[Any, dict[str, Any], str]
@@ -113,12 +114,17 @@ def read_files(path: PathOrPaths) -> list[LayerData]:
 
 
 def read_file(path: Path) -> LayerData:
-    """Read one file as an Image or a Labels layer (see the module docstring)."""
+    """Read one file as an Image or a Labels layer (see the module docstring).
+
+    The layer gets the file's voxel size, units and origin (ImageJ or OME metadata) as
+    its ``scale``, ``units`` and ``translate``, and its metadata axes as ``axis_labels``.
+    """
     data = io.read_image(path)
     name = path.stem
-    if is_label_file(path, data):
-        return data, {"name": name}, "labels"
-    return _image_layer(name, data)
+    metadata = _file_metadata(path, data)
+    if is_label_file(path, data, metadata.axes):
+        return data, {"name": name, **_placement(metadata)}, "labels"
+    return _image_layer(name, data, metadata)
 
 
 def read_folder(path: PathOrPaths) -> list[LayerData]:
@@ -138,12 +144,15 @@ def read_folder(path: PathOrPaths) -> list[LayerData]:
     return layers
 
 
-def is_label_file(path: Path, data: np.ndarray) -> bool:
-    """True if ``data`` read from ``path`` should open as a Labels layer (module rule)."""
+def is_label_file(path: Path, data: np.ndarray, axes: str | None = None) -> bool:
+    """True if ``data`` read from ``path`` should open as a Labels layer (module rule).
+
+    ``axes``: the file's metadata axes, if any (a ``C`` axis makes it an image).
+    """
     if _has_labels_marker(path):
         return True
     integer = np.issubdtype(data.dtype, np.integer) or data.dtype == bool
-    if not integer or _channel_axis(data) is not None:
+    if not integer or _channel_axis(data, axes) is not None:
         return False
     folder_words = _words(path.parent.name)
     return bool(set(_words(path.stem)) & LABEL_WORDS) or (
@@ -155,44 +164,74 @@ def _words(name: str) -> list[str]:
     return [word for word in re.split(r"[^a-z0-9]+", name.lower()) if word]
 
 
-def _layout(data: np.ndarray) -> Layout | None:
-    """The layout of a file's pixels; None for what is no image (napari shows it as is)."""
+def _layout(data: np.ndarray, axes: str | None = None) -> Layout | None:
+    """The layout of a file's pixels; None for what is no image (napari shows it as is).
+
+    ``axes`` (the file's metadata axes) say which axis is channel, Z or T; metadata that
+    contradicts the shape is ignored, and the shape decides.
+    """
     if data.dtype == bool:  # masks: a last axis of 2-4 is never colour or channels
         return None
-    try:
-        return find_layout(data.shape)
-    except DataError:
-        return None
+    for known in (axes, None) if axes is not None else (None,):
+        try:
+            return find_layout(data.shape, axes=known)
+        except DataError:
+            continue
+    return None
 
 
-def _channel_axis(data: np.ndarray) -> int | None:
-    layout = _layout(data)
+def _channel_axis(data: np.ndarray, axes: str | None = None) -> int | None:
+    layout = _layout(data, axes)
     return None if layout is None else layout.channel_axis
 
 
-def _image_layer(name: str, data: np.ndarray) -> LayerData:
+def _file_metadata(path: Path, data: np.ndarray) -> ImageMetadata:
+    """The file's metadata for the array read from it (alpha dropped: its axis too)."""
+    metadata = image_metadata(path)
+    if metadata.axes is not None and len(metadata.axes) == data.ndim + 1:
+        metadata = metadata.without_axis(-1)  # io.read_image dropped grey+alpha's alpha
+    if metadata.axes is not None and len(metadata.axes) != data.ndim:
+        return ImageMetadata()
+    return metadata
+
+
+def _placement(metadata: ImageMetadata) -> dict[str, Any]:
+    """Layer keyword arguments that place the data: scale, translate, units, axis labels."""
+    placement: dict[str, Any] = {}
+    if metadata.scale is not None:
+        placement["scale"] = metadata.scale
+    if metadata.translate is not None:
+        placement["translate"] = metadata.translate
+    if metadata.units is not None and any(metadata.units):
+        placement["units"] = tuple(unit or "pixel" for unit in metadata.units)
+    if metadata.axes is not None and len(set(metadata.axes)) == len(metadata.axes):
+        placement["axis_labels"] = tuple(metadata.axes.lower())
+    return placement
+
+
+def _image_layer(name: str, data: np.ndarray, metadata: ImageMetadata | None = None) -> LayerData:
     """An Image layer: RGB(A) as colour, other channels first (one plane per channel).
 
     napari shows a last axis of channels as a stack of 2-pixel-wide planes, so the
-    channels of a ``(H, W, 2)`` image become its first axis, ``(2, H, W)``.
+    channels of a ``(H, W, 2)`` image become its first axis, ``(2, H, W)``. ``metadata``
+    (one entry per axis of ``data``) places the layer; a colour axis has no place.
     """
-    layout = _layout(data)
-    if layout is not None and layout.channel_axis is not None and not layout.rgb:
-        data = np.moveaxis(data, layout.channel_axis, 0)
-    return data, {"name": name, "rgb": layout is not None and layout.rgb}, "image"
+    metadata = metadata or ImageMetadata()
+    layout = _layout(data, metadata.axes)
+    rgb = layout is not None and layout.rgb
+    if layout is not None and layout.channel_axis is not None:
+        if rgb:
+            metadata = metadata.without_axis(layout.channel_axis)
+        else:
+            data = np.moveaxis(data, layout.channel_axis, 0)
+            metadata = metadata.moved_to_front(layout.channel_axis)
+    return data, {"name": name, "rgb": rgb, **_placement(metadata)}, "image"
 
 
 def _has_labels_marker(path: Path) -> bool:
     if path.suffix.lower() not in (".tif", ".tiff"):
         return False
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            metadata = tif.shaped_metadata
-    except Exception:
-        return False
-    return bool(metadata) and metadata[0].get(LABELS_MARKER) == "labels"
+    return tiff_notes(path).get(LABELS_MARKER) == "labels"
 
 
 def _as_label_array(labels: np.ndarray, path: Path) -> np.ndarray:

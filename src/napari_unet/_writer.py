@@ -21,6 +21,7 @@ from napari_unet import io
 from napari_unet._pairs import match_pairs, spatial_shape
 from napari_unet._reader import LABELS_MARKER
 from napari_unet.errors import DataError, SaveError
+from napari_unet.metadata import ImageMetadata, labels_axes, tiff_metadata, unit_name
 
 LayerData = tuple[Any, dict[str, Any], str]
 Writer = TypeVar("Writer", bound=Callable[..., list[str]])
@@ -60,11 +61,37 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
                 f"a PNG holds one 2D plane, the labels have shape {labels.shape}; save as .tif."
             )
         return [str(io.write_labels(target, labels))]
-    return [str(write_labels_tiff(target, labels))]
+    return [str(write_labels_tiff(target, labels, layer_metadata(meta, labels.ndim)))]
 
 
-def write_labels_tiff(path: str | Path, labels: np.ndarray) -> Path:
-    """Write integer ``labels`` to a compressed TIFF that reopens as a Labels layer."""
+def layer_metadata(meta: dict[str, Any], ndim: int) -> ImageMetadata:
+    """A layer's ``scale``, ``translate`` and ``units`` as file metadata.
+
+    The axes are the layer's ``axis_labels`` when they are axis letters (``z, y, x``),
+    else ``..., Z, Y, X`` (a 3D layer whose first unit is a time: ``T, Y, X``).
+    """
+    units = meta.get("units")
+    unit_names = None if units is None else tuple(unit_name(str(unit)) for unit in units)
+    labels = "".join(str(label) for label in meta.get("axis_labels") or ()).upper()
+    if len(labels) != ndim or not set(labels) <= set("TCZYX") or len(set(labels)) != ndim:
+        labels = labels_axes(ndim, unit_names)
+    scale, translate = meta.get("scale"), meta.get("translate")
+    return ImageMetadata(
+        labels,
+        None if scale is None else tuple(float(step) for step in scale),
+        unit_names,
+        None if translate is None else tuple(float(origin) for origin in translate),
+    )
+
+
+def write_labels_tiff(
+    path: str | Path, labels: np.ndarray, metadata: ImageMetadata | None = None
+) -> Path:
+    """Write integer ``labels`` to a compressed TIFF that reopens as a Labels layer.
+
+    ``metadata`` (the layer's voxel size, units and origin) makes it an OME-TIFF that
+    keeps them (see :func:`napari_unet.metadata.tiff_metadata`).
+    """
     import tifffile
 
     labels = np.asarray(labels)
@@ -74,7 +101,13 @@ def write_labels_tiff(path: str | Path, labels: np.ndarray) -> Path:
         raise DataError(f"labels must be integers, got {labels.dtype}; round or cast them.")
     path = Path(path)
     with io.atomic_write(path) as tmp:
-        tifffile.imwrite(tmp, labels, compression="zlib", metadata={LABELS_MARKER: "labels"})
+        tifffile.imwrite(
+            tmp,
+            labels,
+            compression="zlib",
+            photometric="minisblack",
+            **tiff_metadata(metadata, labels.shape, notes={LABELS_MARKER: "labels"}),
+        )
     return path
 
 
@@ -114,21 +147,43 @@ def write_training_folder(path: str, layer_data: Sequence[LayerData]) -> list[st
     written: list[str] = []
     stems: set[str] = set()
     for i, j in pairs:
-        image, image_meta = images[i]
+        image, image_meta = np.asarray(images[i][0]), images[i][1]
         stem = _unique(_safe_stem(image_meta["name"]), stems)
+        rgb = bool(image_meta.get("rgb"))
         written.append(
             str(
                 io.write_tiff(
                     folder / "images" / f"{stem}.tif",
-                    np.asarray(image),
-                    bool(image_meta.get("rgb")),
+                    image,
+                    rgb,
+                    _image_metadata(image_meta, image),
                 )
             )
         )
+        label_data, label_meta = np.asarray(labels[j][0]), labels[j][1]
         written.append(
-            str(write_labels_tiff(folder / "labels" / f"{stem}.tif", np.asarray(labels[j][0])))
+            str(
+                write_labels_tiff(
+                    folder / "labels" / f"{stem}.tif",
+                    label_data,
+                    layer_metadata(label_meta, label_data.ndim),
+                )
+            )
         )
     return written
+
+
+def _image_metadata(meta: dict[str, Any], image: np.ndarray) -> ImageMetadata:
+    """An Image layer's placement as file metadata; a colour axis (no place) gets step 1."""
+    if not meta.get("rgb"):
+        return layer_metadata(meta, image.ndim)
+    plane = layer_metadata(meta, image.ndim - 1)
+    return ImageMetadata(
+        f"{plane.axes}S",
+        None if plane.scale is None else (*plane.scale, 1.0),
+        None if plane.units is None else (*plane.units, None),
+        None if plane.translate is None else (*plane.translate, 0.0),
+    )
 
 
 def _safe_stem(name: str) -> str:

@@ -20,6 +20,7 @@ import numpy as np
 
 from napari_unet.errors import DataError
 from napari_unet.layout import without_alpha
+from napari_unet.metadata import ImageMetadata, tiff_metadata
 
 #: File suffixes read as 2D images (or stacks, for TIFF).
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -424,18 +425,30 @@ def check_finite(image: Any, what: str) -> None:
         )
 
 
-def write_tiff(path: str | Path, data: np.ndarray, rgb: bool = False) -> Path:
+def write_tiff(
+    path: str | Path,
+    data: np.ndarray,
+    rgb: bool = False,
+    metadata: ImageMetadata | None = None,
+) -> Path:
     """Write ``data`` to a zlib-compressed TIFF atomically, keeping its dtype and shape.
 
     ``rgb`` marks a last axis of 3/4 as colour. Otherwise every axis is a plane axis:
     without this, tifffile would store a 3-plane stack ``(3, H, W)`` as one RGB image.
+    ``metadata`` (axes, voxel size, units, origin; see :mod:`napari_unet.metadata`) makes
+    the file an OME-TIFF that keeps them.
     """
     import tifffile
 
+    data = np.asarray(data)
     path = Path(path)
     with atomic_write(path) as tmp:
         tifffile.imwrite(
-            tmp, np.asarray(data), compression="zlib", photometric="rgb" if rgb else "minisblack"
+            tmp,
+            data,
+            compression="zlib",
+            photometric="rgb" if rgb else "minisblack",
+            **tiff_metadata(metadata, data.shape),
         )
     return path
 

@@ -41,6 +41,7 @@ from napari_unet.checkpoint import TrainedModel
 from napari_unet.errors import ConfigError
 from napari_unet.events import plain_form
 from napari_unet.layout import find_layout
+from napari_unet.metadata import ImageMetadata, image_metadata, labels_metadata
 from napari_unet.postprocess import label_dtype
 from napari_unet.prediction import (
     PredictConfig,
@@ -102,6 +103,7 @@ class _Plan:
     leading: tuple[int, ...]
     shape: tuple[int, ...]
     label_axes: list[dict[str, Any]]
+    label_metadata: ImageMetadata | None  # the input's voxel size, for the labels
     stride: int  # pass 0 reads every stride-th pixel of a plane
     out_channels: int
 
@@ -131,8 +133,11 @@ def _plan(
     config = config.for_model(trained)
     model_config = trained.config
     axes = None
+    metadata = ImageMetadata()
     if isinstance(source, (str, os.PathLike)):
         image, axes = open_array(source, level=level)
+        if level == 0:  # the metadata gives the voxel size of the full resolution
+            metadata = image_metadata(source)
     elif hasattr(source, "__getitem__") and hasattr(source, "shape") and hasattr(source, "dtype"):
         image = source  # zarr, dask or numpy: sliced block by block, never loaded whole
     else:
@@ -176,6 +181,7 @@ def _plan(
         leading=layout.stack_shape,
         shape=layout.labels_shape,
         label_axes=label_axes,
+        label_metadata=labels_metadata(metadata, len(layout.labels_shape)),
         stride=max(1, math.ceil(math.sqrt(layout.height * layout.width / MAX_STAT_PIXELS))),
         out_channels=model_config.out_channels,
     )
@@ -430,7 +436,12 @@ def _run_passes(
         plan.block,
         label_dtype(largest),
         ome,
-        ome_label_attrs(name, plan.label_axes, "../../" if parent_ome_image(out) else None),
+        ome_label_attrs(
+            name,
+            plan.label_axes,
+            "../../" if parent_ome_image(out) else None,
+            plan.label_metadata,
+        ),
     )
     writes = [
         dask.delayed(write_final)(b, tables[b.number], job.scratch, final) for b in plan.blocks

@@ -8,17 +8,25 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet.metadata import ImageMetadata, ngff_axes, ngff_transformations
+
 
 def default_axes(ndim: int) -> list[dict[str, Any]]:
     """NGFF axes of labels with ``ndim`` axes when the input named none (``..., y, x``)."""
-    names = ["t", "z", "y", "x"][-ndim:]
-    return [{"name": n, "type": "time" if n == "t" else "space"} for n in names]
+    return ngff_axes(None, ndim)
 
 
 def ome_label_attrs(
-    name: str, axes: list[dict[str, Any]], source_image: str | None
+    name: str,
+    axes: list[dict[str, Any]],
+    source_image: str | None,
+    metadata: ImageMetadata | None = None,
 ) -> dict[str, Any]:
-    """NGFF 0.4 attributes of a one-level label image (``multiscales`` + ``image-label``)."""
+    """NGFF 0.4 attributes of a one-level label image (``multiscales`` + ``image-label``).
+
+    ``metadata`` (the input's voxel size and origin, one entry per label axis) becomes
+    the dataset's ``scale`` and ``translation``; without it the scale is 1.
+    """
     image_label: dict[str, Any] = {"version": "0.4"}
     if source_image is not None:
         image_label["source"] = {"image": source_image}
@@ -31,9 +39,7 @@ def ome_label_attrs(
                 "datasets": [
                     {
                         "path": "0",
-                        "coordinateTransformations": [
-                            {"type": "scale", "scale": [1.0] * len(axes)}
-                        ],
+                        "coordinateTransformations": ngff_transformations(metadata, len(axes)),
                     }
                 ],
             }

@@ -33,6 +33,7 @@ from napari_unet.io import (
     read_image,
     write_run_record,
 )
+from napari_unet.metadata import ImageMetadata, image_metadata, labels_metadata, tiff_metadata
 
 HELP = "segment images, folders or TIFF/Zarr stacks with a model and write label TIFFs"
 
@@ -192,12 +193,16 @@ def _stem(path: Path) -> str:
 
 
 def _write_planes(
-    path: Path, planes: Iterator[np.ndarray], shape: tuple[int, ...], dtype: Any
+    path: Path,
+    planes: Iterator[np.ndarray],
+    shape: tuple[int, ...],
+    dtype: Any,
+    metadata: ImageMetadata | None = None,
 ) -> None:
     """Write 2D planes one by one to a compressed TIFF of ``shape``, atomically.
 
     Planes are separate grey pages (never read as RGB), and only one is in
-    memory at a time.
+    memory at a time. ``metadata`` (voxel size, units, origin) makes it an OME-TIFF.
     """
     import tifffile
 
@@ -209,6 +214,7 @@ def _write_planes(
             dtype=dtype,
             compression="zlib",
             photometric="minisblack",
+            **tiff_metadata(metadata, shape),
         )
 
 
@@ -243,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(image, np.ndarray):
             events = predict_events(image, model, config, channel_axis=args.channel_axis)
             result = run_with_progress_bar(events, args.quiet, unit="tile", desc=path.name)
-            _write_stack(labels_path, result.labels)
+            _write_stack(labels_path, result.labels, _voxels(path, result.labels.ndim))
             if config.return_probabilities:
                 _write_stack(args.out / f"{stem}_probabilities.tif", result.probabilities)
         else:
@@ -252,10 +258,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_stack(path: Path, array: Any) -> None:
+def _write_stack(path: Path, array: Any, metadata: ImageMetadata | None = None) -> None:
     """Write a numpy or Zarr array plane by plane to a TIFF (one plane in memory)."""
     planes = (array[index] for index in np.ndindex(*array.shape[:-2]))
-    _write_planes(path, planes, array.shape, array.dtype)
+    _write_planes(path, planes, array.shape, array.dtype, metadata)
+
+
+def _voxels(path: Path, labels_ndim: int) -> ImageMetadata | None:
+    """The input's voxel size, units and origin for its labels of ``labels_ndim`` axes."""
+    return labels_metadata(image_metadata(path), labels_ndim)
 
 
 def _segment_lazy(path: Path, stem: str, config: Any, args: argparse.Namespace) -> None:
@@ -285,7 +296,8 @@ def _segment_lazy(path: Path, stem: str, config: Any, args: argparse.Namespace) 
             probabilities_out=probabilities if config.return_probabilities else None,
         )
         result = run_with_progress_bar(events, args.quiet, unit="task", desc=path.name)
-        _write_stack(args.out / f"{stem}_labels.tif", zarr.open_array(str(result.path), mode="r"))
+        labels = zarr.open_array(str(result.path), mode="r")
+        _write_stack(args.out / f"{stem}_labels.tif", labels, _voxels(path, labels.ndim))
         if config.return_probabilities:
             _write_stack(
                 args.out / f"{stem}_probabilities.tif",

@@ -18,9 +18,10 @@ from napari_unet.evaluation import (
     score_labels_events,
     score_plane,
 )
+from napari_unet.events import run_to_end
 from napari_unet.io import read_image
 from napari_unet.metrics import instance_metrics, pixel_metrics
-from napari_unet.prediction import PredictConfig, predict, run_to_end
+from napari_unet.prediction import PredictConfig, predict
 from napari_unet.synthetic import nuclei_volume
 
 PIXEL = ("accuracy", "f1", "jaccard", "recall", "precision")

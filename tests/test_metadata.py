@@ -183,3 +183,12 @@ def test_uncalibrated_imagej_and_unknown_units_give_no_voxel_size(tmp_path) -> N
         None,
         None,
     ]
+
+
+def test_axes_move_and_drop_with_the_array() -> None:
+    metadata = ImageMetadata("ZYXC", (2.0, 0.5, 0.5, 1.0), None, (1.0, 0.0, 0.0, 0.0))
+    assert metadata.moved_to_front(-1) == ImageMetadata(
+        "CZYX", (1.0, 2.0, 0.5, 0.5), None, (0.0, 1.0, 0.0, 0.0)
+    )
+    assert metadata.without_axis(3) == ImageMetadata("ZYX", (2.0, 0.5, 0.5), None, (1.0, 0, 0))
+    assert ImageMetadata().without_axis(2) == ImageMetadata().moved_to_front(0) == ImageMetadata()

@@ -13,6 +13,7 @@ from conftest import make_blobs, make_threshold_model
 from napari_unet.checkpoint import TrainedModel, save_model
 from napari_unet.config import ModelConfig
 from napari_unet.errors import ConfigError, DataError
+from napari_unet.events import run_to_end
 from napari_unet.metrics import instance_metrics
 from napari_unet.model import build_model
 from napari_unet.prediction import (
@@ -24,7 +25,6 @@ from napari_unet.prediction import (
     number_planes,
     predict,
     predict_events,
-    run_to_end,
     segment,
 )
 from napari_unet.synthetic import nuclei_volume
@@ -78,6 +78,16 @@ def test_keyword_overrides_are_prediction_settings_only() -> None:
         segment(image, model, tile=64)
     with pytest.raises(ConfigError, match="min_size"):
         predict(image, model, min_size=-1)
+
+
+def test_generator_takes_the_same_overrides_as_the_plain_function() -> None:
+    image = make_blobs(n=1, shape=(30, 40))[0][0]
+    events = predict_events(
+        image, make_threshold_model(), PredictConfig(min_size=0), min_size=10**6
+    )
+    assert run_to_end(events).labels.max() == 0
+    with pytest.raises(ConfigError, match=r"\['tile'\]"):
+        next(predict_events(image, make_threshold_model(), tile=64))
 
 
 @pytest.mark.parametrize("stored", [{"core_threshold": 2.0}, {"min_size": -3}, [0.5, 0.9]])
@@ -340,12 +350,6 @@ def nuclei() -> tuple[np.ndarray, np.ndarray]:
     return nuclei_volume((16, 64, 64), 4, diameter=(10.0, 14.0), seed=2)
 
 
-def segment_with_axes(image: np.ndarray, model: TrainedModel, axes: str, **settings) -> np.ndarray:
-    """Labels of ``image`` whose file axes are ``axes`` (the generator takes them)."""
-    events = predict_events(image, model, PredictConfig(**settings), axes=axes)
-    return run_to_end(events).labels
-
-
 def ids_per_nucleus(truth: np.ndarray, labels: np.ndarray) -> list[int]:
     """How many predicted ids cover at least a tenth of each true nucleus."""
     counts = []
@@ -383,8 +387,8 @@ def test_volume_mode_options_and_refusals(nuclei) -> None:
         PredictConfig(volume_method="stardist")
     # A T axis right before the plane: time points, never joined into 3D objects.
     with pytest.raises(ConfigError, match="time series.*stack='planes'"):
-        segment_with_axes(image, model, "TYX", stack="volume")
-    by_time = segment_with_axes(image, model, "TYX")
+        segment(image, model, axes="TYX", stack="volume")
+    by_time = segment(image, model, axes="TYX")
     np.testing.assert_array_equal(by_time, segment(image, model, stack="planes"))
     # A 2D image has nothing to join: volume mode segments it as a plane.
     np.testing.assert_array_equal(
@@ -401,7 +405,7 @@ def test_time_points_of_a_tz_stack_are_volumes_with_unique_ids(nuclei) -> None:
     image, truth = nuclei
     model = make_threshold_model(target="contour")
     stack = np.stack([image, image[:, ::-1]])
-    labels = segment_with_axes(stack, model, "TZYX", volume_method="watershed")
+    labels = segment(stack, model, axes="TZYX", volume_method="watershed")
     assert labels.shape == stack.shape
     assert ids_per_nucleus(truth, labels[0]) == [1, 1, 1, 1]
     assert ids_per_nucleus(truth[:, ::-1], labels[1]) == [1, 1, 1, 1]

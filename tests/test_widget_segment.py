@@ -23,8 +23,9 @@ from napari_unet._widgets._segment import segment_layer
 from napari_unet.checkpoint import TrainedModel, default_model_path, load_model
 from napari_unet.config import ModelConfig
 from napari_unet.errors import DataError
+from napari_unet.events import run_to_end
 from napari_unet.model import build_model
-from napari_unet.prediction import PredictConfig, run_to_end, segment
+from napari_unet.prediction import PredictConfig, segment
 from napari_unet.synthetic import nuclei_volume
 from napari_unet.training import TrainConfig, train
 

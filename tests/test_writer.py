@@ -167,15 +167,21 @@ def test_labels_scale_translate_and_units_round_trip(make_napari_viewer, tmp_pat
         assert tif.is_ome and 'PhysicalSizeZ="2.0"' in tif.ome_metadata
 
 
-def test_training_folder_keeps_the_labels_scale(tmp_path):
+def test_training_folder_keeps_the_layers_scale(tmp_path):
     labels = labels_2d()
+    colour = np.repeat(labels[..., None], 3, axis=-1).astype(np.uint8)
+    half_micron = {"scale": (0.5, 0.5), "units": ("µm", "µm")}
     layer_data = [
-        (labels.astype(np.float32), {"name": "img"}, "image"),
-        (labels, {"name": "img labels", "scale": (0.5, 0.5), "units": ("µm", "µm")}, "labels"),
+        (colour, {"name": "img", "rgb": True, **half_micron}, "image"),
+        (labels, {"name": "img labels", **half_micron}, "labels"),
     ]
     write_training_folder(str(tmp_path / "set"), layer_data)
-    ((data, meta, kind),) = get_reader(str(tmp_path / "set" / "labels" / "img.tif"))(
-        str(tmp_path / "set" / "labels" / "img.tif")
-    )
-    assert kind == "labels" and meta["scale"] == (0.5, 0.5)
-    np.testing.assert_array_equal(data, labels)
+    files = [str(tmp_path / "set" / folder / "img.tif") for folder in ("images", "labels")]
+    image_layer, labels_layer = get_reader(files)(files)
+    assert image_layer[2] == "image" and image_layer[1]["rgb"]
+    assert labels_layer[2] == "labels"
+    for _, meta, _ in (image_layer, labels_layer):
+        assert meta["scale"] == (0.5, 0.5)
+        assert meta["units"] == ("micrometer", "micrometer")
+    np.testing.assert_array_equal(labels_layer[0], labels)
+    np.testing.assert_array_equal(image_layer[0], colour)

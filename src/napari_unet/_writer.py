@@ -147,14 +147,16 @@ def write_training_folder(path: str, layer_data: Sequence[LayerData]) -> list[st
     written: list[str] = []
     stems: set[str] = set()
     for i, j in pairs:
-        image, image_meta = images[i]
+        image, image_meta = np.asarray(images[i][0]), images[i][1]
         stem = _unique(_safe_stem(image_meta["name"]), stems)
+        rgb = bool(image_meta.get("rgb"))
         written.append(
             str(
                 io.write_tiff(
                     folder / "images" / f"{stem}.tif",
-                    np.asarray(image),
-                    bool(image_meta.get("rgb")),
+                    image,
+                    rgb,
+                    _image_metadata(image_meta, image),
                 )
             )
         )
@@ -169,6 +171,19 @@ def write_training_folder(path: str, layer_data: Sequence[LayerData]) -> list[st
             )
         )
     return written
+
+
+def _image_metadata(meta: dict[str, Any], image: np.ndarray) -> ImageMetadata:
+    """An Image layer's placement as file metadata; a colour axis (no place) gets step 1."""
+    if not meta.get("rgb"):
+        return layer_metadata(meta, image.ndim)
+    plane = layer_metadata(meta, image.ndim - 1)
+    return ImageMetadata(
+        f"{plane.axes}S",
+        None if plane.scale is None else (*plane.scale, 1.0),
+        None if plane.units is None else (*plane.units, None),
+        None if plane.translate is None else (*plane.translate, 0.0),
+    )
 
 
 def _safe_stem(name: str) -> str:

@@ -31,6 +31,7 @@ import numpy as np
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.config import PredictConfig
 from napari_unet.errors import DataError
+from napari_unet.events import plain_form
 from napari_unet.io import as_image, atomic_write, check_finite, write_png, write_tiff
 from napari_unet.layout import labels_shape
 from napari_unet.metrics import (
@@ -43,7 +44,6 @@ from napari_unet.prediction import (
     Progress,
     predict,
     resolve_model,
-    run_to_end,
 )
 
 PIXEL_KEYS = ("accuracy", "f1", "jaccard", "recall", "precision")
@@ -431,6 +431,7 @@ def evaluate_events(
     labels_dir: str | os.PathLike[str] | None = None,
     channel_axis: int | None = None,
     stop: threading.Event | None = None,
+    **overrides: Any,
 ) -> Generator[Progress, None, EvaluationReport]:
     """Predict and score every image, yielding progress after each one.
 
@@ -461,10 +462,14 @@ def evaluate_events(
         Channel axis of multichannel images (colour images need none).
     stop : threading.Event, optional
         When set, stop after the current image and report the images done.
+    **overrides
+        :class:`PredictConfig` fields overriding ``config`` (e.g. ``tta=True``); see
+        :meth:`~napari_unet.settings.Settings.with_overrides`.
 
     Returns
     -------
     EvaluationReport
+        Per-image scores, their means over all images and per modality.
 
     Raises
     ------
@@ -472,8 +477,13 @@ def evaluate_events(
         If there are no images, counts differ, an image does not suit the model,
         or labels do not match their image's shape. All pairs are checked before
         any prediction, so nothing is written for a bad input.
+
+    Examples
+    --------
+    >>> report = evaluate(images, labels, "default", resize=256)  # doctest: +SKIP
+    >>> report.summary["f1_50"]  # doctest: +SKIP
     """
-    config = config or PredictConfig()
+    config = PredictConfig.with_overrides(config, overrides)
     if resize is not None and not (isinstance(resize, int) and resize >= 16):
         raise DataError(f"resize must be a size of at least 16 pixels, got {resize!r}; try 256.")
     names = pair_names(images, labels, names, "evaluate")
@@ -534,35 +544,4 @@ def evaluate_events(
     return EvaluationReport(rows, _summarise(pixel_rows, instance_rows), per_modality)
 
 
-def evaluate(
-    images: Sequence[np.ndarray],
-    labels: Sequence[np.ndarray],
-    model: str | os.PathLike[str] | TrainedModel,
-    config: PredictConfig | None = None,
-    *,
-    resize: int | None = None,
-    names: Sequence[str] | None = None,
-    overlay_dir: str | os.PathLike[str] | None = None,
-    labels_dir: str | os.PathLike[str] | None = None,
-    channel_axis: int | None = None,
-    stop: threading.Event | None = None,
-    **overrides: Any,
-) -> EvaluationReport:
-    """Plain-function form of :func:`evaluate_events` (same arguments).
-
-    ``overrides`` are :class:`PredictConfig` fields overriding ``config`` (e.g.
-    ``tta=True``); any other name is a ConfigError naming the valid ones.
-    """
-    events = evaluate_events(
-        images,
-        labels,
-        model,
-        PredictConfig.with_overrides(config, overrides),
-        resize=resize,
-        names=names,
-        overlay_dir=overlay_dir,
-        labels_dir=labels_dir,
-        channel_axis=channel_axis,
-        stop=stop,
-    )
-    return run_to_end(events)
+evaluate = plain_form(evaluate_events, "evaluate", "Predict and score every image.")

@@ -27,8 +27,9 @@ from napari_unet.bioimageio.weights import (
 from napari_unet.bioimageio.writing import bioimageio_events
 from napari_unet.checkpoint import TrainedModel, load_model
 from napari_unet.errors import ConfigError
+from napari_unet.events import plain_form
 from napari_unet.io import atomic_write
-from napari_unet.prediction import Progress, run_to_end
+from napari_unet.prediction import Progress
 
 ExportFormat = Literal["bioimageio", "onnx"]
 #: Formats :func:`export_model` writes, and the file suffix each one gets by default.
@@ -75,16 +76,16 @@ def export_onnx(model: TrainedModel | str | Path, path: str | Path) -> Path:
     return path
 
 
-def export_model(
+def export_events(
     model: TrainedModel | str | Path,
     path: str | Path,
     format: ExportFormat | None = None,
+    stop: threading.Event | None = None,
     **options: Any,
-) -> Path:
-    """Export ``model`` to ``path`` as a bioimage.io package or an ONNX file.
+) -> Generator[Progress, None, Path | None]:
+    """Export ``model`` to ``path`` as a bioimage.io package or an ONNX file, yielding progress.
 
-    This is :func:`export_events` run to the end, the function behind
-    ``napari-unet export`` and the widgets' Export button.
+    The generator behind ``napari-unet export`` and the widgets' Export button.
 
     Parameters
     ----------
@@ -94,14 +95,21 @@ def export_model(
         Destination file.
     format : {"bioimageio", "onnx"}, optional
         Output format; inferred from the suffix of ``path`` (``.zip``, ``.onnx``) if None.
+    stop : threading.Event, optional
+        When set, the export ends at its next step with nothing written.
     **options
         Passed to :func:`~napari_unet.bioimageio.writing.export_bioimageio` (name,
         authors, sample, ...); none for ONNX.
 
+    Yields
+    ------
+    Progress
+        Before each step (an ONNX export is one step).
+
     Returns
     -------
-    Path
-        The written file.
+    Path or None
+        The written file; None if stopped.
 
     Raises
     ------
@@ -109,23 +117,10 @@ def export_model(
         If the format is unknown or cannot be inferred.
     ModelFileError
         See :func:`~napari_unet.bioimageio.writing.export_bioimageio` and :func:`export_onnx`.
-    """
-    written = run_to_end(export_events(model, path, format, **options))
-    assert written is not None  # only a stop leaves nothing written
-    return written
 
-
-def export_events(
-    model: TrainedModel | str | Path,
-    path: str | Path,
-    format: ExportFormat | None = None,
-    stop: threading.Event | None = None,
-    **options: Any,
-) -> Generator[Progress, None, Path | None]:
-    """:func:`export_model` as a generator of :class:`~napari_unet.prediction.Progress`.
-
-    Setting ``stop`` ends the export at its next step with nothing written (it then
-    returns None); otherwise it returns the written path. An ONNX export is one step.
+    Examples
+    --------
+    >>> export_model("default", "nuclei.onnx")  # doctest: +SKIP
     """
     path = Path(path)
     format = format or export_format(path)
@@ -139,6 +134,13 @@ def export_events(
     if format == "bioimageio":
         return (yield from bioimageio_events(model, path, stop=stop, **options))
     raise ConfigError(f"export format {format!r} is unknown; use 'bioimageio' or 'onnx'.")
+
+
+export_model = plain_form(
+    export_events,
+    "export_model",
+    "Export ``model`` to ``path`` as a bioimage.io package or an ONNX file.",
+)
 
 
 def export_format(path: str | Path) -> ExportFormat:

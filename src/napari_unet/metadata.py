@@ -110,11 +110,15 @@ class ImageMetadata:
 
     def moved_to_front(self, index: int) -> ImageMetadata:
         """The metadata of the array with axis ``index`` moved first (``numpy.moveaxis``)."""
+        if not self.ndim:
+            return self  # nothing known, nothing to move
         index %= self.ndim
         return self._taken([index, *(axis for axis in range(self.ndim) if axis != index)])
 
     def without_axis(self, index: int) -> ImageMetadata:
         """The metadata of the array without axis ``index`` (a channel or colour axis)."""
+        if not self.ndim:
+            return self
         index %= self.ndim
         return self._taken([axis for axis in range(self.ndim) if axis != index])
 

@@ -26,7 +26,7 @@ import os
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from napari_unet.checkpoint import TrainedModel, load_model
 from napari_unet.config import ModelConfig, PredictConfig
 from napari_unet.data import apply_intensity_range, intensity_range, normalize
 from napari_unet.errors import ConfigError
+from napari_unet.events import plain_form
 
 # Re-exported: prediction's names from before napari_unet.inference.
 from napari_unet.inference import TilePredictor as TilePredictor
@@ -49,8 +50,6 @@ from napari_unet.layout import labels_shape as labels_shape
 from napari_unet.model import select_device
 from napari_unet.postprocess import label_dtype, probabilities_to_labels
 from napari_unet.tiling import sliding_window_events, tile_grid
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -191,6 +190,7 @@ def predict_events(
     channel_axis: int | None = None,
     axes: str | None = None,
     stop: threading.Event | None = None,
+    **overrides: Any,
 ) -> Generator[Progress, None, Segmentation]:
     """Predict instance labels of an image or stack, yielding progress.
 
@@ -216,6 +216,9 @@ def predict_events(
         stack a time series, segmented plane by plane.
     stop : threading.Event, optional
         When set, the prediction ends after the current batch of tiles.
+    **overrides
+        :class:`PredictConfig` fields overriding ``config`` (e.g. ``tta=True``); see
+        :meth:`~napari_unet.settings.Settings.with_overrides`.
 
     Yields
     ------
@@ -241,9 +244,14 @@ def predict_events(
         asked for ``volume`` mode.
     ModelFileError
         If the model file cannot be loaded.
+
+    Examples
+    --------
+    >>> result = predict(image, "default", tta=True)  # doctest: +SKIP
+    >>> result.labels, result.probabilities  # doctest: +SKIP
     """
     image = as_image(image)  # a path is read; tensors, ragged lists, complex refused
-    config = config or PredictConfig()
+    config = PredictConfig.with_overrides(config, overrides)
     trained = resolve_model(model, config.device)
     given_seed_threshold = config.seed_threshold
     config = config.for_model(trained)
@@ -456,58 +464,23 @@ def number_planes(local: np.ndarray, counts: list[int], per_plane: bool) -> np.n
     return labels
 
 
-def run_to_end(events: Generator[Any, None, T]) -> T:
-    """Drive a generator of progress events to its end and return its value.
-
-    The plain-function forms (``predict``, ``evaluate``, ``tune``, ``train``) of the
-    ``*_events`` generators are this call.
-    """
-    while True:
-        try:
-            next(events)
-        except StopIteration as finished:
-            return finished.value
-
-
-def predict(
-    image: Any,
-    model: str | os.PathLike[str] | TrainedModel = "default",
-    config: PredictConfig | None = None,
-    *,
-    rgb: bool | None = None,
-    channel_axis: int | None = None,
-    stop: threading.Event | None = None,
-    **overrides: Any,
-) -> Segmentation:
-    """Predict labels (and probabilities) of an image or stack; see :func:`predict_events`.
-
-    ``overrides`` are :class:`PredictConfig` fields overriding ``config`` (e.g.
-    ``tta=True``); any other name is a ConfigError naming the valid ones.
-    """
-    config = PredictConfig.with_overrides(config, overrides)
-    events = predict_events(image, model, config, rgb=rgb, channel_axis=channel_axis, stop=stop)
-    return run_to_end(events)
+predict = plain_form(
+    predict_events, "predict", "Predict labels (and probabilities) of an image or stack."
+)
 
 
 def segment(
     image: Any,
     model: str | os.PathLike[str] | TrainedModel = "default",
     config: PredictConfig | None = None,
-    *,
-    rgb: bool | None = None,
-    channel_axis: int | None = None,
-    stop: threading.Event | None = None,
-    **overrides: Any,
+    **arguments: Any,
 ) -> Any:
     """Instance labels of an image or stack (numpy, or dask read plane by plane).
 
-    Arguments as :func:`predict`.
+    The labels of :func:`predict`'s result; ``arguments`` as there.
 
     Examples
     --------
     >>> labels = segment(image, "default", min_size=20)  # doctest: +SKIP
     """
-    result = predict(
-        image, model, config, rgb=rgb, channel_axis=channel_axis, stop=stop, **overrides
-    )
-    return result.labels
+    return predict(image, model, config, **arguments).labels

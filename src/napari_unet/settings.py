@@ -262,8 +262,8 @@ class Settings:
     def with_overrides(cls: type[S], config: S | None, overrides: dict[str, Any]) -> S:
         """``config`` (default: the defaults) with keyword ``overrides`` of its fields.
 
-        The one rule of the plain functions' ``**overrides`` (``predict``, ``evaluate``,
-        ``tune``, ``train``).
+        The one rule of ``**overrides`` in ``predict_events``, ``evaluate_events``,
+        ``tune_events``, ``train_events`` and their plain forms.
         """
         return (config if config is not None else cls()).replace(**overrides)
 

@@ -19,6 +19,8 @@ from collections.abc import Callable, Generator
 
 import numpy as np
 
+from napari_unet.events import plain_form
+
 #: ``predictor(tiles (N, C, h, w) float32) -> outputs (N, C_out, h, w)``.
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -164,18 +166,8 @@ def sliding_window_events(
     return output
 
 
-def sliding_window(
-    image: np.ndarray,
-    predictor: Predictor,
-    tile_size: int | tuple[int, int],
-    overlap: int = 32,
-    batch_size: int = 1,
-    multiple: int = 1,
-) -> np.ndarray:
-    """Plain-function form of :func:`sliding_window_events`: returns ``(C_out, H, W)``."""
-    events = sliding_window_events(image, predictor, tile_size, overlap, batch_size, multiple)
-    while True:
-        try:
-            next(events)
-        except StopIteration as stop:
-            return stop.value
+sliding_window = plain_form(
+    sliding_window_events,
+    "sliding_window",
+    "Tiled prediction of one ``(C, H, W)`` image.",
+)

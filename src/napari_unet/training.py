@@ -52,9 +52,9 @@ from napari_unet.data import (
 from napari_unet.ddp import all_mean, init_from_env, rank_rng, wrap_model
 from napari_unet.ddp import validate as distributed_validate
 from napari_unet.errors import ConfigError
+from napari_unet.events import plain_form
 from napari_unet.io import as_image, atomic_write, check_output
 from napari_unet.model import select_device
-from napari_unet.prediction import run_to_end
 from napari_unet.training_run import (
     LOG_COLUMNS,
     TrainingRun,
@@ -393,6 +393,7 @@ def train_events(
     stop: threading.Event | None = None,
     checkpoint: str | Path | None = None,
     data_description: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> Generator[TrainEvent, None, TrainResult]:
     """Train a network, yielding progress events; returns the :class:`TrainResult`.
 
@@ -423,6 +424,9 @@ def train_events(
         :func:`default_checkpoint_path` of ``out`` (none without ``out``).
     data_description : dict, optional
         Plain-typed description of the data, stored in the model metadata.
+    **overrides
+        :class:`TrainConfig` fields overriding ``config`` (e.g. ``epochs=2``); see
+        :meth:`~napari_unet.settings.Settings.with_overrides`.
 
     Raises
     ------
@@ -434,8 +438,14 @@ def train_events(
     ModelFileError
         Unreadable ``init`` or ``resume`` file, or a damaged ``resume`` checkpoint (all
         checked before the first epoch).
+
+    Examples
+    --------
+    >>> cfg = TrainConfig(model=ModelConfig.from_preset("tiny", in_channels=1), epochs=2)
+    >>> result = train(images, labels, cfg, out="nuclei.pt")  # doctest: +SKIP
+    >>> result.best_epoch, result.history[-1]["val_dice"]  # doctest: +SKIP
     """
-    config = config or TrainConfig()
+    config = TrainConfig.with_overrides(config, overrides)
     if resume is not None and init is not None:
         raise ConfigError("give either resume (continue a run) or init (fine-tune), not both.")
     _check((val_images is None) == (val_labels is None), "give both val_images and val_labels.")
@@ -481,46 +491,4 @@ def train_events(
     return (yield from _finish(run, outputs, cancelled, stopped_early))
 
 
-def train(
-    images: Sequence[Any],
-    labels: Sequence[Any],
-    config: TrainConfig | None = None,
-    *,
-    val_images: Sequence[Any] | None = None,
-    val_labels: Sequence[Any] | None = None,
-    out: str | Path | None = None,
-    resume: str | Path | None = None,
-    init: str | Path | TrainedModel | None = None,
-    log_csv: str | Path | None = None,
-    stop: threading.Event | None = None,
-    checkpoint: str | Path | None = None,
-    data_description: dict[str, Any] | None = None,
-    **overrides: Any,
-) -> TrainResult:
-    """Run :func:`train_events` to the end and return its :class:`TrainResult`.
-
-    The keyword arguments are those of :func:`train_events`; ``overrides`` are
-    :class:`TrainConfig` fields overriding ``config`` (e.g. ``epochs=2``); any other
-    name is a ConfigError naming the valid ones.
-
-    Examples
-    --------
-    >>> cfg = TrainConfig(model=ModelConfig.from_preset("tiny", in_channels=1), epochs=2)
-    >>> result = train(images, labels, cfg, out="nuclei.pt")  # doctest: +SKIP
-    >>> result.best_epoch, result.history[-1]["val_dice"]  # doctest: +SKIP
-    """
-    events = train_events(
-        images,
-        labels,
-        TrainConfig.with_overrides(config, overrides),
-        val_images=val_images,
-        val_labels=val_labels,
-        out=out,
-        resume=resume,
-        init=init,
-        log_csv=log_csv,
-        stop=stop,
-        checkpoint=checkpoint,
-        data_description=data_description,
-    )
-    return run_to_end(events)
+train = plain_form(train_events, "train", "Train a network and return its :class:`TrainResult`.")

@@ -29,8 +29,9 @@ from napari_unet.checkpoint import TrainedModel
 from napari_unet.config import GRID_SETTINGS, PostprocessGrid, PredictConfig
 from napari_unet.errors import ConfigError, DataError
 from napari_unet.evaluation import check_planes, pair_names, score_plane
+from napari_unet.events import plain_form
 from napari_unet.postprocess import probabilities_to_labels
-from napari_unet.prediction import Progress, predict, resolve_model, run_to_end
+from napari_unet.prediction import Progress, predict, resolve_model
 
 #: Scores a grid can be ranked by (means over images).
 RANK_KEYS = ("f1_50", "dsb_score")
@@ -104,6 +105,7 @@ def tune_events(
     rank_by: str = "f1_50",
     names: Sequence[str] | None = None,
     stop: threading.Event | None = None,
+    **overrides: Any,
 ) -> Generator[Progress, None, TuningResult]:
     """Score every combination of ``grid`` on annotated images, yielding progress.
 
@@ -126,10 +128,14 @@ def tune_events(
         Image names for error messages (default ``image_000``, ...).
     stop : threading.Event, optional
         When set, stop and raise :class:`~napari_unet.io.DataError`.
+    **overrides
+        :class:`PredictConfig` fields overriding ``config`` (e.g. ``tta=True``); see
+        :meth:`~napari_unet.settings.Settings.with_overrides`.
 
     Returns
     -------
     TuningResult
+        Every combination with its mean scores, best first.
 
     Raises
     ------
@@ -139,12 +145,17 @@ def tune_events(
         If there are no images, counts differ, an image is not a 2D plane, labels are
         not 2D integer images of their image's shape or hold no object at all, or the
         run was stopped. All pairs are checked before any prediction.
+
+    Examples
+    --------
+    >>> result = tune(images, labels, "default")  # doctest: +SKIP
+    >>> print(result.format_table(5))  # doctest: +SKIP
     """
     grid = grid or PostprocessGrid()
     if rank_by not in RANK_KEYS:
         raise ConfigError(f"rank_by must be one of {RANK_KEYS}, got {rank_by!r}.")
     names = pair_names(images, labels, names, "tune")
-    config = PredictConfig.with_overrides(config, {"return_probabilities": True})
+    config = PredictConfig.with_overrides(config, {**overrides, "return_probabilities": True})
     trained = resolve_model(model, config.device)
     check_planes(names, images, labels, trained.config.in_channels, None, "tune")
     if not any(np.any(np.asarray(truth) > 0) for truth in labels):
@@ -186,25 +197,6 @@ def tune_events(
     return TuningResult([rows[i] for i in order], rank_by, np.array([per_image[i] for i in order]))
 
 
-def tune(
-    images: Sequence[np.ndarray],
-    labels: Sequence[np.ndarray],
-    model: str | os.PathLike[str] | TrainedModel,
-    config: PredictConfig | None = None,
-    *,
-    grid: PostprocessGrid | None = None,
-    rank_by: str = "f1_50",
-    names: Sequence[str] | None = None,
-    stop: threading.Event | None = None,
-    **overrides: Any,
-) -> TuningResult:
-    """:func:`tune_events` run to the end (no progress).
-
-    ``overrides`` are :class:`PredictConfig` fields overriding ``config`` (e.g.
-    ``tta=True``); any other name is a ConfigError naming the valid ones.
-    """
-    config = PredictConfig.with_overrides(config, overrides)
-    events = tune_events(
-        images, labels, model, config, grid=grid, rank_by=rank_by, names=names, stop=stop
-    )
-    return run_to_end(events)
+tune = plain_form(
+    tune_events, "tune", "Score every combination of post-processing settings and rank them."
+)

@@ -4,8 +4,8 @@
 with its files) of a 2D, single-input, single-output segmentation model into a
 network, config and metadata; :func:`napari_unet.checkpoint.load_model` calls it for
 ``.zip`` and ``.yaml`` paths, so prediction, evaluation and the widgets use packages
-like model files. It needs ``bioimageio.core`` (the ``export`` extra). The package
-is opened by :mod:`napari_unet.bioimageio.package` (bounded, local, code-free) first.
+like model files (needs ``bioimageio.core``, the ``export`` extra), after
+:mod:`napari_unet.bioimageio.package` opened it (bounded, local, code-free).
 
 Two ways in:
 
@@ -371,11 +371,8 @@ def _package_config(descr: Any) -> dict[str, Any] | None:
 
 
 def _runner(descr: Any, weights: str, where: str, trust_code: bool) -> tuple[nn.Module, str]:
-    """Load the chosen (or the preferred available) weights as an nn.Module.
-
-    PyTorch state-dict weights run the package's Python code to build their network,
-    so they are refused unless ``trust_code``.
-    """
+    """The chosen (or preferred) weights as an nn.Module; PyTorch state-dict weights run
+    the package's Python code, so they are refused unless ``trust_code``."""
     available = [fmt for fmt in WEIGHT_FORMATS if getattr(descr.weights, fmt) is not None]
     if weights in WEIGHT_FORMATS:
         if weights not in available:

@@ -52,9 +52,10 @@ from napari_unet.checkpoint import TrainedModel, load_model
 from napari_unet.config import ModelConfig
 from napari_unet.data import normalize
 from napari_unet.errors import ConfigError, DataError, ModelFileError
+from napari_unet.events import plain_form
 from napari_unet.io import SAMPLES_DIR, atomic_write, list_images, read_image, write_png, write_tiff
 from napari_unet.layout import to_channels_first
-from napari_unet.prediction import Progress, run_to_end
+from napari_unet.prediction import Progress
 
 #: Side of the square test input (cropped from the sample image), at most.
 TEST_SIZE = 128
@@ -345,7 +346,11 @@ def _summary_text(summary: Any) -> str:
     return "; ".join(lines[:8]) or str(summary.status)
 
 
-def export_bioimageio(
+#: Steps :func:`bioimageio_events` reports.
+_STEPS = ("test data", "TorchScript", "ONNX", "package", "bioimage.io test")
+
+
+def bioimageio_events(
     model: TrainedModel | str | Path,
     path: str | Path,
     *,
@@ -358,8 +363,9 @@ def export_bioimageio(
     channel_axis: int | None = None,
     tags: Sequence[str] = (),
     test: bool = True,
-) -> Path:
-    """Write ``model`` as a bioimage.io model package (a ``.zip``).
+    stop: threading.Event | None = None,
+) -> Generator[Progress, None, Path | None]:
+    """Write ``model`` as a bioimage.io model package (a ``.zip``), yielding progress.
 
     Parameters
     ----------
@@ -385,11 +391,19 @@ def export_bioimageio(
         Extra tags, added to napari-unet's own.
     test : bool
         Run ``bioimageio.core``'s test of the package before writing it.
+    stop : threading.Event, optional
+        When set, the export ends at the next step with nothing written.
+
+    Yields
+    ------
+    Progress
+        Before each step: test data, TorchScript, ONNX, package and (with ``test``) the
+        bioimage.io test.
 
     Returns
     -------
-    Path
-        The written package.
+    Path or None
+        The written package; None if stopped.
 
     Raises
     ------
@@ -398,49 +412,10 @@ def export_bioimageio(
         or the package fails bioimage.io's validation or test.
     DataError, ConfigError
         If the sample image or a setting cannot be used.
-    """
-    written = run_to_end(
-        bioimageio_events(
-            model,
-            path,
-            name=name,
-            description=description,
-            authors=authors,
-            license=license,
-            documentation=documentation,
-            sample=sample,
-            channel_axis=channel_axis,
-            tags=tags,
-            test=test,
-        )
-    )
-    assert written is not None  # only a stop leaves nothing written
-    return written
 
-
-#: Steps :func:`bioimageio_events` reports.
-_STEPS = ("test data", "TorchScript", "ONNX", "package", "bioimage.io test")
-
-
-def bioimageio_events(
-    model: TrainedModel | str | Path,
-    path: str | Path,
-    *,
-    name: str | None = None,
-    description: str | None = None,
-    authors: Sequence[str] = ("napari-unet developers",),
-    license: str = "BSD-3-Clause",
-    documentation: str | Path | None = None,
-    sample: np.ndarray | str | Path | None = None,
-    channel_axis: int | None = None,
-    tags: Sequence[str] = (),
-    test: bool = True,
-    stop: threading.Event | None = None,
-) -> Generator[Progress, None, Path | None]:
-    """:func:`export_bioimageio` as a generator: a :class:`Progress` before each step.
-
-    Setting ``stop`` ends it at the next step with nothing written; it then returns
-    None. Otherwise it returns the written package's path.
+    Examples
+    --------
+    >>> path = export_bioimageio("default", "nuclei.zip")  # doctest: +SKIP
     """
     require_modules("bioimageio.core", "onnx", "onnxruntime")
     from bioimageio.spec import save_bioimageio_package
@@ -509,6 +484,13 @@ def bioimageio_events(
         with atomic_write(path) as target:
             shutil.copyfile(package, target)
     return path
+
+
+export_bioimageio = plain_form(
+    bioimageio_events,
+    "export_bioimageio",
+    "Write ``model`` as a bioimage.io model package (a ``.zip``).",
+)
 
 
 def _tags(extra: Sequence[str]) -> list[str]:

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +37,9 @@ from napari_unet.blockwise.workers import (
     segment_block,
     write_final,
 )
+from napari_unet.checkpoint import TrainedModel
 from napari_unet.errors import ConfigError
+from napari_unet.events import plain_form
 from napari_unet.layout import find_layout
 from napari_unet.metadata import ImageMetadata, image_metadata, labels_metadata
 from napari_unet.postprocess import label_dtype
@@ -46,11 +48,7 @@ from napari_unet.prediction import (
     Progress,
     auto_tile_size,
     resolve_model,
-    run_to_end,
 )
-
-if TYPE_CHECKING:
-    from napari_unet.checkpoint import TrainedModel
 
 
 @dataclass
@@ -329,6 +327,11 @@ def segment_to_zarr_events(
     ------
     DataError, ConfigError, ModelFileError
         Unreadable input, bad layout or settings, unusable model (before writing).
+
+    Examples
+    --------
+    >>> result = segment_to_zarr("big.ome.zarr", "big.ome.zarr/labels/cells")  # doctest: +SKIP
+    >>> labels = result.open()  # doctest: +SKIP
     """
     started = time.perf_counter()
     plan = _plan(source, model, config or PredictConfig(), block, halo, rgb, channel_axis, level)
@@ -451,22 +454,8 @@ def _run_passes(
     return final, largest, int(sum(len(p) for p in pairs))
 
 
-def segment_to_zarr(
-    source: Any,
-    out: str | os.PathLike[str],
-    model: str | os.PathLike[str] | TrainedModel = "default",
-    config: PredictConfig | None = None,
-    **options: Any,
-) -> ScaleResult:
-    """Segment an image or stack of any size block by block into a Zarr of instance labels.
-
-    :func:`segment_to_zarr_events` driven to its end (see there for ``options``: ``block``,
-    ``halo``, ``scheduler_name``, ``workers``, ``ome``, ``name``, ``rgb``,
-    ``channel_axis``, ``level``, ``probabilities_out``, ``stop``).
-
-    Examples
-    --------
-    >>> result = segment_to_zarr("big.ome.zarr", "big.ome.zarr/labels/cells")  # doctest: +SKIP
-    >>> labels = result.open()  # doctest: +SKIP
-    """
-    return run_to_end(segment_to_zarr_events(source, out, model, config, **options))
+segment_to_zarr = plain_form(
+    segment_to_zarr_events,
+    "segment_to_zarr",
+    "Segment an image or stack of any size block by block into a Zarr of instance labels.",
+)

@@ -262,6 +262,28 @@ def add_trust_option(parser: argparse.ArgumentParser | Any) -> None:
     )
 
 
+#: Prediction settings that the commands scoring labelled 2D images (evaluate, tune) have no
+#: option for, and why.
+SCORING_NOT_OPTIONS = {
+    "labels_per_plane": "it scores 2D images",
+    "return_probabilities": "always on: the scores are computed from them",
+}
+
+
+def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model (with ``--trust-package-code``) and labelled images a scoring command reads."""
+    add_model_arguments(parser)
+    add_labelled_data_arguments(parser)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model`` (required) and ``--trust-package-code``: the model a command predicts with."""
+    parser.add_argument(
+        "--model", required=True, help="model file (*.pt), bioimage.io package or 'default'"
+    )
+    add_trust_option(parser)
+
+
 def trusted_model(model: str | None, trust: bool) -> str | Path | None:
     """``model`` as given, or marked trusted (a ``TrustedPath``) with ``--trust-package-code``."""
     if model is None or not trust:

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 from napari_unet.cli._options import (
-    add_labelled_data_arguments,
+    SCORING_NOT_OPTIONS,
     add_overwrite_argument,
     add_prediction_arguments,
-    add_trust_option,
+    add_scoring_arguments,
     load_labelled_data,
     prediction_config,
     run_record,
@@ -22,19 +22,12 @@ from napari_unet.io import check_output, check_run_record, write_run_record
 HELP = "predict labelled images and print pixel and instance metrics (DSB score, AP, PQ)"
 
 #: Prediction settings without an option here, and why.
-NOT_OPTIONS = {
-    "labels_per_plane": "evaluate scores labels as they are matched, never renumbered",
-    "return_probabilities": "always on: the pixel scores need them",
-}
+NOT_OPTIONS = SCORING_NOT_OPTIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``napari-unet evaluate``."""
-    parser.add_argument(
-        "--model", required=True, help="model file (*.pt), bioimage.io package or 'default'"
-    )
-    add_trust_option(parser)
-    add_labelled_data_arguments(parser)
+    add_scoring_arguments(parser)
     output = parser.add_argument_group("output")
     output.add_argument("--csv", type=Path, help="write per-image scores to this CSV file")
     output.add_argument(

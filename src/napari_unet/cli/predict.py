@@ -12,9 +12,9 @@ import numpy as np
 
 from napari_unet.blockwise import DEFAULT_BLOCK, DEFAULT_HALO
 from napari_unet.cli._options import (
+    add_model_arguments,
     add_overwrite_argument,
     add_prediction_arguments,
-    add_trust_option,
     prediction_config,
     run_record,
     run_with_progress_bar,
@@ -59,16 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="INPUT",
         help="image file (TIFF, PNG, JPEG), folder of images, or TIFF/Zarr stack",
     )
-    parser.add_argument(
-        "--model", required=True, help="model file (*.pt), bioimage.io package or 'default'"
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--out", type=Path, required=True, help="folder for <name>_labels.tif (created)"
     )
     # --return-probabilities (alias --save-probabilities) writes
     # <name>_probabilities.tif (float32, channels first)
     add_prediction_arguments(parser)
-    add_trust_option(parser)
     parser.add_argument(
         "--channel-axis", type=int, help="channel axis of multichannel images (RGB needs none)"
     )

@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 
 from napari_unet.cli._options import (
+    SCORING_NOT_OPTIONS,
     add_config_arguments,
-    add_labelled_data_arguments,
     add_prediction_arguments,
-    add_trust_option,
+    add_scoring_arguments,
     config_from_args,
     load_labelled_data,
     prediction_config,
@@ -22,7 +22,8 @@ HELP = "choose the post-processing (thresholds, minimum size) on labelled images
 
 
 #: Prediction settings without an option here, and why: the grid varies the post-processing
-#: (``separate`` and ``fill_holes`` keep their defaults there), and it scores 2D images.
+#: (``separate`` and ``fill_holes`` keep their defaults there), and those of every scoring
+#: command.
 NOT_OPTIONS = {
     "threshold": "the grid's --thresholds",
     "seed_threshold": "the grid's --seed-thresholds",
@@ -30,21 +31,16 @@ NOT_OPTIONS = {
     "min_size": "the grid's --min-sizes",
     "separate": "tuning splits touching objects as prediction does by default",
     "fill_holes": "tuning fills holes as prediction does by default",
-    "labels_per_plane": "tune scores 2D images",
+    **SCORING_NOT_OPTIONS,
     "stack": "tune scores 2D images",
     "anisotropy": "tune scores 2D images",
     "volume_method": "tune scores 2D images",
-    "return_probabilities": "always on: tuning re-uses them",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the options of ``napari-unet tune``."""
-    parser.add_argument(
-        "--model", required=True, help="model file (*.pt), bioimage.io package or 'default'"
-    )
-    add_trust_option(parser)
-    add_labelled_data_arguments(parser)
+    add_scoring_arguments(parser)
     grid = parser.add_argument_group("values to try")
     add_config_arguments(grid, PostprocessGrid)
     grid.add_argument(

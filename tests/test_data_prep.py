@@ -1,6 +1,7 @@
-"""Tests of the input preparation in napari_unet.data: channel layout and normalisation.
+"""Tests of the input preparation in napari_unet.data: normalisation of laid-out planes.
 
-(Datasets, patches and targets of data.py are tested in test_data.py.)
+(Datasets, patches and targets of data.py are tested in test_data.py; the channel
+layout in test_layout.py.)
 """
 
 from __future__ import annotations
@@ -9,71 +10,9 @@ import numpy as np
 import pytest
 
 from napari_unet.config import NormalizationConfig
-from napari_unet.data import normalize, prepare_plane, to_channels_first
+from napari_unet.data import normalize, prepare_plane
 from napari_unet.errors import DataError
-
-
-def test_grey_plane_to_one_channel() -> None:
-    plane = np.arange(12, dtype=np.uint16).reshape(3, 4)
-    out = to_channels_first(plane, 1)
-    assert out.shape == (1, 3, 4) and out.dtype == np.float32
-    assert np.array_equal(out[0], plane)
-    assert out.flags.c_contiguous
-
-
-def test_grey_plane_is_repeated_for_an_rgb_model() -> None:
-    plane = np.random.default_rng(0).random((5, 6))
-    out = to_channels_first(plane, 3)
-    assert out.shape == (3, 5, 6)
-    assert all(np.array_equal(out[c], plane.astype(np.float32)) for c in range(3))
-
-
-def test_rgb_plane_channels_last_to_first() -> None:
-    rgb = np.random.default_rng(1).integers(0, 255, (4, 5, 3), dtype=np.uint8)
-    out = to_channels_first(rgb, 3)
-    assert out.shape == (3, 4, 5)
-    assert np.array_equal(out, np.moveaxis(rgb, -1, 0).astype(np.float32))
-
-
-def test_rgba_alpha_is_dropped() -> None:
-    rgba = np.random.default_rng(2).integers(0, 255, (4, 5, 4), dtype=np.uint8)
-    out = to_channels_first(rgba, 3)
-    assert np.array_equal(out, np.moveaxis(rgba[..., :3], -1, 0).astype(np.float32))
-
-
-def test_rgb_plane_is_averaged_for_a_grey_model() -> None:
-    rgb = np.random.default_rng(3).integers(0, 255, (4, 5, 4), dtype=np.uint8)
-    out = to_channels_first(rgb, 1)
-    assert out.shape == (1, 4, 5)
-    assert np.allclose(out[0], rgb[..., :3].astype(np.float32).mean(axis=-1))
-
-
-def test_explicit_channel_axis() -> None:
-    chw = np.random.default_rng(4).random((2, 7, 8)).astype(np.float32)
-    assert np.array_equal(to_channels_first(chw, 2, channel_axis=0), chw)
-    hwc = np.moveaxis(chw, 0, -1)
-    assert np.array_equal(to_channels_first(hwc, 2, channel_axis=-1), chw)
-    assert np.array_equal(to_channels_first(hwc, 2, channel_axis=2), chw)
-    # four real channels on a non-last axis are not mistaken for RGBA
-    four = np.random.default_rng(5).random((4, 3, 3))
-    assert to_channels_first(four, 4, channel_axis=0).shape == (4, 3, 3)
-
-
-@pytest.mark.parametrize(
-    ("shape", "in_channels", "channel_axis", "message"),
-    [
-        ((5, 6, 2), 2, None, "cannot tell the channel axis.*give channel_axis"),
-        ((2, 3, 4, 5), 1, None, "expected a 2D plane"),
-        ((5,), 1, None, "expected a 2D plane"),
-        ((2, 5, 6), 3, 0, "has 2 channel.*model takes 3"),
-        ((5, 6, 3), 2, None, "has 3 channel.*model takes 2"),
-    ],
-)
-def test_channel_errors(
-    shape: tuple[int, ...], in_channels: int, channel_axis: int | None, message: str
-) -> None:
-    with pytest.raises(DataError, match=message):
-        to_channels_first(np.zeros(shape), in_channels, channel_axis)
+from napari_unet.layout import to_channels_first
 
 
 def test_percentile_normalisation() -> None:

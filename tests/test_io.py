@@ -220,3 +220,19 @@ def test_write_tiff_keeps_a_three_plane_stack_apart_from_rgb(tmp_path: Path) -> 
     with tifffile.TiffFile(tmp_path / "colour.tif") as tif:
         assert tif.pages[0].photometric == tifffile.PHOTOMETRIC.RGB
         assert tif.asarray().shape == (5, 4, 3)
+
+
+def test_grey_plus_alpha_files_read_as_grey(tmp_path: Path) -> None:
+    image = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    with_alpha = np.stack([image, np.full_like(image, 255)], axis=-1)
+    iio.imwrite(tmp_path / "la.png", with_alpha, extension=".png")  # PNG mode LA
+    tifffile.imwrite(
+        tmp_path / "la.tif", with_alpha, photometric="minisblack", extrasamples=["unassalpha"]
+    )
+    tifffile.imwrite(tmp_path / "two.tif", with_alpha)  # two channels, no alpha
+    rgba = np.concatenate([np.stack([image] * 3, axis=-1), with_alpha[..., 1:]], axis=-1)
+    iio.imwrite(tmp_path / "rgba.png", rgba, extension=".png")
+    np.testing.assert_array_equal(read_image(tmp_path / "la.png"), image)
+    np.testing.assert_array_equal(read_image(tmp_path / "la.tif"), image)
+    np.testing.assert_array_equal(read_image(tmp_path / "two.tif"), with_alpha)
+    np.testing.assert_array_equal(read_image(tmp_path / "rgba.png"), rgba)  # napari shows it

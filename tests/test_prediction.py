@@ -159,6 +159,14 @@ def test_colour_layouts_and_channel_checks() -> None:
         segment(np.zeros(5), grey_model)
     assert labels_shape((4, 30, 40, 3), 3) == (4, 30, 40)
     assert labels_shape((2, 30, 40), 2, channel_axis=0) == (30, 40)
+    # a last axis of 2 is two channels: one plane, not 30 planes of 40x2 pixels
+    channels_last = np.moveaxis(two, 0, -1)
+    two_model = make_threshold_model(in_channels=2)
+    np.testing.assert_array_equal(
+        segment(channels_last, two_model), segment(two, two_model, channel_axis=0)
+    )
+    with pytest.raises(DataError, match="keep one channel"):
+        segment(channels_last, grey_model)
 
 
 @pytest.mark.parametrize("shape", [(3,), (2, 2)])

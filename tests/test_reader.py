@@ -130,3 +130,14 @@ def test_reader_opens_in_a_viewer(make_napari_viewer, tmp_path):
     viewer.open(str(tmp_path / "set"), plugin="napari-unet")
     assert [type(layer).__name__ for layer in viewer.layers] == ["Image", "Labels"]
     assert viewer.layers["a labels"].data.dtype == np.uint16
+
+
+def test_channels_open_as_one_layer_and_grey_alpha_as_grey(tmp_path):
+    image, _ = image_and_labels()
+    tifffile.imwrite(tmp_path / "two.tif", np.stack([image, image // 2], axis=-1))
+    iio.imwrite(tmp_path / "la.png", np.stack([image, image], axis=-1), extension=".png")
+    ((data, meta, kind),) = read(tmp_path / "two.tif")
+    assert kind == "image" and not meta["rgb"] and data.shape == (2, 24, 32)
+    np.testing.assert_array_equal(data[1], image // 2)
+    ((data, meta, kind),) = read(tmp_path / "la.png")
+    assert kind == "image" and not meta["rgb"] and data.shape == (24, 32)

@@ -2,19 +2,31 @@
 
 Shared by the training-folder writer and the Train widget, so that both pair the
 same layers the same way: a Labels layer belongs to an image when its shape is
-the image's spatial shape (the image without its RGB axis), and among those the
-one whose name starts with the image's name (``"cells"`` <-> ``"cells labels"``)
-wins; otherwise the first unused one in layer order.
+the image's labels shape (the image without its channel axis, as
+:mod:`napari_unet.layout` decides), and among those the one whose name starts
+with the image's name (``"cells"`` <-> ``"cells labels"``) wins; otherwise the
+first unused one in layer order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from napari_unet.errors import DataError
+from napari_unet.layout import labels_shape
+
 
 def spatial_shape(shape: Sequence[int], rgb: bool) -> tuple[int, ...]:
-    """Shape of an image without its colour axis (``rgb`` as napari's ``layer.rgb``)."""
-    return tuple(shape[:-1]) if rgb else tuple(shape)
+    """Shape of the labels of an image layer (``rgb`` as napari's ``layer.rgb``).
+
+    The layer's shape without its channel axis (a colour axis, or a last axis of 2);
+    a layer that is no image for :func:`napari_unet.layout.find_layout` (too many axes)
+    keeps its shape, so that it pairs with nothing rather than raising in the GUI.
+    """
+    try:
+        return labels_shape(shape, rgb=rgb)
+    except DataError:
+        return tuple(shape)
 
 
 def match_pairs(

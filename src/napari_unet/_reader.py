@@ -15,13 +15,16 @@ What opens, and as what:
   1. a TIFF written by the napari-unet Labels writer carries a marker in its
      metadata and always opens as Labels;
   2. otherwise a file opens as Labels when its pixels are integers or booleans
-     (not RGB/RGBA, not float) **and** a name says so: the file name contains one
+     (no colour or channel axis, not float) **and** a name says so: the file name contains one
      of the words ``label(s)``, ``mask(s)``, ``seg``, ``segmentation``,
      ``annotation(s)``, ``gt``, ``ground_truth``, ``instances`` (names are split
      into words on any character that is not a letter or digit; case-insensitive),
      e.g. ``cells_labels.tif``, ``nuclei-mask.png``; or the parent folder's name
      ends with one of them, e.g. ``labels/cells.png``, ``train_masks/cells.tif``;
-  3. everything else opens as an Image layer.
+  3. everything else opens as an Image layer, laid out by :mod:`napari_unet.layout`:
+     RGB/RGBA as colour, a grey+alpha file as grey (:func:`napari_unet.io.read_image`
+     drops the alpha), and other channels, such as a 2-channel TIFF ``(H, W, 2)``,
+     as one layer with the channels first, ``(2, H, W)``.
 
   Pixel values alone cannot tell a 16-bit microscope image from a label image,
   so the rule asks the name or the marker to say so, and the dtype to agree.
@@ -40,6 +43,8 @@ from typing import Any
 import numpy as np
 
 from napari_unet import io
+from napari_unet.errors import DataError
+from napari_unet.layout import Layout, find_layout
 
 PathOrPaths = str | Sequence[str]
 LayerData = tuple[Any, dict[str, Any], str]
@@ -113,7 +118,7 @@ def read_file(path: Path) -> LayerData:
     name = path.stem
     if is_label_file(path, data):
         return data, {"name": name}, "labels"
-    return data, {"name": name, "rgb": _is_rgb(data)}, "image"
+    return _image_layer(name, data)
 
 
 def read_folder(path: PathOrPaths) -> list[LayerData]:
@@ -138,7 +143,7 @@ def is_label_file(path: Path, data: np.ndarray) -> bool:
     if _has_labels_marker(path):
         return True
     integer = np.issubdtype(data.dtype, np.integer) or data.dtype == bool
-    if not integer or _is_rgb(data):
+    if not integer or _channel_axis(data) is not None:
         return False
     folder_words = _words(path.parent.name)
     return bool(set(_words(path.stem)) & LABEL_WORDS) or (
@@ -150,8 +155,31 @@ def _words(name: str) -> list[str]:
     return [word for word in re.split(r"[^a-z0-9]+", name.lower()) if word]
 
 
-def _is_rgb(data: np.ndarray) -> bool:
-    return data.ndim in (3, 4) and data.shape[-1] in (3, 4) and data.dtype != bool
+def _layout(data: np.ndarray) -> Layout | None:
+    """The layout of a file's pixels; None for what is no image (napari shows it as is)."""
+    if data.dtype == bool:  # masks: a last axis of 2-4 is never colour or channels
+        return None
+    try:
+        return find_layout(data.shape)
+    except DataError:
+        return None
+
+
+def _channel_axis(data: np.ndarray) -> int | None:
+    layout = _layout(data)
+    return None if layout is None else layout.channel_axis
+
+
+def _image_layer(name: str, data: np.ndarray) -> LayerData:
+    """An Image layer: RGB(A) as colour, other channels first (one plane per channel).
+
+    napari shows a last axis of channels as a stack of 2-pixel-wide planes, so the
+    channels of a ``(H, W, 2)`` image become its first axis, ``(2, H, W)``.
+    """
+    layout = _layout(data)
+    if layout is not None and layout.channel_axis is not None and not layout.rgb:
+        data = np.moveaxis(data, layout.channel_axis, 0)
+    return data, {"name": name, "rgb": layout is not None and layout.rgb}, "image"
 
 
 def _has_labels_marker(path: Path) -> bool:
@@ -174,17 +202,14 @@ def _as_label_array(labels: np.ndarray, path: Path) -> np.ndarray:
     if labels.dtype == bool:
         return labels.astype(np.uint8)
     if not np.issubdtype(labels.dtype, np.integer):
-        raise io.DataError(
+        raise DataError(
             f"{str(path)!r} holds {labels.dtype} values; label images must be integers."
         )
     return labels
 
 
 def _pair_layers(stem: str, image: np.ndarray, labels: np.ndarray) -> list[LayerData]:
-    return [
-        (image, {"name": stem, "rgb": _is_rgb(image)}, "image"),
-        (labels, {"name": f"{stem} labels"}, "labels"),
-    ]
+    return [_image_layer(stem, image), (labels, {"name": f"{stem} labels"}, "labels")]
 
 
 def _training_folder_pairs(folder: Path) -> list[tuple[Path, Path]]:
@@ -197,7 +222,7 @@ def _training_folder_pairs(folder: Path) -> list[tuple[Path, Path]]:
         if labels_dir.is_dir() and io.list_images(labels_dir):
             try:
                 return io.find_pairs(images_dir, labels_dir)
-            except io.DataError:
+            except DataError:
                 return []
     return []
 

@@ -1,9 +1,9 @@
-"""Turning images into network input: channel layout and intensity normalisation.
+"""Turning images into network input: intensity normalisation, training data.
 
 These functions are shared by training and prediction so that a model sees its
-inputs prepared identically in both. Shapes: a *plane* is one 2D image, either
-``(H, W)`` grey, ``(H, W, 3|4)`` RGB/RGBA, or multichannel with an explicit
-``channel_axis``; network input is ``(C, H, W)`` float32.
+inputs prepared identically in both. Which axis is channel, stack or plane is
+:mod:`napari_unet.layout`'s decision; :func:`prepare_plane` is that layout's
+``(C, H, W)`` float32 network input of one plane, normalised.
 
 The second part serves training: reading image/label folders (:func:`load_pairs_from_folders`,
 :func:`load_dsb`), splitting stacks into planes (:func:`split_planes`), building targets
@@ -25,61 +25,8 @@ from napari_unet.config import TARGET_CHANNELS, NormalizationConfig
 from napari_unet.errors import DataError
 from napari_unet.io import find_dsb_samples, find_pairs, read_dsb_sample, read_image
 
-
-def to_channels_first(
-    plane: np.ndarray, in_channels: int, channel_axis: int | None = None
-) -> np.ndarray:
-    """Arrange one 2D plane as ``(in_channels, H, W)`` float32.
-
-    Parameters
-    ----------
-    plane : np.ndarray
-        ``(H, W)`` grey, ``(H, W, 3)`` RGB, ``(H, W, 4)`` RGBA (alpha dropped), or
-        any layout with ``channel_axis`` naming the channel axis of a 3D array.
-    in_channels : int
-        Channels the model takes. A grey plane is repeated for an RGB model; an
-        RGB plane is averaged to grey for a one-channel model.
-    channel_axis : int, optional
-        Channel axis of a 3D ``plane``; inferred (last axis of size 3/4) if None.
-
-    Raises
-    ------
-    DataError
-        If the plane's channels cannot be matched to ``in_channels``.
-    """
-    plane = np.asarray(plane)
-    if plane.ndim == 2:
-        channels = plane[None]
-    elif plane.ndim == 3:
-        if channel_axis is None:
-            if plane.shape[-1] not in (3, 4):
-                raise DataError(
-                    f"cannot tell the channel axis of a plane of shape {plane.shape}; "
-                    "give channel_axis, or pass a 2D plane."
-                )
-            channel_axis = -1
-        channels = np.moveaxis(plane, channel_axis, 0)
-        if channel_axis == -1 or channel_axis == plane.ndim - 1:
-            if channels.shape[0] == 4:  # RGBA: alpha carries no intensity
-                channels = channels[:3]
-    else:
-        raise DataError(
-            f"expected a 2D plane (H, W) or (H, W, C), got shape {plane.shape}; "
-            "pass stacks plane by plane."
-        )
-    n = channels.shape[0]
-    if n == in_channels:
-        out = channels
-    elif n == 1:
-        out = np.repeat(channels, in_channels, axis=0)
-    elif in_channels == 1 and n in (3, 4):
-        out = channels[:3].astype(np.float32).mean(axis=0, keepdims=True)
-    else:
-        raise DataError(
-            f"the image has {n} channel(s) but the model takes {in_channels}; pick the right "
-            "channel axis, or train a model on images with this many channels."
-        )
-    return np.ascontiguousarray(out, dtype=np.float32)
+# Re-exported: distributed.py imports it from here (until it imports napari_unet.layout).
+from napari_unet.layout import layout_for_labels, to_channels_first
 
 
 def normalize(image: np.ndarray, config: NormalizationConfig) -> np.ndarray:
@@ -207,22 +154,6 @@ def load_dsb(folder: str | Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return images, labels
 
 
-def _channel_axis(image_shape: tuple[int, ...], label_shape: tuple[int, ...]) -> int | None:
-    """The image's channel axis (last, or just before ``H, W``), or None for grey images.
-
-    Returns None when the shapes are equal and raises ``ValueError`` when no single axis
-    explains the difference.
-    """
-    if image_shape == label_shape:
-        return None
-    if len(image_shape) == len(label_shape) + 1:
-        if image_shape[:-1] == label_shape:
-            return len(image_shape) - 1
-        if image_shape[:-3] + image_shape[-2:] == label_shape:
-            return len(image_shape) - 3
-    raise ValueError("no channel axis fits")
-
-
 def split_planes(
     images: Sequence[Any], labels: Sequence[Any]
 ) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
@@ -263,16 +194,12 @@ def split_planes(
     for index, (image, label) in enumerate(zip(images, labels, strict=True)):
         image_shape, label_shape = tuple(image.shape), tuple(label.shape)
         try:
-            channel_axis = _channel_axis(image_shape, label_shape)
-        except ValueError:
-            raise DataError(
-                f"pair {index}: image shape {image_shape} does not fit label shape "
-                f"{label_shape}; labels must have the image's shape (without its colour "
-                "axis). Check that the right label file goes with each image."
-            ) from None
-        colour = channel_axis is not None
-        if colour and channel_axis != len(image_shape) - 1:
-            image = np.moveaxis(image, channel_axis, -1)
+            layout = layout_for_labels(image_shape, label_shape)
+        except DataError as error:
+            raise DataError(f"pair {index}: {error}") from None
+        colour = layout.channel_axis is not None
+        if colour and layout.channel_axis != len(image_shape) - 1:
+            image = np.moveaxis(image, layout.channel_axis, -1)
             image_shape = tuple(image.shape)
         if len(label_shape) < 2:
             raise DataError(f"pair {index}: labels of shape {label_shape} are not an image.")
@@ -301,12 +228,15 @@ def split_planes(
 
 
 def infer_in_channels(images: Sequence[Any], labels: Sequence[Any]) -> int:
-    """Number of network input channels the first pair calls for (RGBA counts as 3)."""
-    planes, _, channels_last = split_planes(images[:1], labels[:1])
-    if not channels_last:
-        return 1
-    channels = int(planes[0].shape[-1])
-    return 3 if channels == 4 else channels
+    """Number of network input channels the first pair calls for (alpha not counted).
+
+    Raises
+    ------
+    DataError
+        As :func:`split_planes`.
+    """
+    split_planes(images[:1], labels[:1])  # the pair's checks and messages
+    return layout_for_labels(np.shape(images[0]), np.shape(labels[0])).model_channels
 
 
 def _instances(labels: np.ndarray, label_mode: str) -> np.ndarray:

@@ -31,6 +31,7 @@ import numpy as np
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.errors import DataError
 from napari_unet.io import atomic_write, write_png, write_tiff
+from napari_unet.layout import labels_shape
 from napari_unet.metrics import (
     instance_metrics,
     mean_instance_metrics,
@@ -40,7 +41,6 @@ from napari_unet.metrics import (
 from napari_unet.prediction import (
     PredictConfig,
     Progress,
-    labels_shape,
     predict,
     resolve_model,
     run_to_end,

@@ -46,9 +46,10 @@ from napari_unet import __version__
 from napari_unet.bioimageio import CONFIG_KEY
 from napari_unet.checkpoint import TrainedModel, default_model_path, load_model
 from napari_unet.config import ModelConfig
-from napari_unet.data import normalize, to_channels_first
+from napari_unet.data import normalize
 from napari_unet.errors import ConfigError, DataError, ModelFileError
 from napari_unet.io import SAMPLES_DIR, atomic_write, list_images, read_image, write_png, write_tiff
+from napari_unet.layout import to_channels_first
 from napari_unet.model import UNet, UNetPlusPlus
 
 ExportFormat = Literal["bioimageio", "onnx"]

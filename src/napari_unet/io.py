@@ -12,10 +12,12 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from napari_unet.errors import DataError
+from napari_unet.layout import without_alpha
 
 #: File suffixes read as 2D images (or stacks, for TIFF).
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -59,6 +61,9 @@ def is_image_file(path: str | Path) -> bool:
 def read_image(path: str | Path) -> np.ndarray:
     """Read a TIFF (any rank), PNG or JPEG file into a numpy array.
 
+    Grey+alpha pixels (a PNG of two channels, a TIFF with an alpha extra sample) lose
+    their alpha and read as grey; RGBA keeps it.
+
     Raises
     ------
     DataError
@@ -77,12 +82,30 @@ def read_image(path: str | Path) -> np.ndarray:
         if suffix in _TIFF_SUFFIXES:
             import tifffile
 
-            return tifffile.imread(path)
-        import imageio.v3 as iio
+            with tifffile.TiffFile(path) as tif:
+                image = tif.asarray()
+                alpha = _tiff_grey_alpha(tif)
+        else:
+            import imageio.v3 as iio
 
-        return np.asarray(iio.imread(path))
+            image = np.asarray(iio.imread(path))
+            # PNG's only two-channel colour type is grey+alpha (JPEG has none).
+            alpha = suffix == ".png" and image.ndim == 3 and image.shape[-1] == 2
     except Exception as error:
         raise DataError(f"could not read {str(path)!r}: {error}; is the file corrupt?") from error
+    # Grey+alpha reads as grey everywhere: alpha holds no intensity and napari cannot show
+    # it (RGBA is kept, napari shows it; the layout drops alpha before the network).
+    return without_alpha(image) if alpha else image
+
+
+def _tiff_grey_alpha(tif: Any) -> bool:
+    """True for a TIFF of grey+alpha pixels (two samples, the second one alpha)."""
+    page = tif.pages[0]
+    return bool(
+        page.samplesperpixel == 2
+        and page.extrasamples
+        and page.extrasamples[-1] in (1, 2)  # associated or unassociated alpha
+    )
 
 
 def write_tiff(path: str | Path, data: np.ndarray, rgb: bool = False) -> Path:

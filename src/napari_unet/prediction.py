@@ -4,12 +4,13 @@ The work is a generator, :func:`predict_events`, that yields :class:`Progress`
 after every batch of tiles and returns a :class:`Segmentation`; the napari widget
 runs it in a worker thread, while scripts call the plain :func:`predict` or
 :func:`segment`. Each 2D plane is normalised exactly as in training
-(:func:`napari_unet.data.prepare_plane`, with the model's stored settings),
+(:func:`napari_unet.data.normalize`, with the model's stored settings),
 predicted tile by tile with blended overlaps (:mod:`napari_unet.tiling`), passed
 through a sigmoid, and turned into labels by
 :func:`napari_unet.postprocess.probabilities_to_labels`.
 
-Shapes: a plane is ``(H, W)`` grey, ``(H, W, 3|4)`` RGB(A) or multichannel with a
+Shapes, as :func:`napari_unet.layout.find_layout` decides them: a plane is ``(H, W)``
+grey, ``(H, W, 2)`` two channels, ``(H, W, 3|4)`` RGB(A) or multichannel with a
 ``channel_axis``; any axes before the plane (``Z``, ``T``, ``T, Z``) are a stack,
 predicted plane by plane. Labels have the image's shape without the channel axis;
 probabilities are ``(C_out, *labels.shape)``.
@@ -34,8 +35,12 @@ from torch import nn
 
 from napari_unet.checkpoint import TrainedModel, load_model
 from napari_unet.config import ModelConfig
-from napari_unet.data import prepare_plane, to_channels_first
+from napari_unet.data import normalize
 from napari_unet.errors import ConfigError, DataError
+from napari_unet.layout import Layout, find_layout
+
+# Re-exported: distributed.py imports it from here (until it imports napari_unet.layout).
+from napari_unet.layout import labels_shape as labels_shape
 from napari_unet.model import select_device
 from napari_unet.postprocess import label_dtype, probabilities_to_labels
 from napari_unet.tiling import sliding_window, sliding_window_events, tile_grid
@@ -262,22 +267,17 @@ class Segmentation:
 
 @dataclass(frozen=True)
 class _Layout:
-    """Where the planes and channels of an image are.
+    """distributed.py's view of a :class:`napari_unet.layout.Layout`.
 
-    ``channel_axis`` is the input's channel axis (None for grey planes); after
-    :func:`_arrange` the channels are last, ``channels`` of them (alpha dropped).
+    Kept until the block-wise code imports :mod:`napari_unet.layout` (issue #16).
     """
 
-    leading: tuple[int, ...]  # stack axes before the plane (Z, T, ...)
+    leading: tuple[int, ...]
     height: int
     width: int
     channel_axis: int | None
     channels: int | None
     drop_alpha: bool
-
-    @property
-    def n_planes(self) -> int:
-        return math.prod(self.leading)
 
     @property
     def labels_shape(self) -> tuple[int, ...]:
@@ -287,90 +287,22 @@ class _Layout:
 def _layout(
     shape: tuple[int, ...], in_channels: int, rgb: bool | None, channel_axis: int | None
 ) -> _Layout:
-    """Find the plane and channel axes of an image of ``shape`` and check them.
-
-    Without ``rgb`` or ``channel_axis``, a last axis of 3 or 4 is taken as colour,
-    as napari guesses ``layer.rgb``: a spatial axis that short is not an image.
-
-    Raises
-    ------
-    DataError
-        If the layout or the channel count does not suit a model of ``in_channels``.
-    """
-    shape = tuple(int(n) for n in shape)
-    if channel_axis is not None:
-        if not -len(shape) <= channel_axis < len(shape):
-            raise DataError(
-                f"channel_axis {channel_axis} does not exist in an image of shape {shape}."
-            )
-        channel_axis %= len(shape)
-        colour = False
-    else:
-        looks_rgb = len(shape) >= 3 and shape[-1] in (3, 4)
-        if rgb and not looks_rgb:
-            raise DataError(
-                f"an RGB image needs a last axis of 3 or 4 colours, got shape {shape}; give "
-                "channel_axis for other layouts."
-            )
-        colour = looks_rgb if rgb is None else bool(rgb)
-        channel_axis = len(shape) - 1 if colour else None
-    spatial = tuple(n for axis, n in enumerate(shape) if axis != channel_axis)
-    if not 2 <= len(spatial) <= 4:
-        raise DataError(
-            f"expected a 2D image or a stack of up to 2 extra axes (Z, T), got shape {shape}"
-            + (" with a channel axis" if channel_axis is not None else "")
-            + "; give rgb/channel_axis or split the data."
-        )
-    if min(spatial) < 1:
-        raise DataError(f"the image of shape {shape} is empty.")
-    channels = None if channel_axis is None else shape[channel_axis]
-    drop_alpha = colour and channels == 4 and in_channels != 4
-    if drop_alpha:
-        channels = 3  # alpha carries no intensity
-    # Raises DataError with the fix when the channel count does not suit the model.
-    to_channels_first(np.zeros((channels or 1, 1, 1), np.float32), in_channels, channel_axis=0)
-    return _Layout(spatial[:-2], spatial[-2], spatial[-1], channel_axis, channels, drop_alpha)
-
-
-def _arrange(
-    image: Any, in_channels: int, rgb: bool | None, channel_axis: int | None
-) -> tuple[Any, _Layout]:
-    """The image with its channels last (alpha dropped) and its :class:`_Layout`."""
-    layout = _layout(image.shape, in_channels, rgb, channel_axis)
-    if layout.channel_axis is not None:
-        image = np.moveaxis(image, layout.channel_axis, -1)
-    if layout.drop_alpha:
-        image = image[..., :3]
-    return image, layout
-
-
-def labels_shape(
-    shape: tuple[int, ...],
-    in_channels: int,
-    rgb: bool | None = None,
-    channel_axis: int | None = None,
-) -> tuple[int, ...]:
-    """Shape of the labels :func:`predict` gives for an image of ``shape``.
-
-    Checks an image's layout and channels against a model taking ``in_channels``
-    channels without its pixels, so that a batch of files can be validated first.
-
-    Raises
-    ------
-    DataError
-        If the layout or the channel count does not suit the model.
-    """
-    return _layout(shape, in_channels, rgb, channel_axis).labels_shape
-
-
-def _network_input(plane: np.ndarray, config: ModelConfig, layout: _Layout) -> np.ndarray:
-    """``(C, H, W)`` float32 network input of one plane, normalised like in training."""
-    plane = np.asarray(plane)
-    if layout.channels is None:
-        return prepare_plane(plane, config.in_channels, config.normalization)
-    return prepare_plane(
-        np.moveaxis(plane, -1, 0), config.in_channels, config.normalization, channel_axis=0
+    """:func:`napari_unet.layout.find_layout` as distributed.py reads it (see :class:`_Layout`)."""
+    layout = find_layout(shape, in_channels, rgb, channel_axis)
+    channels = None if layout.channel_axis is None else layout.model_channels
+    return _Layout(
+        layout.stack_shape,
+        layout.height,
+        layout.width,
+        layout.channel_axis,
+        channels,
+        layout.drop_alpha,
     )
+
+
+def _network_input(plane: np.ndarray, config: ModelConfig, layout: Layout) -> np.ndarray:
+    """``(C, H, W)`` float32 network input of one arranged plane, normalised like in training."""
+    return normalize(layout.network_input(plane), config.normalization)
 
 
 # --------------------------------------------------------------------------- network
@@ -639,9 +571,9 @@ def predict_events(
     config = config.for_model(trained)
     model_config = trained.config
     lazy = _is_dask(image)
-    arranged, layout = _arrange(
-        image if lazy else np.asarray(image), model_config.in_channels, rgb, channel_axis
-    )
+    image = image if lazy else np.asarray(image)
+    layout = find_layout(image.shape, model_config.in_channels, rgb, channel_axis)
+    arranged = layout.channels_last(image)
     tile = config.tile_size or auto_tile_size(
         model_config, trained.device, config.tile_batch, config.overlap
     )
@@ -659,7 +591,7 @@ def predict_events(
         else None
     )
     offset = 0
-    for plane_number, index in enumerate(np.ndindex(*layout.leading)):
+    for plane_number, index in enumerate(np.ndindex(*layout.stack_shape)):
         x = _network_input(arranged[index], model_config, layout)
         events = sliding_window_events(
             x, predictor, tile, config.overlap, config.tile_batch, model_config.size_multiple
@@ -672,7 +604,7 @@ def predict_events(
             except StopIteration as finished:
                 plane_probabilities = finished.value
                 break
-            where = f"plane {plane_number + 1}/{layout.n_planes}, " if layout.leading else ""
+            where = f"plane {plane_number + 1}/{layout.n_planes}, " if layout.stack_shape else ""
             yield Progress(plane_number * n_tiles + done, total, f"{where}tile {done}/{n_tiles}")
         plane_labels = _plane_to_labels(plane_probabilities, model_config.target, config)
         count = int(plane_labels.max(initial=0))
@@ -706,7 +638,7 @@ def _dask_label_stride(n_planes: int) -> tuple[int, np.dtype]:
 
 
 def _predict_dask(
-    image: Any, layout: _Layout, predictor: TilePredictor, config: PredictConfig, tile: int
+    image: Any, layout: Layout, predictor: TilePredictor, config: PredictConfig, tile: int
 ) -> Segmentation:
     """Lazy prediction of a dask image: one task per plane.
 
@@ -719,7 +651,7 @@ def _predict_dask(
     import dask.array as da
 
     model_config = predictor.model.config
-    n_lead = len(layout.leading)
+    n_lead = len(layout.stack_shape)
     plane_axes = image.ndim - n_lead
     image = image.rechunk((1,) * n_lead + (-1,) * plane_axes)
     out_channels = model_config.out_channels
@@ -760,7 +692,7 @@ def _predict_dask(
                 f"{layout.n_planes} planes can number uniquely; use labels_per_plane=True."
             )
         location = block_info[None]["chunk-location"][:n_lead] if block_info else ()
-        plane = int(np.ravel_multi_index(location, layout.leading)) if n_lead else 0
+        plane = int(np.ravel_multi_index(location, layout.stack_shape)) if n_lead else 0
         return np.where(labels > 0, labels + dtype.type(plane * stride), labels)
 
     labels = probabilities.map_blocks(plane_labels, drop_axis=0, dtype=dtype)

@@ -144,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
     if wants_scale(args):
         return run_cli(args)  # block-wise Zarr output on a dask scheduler
 
-    from napari_unet.prediction import labels_shape, predict_events, resolve_model
+    from napari_unet.layout import labels_shape
+    from napari_unet.prediction import predict_events, resolve_model
 
     config = prediction_config(
         args,

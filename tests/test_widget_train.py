@@ -9,6 +9,7 @@ import torch
 from conftest import blob_pair
 from napari_unet._widgets import TrainWidget
 from napari_unet._widgets._registry import REGISTRY
+from napari_unet._widgets._train import PHASE_TEXT
 from napari_unet.checkpoint import TrainedModel
 
 TIMEOUT_MS = 120_000
@@ -101,6 +102,43 @@ def test_stop_mid_run_keeps_a_usable_model(viewer_with_pair, qtbot):
     assert model.config.target == "contour"  # the widget's default: separates touching nuclei
     assert REGISTRY.entries()[0].model is model
     assert widget.start_button.isEnabled()
+
+
+def test_the_wait_before_the_first_step_names_each_phase_under_a_busy_bar(viewer_with_pair, qtbot):
+    widget = dock(viewer_with_pair)
+    tiny_settings(widget, epochs=1, steps=1)
+    phases: list[str] = []
+    widget.controls.step_started.connect(phases.append)
+    widget.start()
+    assert widget.progress.maximum() == 0  # busy, not a static 0 %
+    assert widget.status.text() == PHASE_TEXT["starting"]
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    assert phases == list(PHASE_TEXT.values())
+    assert widget.progress.maximum() == widget.progress.value() == 1
+
+
+def test_stop_keeps_saying_stopping_and_no_step_starts_after_the_current_one(
+    viewer_with_pair, qtbot
+):
+    widget = dock(viewer_with_pair)
+    tiny_settings(widget, epochs=200, steps=50)  # stopped inside the first epoch
+    seen: list[tuple[str, str]] = []
+
+    def on_event(event) -> None:
+        if event.kind == "step" and not widget.controls.stop_event.is_set():
+            widget.stop()
+        seen.append((event.kind, widget.status.text()))
+
+    widget.controls.yielded.connect(on_event)
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+
+    after_stop = seen[1:]
+    # The step running when Stop was pressed may finish; no other starts.
+    assert [kind for kind, _ in after_stop if kind == "step"] in ([], ["step"])
+    assert all(text == "Stopping after this step…" for _, text in after_stop), after_stop
+    assert widget.result.cancelled
+    assert widget.status.text().startswith("Stopped")
 
 
 def test_fine_tune_a_session_model_on_scribbles(viewer_with_pair, qtbot):

@@ -68,6 +68,12 @@ LABEL_MODES = {
     "binary mask": "binary",
     "scribbles (1 = bg, 2 = object)": "sparse",
 }
+#: What the status line says in each phase of a run before its first step (a busy bar).
+PHASE_TEXT = {
+    "starting": "Starting the training process…",
+    "loading": "Loading PyTorch and the model…",
+    "running": "Preparing the data and the first step…",
+}
 VALIDATION_REGION = "held-out strip"
 VALIDATION_IMAGES = "whole images"
 
@@ -500,16 +506,21 @@ class TrainWidget(ScrollingDock):
         self.curves.clear()
         self._label = self._model_label(plan)
         # In a child process where there is one (POSIX): see napari_unet.process.
-        relay = (events_in_process, train_events) if CHILD_PROCESSES else (train_events,)
+        report = self.controls.phase_reporter()
+        relay: tuple[Any, ...] = (train_events,)
+        relay_options: dict[str, Any] = {}
+        if CHILD_PROCESSES:
+            relay = (events_in_process, train_events)
+            relay_options["on_phase"] = lambda phase: report(PHASE_TEXT[phase])
         self.controls.run(
             *relay,
             plan.images,
             plan.labels,
             plan.config,
-            message="Preparing the data…",
+            message=PHASE_TEXT["starting" if CHILD_PROCESSES else "running"],
             on_yielded=self._on_event,
             on_returned=self._on_result,
-            busy=False,
+            **relay_options,
             val_images=plan.val_images,
             val_labels=plan.val_labels,
             out=plan.out,
@@ -541,7 +552,6 @@ class TrainWidget(ScrollingDock):
             )
         elif event.kind == "epoch":
             metrics = event.val_metrics or {}
-            self.controls.show_progress(event.epoch, event.epochs)
             self.curves.add_epoch(
                 event.epoch,
                 event.train_loss,
@@ -549,10 +559,13 @@ class TrainWidget(ScrollingDock):
                 metrics.get("dice"),
                 metrics.get("iou"),
             )
-            self.status.setText(
+            # Through show_progress: a pending "Stopping…" stays.
+            self.controls.show_progress(
+                event.epoch,
+                event.epochs,
                 f"epoch {event.epoch}/{event.epochs} · loss {event.train_loss:.4f} · val loss "
                 f"{event.val_loss:.4f} · Dice {metrics.get('dice', math.nan):.3f} · IoU "
-                f"{metrics.get('iou', math.nan):.3f} · {event.elapsed_s:.0f} s"
+                f"{metrics.get('iou', math.nan):.3f} · {event.elapsed_s:.0f} s",
             )
 
     def _on_result(self, result: TrainResult) -> None:

@@ -11,7 +11,8 @@ Prints two tables:
    end-to-end call (network FLOPs / wall time).
 2. Memory (Linux): peak resident memory of a fresh process that segments a lazily
    generated dask stack of N x 2048 x 2048 float32 planes (never materialised)
-   into a Zarr store on disk, plane by plane, for 16 and 64 planes (16 with
+   into a Zarr store on disk with :func:`napari_unet.blockwise.segment_to_zarr` (one block
+   a plane, one thread), for 16 and 64 planes (16 with
    ``--quick``): the peak must stay far under the stack's size and not grow with N.
 
 Weights are random: speed does not depend on them. On a shared machine each
@@ -179,26 +180,32 @@ def resident_mib() -> tuple[float, float]:
 
 def memory_child(n_planes: int, size: int, preset: str) -> dict[str, float]:
     """Segment a lazy N x size x size stack into a Zarr store; report resident memory."""
-    import dask
     import dask.array as da
+
+    from napari_unet.blockwise import segment_to_zarr
 
     def plane(block_id: tuple[int, int, int]) -> np.ndarray:
         return synthetic_rgb(size, seed=block_id[0])[None, ..., 0].astype(np.float32)
 
     stack = da.map_blocks(plane, dtype=np.float32, chunks=((1,) * n_planes, (size,), (size,)))
     model = random_model(preset, in_channels=1)
-    labels = predict(stack, model, PredictConfig()).labels
     baseline, _ = resident_mib()
     start = time.perf_counter()
-    with (
-        tempfile.TemporaryDirectory() as folder,
-        dask.config.set(scheduler="threads", num_workers=1),
-    ):
-        da.to_zarr(labels, f"{folder}/labels.zarr")
+    with tempfile.TemporaryDirectory() as folder:
+        result = segment_to_zarr(
+            stack,
+            f"{folder}/labels.zarr",
+            model,
+            PredictConfig(),
+            block=size,
+            ome=False,
+            scheduler_name="threads",
+            workers=1,
+        )
     return {
         "planes": n_planes,
         "stack_mib": stack.nbytes / 2**20,
-        "labels_mib": labels.nbytes / 2**20,
+        "labels_mib": stack.size * result.dtype.itemsize / 2**20,
         "baseline_rss_mib": baseline,
         "peak_rss_mib": resident_mib()[1],
         "seconds": time.perf_counter() - start,

@@ -3,7 +3,7 @@
 Writes a synthetic float32 stack of bright blobs (float32 as after deconvolution or
 registration) to an uncompressed Zarr in a temporary folder, chunk by chunk (the stack is
 never in memory; by default 64 x 4096 x 4096 = 4.3 GB on disk), then segments it with
-:func:`napari_unet.distributed.segment_to_zarr` on a ``dask.distributed.LocalCluster`` of
+:func:`napari_unet.blockwise.segment_to_zarr` on a ``dask.distributed.LocalCluster`` of
 1 and of 2 worker processes, and prints a table:
 wall time, throughput, and the peak resident memory of the driver and all workers together
 (sampled every 0.1 s with psutil), next to the stack's size.
@@ -34,9 +34,9 @@ import torch
 import zarr
 from scipy import ndimage as ndi
 
+from napari_unet.blockwise import segment_to_zarr
 from napari_unet.checkpoint import save_model
 from napari_unet.config import ModelConfig
-from napari_unet.distributed import segment_to_zarr
 from napari_unet.model import build_model
 from napari_unet.prediction import PredictConfig
 

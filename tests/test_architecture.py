@@ -16,7 +16,10 @@ PACKAGE_DIR = Path(napari_unet.__file__).parent
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 100
 #: Qualified names (module or module.function) allowed past the limits, and why.
-LONG_ALLOWED: dict[str, str] = {}
+LONG_ALLOWED: dict[str, str] = {
+    "napari_unet.config": "declarations only: every settings class of the package, one "
+    "documented field with its rule per setting (issue #16: all configs in one module)",
+}
 
 
 def module_name(path: Path) -> str:

@@ -38,3 +38,17 @@ def test_demo_with_a_missing_model_fails_cleanly(
     assert main(["demo", "--out", str(out), "--model", str(tmp_path / "nope.pt")]) == 2
     assert "error:" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_demo_checks_its_outputs_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "labels").write_text("not a folder")
+    missing = str(tmp_path / "nope.pt")  # loading it would fail: never reached
+    for out, message in [(a_file, "is a file, not a folder"), (tmp_path / "demo", "labels'")]:
+        assert main(["demo", "--out", str(out), "--model", missing]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: --out") and message in error

@@ -60,7 +60,7 @@ def test_json_prints_the_summary_and_the_post_processing_used(tmp_path: Path, ca
     images = [read_image(p) for p in sorted(images_dir.iterdir())]
     labels = [read_image(p) for p in sorted(labels_dir.iterdir())]
     expected = evaluate(
-        make_threshold_model(in_channels=3), images, labels, PredictConfig(min_size=0)
+        images, labels, make_threshold_model(in_channels=3), PredictConfig(min_size=0)
     )
     assert summary["n_images"] == 3
     for group in ("pixel", "instance"):
@@ -149,3 +149,50 @@ def test_bad_inputs_exit_2_without_outputs(tmp_path: Path, capsys) -> None:
     assert main([*args]) == 2
     assert "--dsb" in capsys.readouterr().err
     assert not csv_path.exists() and not overlays.exists()
+
+
+def test_a_nan_image_second_leaves_no_overlay_and_no_csv(tmp_path: Path, capsys) -> None:
+    import tifffile
+
+    images_dir, labels_dir = write_dataset(tmp_path, n=2)
+    second = read_image(images_dir / "s1.png").astype(np.float32)
+    second[5, 5] = np.nan
+    (images_dir / "s1.png").unlink()
+    tifffile.imwrite(images_dir / "s1.tif", second)
+    csv_path, overlays = tmp_path / "score.csv", tmp_path / "overlays"
+    data = ["--images", str(images_dir), "--labels", str(labels_dir), "--quiet"]
+    outputs = ["--csv", str(csv_path), "--save-overlays", str(overlays)]
+    assert main(["evaluate", "--model", model_file(tmp_path), *data, *outputs]) == 2
+    assert "image 's1' holds NaN or infinite values" in capsys.readouterr().err
+    assert not csv_path.exists() and not overlays.exists()
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path: Path, capsys) -> None:
+    images_dir, labels_dir = write_dataset(tmp_path, n=1)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    data = ["--images", str(images_dir), "--labels", str(labels_dir), "--quiet"]
+    missing_model = ["--model", str(tmp_path / "nope.pt")]  # never reached
+    cases = [
+        (["--csv", str(tmp_path)], "--csv", "is a folder"),
+        (["--csv", str(a_file / "score.csv")], "--csv", "is a file, not a folder"),
+        (["--csv", "/dev/full"], "--csv", "not a regular file"),
+        (["--save-overlays", str(a_file)], "--save-overlays", "is a file, not a folder"),
+        (["--save-overlays", "/proc/napari-unet"], "--save-overlays", "is not writable"),
+    ]
+    for extra, option, message in cases:
+        assert main(["evaluate", *missing_model, *data, *extra]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {option}") and message in error
+    assert a_file.read_text() == "x"
+
+
+def test_overlays_of_another_model_need_overwrite(tmp_path: Path, capsys) -> None:
+    images_dir, labels_dir = write_dataset(tmp_path, n=1)
+    overlays = tmp_path / "overlays"
+    args = ["--images", str(images_dir), "--labels", str(labels_dir), "--quiet"]
+    args += ["--save-overlays", str(overlays), "--model", model_file(tmp_path)]
+    assert main(["evaluate", *args]) == 0
+    assert main(["evaluate", *args, "--resize", "16"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["evaluate", *args, "--resize", "16", "--overwrite"]) == 0

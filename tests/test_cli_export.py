@@ -78,3 +78,15 @@ def test_bad_model_and_format_are_user_errors(
     assert main(["export", "--model", str(model_file), "--out", str(tmp_path / "x.bin")]) == 2
     assert "cannot tell the export format" in capsys.readouterr().err
     assert not list(tmp_path.glob("x.*"))
+
+
+def test_export_checks_out_before_loading_the_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    missing = str(tmp_path / "nope.pt")  # loading it would fail: never reached
+    for out, message in [(tmp_path, "is a folder"), (a_file / "m.zip", "is a file, not a folder")]:
+        assert main(["export", "--model", missing, "--out", str(out)]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: --out") and message in error

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +15,7 @@ import tifffile
 from conftest import make_blobs, make_threshold_model
 from napari_unet.checkpoint import save_model
 from napari_unet.cli import main
-from napari_unet.io import write_png
+from napari_unet.io import RUN_RECORD, write_png
 from napari_unet.metrics import instance_metrics
 
 
@@ -21,7 +25,10 @@ def model_file(tmp_path: Path, in_channels: int = 1) -> Path:
 
 
 def outputs(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    """Files in ``folder`` other than its record of the run (see napari_unet.io.RUN_RECORD)."""
+    if not folder.exists():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.name != RUN_RECORD)
 
 
 def test_folder_and_files_give_one_label_tiff_each(tmp_path: Path, capsys) -> None:
@@ -110,7 +117,12 @@ def test_tiff_and_zarr_stacks_give_the_same_sequential_labels(tmp_path: Path) ->
         tifffile.imread(out / "stack_probabilities.tif"),
         atol=1e-6,
     )
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no scratch left
+    assert outputs(out) == [
+        "lazy_labels.tif",
+        "lazy_probabilities.tif",
+        "stack_labels.tif",
+        "stack_probabilities.tif",
+    ]  # no scratch left
 
 
 def test_bad_inputs_exit_2_and_write_nothing(tmp_path: Path, capsys) -> None:
@@ -125,7 +137,7 @@ def test_bad_inputs_exit_2_and_write_nothing(tmp_path: Path, capsys) -> None:
     model = str(model_file(tmp_path, in_channels=3))
     out = tmp_path / "out"
     cases = [
-        ([str(good), str(broken)], "could not read"),
+        ([str(good), str(broken)], "is not a PNG image"),
         ([str(empty)], "no images"),
         ([str(tmp_path / "missing.tif")], "does not exist"),
         ([str(two_channels), "--channel-axis", "0"], "2 channel"),
@@ -204,3 +216,213 @@ def test_compile_flag_gives_the_same_labels(tmp_path: Path) -> None:
         eager = tifffile.imread(tmp_path / "eager" / name)
         assert eager.max() > 0
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "compiled" / name), eager)
+
+
+def cli(*args: str, **options) -> subprocess.CompletedProcess:
+    """``python -m napari_unet ARGS`` in a child process (for real stdout/OS behaviour)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "napari_unet", *args], env=env, text=True, **options
+    )
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path: Path, capsys) -> None:
+    image = write_png(tmp_path / "a.png", make_blobs(n=1, shape=(30, 30))[0][0])
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    missing_model = str(tmp_path / "nope.pt")  # loading it would fail: it is never reached
+    cases = [
+        (a_file, "is a file, not a folder"),
+        (a_file / "out", "file.txt' is a file, not a folder"),
+        (Path("/proc/napari-unet-out"), "is not writable"),
+    ]
+    for out, message in cases:
+        assert main(["predict", "--model", missing_model, str(image), "--out", str(out)]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: --out") and message in error
+        assert error.count("\n") == 1
+    assert a_file.read_text() == "x"
+
+
+def test_a_nan_image_second_in_a_folder_leaves_no_labels(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    image = make_blobs(n=1, shape=(30, 30))[0][0].astype(np.float32)
+    tifffile.imwrite(folder / "a.tif", image)
+    image[3, 4] = np.nan
+    tifffile.imwrite(folder / "b.tif", image)
+    out = tmp_path / "out"
+    code = main(["predict", "--model", str(model_file(tmp_path)), str(folder), "--out", str(out)])
+    assert code == 2
+    assert "b.tif' holds NaN or infinite values" in capsys.readouterr().err
+    assert outputs(out) == []
+
+
+def test_inputs_too_large_for_the_memory_are_refused_before_reading(tmp_path: Path, capsys) -> None:
+    import zarr
+
+    from test_io import huge_tiff
+
+    zarr.open(
+        str(tmp_path / "empty.zarr"),
+        mode="w",
+        shape=(100_000, 100_000),
+        chunks=(4096, 4096),
+        dtype=np.uint8,
+    )
+    tiff = huge_tiff(tmp_path / "big.tif", side=200_000)
+    model = str(model_file(tmp_path))
+    out = tmp_path / "out"
+    for source in (tmp_path / "empty.zarr", tiff):
+        start = time.perf_counter()
+        assert main(["predict", "--model", model, str(source), "--out", str(out)]) == 2
+        error = capsys.readouterr().err
+        assert "GiB of memory but" in error and "--zarr" in error and error.count("\n") == 1
+        assert time.perf_counter() - start < 10
+    assert outputs(out) == []
+
+
+def test_a_run_with_another_model_or_settings_needs_overwrite(tmp_path: Path, capsys) -> None:
+    image = write_png(tmp_path / "a.png", make_blobs(n=1, shape=(30, 30))[0][0])
+    out = tmp_path / "out"
+    common = ["predict", str(image), "--out", str(out), "--quiet", "--min-size", "0"]
+    model = str(model_file(tmp_path))
+    assert main([*common, "--model", model, "--threshold", "0.5"]) == 0
+    first = (out / "a_labels.tif").read_bytes()
+    assert main([*common, "--model", model, "--threshold", "0.5"]) == 0  # same run: fine
+    capsys.readouterr()
+    assert main([*common, "--model", model, "--threshold", "0.9"]) == 2
+    assert "another run (settings differ)" in capsys.readouterr().err
+    assert main([*common, "--model", str(model_file(tmp_path, 3)), "--threshold", "0.5"]) == 2
+    assert "model_sha256" in capsys.readouterr().err
+    assert (out / "a_labels.tif").read_bytes() == first
+    assert main([*common, "--model", model, "--threshold", "0.9", "--overwrite"]) == 0
+    assert main([*common, "--model", model, "--threshold", "0.9"]) == 0  # the new record
+
+
+def test_a_full_disk_and_a_closed_pipe_end_cleanly(tmp_path: Path) -> None:
+    images, _ = make_blobs(n=2, shape=(30, 30))
+    for index, image in enumerate(images):
+        write_png(tmp_path / "images" / f"{index}.png", image)
+    model = str(model_file(tmp_path))
+    args = ["predict", "--model", model, str(tmp_path / "images"), "--quiet", "--out"]
+    with open("/dev/full", "w") as full:  # every write fails: no space left on device
+        result = cli(*args, str(tmp_path / "a"), stdout=full, stderr=subprocess.PIPE)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: No space left on device")
+    assert result.stderr.count("\n") == 1
+    # `napari-unet predict ... | head -0`: the reader is gone before anything is printed
+    child = subprocess.Popen(
+        [sys.executable, "-m", "napari_unet", *args, str(tmp_path / "b")],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    child.stdout.close()
+    error = child.stderr.read()
+    assert child.wait() == 1 and error == ""
+
+
+def test_a_file_size_limit_mid_run_is_one_error_line_and_no_partial_file(tmp_path: Path) -> None:
+    import resource
+
+    noise = np.random.default_rng(0).random((96, 96)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "noise.tif", noise)
+    out = tmp_path / "out"
+
+    def limit_file_size() -> None:  # like a disk that fills up after 16 KiB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
+
+    result = cli(
+        "predict",
+        "--model",
+        str(model_file(tmp_path)),
+        str(tmp_path / "noise.tif"),
+        "--out",
+        str(out),
+        "--quiet",
+        "--save-probabilities",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=limit_file_size,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: File too large") and result.stderr.count("\n") == 1
+    assert "noise_probabilities.tif" not in outputs(out)
+    assert not list(out.glob(".*.part*"))
+
+
+def test_zarr_output_on_a_scheduler_and_errors(tmp_path: Path, capsys) -> None:
+    import zarr
+
+    from napari_unet.prediction import PredictConfig, predict
+
+    stack = np.stack(make_blobs(n=3, shape=(96, 120), seed=1)[0])
+    model = model_file(tmp_path)
+    source = tmp_path / "stack.zarr"
+    zarr.create_array(str(source), data=stack, chunks=(1, 48, 48))
+    out = tmp_path / "out"
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(model),
+            str(source),
+            "--out",
+            str(out),
+            "--scheduler",
+            "threads",
+            "--workers",
+            "2",
+            "--block",
+            "48",
+            "--tile",
+            "256",
+            "--overlap",
+            "16",
+            "--min-size",
+            "4",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    labels = zarr.open_array(str(out / "stack_labels.zarr" / "0"), mode="r")[:]
+    expected = predict(stack, model, PredictConfig(tile_size=256, overlap=16, min_size=4)).labels
+    # Blocks of 48: objects cut by block edges are stitched into the whole-plane objects.
+    pairs = np.unique(np.stack([labels.ravel(), expected.ravel()], 1), axis=0)
+    assert len(pairs) == len(np.unique(labels)) == len(np.unique(expected))
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(model),
+            str(tmp_path / "missing.tif"),
+            "--out",
+            str(out),
+            "--zarr",
+        ]
+    )
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_lazy_stack_in_blocks_is_numbered_1_to_n_and_leaves_no_scratch(tmp_path: Path, capsys):
+    import zarr
+
+    stack = np.stack(make_blobs(n=3, shape=(70, 90), seed=2)[0]).astype(np.float32)
+    zarr.create_array(str(tmp_path / "stack.zarr"), data=stack, chunks=(1, 35, 45))
+    model = str(model_file(tmp_path))
+    out = tmp_path / "out"
+    common = ["predict", "--model", model, "--out", str(out), "--min-size", "0", "--quiet"]
+    assert main([*common, str(tmp_path / "stack.zarr"), "--block", "32", "--halo", "16"]) == 0
+    labels = tifffile.imread(out / "stack_labels.tif")
+    ids = [set(np.unique(plane[plane > 0]).tolist()) for plane in labels]
+    assert all(ids) and not (ids[0] & ids[1]) and not (ids[1] & ids[2])  # unique over planes
+    assert set.union(*ids) == set(range(1, labels.max() + 1))  # sequential, no gaps
+    assert outputs(out) == ["stack_labels.tif"]  # the scratch folder is gone
+
+    stack[1, 3, 3] = np.nan  # found by a block task: the run fails after it started
+    zarr.create_array(str(tmp_path / "nan.zarr"), data=stack, chunks=(1, 35, 45))
+    assert main([*common, str(tmp_path / "nan.zarr")]) == 2
+    assert "NaN" in capsys.readouterr().err
+    assert outputs(out) == ["stack_labels.tif"]

@@ -55,3 +55,15 @@ def test_bad_grid_or_data_exit_2_and_write_nothing(tmp_path, capsys) -> None:
     assert main(["tune", "--model", "default", *no_images]) == 2
     assert "error:" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_bad_out_is_refused_before_tuning(tmp_path, capsys) -> None:
+    images, labels = write_dataset(tmp_path)
+    data = ["--images", str(images), "--labels", str(labels), "--quiet"]
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    missing_model = str(tmp_path / "nope.pt")  # loading it would fail: never reached
+    for out, message in [(tmp_path, "is a folder"), (a_file / "m.pt", "is a file, not a folder")]:
+        assert main(["tune", "--model", missing_model, *data, "--out", str(out)]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: --out") and message in error

@@ -1,4 +1,4 @@
-"""Tests of napari_unet.config: validation, presets and serialisation."""
+"""Tests of napari_unet.config: validation, presets, serialisation, overrides and options."""
 
 from __future__ import annotations
 
@@ -7,8 +7,17 @@ import json
 
 import pytest
 
-from napari_unet.config import PRESETS, TARGET_CHANNELS, ModelConfig, NormalizationConfig
+from napari_unet.config import (
+    PRESETS,
+    TARGET_CHANNELS,
+    ModelConfig,
+    NormalizationConfig,
+    PostprocessGrid,
+    PredictConfig,
+    TrainConfig,
+)
 from napari_unet.errors import ConfigError
+from napari_unet.settings import Settings, option_fields, rule_of
 
 
 def test_defaults_are_the_reference_model() -> None:
@@ -28,12 +37,12 @@ def test_defaults_are_the_reference_model() -> None:
     ("overrides", "message"),
     [
         ({"architecture": "resnet"}, "architecture 'resnet' is unknown"),
-        ({"in_channels": 0}, "in_channels must be an integer from 1 to 64"),
+        ({"in_channels": 0}, "in_channels must be a whole number from 1 to 64"),
         ({"in_channels": 65}, "in_channels"),
         ({"in_channels": 2.0}, "in_channels"),
-        ({"base_filters": 0}, "base_filters must be an integer from 1 to 256"),
+        ({"base_filters": 0}, "base_filters must be a whole number from 1 to 256"),
         ({"base_filters": 257}, "base_filters"),
-        ({"depth": 0}, "depth must be an integer from 1 to 6"),
+        ({"depth": 0}, "depth must be a whole number from 1 to 6"),
         ({"depth": 7}, "depth"),
         ({"target": "edges"}, "target 'edges' is unknown"),
         ({"deep_supervision": True}, "deep_supervision needs architecture='unetpp'"),
@@ -138,3 +147,130 @@ def test_configs_are_frozen_and_hashable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.depth = 3  # type: ignore[misc]
     assert hash(config) == hash(ModelConfig())
+
+
+# --------------------------------------------------------------------------------------
+# The shared base: every settings class, its rules, dictionaries, overrides and options
+# --------------------------------------------------------------------------------------
+
+SETTINGS_CLASSES = (NormalizationConfig, ModelConfig, TrainConfig, PredictConfig, PostprocessGrid)
+
+
+@pytest.mark.parametrize("cls", SETTINGS_CLASSES)
+def test_every_field_has_a_rule_with_help(cls: type[Settings]) -> None:
+    assert issubclass(cls, Settings)
+    for item in dataclasses.fields(cls):
+        rule = rule_of(item)
+        assert rule.help, item.name
+        if rule.kind == "choice":
+            assert rule.choices
+        # defaults pass their own rule
+        assert getattr(cls(), item.name) is not None or rule.none is not None
+
+
+@pytest.mark.parametrize("cls", SETTINGS_CLASSES)
+def test_round_trip_through_json_and_unknown_keys(cls: type[Settings]) -> None:
+    config = cls()
+    data = json.loads(json.dumps(config.to_dict()))
+    assert cls.from_dict(data) == config
+    with pytest.raises(ConfigError, match=r"Unknown .* setting\(s\) \['colour'\]; valid settings"):
+        cls.from_dict({**data, "colour": "red"})
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        cls.from_dict([1, 2])  # type: ignore[arg-type]
+
+
+def test_train_config_nests_its_model_as_a_dictionary() -> None:
+    config = TrainConfig(model=ModelConfig.from_preset("tiny", in_channels=1), epochs=3)
+    data = config.to_dict()
+    assert data["model"]["base_filters"] == 16
+    assert data["model"]["normalization"]["mode"] == "percentile"
+    restored = TrainConfig.from_dict(data)
+    assert restored == config and isinstance(restored.model, ModelConfig)
+    with pytest.raises(ConfigError, match="model must be a ModelConfig or a mapping"):
+        TrainConfig(model="tiny")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("cls", "values", "message"),
+    [
+        (TrainConfig, {"epochs": 0}, r"epochs must be a whole number >= 1, got 0\."),
+        (TrainConfig, {"epochs": 2.5}, "epochs must be a whole number"),
+        (TrainConfig, {"batch_size": True}, "batch_size must be a whole number"),
+        (TrainConfig, {"learning_rate": 0}, "strictly between 0 and 1, got 0; the reference"),
+        (TrainConfig, {"val_fraction": 1.0}, "val_fraction must be a number from 0 to under 1"),
+        (TrainConfig, {"seed": "1"}, "seed must be a whole number, got '1'"),
+        (TrainConfig, {"early_stopping_patience": 0}, r"or None \(never stop early\)"),
+        (TrainConfig, {"min_lr": 1e-3}, "min_lr must lie from 0 to learning_rate"),
+        (TrainConfig, {"min_lr": -1.0}, "min_lr must be a number >= 0"),
+        (TrainConfig, {"augment": "no"}, "augment must be True or False"),
+        (TrainConfig, {"device": "gpu0"}, "device 'gpu0' is not a device name"),
+        (TrainConfig, {"label_mode": "dense"}, "label_mode 'dense' is unknown; use one of"),
+        (PredictConfig, {"overlap": 300}, "overlap must be a whole number from 0 to 256"),
+        (PredictConfig, {"threshold": 1.0}, "threshold must be a number strictly between 0"),
+        (PredictConfig, {"core_threshold": -0.1}, "core_threshold must be a number from 0"),
+        (PredictConfig, {"tile_size": 64, "overlap": 32}, "less than half of tile_size"),
+        (PredictConfig, {"tta": None}, "tta must be True or False"),
+        (PostprocessGrid, {"min_sizes": 8}, "min_sizes must be a list of values"),
+        (NormalizationConfig, {"low": "1"}, "normalization low must be a number"),
+    ],
+)
+def test_messages_say_what_to_change(cls: type, values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        cls(**values)
+
+
+def test_grid_lists_become_tuples() -> None:
+    grid = PostprocessGrid(thresholds=[0.5], min_sizes=[4, 8])
+    assert grid.thresholds == (0.5,) and grid.min_sizes == (4, 8)
+    assert hash(grid) == hash(PostprocessGrid(thresholds=(0.5,), min_sizes=(4, 8)))
+
+
+def test_replace_and_overrides_refuse_unknown_names() -> None:
+    config = PredictConfig(tta=True)
+    assert config.replace(min_size=3) == PredictConfig(tta=True, min_size=3)
+    assert PredictConfig.with_overrides(None, {"tta": True}) == config
+    assert PredictConfig.with_overrides(config, {}) is config
+    with pytest.raises(ConfigError, match=r"Unknown prediction setting\(s\) \['rgb'\]; valid"):
+        config.replace(rgb=True)
+    with pytest.raises(ConfigError, match="tile_batch"):
+        config.replace(tile_batch=0)
+    with pytest.raises(ConfigError, match=r"Unknown training setting\(s\) \['lr'\]"):
+        TrainConfig.with_overrides(None, {"lr": 1e-3})
+
+
+def test_option_fields_flatten_the_nested_settings() -> None:
+    names = list(option_fields(TrainConfig))
+    model_names = list(option_fields(ModelConfig))
+    assert "model" not in names and "normalization" not in model_names
+    assert {"normalization_mode", "normalization_low", "normalization_high"} <= set(model_names)
+    assert set(model_names) <= set(names)
+    assert {"epochs", "min_lr", "half_precision"} <= set(names)
+    assert list(option_fields(PredictConfig)) == [f.name for f in dataclasses.fields(PredictConfig)]
+
+
+def test_from_options_builds_the_nested_settings_from_a_preset() -> None:
+    config = TrainConfig.from_options(
+        preset="tiny",
+        in_channels=1,
+        depth=3,
+        target=None,  # None: left to the preset / default
+        normalization_mode="minmax",
+        epochs=4,
+        early_stopping_patience=None,
+    )
+    assert config.model == ModelConfig.from_preset(
+        "tiny", in_channels=1, depth=3, normalization=NormalizationConfig("minmax")
+    )
+    assert (config.epochs, config.early_stopping_patience) == (4, None)
+    assert TrainConfig.from_options() == TrainConfig()
+    with pytest.raises(ConfigError, match="preset 'huge' is unknown"):
+        TrainConfig.from_options(preset="huge")
+    with pytest.raises(ConfigError, match=r"Unknown training setting\(s\) \['lr'\]"):
+        TrainConfig.from_options(lr=1e-3)
+
+
+def test_preset_names_are_free_text_for_model_files() -> None:
+    # display only: a model file may carry a name this version has no preset for
+    assert ModelConfig.from_dict({"preset": "my-own"}).preset == "my-own"
+    with pytest.raises(ConfigError, match="preset must be a string"):
+        ModelConfig(preset=3)  # type: ignore[arg-type]

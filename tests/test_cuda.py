@@ -19,8 +19,8 @@ from napari_unet.metrics import pixel_metrics
 from napari_unet.model import build_model
 from napari_unet.prediction import predict
 from napari_unet.training import TrainConfig, _Run, default_checkpoint_path, train
+from test_ddp import torchrun, write_blob_folders
 from test_training import small_config
-from test_training_distributed import torchrun, write_blob_folders
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from napari_unet.config import NormalizationConfig
-from napari_unet.data import normalize, prepare_plane
+from napari_unet.data import apply_intensity_range, intensity_range, normalize, prepare_plane
 from napari_unet.errors import DataError
 from napari_unet.layout import to_channels_first
 
@@ -62,3 +62,18 @@ def test_prepare_plane_is_layout_then_normalisation() -> None:
     assert np.array_equal(out, normalize(to_channels_first(rgb, 3), config))
     grey = prepare_plane(rgb, 1, NormalizationConfig("minmax"))
     assert grey.shape == (1, 9, 7) and grey.min() == 0 and grey.max() == 1
+
+
+@pytest.mark.parametrize("mode", ["percentile", "minmax", "none"])
+def test_a_range_computed_once_applies_to_any_region(mode: str) -> None:
+    image = np.random.default_rng(0).integers(0, 4000, (3, 40, 50)).astype(np.uint16)
+    config = NormalizationConfig(mode, 2.0, 98.0)
+    low, high = intensity_range(image, config)
+    whole = normalize(image, config)
+    region = apply_intensity_range(image[:, 10:30, 5:25], low, high)
+    assert region.dtype == np.float32
+    np.testing.assert_array_equal(region, whole[:, 10:30, 5:25])
+    assert apply_intensity_range(image, 5.0, 5.0).dtype == np.float32
+    assert not apply_intensity_range(image, 5.0, 5.0).any()  # a constant range: zeros
+    with pytest.raises(DataError, match="NaN"):
+        intensity_range(np.array([[1.0, np.inf]]), config)

@@ -10,8 +10,9 @@ import pytest
 
 from napari_unet import io
 from napari_unet.checkpoint import default_model_path, load_model
+from napari_unet.config import DEFAULT_POSTPROCESS
 from napari_unet.metrics import mean_pixel_metrics
-from napari_unet.prediction import DEFAULT_POSTPROCESS, PredictConfig, predict
+from napari_unet.prediction import PredictConfig, predict
 
 MODEL_CARD = Path(__file__).parents[1] / "docs" / "model_card.md"
 

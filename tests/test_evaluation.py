@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import make_blobs, make_threshold_model
-from napari_unet.errors import DataError
+from napari_unet.errors import ConfigError, DataError
 from napari_unet.evaluation import (
     CSV_COLUMNS,
     classify_modality,
@@ -30,7 +30,7 @@ def test_scores_match_the_metrics_module() -> None:
     images, labels = make_blobs(n=3, shape=(40, 48))
     model = make_threshold_model()
     config = PredictConfig(threshold=0.5, min_size=0)
-    report = evaluate(model, images, labels, config, names=["a", "b", "c"])
+    report = evaluate(images, labels, model, config, names=["a", "b", "c"])
     assert set(report.summary) == {"n_images", "pixel", "instance"}
     assert set(report.summary["pixel"]) == set(PIXEL)
     assert set(report.summary["instance"]) == set(INSTANCE)
@@ -60,7 +60,7 @@ def test_scores_match_the_metrics_module() -> None:
 def test_resize_protocol_compares_at_the_resized_size() -> None:
     images, labels = make_blobs(n=2, shape=(48, 64), rgb=True)
     model = make_threshold_model(in_channels=3)
-    report = evaluate(model, images, labels, resize=32)
+    report = evaluate(images, labels, model, resize=32)
     assert all((row["height"], row["width"]) == (32, 32) for row in report.rows)
     image, truth = resize_pair(images[0], labels[0], 32)
     assert image.shape == (32, 32, 3) and truth.shape == (32, 32)
@@ -89,7 +89,7 @@ def test_modalities_and_per_modality_summaries() -> None:
     assert classify_modality(np.full((8, 8), 50_000, np.uint16)) == "brightfield"
     labels = [np.zeros((32, 32), np.uint16)] * 3
     report = evaluate(
-        make_threshold_model(in_channels=3), [fluorescence, brightfield, stained], labels
+        [fluorescence, brightfield, stained], labels, make_threshold_model(in_channels=3)
     )
     assert [row["modality"] for row in report.rows] == ["fluorescence", "brightfield", "H&E"]
     assert set(report.per_modality) == {"fluorescence", "brightfield", "H&E"}
@@ -101,9 +101,9 @@ def test_modalities_and_per_modality_summaries() -> None:
 def test_csv_overlays_and_label_files(tmp_path) -> None:
     images, labels = make_blobs(n=2, shape=(30, 36))
     report = evaluate(
-        make_threshold_model(),
         images,
         labels,
+        make_threshold_model(),
         names=["one", "two"],
         overlay_dir=tmp_path / "overlays",
         labels_dir=tmp_path / "labels",
@@ -125,16 +125,16 @@ def test_bad_inputs_are_refused_before_any_output(tmp_path) -> None:
     model = make_threshold_model()
     overlays = tmp_path / "overlays"
     with pytest.raises(DataError, match="shape"):
-        evaluate(model, images, [labels[0], labels[1][:20]], overlay_dir=overlays)
+        evaluate(images, [labels[0], labels[1][:20]], model, overlay_dir=overlays)
     assert not overlays.exists()  # the first image was not written either
     with pytest.raises(DataError, match="no images"):
-        evaluate(model, [], [])
+        evaluate([], [], model)
     with pytest.raises(DataError, match="pair"):
-        evaluate(model, images, labels[:1])
+        evaluate(images, labels[:1], model)
     with pytest.raises(DataError, match="integer"):
-        evaluate(model, images[:1], [labels[0].astype(np.float32)])
+        evaluate(images[:1], [labels[0].astype(np.float32)], model)
     with pytest.raises(DataError, match="channel"):
-        evaluate(make_threshold_model(in_channels=2), [np.zeros((30, 36, 3), np.uint8)], labels[:1])
+        evaluate([np.zeros((30, 36, 3), np.uint8)], labels[:1], make_threshold_model(in_channels=2))
 
 
 def test_multichannel_images_are_scored_like_their_channels_last_copies() -> None:
@@ -143,12 +143,21 @@ def test_multichannel_images_are_scored_like_their_channels_last_copies() -> Non
     stacks = [np.stack([image, image // 2]) for image in images]
     model = make_threshold_model(in_channels=2, gain=40.0)
     config = PredictConfig(threshold=0.5, min_size=0)
-    first = evaluate(model, stacks, labels, config, channel_axis=0)
-    last = evaluate(model, [np.moveaxis(s, 0, -1) for s in stacks], labels, config, channel_axis=2)
+    first = evaluate(stacks, labels, model, config, channel_axis=0)
+    last = evaluate([np.moveaxis(s, 0, -1) for s in stacks], labels, model, config, channel_axis=2)
     assert first.summary == last.summary
     assert first.summary["instance"]["ap50"] > 0.7
     with pytest.raises(DataError, match="channel"):
-        evaluate(make_threshold_model(in_channels=3), stacks, labels, config, channel_axis=0)
+        evaluate(stacks, labels, make_threshold_model(in_channels=3), config, channel_axis=0)
+
+
+def test_keyword_overrides_are_prediction_settings_only() -> None:
+    images, labels = make_blobs(n=2, shape=(30, 36))
+    model = make_threshold_model()
+    everything_removed = evaluate(images, labels, model, min_size=10**6)
+    assert everything_removed.summary["instance"]["f1_50"] == 0
+    with pytest.raises(ConfigError, match=r"Unknown prediction setting\(s\) \['tile'\]; valid"):
+        evaluate(images, labels, model, tile=64)
 
 
 def test_pixel_scores_are_those_of_the_labels_a_user_gets() -> None:
@@ -163,7 +172,7 @@ def test_pixel_scores_are_those_of_the_labels_a_user_gets() -> None:
     result = predict(image, model, config, return_probabilities=True)
     assert (result.probabilities[0][speck] > 0.5).all() and not result.labels[speck].any()
 
-    row = evaluate(model, [image], [truth], config).rows[0]
+    row = evaluate([image], [truth], model, config).rows[0]
     pixel, instance = score_plane(truth, result.labels)
     assert row["f1"] == pytest.approx(pixel["f1"]) and row["dsb_score"] == instance["dsb_score"]
     assert row["f1"] > pixel_metrics(truth, result.probabilities[0] > 0.5)["f1"]

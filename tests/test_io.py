@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
+import subprocess
+import sys
+import time
+import zlib
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -13,15 +18,23 @@ import tifffile
 
 from napari_unet.errors import DataError
 from napari_unet.io import (
+    RUN_RECORD,
+    as_image,
     atomic_write,
+    check_finite,
+    check_output,
+    check_run_record,
     find_dsb_samples,
     find_pairs,
+    image_header,
     is_dsb_folder,
     list_images,
     read_dsb_sample,
     read_image,
+    remove_stale_parts,
     write_labels,
     write_png,
+    write_run_record,
     write_tiff,
 )
 
@@ -78,8 +91,8 @@ def test_read_image_formats_and_errors(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="not a supported image"):
         read_image(tmp_path / "notes.txt")
-    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
-    with pytest.raises(DataError, match="could not read"):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(DataError, match="could not read .* as a PNG image"):
         read_image(tmp_path / "broken.png")
 
 
@@ -220,6 +233,154 @@ def test_write_tiff_keeps_a_three_plane_stack_apart_from_rgb(tmp_path: Path) -> 
     with tifffile.TiffFile(tmp_path / "colour.tif") as tif:
         assert tif.pages[0].photometric == tifffile.PHOTOMETRIC.RGB
         assert tif.asarray().shape == (5, 4, 3)
+
+
+def huge_tiff(path: Path, side: int = 1_000_000) -> Path:
+    """A 300-byte TIFF whose header declares ``side x side`` 16-bit pixels (terabytes)."""
+    tifffile.imwrite(path, np.zeros((64, 64), np.uint16), compression="zlib")
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        tif.pages[0].tags["ImageWidth"].overwrite(side)
+        tif.pages[0].tags["ImageLength"].overwrite(side)
+    return path
+
+
+def huge_png(path: Path, side: int = 100_000) -> Path:
+    """A 70-byte PNG whose header declares ``side x side`` pixels."""
+    iio.imwrite(path, np.zeros((8, 8), np.uint8))
+    data = bytearray(path.read_bytes())
+    data[16:24] = struct.pack(">II", side, side)  # IHDR width, height
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_read_image_refuses_a_declared_size_over_the_free_memory(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    tiff = huge_tiff(tmp_path / "huge.tif")
+    assert tiff.stat().st_size < 2000
+    assert image_header(tiff) == ((1_000_000, 1_000_000), np.dtype(np.uint16))
+    with pytest.raises(DataError, match=r"needs 1862\.6 GiB of memory but .* GiB is free"):
+        read_image(tiff)
+    with pytest.raises(DataError, match="could not read .* as a PNG image"):
+        read_image(huge_png(tmp_path / "huge.png"))
+    assert time.perf_counter() - start < 5
+
+
+def test_read_image_says_what_a_file_is(tmp_path: Path) -> None:
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"is empty \(0 bytes\), not a PNG image") as empty:
+        read_image(tmp_path / "empty.png")
+    (tmp_path / "text.png").write_text("hello, I am text")
+    with pytest.raises(DataError, match="is not a PNG image") as text:
+        read_image(tmp_path / "text.png")
+    for error in (empty, text):
+        message = str(error.value)
+        assert "plugin" not in message and "\n" not in message
+    with pytest.raises(DataError, match="is a folder, not an image file"):
+        read_image(tmp_path)
+    with pytest.raises(DataError, match="is not a regular file"):
+        read_image("/dev/zero")
+    # A file is read as what its bytes are, whatever its suffix says.
+    image = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    iio.imwrite(tmp_path / "really_png.tif", image, extension=".png")
+    np.testing.assert_array_equal(read_image(tmp_path / "really_png.tif"), image)
+
+
+def test_check_output_refuses_the_wrong_kind_and_unwritable_places(tmp_path: Path) -> None:
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(DataError, match="--out .* is a file, not a folder"):
+        check_output(a_file, "folder", "--out")
+    with pytest.raises(DataError, match="--csv .* is a folder"):
+        check_output(tmp_path, "file", "--csv")
+    with pytest.raises(DataError, match=r"cannot be created: .*file\.txt' is a file"):
+        check_output(a_file / "sub" / "scores.csv", "file", "--csv")
+    with pytest.raises(DataError, match="is not a regular file"):
+        check_output("/dev/full", "file", "--csv")
+    # root writes through permission bits; /proc refuses everyone
+    with pytest.raises(DataError, match="is not writable"):
+        check_output("/proc/napari-unet-out", "folder", "--out")
+    # A missing folder is fine (created when written) and is not created by the check.
+    assert check_output(tmp_path / "new" / "deep", "folder", "--out") == tmp_path / "new" / "deep"
+    assert not (tmp_path / "new").exists()
+    assert check_output(a_file, "file", "--out") == a_file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_a_killed_writer_leaves_a_part_file_that_the_next_run_removes(tmp_path: Path) -> None:
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; from napari_unet.io import atomic_write\n"
+            "with atomic_write(sys.argv[1]) as tmp:\n"
+            "    tmp.write_bytes(b'half')\n"
+            "    os._exit(9)",
+            str(tmp_path / "model.pt"),
+        ],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert killed.returncode == 9
+    (stale,) = tmp_path.glob(".model.pt.*.part.pt")
+    # A file being written by this process (a running writer) stays.
+    with atomic_write(tmp_path / "other.tif") as running:
+        assert remove_stale_parts(tmp_path) == [stale]
+        assert running.exists()
+    with atomic_write(tmp_path / "model.pt") as tmp:
+        tmp.write_bytes(b"again")
+        os.rename(tmp, tmp_path / ".model.pt.999999999-abcdefgh.part.pt")  # no such process
+        tmp.write_bytes(b"again")
+    check_output(tmp_path / "model.pt", "file", "--out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "other.tif"]
+
+
+def test_run_records_refuse_a_folder_of_another_run_unless_overwrite(tmp_path: Path) -> None:
+    record = {"command": "predict", "model_sha256": "abc", "settings": {"threshold": 0.5}}
+    check_run_record(tmp_path / "out", record, False, "--out")  # no folder yet
+    assert write_run_record(tmp_path / "out", record) == tmp_path / "out" / RUN_RECORD
+    check_run_record(tmp_path / "out", dict(record), False, "--out")  # same run: adds to it
+    other = {**record, "settings": {"threshold": 0.7}}
+    with pytest.raises(
+        DataError, match=r"holds results of another run \(settings differ\).*--overwrite"
+    ):
+        check_run_record(tmp_path / "out", other, False, "--out")
+    check_run_record(tmp_path / "out", other, True, "--out")
+
+
+def test_as_image_reads_paths_and_refuses_what_is_not_an_image(tmp_path: Path) -> None:
+    import dask.array as da
+    import torch
+
+    image = np.arange(20, dtype=np.uint16).reshape(4, 5)
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    np.testing.assert_array_equal(as_image(str(tmp_path / "a.tif")), image)
+    np.testing.assert_array_equal(as_image(tmp_path / "a.tif"), image)
+    np.testing.assert_array_equal(as_image(torch.ones(2, 3)), np.ones((2, 3), np.float32))
+    lazy = da.zeros((4, 5))
+    assert as_image(lazy) is lazy
+    with pytest.raises(DataError, match="does not exist"):
+        as_image(str(tmp_path / "missing.tif"))
+    with pytest.raises(DataError, match="ragged nested list"):
+        as_image([[1, 2], [3]])
+    with pytest.raises(DataError, match="requires grad; give tensor.detach"):
+        as_image(torch.ones(2, 3, requires_grad=True))
+    with pytest.raises(DataError, match="complex numbers"):
+        as_image(np.ones((4, 4), np.complex64))
+    with pytest.raises(DataError, match="holds <U1 values, not numbers"):
+        as_image(np.array([["a"]]))
+
+
+def test_check_finite(tmp_path: Path) -> None:
+    import dask.array as da
+
+    check_finite(np.zeros((3, 3), np.uint8), "'a'")
+    check_finite(np.zeros((3, 3), np.float32), "'a'")
+    bad = np.zeros((3, 3), np.float32)
+    bad[1, 1] = np.nan
+    with pytest.raises(DataError, match="'b' holds NaN or infinite values"):
+        check_finite(bad, "'b'")
+    with pytest.raises(DataError, match="holds NaN"):
+        check_finite(da.from_array(bad, chunks=2), "'c'")
 
 
 def test_grey_plus_alpha_files_read_as_grey(tmp_path: Path) -> None:

@@ -133,6 +133,8 @@ def test_metadata_axes_name_stacks_and_channels() -> None:
         ((30, 40), {"axes": "ZYX"}, "name 3 axes but the image has shape"),
         ((2, 30, 40), {"axes": "YXZ"}, "Y, X as the last plane axes"),
         ((2, 2, 30, 40), {"axes": "CCYX"}, "at most one channel axis"),
+        ((2, 8, 30, 40), {"axes": "CZYX", "channel_axis": 1}, "contradicts the file's axes"),
+        ((8, 30, 40), {"axes": "ZYX", "channel_axis": 1}, "contradicts the file's axes"),
         ((5,), {}, "expected a 2D image or a stack of up to 2 extra axes"),
         ((2, 3, 4, 30, 40), {}, "expected a 2D image or a stack"),
         ((0, 40), {}, "is empty"),
@@ -285,12 +287,13 @@ def test_cli_predict_gives_2d_labels(files: dict, tmp_path: Path, capsys) -> Non
     )
     two = files["two_channel_model"]
     two_model = save_model(tmp_path / "two.pt", two.network, two.config)
-    out = tmp_path / "out"
-    common = ["--out", str(out), "--quiet", "--min-size", "0"]
-    assert main(["predict", "--model", str(grey_model), str(files["grey_alpha"]), *common]) == 0
-    assert tifffile.imread(out / "grey_alpha_labels.tif").shape == (40, 48)
-    assert main(["predict", "--model", str(two_model), str(files["two_channels"]), *common]) == 0
-    assert tifffile.imread(out / "two_channels_labels.tif").shape == (40, 48)
+    common = ["--quiet", "--min-size", "0", "--out"]  # one folder per model (run records)
+    grey_args = [str(files["grey_alpha"]), *common, str(tmp_path / "grey")]
+    assert main(["predict", "--model", str(grey_model), *grey_args]) == 0
+    assert tifffile.imread(tmp_path / "grey" / "grey_alpha_labels.tif").shape == (40, 48)
+    two_args = [str(files["two_channels"]), *common, str(tmp_path / "two")]
+    assert main(["predict", "--model", str(two_model), *two_args]) == 0
+    assert tifffile.imread(tmp_path / "two" / "two_channels_labels.tif").shape == (40, 48)
     capsys.readouterr()
     refused = tmp_path / "refused"
     for model in (str(grey_model), "default"):  # the bundled model takes 3 channels

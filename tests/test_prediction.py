@@ -8,7 +8,6 @@ import dask.array as da
 import numpy as np
 import pytest
 import torch
-from skimage.segmentation import relabel_sequential
 
 from conftest import make_blobs, make_threshold_model
 from napari_unet.checkpoint import TrainedModel, save_model
@@ -22,6 +21,7 @@ from napari_unet.prediction import (
     auto_tile_size,
     inference_network,
     labels_shape,
+    number_planes,
     predict,
     predict_events,
     segment,
@@ -63,6 +63,18 @@ def test_config_is_validated_with_a_fix_in_the_message() -> None:
         PredictConfig.from_dict({"tile": 3})
     config = PredictConfig(tile_size=256, tta=True, min_size=3)
     assert PredictConfig.from_dict(config.to_dict()) == config
+
+
+def test_keyword_overrides_are_prediction_settings_only() -> None:
+    image = make_blobs(n=1, shape=(30, 40))[0][0]
+    model = make_threshold_model()
+    config = PredictConfig(min_size=0)
+    assert segment(image, model, config).max() > 0
+    assert segment(image, model, config, min_size=10**6).max() == 0  # the override wins
+    with pytest.raises(ConfigError, match=r"Unknown prediction setting\(s\) \['tile'\]; valid"):
+        segment(image, model, tile=64)
+    with pytest.raises(ConfigError, match="min_size"):
+        predict(image, model, min_size=-1)
 
 
 @pytest.mark.parametrize("stored", [{"core_threshold": 2.0}, {"min_size": -3}, [0.5, 0.9]])
@@ -188,23 +200,37 @@ def test_stacks_keep_their_shape_and_get_unique_labels(shape: tuple[int, ...]) -
         assert plane.min() == 0 and np.unique(plane)[1] == 1
 
 
-def test_dask_path_is_lazy_and_equals_the_numpy_path() -> None:
+def test_dask_stack_is_read_plane_by_plane_and_numbered_like_numpy() -> None:
     images, _ = blob_stack(n=3)
     model = random_model(target="contour")
     config = PredictConfig(tile_size=32, overlap=8, min_size=0, return_probabilities=True)
     eager = predict(images, model, config)
     lazy = predict(da.from_array(images, chunks=(2, 20, 52)), model, config)
-    assert isinstance(lazy.labels, da.Array) and isinstance(lazy.probabilities, da.Array)
-    assert lazy.labels.chunksize == (1, 40, 52)  # one plane per chunk: memory bounded by it
-    labels, probabilities = da.compute(lazy.labels, lazy.probabilities)
-    np.testing.assert_allclose(probabilities, eager.probabilities, atol=1e-6)
-    # unique across planes, numbered from each plane's offset: same objects, same order
-    np.testing.assert_array_equal(relabel_sequential(labels)[0], eager.labels)
+    assert isinstance(lazy.labels, np.ndarray) and isinstance(lazy.probabilities, np.ndarray)
+    np.testing.assert_allclose(lazy.probabilities, eager.probabilities, atol=1e-6)
+    # The one stack policy: unique across planes and 1..N, whatever the input's type.
+    np.testing.assert_array_equal(lazy.labels, eager.labels)
+    assert lazy.labels.dtype == eager.labels.dtype
+    ids = np.unique(lazy.labels[lazy.labels > 0])
+    np.testing.assert_array_equal(ids, np.arange(1, ids.size + 1))
     per_plane = PredictConfig(tile_size=32, overlap=8, min_size=0, labels_per_plane=True)
     np.testing.assert_array_equal(
-        segment(da.from_array(images, chunks=1), model, per_plane).compute(),
+        segment(da.from_array(images, chunks=1), model, per_plane),
         segment(images, model, per_plane),
     )
+
+
+def test_number_planes_is_sequential_over_the_stack_or_per_plane() -> None:
+    local = np.zeros((3, 4, 4), np.uint32)
+    local[0, 0, :2] = [1, 2]
+    local[1, 1, :3] = [1, 3, 3]  # label 2 missing: no gap in the result
+    local[2, 2, 0] = 1  # not reached (counts cover two planes): stays 0
+    labels = number_planes(local, [2, 3], per_plane=False)
+    assert labels.max() == 4
+    assert labels[0, 0, :2].tolist() == [1, 2] and labels[1, 1, :3].tolist() == [3, 4, 4]
+    assert not labels[2].any()
+    per_plane = number_planes(local, [2, 3], per_plane=True)
+    assert per_plane[1, 1, :3].tolist() == [1, 2, 2]
 
 
 def test_wide_label_dtype_for_many_objects_over_a_stack() -> None:
@@ -267,3 +293,23 @@ def test_model_file_path_and_auto_tile_size(tmp_path) -> None:
     config = ModelConfig.from_preset("fast", in_channels=3)
     tile = auto_tile_size(config, torch.device("cpu"))
     assert 256 <= tile <= 1024 and tile % config.size_multiple == 0
+
+
+def test_segment_reads_a_path_and_refuses_what_is_not_an_image(tmp_path) -> None:
+    import tifffile
+
+    image = make_blobs(n=1, shape=(32, 36))[0][0]
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    model = make_threshold_model()
+    expected = segment(image, model, min_size=0)
+    np.testing.assert_array_equal(segment(str(tmp_path / "a.tif"), model, min_size=0), expected)
+    np.testing.assert_array_equal(segment(tmp_path / "a.tif", model, min_size=0), expected)
+    cases = [
+        (str(tmp_path / "missing.tif"), "missing.tif' does not exist"),
+        ([[1, 2], [3]], "the image is a ragged nested list"),
+        (torch.zeros(32, 36, requires_grad=True), "requires grad; give tensor.detach()"),
+        (np.zeros((32, 36), np.complex64), "the image holds complex numbers"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(DataError, match=message):
+            segment(bad, model)

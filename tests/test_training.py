@@ -14,7 +14,7 @@ from conftest import make_blobs
 from napari_unet.checkpoint import load_model
 from napari_unet.config import ModelConfig, NormalizationConfig
 from napari_unet.data import PatchSampler, load_pairs_from_folders, prepare_training_planes
-from napari_unet.errors import ConfigError, ModelFileError, TrainingDivergedError
+from napari_unet.errors import ConfigError, DataError, ModelFileError, TrainingDivergedError
 from napari_unet.io import SAMPLES_DIR
 from napari_unet.losses import compute_loss
 from napari_unet.training import (
@@ -337,6 +337,13 @@ def test_contact_weight_weights_training_and_not_validation(blobs, explicit_vali
     assert weighted["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-4)
 
 
+def test_keyword_overrides_are_training_settings_only(blobs) -> None:
+    with pytest.raises(ConfigError, match=r"Unknown training setting\(s\) \['lr'\]; valid"):
+        train(*blobs, small_config(), lr=1e-3)
+    with pytest.raises(ConfigError, match="epochs"):
+        train(*blobs, small_config(), epochs=0)
+
+
 def test_config_is_validated() -> None:
     with pytest.raises(ConfigError, match="learning_rate"):
         TrainConfig(learning_rate=5.0)
@@ -385,3 +392,21 @@ def test_single_dask_image_validates_on_its_training_data(blobs) -> None:
     result = train([image], [label], small_config(epochs=1))
     assert result.model.metadata["data"]["validation"] == "training data (no split)"
     assert result.model.metadata["data"]["train_planes"] == 1
+
+
+def test_paths_are_read_and_non_images_refused(blobs, tmp_path) -> None:
+    import tifffile
+
+    images, labels = blobs
+    paths = []
+    for index, (image, label) in enumerate(zip(images, labels)):
+        tifffile.imwrite(tmp_path / f"i{index}.tif", image)
+        tifffile.imwrite(tmp_path / f"l{index}.tif", label)
+        paths.append((str(tmp_path / f"i{index}.tif"), tmp_path / f"l{index}.tif"))
+    from_paths = train([p for p, _ in paths], [q for _, q in paths], small_config(epochs=1))
+    from_arrays = train(images, labels, small_config(epochs=1))
+    assert same_weights(weights_of(from_paths.model), weights_of(from_arrays.model))
+    with pytest.raises(DataError, match="training image 1 is a ragged nested list"):
+        train([images[0], [[1, 2], [3]]], labels[:2], small_config(epochs=1))
+    with pytest.raises(DataError, match="missing.tif' does not exist"):
+        train(images[:1], [str(tmp_path / "missing.tif")], small_config(epochs=1))

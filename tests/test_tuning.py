@@ -46,7 +46,7 @@ def test_tuning_finds_the_minimum_size_that_drops_the_specks_and_stores_it() -> 
     images, labels = blobs_with_specks()
     model = make_threshold_model()
     grid = PostprocessGrid(thresholds=(0.5,), core_thresholds=(0.0,), min_sizes=(0, 8))
-    result = tune(model, images, labels, grid)
+    result = tune(images, labels, model, grid=grid)
     assert [row["min_size"] for row in result.rows] == [8, 0]
     assert result.rows[0]["f1_50"] > result.rows[1]["f1_50"]
     assert result.best == {
@@ -69,10 +69,10 @@ def test_tuning_finds_the_minimum_size_that_drops_the_specks_and_stores_it() -> 
 def test_holdout_scores_choose_on_one_half_and_score_the_other() -> None:
     images, labels = blobs_with_specks(n=4)
     grid = PostprocessGrid(thresholds=(0.5,), core_thresholds=(0.0,), min_sizes=(0, 8))
-    result = tune(make_threshold_model(), images, labels, grid, rank_by="dsb_score")
+    result = tune(images, labels, make_threshold_model(), grid=grid, rank_by="dsb_score")
     scores = result.holdout_scores(10)
     assert scores.shape == (10,) and np.all((scores >= 0) & (scores <= 1))
-    one = tune(make_threshold_model(), images[:1], labels[:1], grid)
+    one = tune(images[:1], labels[:1], make_threshold_model(), grid=grid)
     with pytest.raises(DataError, match="at least two images"):
         one.holdout_scores(3)
 
@@ -81,25 +81,31 @@ def test_bad_inputs_are_refused_before_any_prediction() -> None:
     images, labels = make_blobs(n=2)
     model = make_threshold_model()
     with pytest.raises(DataError, match="pair them up"):
-        tune(model, images, labels[:1])
+        tune(images, labels[:1], model)
     with pytest.raises(DataError, match="no images"):
-        tune(model, [], [])
+        tune([], [], model)
     with pytest.raises(DataError, match="no object"):
-        tune(model, images, [np.zeros_like(label) for label in labels])
+        tune(images, [np.zeros_like(label) for label in labels], model)
     with pytest.raises(DataError, match="must match their image"):
-        tune(model, images, [labels[0][:20], labels[1]])
+        tune(images, [labels[0][:20], labels[1]], model)
     with pytest.raises(DataError, match="2D integer"):
-        tune(model, images, [labels[0].astype(float), labels[1]])
+        tune(images, [labels[0].astype(float), labels[1]], model)
     with pytest.raises(ConfigError, match="rank_by"):
-        tune(model, images, labels, rank_by="accuracy")
+        tune(images, labels, model, rank_by="accuracy")
 
 
 def test_events_report_progress_and_stop_cancels() -> None:
     images, labels = make_blobs(n=2)
     grid = PostprocessGrid(thresholds=(0.5,), core_thresholds=(0.0, 0.8), min_sizes=(8,))
-    events = list(tune_events(make_threshold_model(), images, labels, grid))
+    events = list(tune_events(images, labels, make_threshold_model(), grid=grid))
     assert [(p.done, p.total) for p in events] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     stop = threading.Event()
     stop.set()
     with pytest.raises(DataError, match="stopped"):
-        tune(make_threshold_model(), images, labels, grid, stop=stop)
+        tune(images, labels, make_threshold_model(), grid=grid, stop=stop)
+
+
+def test_keyword_overrides_are_prediction_settings_only() -> None:
+    images, labels = make_blobs(n=2)
+    with pytest.raises(ConfigError, match=r"Unknown prediction setting\(s\) \['grid_size'\]"):
+        tune(images, labels, make_threshold_model(), grid_size=3)

@@ -187,7 +187,7 @@ def test_tune_adds_a_copy_of_the_model_with_the_best_post_processing(make_napari
 
     assert [e.name for e in entries] == ["blobs #1", "blobs #1 tuned #2"]
     tuned = entries[1].model.metadata["postprocess"]
-    expected = tune(model, images, labels).best  # the same grid, run headless
+    expected = tune(images, labels, model).best  # the same grid, run headless
     assert {key: tuned[key] for key in expected} == expected
     assert "3 plane(s) of 'cells'" in tuned["tuned_on"]
     assert "postprocess" not in model.metadata  # the chosen model is left as it was

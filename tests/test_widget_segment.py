@@ -3,7 +3,10 @@ and the human-in-the-loop cycle (segment, correct, fine-tune, segment again)."""
 
 from __future__ import annotations
 
+import gc
 import os
+import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -14,11 +17,14 @@ import pytest
 
 from conftest import blob_pair
 from napari_unet import metrics
-from napari_unet._widgets import SegmentWidget, TrainWidget
+from napari_unet._widgets import SegmentWidget, TrainWidget, _segment
 from napari_unet._widgets._registry import REGISTRY
+from napari_unet._widgets._segment import segment_layer
 from napari_unet.checkpoint import TrainedModel, default_model_path, load_model
 from napari_unet.config import ModelConfig
+from napari_unet.errors import DataError
 from napari_unet.model import build_model
+from napari_unet.prediction import PredictConfig, run_to_end
 from napari_unet.training import TrainConfig, train
 
 TIMEOUT_MS = 120_000
@@ -146,10 +152,54 @@ def test_dask_stack_gives_the_numpy_result(viewer, qtbot):
     eager = viewer.layers["numpy segmentation"].data
     lazy = viewer.layers["lazy segmentation"].data
     assert isinstance(lazy, np.ndarray) and lazy.shape == stack.shape
-    # Same objects (the lazy path numbers planes with a stride, so compare masks and counts).
-    np.testing.assert_array_equal(eager > 0, lazy > 0)
-    for plane in range(3):
-        assert len(np.unique(eager[plane])) == len(np.unique(lazy[plane]))
+    # One labelling for both: unique across planes and numbered 1..N.
+    np.testing.assert_array_equal(lazy, eager)
+    np.testing.assert_array_equal(np.unique(lazy), np.arange(lazy.max() + 1))
+
+
+def lazy_stack() -> da.Array:
+    return da.from_array(np.stack([blob_pair(seed=s)[0] for s in range(3)]), chunks=(1, 32, 32))
+
+
+def scratch_folders(folder) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith("napari-unet-")]
+
+
+def test_large_dask_result_is_shown_from_disk_and_its_folder_removed(
+    tiny_model, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(_segment, "IN_MEMORY_LIMIT", 0)  # every result counts as large
+    config = PredictConfig(tile_size=64, overlap=16, device="cpu")
+    segmentation, _ = run_to_end(
+        segment_layer(lazy_stack(), tiny_model, config, False, None, threading.Event())
+    )
+    assert not isinstance(segmentation.labels, np.ndarray)  # read from the temporary Zarr
+    labels = segmentation.labels[:]
+    np.testing.assert_array_equal(np.unique(labels), np.arange(labels.max() + 1))
+    assert len(scratch_folders(tmp_path)) == 1
+    del segmentation
+    gc.collect()
+    assert scratch_folders(tmp_path) == []  # removed with the arrays that used it
+
+
+def test_stopped_or_failed_dask_runs_leave_no_scratch(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    config = PredictConfig(tile_size=64, overlap=16, device="cpu")
+    stop = threading.Event()
+    events = segment_layer(lazy_stack(), tiny_model, config, False, None, stop)
+    next(events)
+    stop.set()
+    segmentation, _ = run_to_end(events)
+    assert segmentation.cancelled and not segmentation.labels.any()
+    assert scratch_folders(tmp_path) == []
+    with pytest.raises(DataError, match="RGB"):  # refused before any block runs
+        run_to_end(segment_layer(lazy_stack(), tiny_model, config, True, None, threading.Event()))
+    broken = lazy_stack().astype(np.float32)
+    broken[1, 2, 2] = np.nan  # found by a block task, once the run has started
+    with pytest.raises(DataError, match="NaN"):
+        run_to_end(segment_layer(broken, tiny_model, config, False, None, threading.Event()))
+    assert scratch_folders(tmp_path) == []
 
 
 def test_multichannel_layer_with_a_channel_axis(viewer, qtbot):

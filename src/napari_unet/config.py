@@ -1,18 +1,29 @@
-"""Validated settings for the model, its input normalisation and its targets.
+"""Every validated settings class: model, normalisation, training, prediction, tuning grid.
 
-Every setting is checked when the object is built, before any worker thread or
-training run starts, and every error message says what to change. The objects
-serialise to plain JSON-compatible dictionaries so that a model file can carry
-the exact configuration that built it (see :mod:`napari_unet.checkpoint`).
+Each setting is a dataclass field whose :class:`~napari_unet.settings.Rule` says what
+values it takes; :class:`~napari_unet.settings.Settings`, the base of every class here,
+checks the rules when an object is built, before any worker thread or training run
+starts, and every error message says what to change. The same rules give the command
+line its options (:mod:`napari_unet.cli`, one flag per field, named after it), so the
+two cannot drift.
+
+The objects serialise to plain JSON-compatible dictionaries so that a model file can
+carry the exact configuration that built it (see :mod:`napari_unet.checkpoint`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Literal
+import itertools
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from napari_unet.errors import ConfigError
+from napari_unet.settings import Settings, check, setting
+
+if TYPE_CHECKING:
+    import torch
 
 Architecture = Literal["unet", "unetpp"]
 Target = Literal["foreground", "contour", "distance"]
@@ -36,27 +47,40 @@ TARGET_CHANNELS: dict[str, int] = {
     "distance": 2,
 }
 
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Build a dataclass from ``data``, refusing unknown keys with a clear message."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}.")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    _check(
-        not unknown,
-        f"Unknown {where} setting(s) {unknown}; valid settings are {sorted(known)}.",
-    )
-    return cls(**data)
+#: Losses :func:`napari_unet.losses.compute_loss` knows.
+LOSSES = ("bce", "dice", "bce+dice")
+#: How label values are read: ``instance`` (0 = background, 1..N objects), ``binary``
+#: (0 = background, anything else = object; objects are the connected components) and
+#: ``sparse`` scribbles (0 = not annotated, ignored by the loss; 1 = background; 2 = object).
+LABEL_MODES = ("instance", "binary", "sparse")
+SCHEDULES = ("plateau", "onecycle", "cosine")
+SAMPLINGS = ("area", "image")
+#: Why a contact weight and sparse scribbles do not go together (the config's check and
+#: :func:`napari_unet.data.make_targets` say it alike).
+SPARSE_CONTACT_WEIGHT_ERROR = (
+    "contact_weight needs instance or binary labels: sparse scribbles mark no separate "
+    "objects. Leave contact_weight at 1."
+)
+#: Post-processing used when neither the caller nor the model file sets a value. A model
+#: file may carry values tuned on its validation data in ``metadata["postprocess"]``.
+DEFAULT_POSTPROCESS: dict[str, float | int] = {
+    "threshold": 0.5,
+    "min_size": 8,
+    "seed_threshold": 0.5,
+    # 0: no hysteresis, objects are split at ``threshold``.
+    "core_threshold": 0.0,
+}
+#: The settings a :class:`PostprocessGrid` varies, in table order.
+GRID_SETTINGS = ("threshold", "seed_threshold", "core_threshold", "min_size")
+#: Most combinations one grid may hold (each costs one post-processing of every image).
+MAX_COMBINATIONS = 2000
+#: Bounds of a probability strictly between 0 and 1, and of one from 0 to under 1.
+OPEN_UNIT = {"low": 0, "high": 1, "open_low": True, "open_high": True}
+HALF_OPEN_UNIT = {"low": 0, "high": 1, "open_high": True}
 
 
 @dataclass(frozen=True)
-class NormalizationConfig:
+class NormalizationConfig(Settings):
     """Per-image intensity normalisation, repeated identically at prediction time.
 
     Parameters
@@ -69,33 +93,29 @@ class NormalizationConfig:
         Percentiles used by the ``percentile`` mode, ``0 <= low < high <= 100``.
     """
 
-    mode: Literal["percentile", "minmax", "none"] = "percentile"
-    low: float = 1.0
-    high: float = 99.8
+    WHAT: ClassVar[str] = "normalization"
+    LABEL: ClassVar[str] = "normalization "
 
-    def __post_init__(self) -> None:
-        _check(
-            self.mode in ("percentile", "minmax", "none"),
-            f"normalization mode {self.mode!r} is unknown; use 'percentile', 'minmax' or 'none'.",
-        )
-        _check(
+    mode: Literal["percentile", "minmax", "none"] = setting(
+        "percentile",
+        kind="choice",
+        choices=("percentile", "minmax", "none"),
+        aliases=("--normalization",),
+        help="per-image intensity normalisation: percentile (low-high), minmax or none",
+    )
+    low: float = setting(1.0, kind="float", help="percentile mapped to 0")
+    high: float = setting(99.8, kind="float", help="percentile mapped to 1")
+
+    def _check_together(self) -> None:
+        check(
             0.0 <= self.low < self.high <= 100.0,
             f"normalization percentiles need 0 <= low < high <= 100, got low={self.low}, "
             f"high={self.high}; try low=1, high=99.8.",
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary for JSON / model files."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> NormalizationConfig:
-        """Inverse of :meth:`to_dict`."""
-        return _from_dict(cls, data, "normalization")
-
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Settings):
     """Everything needed to rebuild a network and to feed it like it was trained.
 
     Parameters
@@ -118,49 +138,54 @@ class ModelConfig:
         Name of the preset it was built from, for display only.
     """
 
-    architecture: Architecture = "unet"
-    in_channels: int = 3
-    base_filters: int = 64
-    depth: int = 4
-    target: Target = "foreground"
-    deep_supervision: bool = False
-    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
-    preset: str | None = None
+    WHAT: ClassVar[str] = "model"
 
-    def __post_init__(self) -> None:
-        _check(
-            self.architecture in ("unet", "unetpp"),
-            f"architecture {self.architecture!r} is unknown; use 'unet' or 'unetpp'.",
-        )
-        _check(
-            isinstance(self.in_channels, int) and 1 <= self.in_channels <= 64,
-            f"in_channels must be an integer from 1 to 64, got {self.in_channels!r}.",
-        )
-        _check(
-            isinstance(self.base_filters, int) and 1 <= self.base_filters <= 256,
-            f"base_filters must be an integer from 1 to 256, got {self.base_filters!r}; "
-            "presets use 16 (tiny), 32 (fast) or 64 (reference).",
-        )
-        _check(
-            isinstance(self.depth, int) and 1 <= self.depth <= 6,
-            f"depth must be an integer from 1 to 6, got {self.depth!r}; the reference uses 4.",
-        )
-        _check(
-            self.target in TARGET_CHANNELS,
-            f"target {self.target!r} is unknown; use one of {sorted(TARGET_CHANNELS)}.",
-        )
-        _check(
+    architecture: Architecture = setting(
+        "unet", kind="choice", choices=("unet", "unetpp"), help="plain U-Net or U-Net++"
+    )
+    in_channels: int = setting(
+        3, kind="int", low=1, high=64, help="image channels (3 for RGB, 1 for grey)"
+    )
+    base_filters: int = setting(
+        64,
+        kind="int",
+        low=1,
+        high=256,
+        hint="presets use 16 (tiny), 32 (fast) or 64 (reference)",
+        help="filters of the first encoder level",
+    )
+    depth: int = setting(
+        4, kind="int", low=1, high=6, hint="the reference uses 4", help="number of 2x2 poolings"
+    )
+    target: Target = setting(
+        "foreground",
+        kind="choice",
+        choices=tuple(TARGET_CHANNELS),
+        help="what the network learns",
+    )
+    deep_supervision: bool = setting(
+        False, kind="bool", help="U-Net++ only: one loss per nested level"
+    )
+    normalization: NormalizationConfig = setting(
+        factory=NormalizationConfig,
+        kind="config",
+        config=NormalizationConfig,
+        prefix="normalization_",
+        help="input normalisation",
+    )
+    # any name (for display; model files may carry others), the command line offers PRESETS
+    preset: str | None = setting(
+        None,
+        kind="str",
+        choices=tuple(PRESETS),
+        none="no preset",
+        help="network size: base filters and depth",
+    )
+
+    def _check_together(self) -> None:
+        check(
             not self.deep_supervision or self.architecture == "unetpp",
             "deep_supervision needs architecture='unetpp'; switch it off for a plain U-Net.",
-        )
-        if isinstance(self.normalization, dict):
-            object.__setattr__(
-                self, "normalization", NormalizationConfig.from_dict(self.normalization)
-            )
-        _check(
-            isinstance(self.normalization, NormalizationConfig),
-            f"normalization must be a NormalizationConfig or a mapping, got "
-            f"{type(self.normalization).__name__}.",
         )
 
     @property
@@ -182,18 +207,428 @@ class ModelConfig:
         ConfigError
             If the preset is unknown or an override is invalid.
         """
-        _check(
-            preset in PRESETS,
-            f"preset {preset!r} is unknown; use one of {sorted(PRESETS)}.",
-        )
-        values = {**PRESETS[preset], "preset": preset, **overrides}
-        return _from_dict(cls, values, "model")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary for JSON / model files."""
-        return dataclasses.asdict(self)
+        return cls.from_dict({**preset_values(preset), **overrides})
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are refused."""
-        return _from_dict(cls, dict(data), "model")
+    def from_options(cls, **options: Any) -> ModelConfig:
+        """Build from option names; None leaves a setting to the preset (or the default)."""
+        given = {name: value for name, value in options.items() if value is not None}
+        preset = given.get("preset")
+        return super().from_options(**({**preset_values(preset), **given} if preset else given))
+
+
+def preset_values(preset: str) -> dict[str, Any]:
+    """The settings of a named preset (with its name); ConfigError if unknown."""
+    check(preset in PRESETS, f"preset {preset!r} is unknown; use one of {sorted(PRESETS)}.")
+    return {**PRESETS[preset], "preset": preset}
+
+
+def _reference_model() -> ModelConfig:
+    return ModelConfig.from_preset("reference")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Settings):
+    """Validated training settings (defaults: the reference recipe).
+
+    Parameters
+    ----------
+    model : ModelConfig
+        Network to build (ignored when fine-tuning with ``init`` or resuming: the
+        model file's config is used then).
+    epochs : int
+        Number of epochs (validation rounds).
+    batch_size : int
+        Patches per optimisation step.
+    learning_rate : float
+        Adam learning rate (the peak rate for ``onecycle``).
+    patch_size : int
+        Side of the square training patches; smaller images are reflect-padded.
+    augment : bool
+        Random flips, 90-degree rotations, intensity and noise changes
+        (see :func:`napari_unet.data.augment_patch`).
+    loss : {"bce", "dice", "bce+dice"}
+        Training loss (see :mod:`napari_unet.losses`).
+    label_mode : {"instance", "binary", "sparse"}
+        How label values are read (see :data:`LABEL_MODES`).
+    val_fraction : float
+        Share of the planes held out for validation when no validation data is given
+        (seeded). With 0, or a single plane, validation runs on the training data.
+    seed : int
+        Seeds weights, split, patch sampling and augmentation (reproducible on CPU).
+    early_stopping_patience : int or None
+        Stop after this many epochs without a better validation loss; None = never.
+    plateau_patience : int
+        ``plateau`` schedule: epochs without improvement before the rate drops x0.1.
+    min_lr : float
+        Floor of the learning rate for ``plateau`` and ``cosine``.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``...
+    steps_per_epoch : int or None
+        Batches per epoch; None = enough patches to cover the training area about once.
+    schedule : {"plateau", "onecycle", "cosine"}
+        ``plateau`` (reference): x0.1 after ``plateau_patience`` epochs without
+        improvement. ``onecycle``: warm-up to ``learning_rate`` then anneal to ~0 over the
+        run, per step. ``cosine``: cosine decay from ``learning_rate`` to ``min_lr``, per step.
+    sampling : {"area", "image"}
+        How patches pick their image (see :class:`napari_unet.data.PatchSampler`).
+    half_precision : bool
+        Save weights as float16 (half the file size).
+    loader_threads : int or None
+        Threads that prepare batches ahead of the training step
+        (:meth:`napari_unet.data.PatchSampler.epoch_batches`). None chooses: 0 on a CPU,
+        where the step itself uses every core, and up to 4 on a GPU: on an H200 the
+        ``fast`` preset's step (256 px, batch 8) takes 11.5 ms, but a training run without
+        threads took 57-66 ms per step, the rest being batch preparation on one core (30 ms
+        for such a batch on a 2-core EPYC; 2 threads there make one every 17 ms). 0 and > 0
+        draw different (equally random) patches; every value > 0 draws the same ones.
+    contact_weight : int
+        Loss weight, in the training patches, of the pixels between touching objects
+        (:func:`napari_unet.data.contact_pixels`), from 1 (none) to 100; the U-Net paper
+        weighted such gaps up to about 10 so that touching cells come out separated.
+        Validation stays unweighted, so its loss and Dice compare across runs. Instance
+        or binary labels only. On the DSB 2018 val split a fine-tune of the bundled model
+        with 10 split single nuclei too and lowered F1 at IoU 0.5 (see the model card).
+    """
+
+    WHAT: ClassVar[str] = "training"
+
+    model: ModelConfig = setting(
+        factory=_reference_model, kind="config", config=ModelConfig, help="network to build"
+    )
+    epochs: int = setting(10, kind="int", low=1, help="epochs (validation rounds)")
+    batch_size: int = setting(8, kind="int", low=1, help="patches per step")
+    learning_rate: float = setting(
+        1e-4,
+        kind="float",
+        **OPEN_UNIT,
+        hint="the reference uses 1e-4",
+        aliases=("--lr",),
+        help="Adam learning rate (the peak rate of onecycle)",
+    )
+    patch_size: int = setting(
+        256,
+        kind="int",
+        low=8,
+        high=4096,
+        hint="multiples of 16 (e.g. 128 or 256) train fastest",
+        help="side of the square training patches",
+    )
+    augment: bool = setting(True, kind="bool", help="random flips, rotations, intensity, noise")
+    loss: Literal["bce", "dice", "bce+dice"] = setting(
+        "bce", kind="choice", choices=LOSSES, help="training loss"
+    )
+    label_mode: Literal["instance", "binary", "sparse"] = setting(
+        "instance",
+        kind="choice",
+        choices=LABEL_MODES,
+        help="instance labels, binary masks, or sparse scribbles "
+        "(0 = unannotated, 1 = background, 2 = object)",
+    )
+    val_fraction: float = setting(
+        0.1,
+        kind="float",
+        **HALF_OPEN_UNIT,
+        hint="try 0.1",
+        help="share of the training planes held out for validation when no validation "
+        "data is given",
+    )
+    seed: int = setting(0, kind="int", help="seeds weights, split, patches and augmentation")
+    early_stopping_patience: int | None = setting(
+        10,
+        kind="int",
+        low=1,
+        none="never stop early",
+        none_words=("0",),
+        aliases=("--early-stopping",),
+        help="stop after this many epochs without improvement (0 or none = never)",
+    )
+    plateau_patience: int = setting(
+        5, kind="int", low=1, help="plateau schedule: epochs without improvement before x0.1"
+    )
+    min_lr: float = setting(
+        1e-7, kind="float", low=0, help="floor of the learning rate (plateau and cosine)"
+    )
+    device: str = setting("auto", kind="device", help="auto, cpu, cuda, cuda:N or mps")
+    steps_per_epoch: int | None = setting(
+        None,
+        kind="int",
+        low=1,
+        none="cover the training data about once",
+        help="batches per epoch",
+    )
+    schedule: Literal["plateau", "onecycle", "cosine"] = setting(
+        "plateau",
+        kind="choice",
+        choices=SCHEDULES,
+        help="learning-rate schedule: plateau (x0.1 after plateau-patience epochs), "
+        "onecycle or cosine",
+    )
+    sampling: Literal["area", "image"] = setting(
+        "area", kind="choice", choices=SAMPLINGS, help="pick patch images by area or uniformly"
+    )
+    half_precision: bool = setting(
+        False, kind="bool", aliases=("--half",), help="save the weights as float16"
+    )
+    loader_threads: int | None = setting(
+        None,
+        kind="int",
+        low=0,
+        high=64,
+        none="0 on a CPU, up to 4 on a GPU",
+        help="threads preparing batches ahead of the step",
+    )
+    contact_weight: int = setting(
+        1,
+        kind="int",
+        low=1,
+        high=100,
+        help="loss weight of the pixels between touching objects, 1 (off) to 100; higher "
+        "values split touching objects more, and single ones too",
+    )
+
+    def _check_together(self) -> None:
+        check(
+            self.min_lr <= self.learning_rate,
+            f"min_lr must lie from 0 to learning_rate, got {self.min_lr!r}.",
+        )
+        check(self.contact_weight == 1 or self.label_mode != "sparse", SPARSE_CONTACT_WEIGHT_ERROR)
+
+    def resolved_loader_threads(self, device: torch.device) -> int:
+        """``loader_threads``, with None resolved for ``device`` (see the class docstring)."""
+        if self.loader_threads is not None:
+            return self.loader_threads
+        if device.type == "cpu":
+            return 0
+        return min(4, max(1, (os.cpu_count() or 2) - 1))
+
+
+_TUNED = "the model's tuned value, else the default"
+
+
+class TunedModel(Protocol):
+    """What :meth:`PredictConfig.for_model` reads of a model (a ``TrainedModel``).
+
+    A protocol, not the class, so that this module never imports
+    :mod:`napari_unet.checkpoint` (which imports it).
+    """
+
+    metadata: dict[str, Any]
+    source: str
+
+
+@dataclass(frozen=True)
+class PredictConfig(Settings):
+    """Settings of a prediction, checked when built.
+
+    Parameters
+    ----------
+    tile_size : int or None
+        Largest tile side in pixels (tiles are shrunk to cover each image evenly).
+        None picks one from the free memory of the device (256 to 1024 on a CPU).
+    overlap : int
+        Minimum overlap of neighbouring tiles, blended smoothly; less than half
+        the tile size.
+    tile_batch : int
+        Tiles predicted at once (helps on a GPU).
+    tta : bool
+        Test-time augmentation: average the 8 flips/rotations of every tile
+        (8x slower, slightly smoother and more accurate).
+    compile : bool
+        Compile the network with ``torch.compile`` (weights frozen into the graph). The
+        first tile of each new tile shape pays a compilation of tens of seconds, after
+        which every tile runs faster (see ``benchmarks/bench_predict.py``): worth it for
+        large images, stacks and folders of same-sized images. Needs a C++ compiler on a
+        CPU; without one prediction warns and runs uncompiled.
+    threshold : float or None
+        Foreground probability above which a pixel belongs to an object.
+    separate : bool
+        Split touching objects with a seeded watershed.
+    min_size : int or None
+        Objects with fewer pixels are removed.
+    seed_threshold : float or None
+        ``contour`` models: boundary probability under which a foreground pixel
+        seeds an object (see :mod:`napari_unet.postprocess`).
+    core_threshold : float or None
+        Hysteresis: objects are found and split where the foreground probability
+        is over ``core_threshold``, then grown to ``threshold``; at or below
+        ``threshold`` objects are split at ``threshold`` (see
+        :mod:`napari_unet.postprocess`).
+    fill_holes : bool
+        Fill holes inside objects.
+    labels_per_plane : bool
+        On a stack, number each plane's objects from 1 (otherwise labels are
+        unique across the whole stack).
+    device : str
+        ``"auto"`` (CUDA, MPS, CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+    return_probabilities : bool
+        Also return the probability maps.
+
+    ``threshold``, ``min_size``, ``seed_threshold`` and ``core_threshold`` left at None
+    take the value tuned for the model (its ``metadata["postprocess"]``), else
+    :data:`DEFAULT_POSTPROCESS`; see :meth:`for_model`.
+    """
+
+    WHAT: ClassVar[str] = "prediction"
+
+    tile_size: int | None = setting(
+        None,
+        kind="int",
+        low=32,
+        high=16384,
+        none="chosen from the free memory",
+        hint="512 is a good choice on a CPU",
+        aliases=("--tile",),
+        help="largest tile side",
+    )
+    overlap: int = setting(
+        64,
+        kind="int",
+        low=0,
+        high=256,
+        hint="try 64",
+        help="tile overlap in pixels, less than half the tile (default 64, at most a quarter "
+        "of the tile on the command line)",
+    )
+    tile_batch: int = setting(1, kind="int", low=1, high=256, help="tiles per batch")
+    tta: bool = setting(False, kind="bool", help="average the 8 flips/rotations of each tile")
+    compile: bool = setting(
+        False,
+        kind="bool",
+        help="torch.compile the network: tens of seconds once per tile shape, then faster "
+        "tiles (for large images and stacks)",
+    )
+    threshold: float | None = setting(
+        None,
+        kind="float",
+        **OPEN_UNIT,
+        none=_TUNED + " 0.5",
+        hint="the reference threshold is 0.5",
+        help="foreground probability of object pixels",
+    )
+    separate: bool = setting(True, kind="bool", help="split touching objects (watershed)")
+    min_size: int | None = setting(
+        None, kind="int", low=0, none=_TUNED + " 8", help="remove objects under N pixels"
+    )
+    seed_threshold: float | None = setting(
+        None,
+        kind="float",
+        **OPEN_UNIT,
+        none=_TUNED + " 0.5",
+        help="contour models: boundary probability under which pixels seed objects",
+    )
+    core_threshold: float | None = setting(
+        None,
+        kind="float",
+        **HALF_OPEN_UNIT,
+        none=_TUNED + " 0",
+        hint="0 turns hysteresis off",
+        help="hysteresis: split objects where the foreground probability is over this, "
+        "then grow them to the threshold",
+    )
+    fill_holes: bool = setting(True, kind="bool", help="fill holes inside objects")
+    labels_per_plane: bool = setting(False, kind="bool", help="number each plane of a stack from 1")
+    device: str = setting("auto", kind="device", help="auto, cpu, cuda, cuda:N or mps")
+    return_probabilities: bool = setting(
+        False,
+        kind="bool",
+        aliases=("--save-probabilities",),
+        help="also return the probability maps (predict writes <name>_probabilities.tif)",
+    )
+
+    def _check_together(self) -> None:
+        check(
+            self.tile_size is None or 2 * self.overlap < self.tile_size,
+            f"overlap ({self.overlap}) must be less than half of tile_size ({self.tile_size}); "
+            f"use overlap={self.tile_size // 8 if self.tile_size else 0} or a larger tile.",
+        )
+
+    def for_model(self, model: TunedModel) -> PredictConfig:
+        """This config with unset post-processing values filled in for ``model``.
+
+        Order: the value given here, then the model's ``metadata["postprocess"]``
+        (tuned on its validation data), then :data:`DEFAULT_POSTPROCESS`.
+        """
+        if all(getattr(self, name) is not None for name in DEFAULT_POSTPROCESS):
+            return self
+        tuned = model.metadata.get("postprocess", {})
+        fix = (
+            f"the post-processing stored in the model file {model.source} is invalid ({{}}); "
+            "give every setting explicitly (threshold, seed_threshold, core_threshold, "
+            "min_size) or re-tune the model (napari-unet tune --out)."
+        )
+        if not isinstance(tuned, dict):
+            raise ConfigError(fix.format(f"not a table of settings but {type(tuned).__name__}"))
+        filled = {
+            name: tuned.get(name, default) if getattr(self, name) is None else getattr(self, name)
+            for name, default in DEFAULT_POSTPROCESS.items()
+        }
+        try:
+            return dataclasses.replace(self, **filled)
+        except ConfigError as error:
+            raise ConfigError(fix.format(error)) from error
+
+
+def default_overlap(tile_size: int | None) -> int:
+    """The default overlap: 64 pixels, or a quarter of a smaller tile."""
+    return 64 if tile_size is None else min(64, tile_size // 4)
+
+
+@dataclass(frozen=True)
+class PostprocessGrid(Settings):
+    """The values to try for each post-processing setting, checked when built.
+
+    Parameters
+    ----------
+    thresholds : tuple of float
+        Foreground probabilities, each strictly between 0 and 1.
+    seed_thresholds : tuple of float
+        Boundary probabilities under which pixels seed objects (``contour`` models;
+        other targets use the first value only, as they ignore it).
+    core_thresholds : tuple of float
+        Hysteresis thresholds, from 0 (off) to under 1.
+    min_sizes : tuple of int
+        Minimum object sizes in pixels, at least 0.
+    """
+
+    WHAT: ClassVar[str] = "tuning grid"
+
+    thresholds: tuple[float, ...] = setting(
+        (0.5, 0.6, 0.7),
+        kind="floats",
+        **OPEN_UNIT,
+        help="foreground probabilities to try",
+    )
+    seed_thresholds: tuple[float, ...] = setting(
+        (0.4, 0.5, 0.6),
+        kind="floats",
+        **OPEN_UNIT,
+        help="seed thresholds to try (contour models only)",
+    )
+    core_thresholds: tuple[float, ...] = setting(
+        (0.0, 0.85, 0.9),
+        kind="floats",
+        **HALF_OPEN_UNIT,
+        help="hysteresis thresholds to try; 0 = off",
+    )
+    min_sizes: tuple[int, ...] = setting(
+        (8, 16, 32), kind="ints", low=0, help="minimum object sizes to try"
+    )
+
+    def _check_together(self) -> None:
+        count = len(self.combinations("contour"))
+        check(
+            count <= MAX_COMBINATIONS,
+            f"the grid holds {count} combinations, more than {MAX_COMBINATIONS}; "
+            "give fewer values per setting.",
+        )
+
+    def combinations(self, target: str) -> list[dict[str, Any]]:
+        """Every combination of settings, as ``probabilities_to_labels`` keywords."""
+        seeds = self.seed_thresholds if target == "contour" else self.seed_thresholds[:1]
+        return [
+            dict(zip(GRID_SETTINGS, values))
+            for values in itertools.product(
+                self.thresholds, seeds, self.core_thresholds, self.min_sizes
+            )
+        ]

@@ -21,18 +21,20 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.config import TARGET_CHANNELS, NormalizationConfig
+from napari_unet.config import SPARSE_CONTACT_WEIGHT_ERROR, TARGET_CHANNELS, NormalizationConfig
 from napari_unet.errors import DataError
 from napari_unet.io import find_dsb_samples, find_pairs, read_dsb_sample, read_image
-
-# Re-exported: distributed.py imports it from here (until it imports napari_unet.layout).
 from napari_unet.layout import layout_for_labels, to_channels_first
 
 
-def normalize(image: np.ndarray, config: NormalizationConfig) -> np.ndarray:
-    """Scale intensities of one image (all channels together) as ``config`` says.
+def intensity_range(image: np.ndarray, config: NormalizationConfig) -> tuple[float, float]:
+    """``(low, high)``: the intensities that ``config`` maps to 0 and 1 in ``image``.
 
-    Returns float32 of the same shape. A constant image maps to zeros.
+    All channels together: ``percentile`` gives the ``config.low``/``config.high``
+    percentiles, ``minmax`` the extremes, ``none`` (and an empty image) ``(0, 1)``,
+    which leaves the values as they are. Block-wise prediction computes the range on a
+    whole (or subsampled) plane and applies it to each block with
+    :func:`apply_intensity_range`, so a block sees the values the plane would.
 
     Raises
     ------
@@ -45,15 +47,36 @@ def normalize(image: np.ndarray, config: NormalizationConfig) -> np.ndarray:
             "the image holds NaN or infinite values; replace them (e.g. numpy.nan_to_num) first."
         )
     if config.mode == "none" or image.size == 0:
-        return image
+        return 0.0, 1.0
     if config.mode == "percentile":
         low, high = np.percentile(image, [config.low, config.high])
     else:
-        low, high = float(image.min()), float(image.max())
+        low, high = image.min(), image.max()
+    return float(low), float(high)
+
+
+def apply_intensity_range(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``(image - low) / (high - low)`` as float32; zeros when ``high <= low`` (constant)."""
+    image = np.asarray(image, dtype=np.float32)
     scale = high - low
     if scale <= 0:
         return np.zeros_like(image)
     return (image - np.float32(low)) / np.float32(scale)
+
+
+def normalize(image: np.ndarray, config: NormalizationConfig) -> np.ndarray:
+    """Scale intensities of one image (all channels together) as ``config`` says.
+
+    :func:`intensity_range` then :func:`apply_intensity_range`. Returns float32 of the
+    same shape. A constant image maps to zeros.
+
+    Raises
+    ------
+    DataError
+        If the image holds NaN or infinite values.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    return apply_intensity_range(image, *intensity_range(image, config))
 
 
 def prepare_plane(
@@ -70,20 +93,9 @@ def prepare_plane(
 # Training data: reading pairs, splitting stacks into planes, targets, patches, augmentation
 # --------------------------------------------------------------------------------------
 
-#: How label values are read: ``instance`` (0 = background, 1..N objects), ``binary``
-#: (0 = background, anything else = object; objects are the connected components) and
-#: ``sparse`` scribbles (0 = not annotated, ignored by the loss; 1 = background; 2 = object).
-LABEL_MODES = ("instance", "binary", "sparse")
-
 #: Half-width, in pixels, of the inner object boundary that the ``contour`` target marks
 #: (a pixel is a contour pixel when a different label lies within this Chebyshev distance).
 CONTOUR_WIDTH = 2
-#: Why a contact weight and sparse scribbles do not go together (the config's check and
-#: :func:`make_targets` say it alike).
-SPARSE_CONTACT_WEIGHT_ERROR = (
-    "contact_weight needs instance or binary labels: sparse scribbles mark no separate "
-    "objects. Leave contact_weight at 1."
-)
 
 
 def contact_pixels(instances: np.ndarray) -> np.ndarray:
@@ -256,7 +268,8 @@ def make_targets(
     Parameters
     ----------
     labels : np.ndarray
-        ``(H, W)`` integer labels, read as ``label_mode`` says (see :data:`LABEL_MODES`).
+        ``(H, W)`` integer labels, read as ``label_mode`` says
+        (see :data:`napari_unet.config.LABEL_MODES`).
     target : {"foreground", "contour", "distance"}
         ``foreground``: ch0 = object. ``contour``: ch0 = object, ch1 = the
         :data:`CONTOUR_WIDTH`-pixel inner boundary of each object (where a different label,

@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from napari_unet.checkpoint import TrainedModel
+from napari_unet.config import PredictConfig
 from napari_unet.errors import DataError
-from napari_unet.io import atomic_write, write_png, write_tiff
+from napari_unet.io import as_image, atomic_write, check_finite, write_png, write_tiff
 from napari_unet.layout import labels_shape
 from napari_unet.metrics import (
     instance_metrics,
@@ -39,7 +40,6 @@ from napari_unet.metrics import (
     pixel_metrics,
 )
 from napari_unet.prediction import (
-    PredictConfig,
     Progress,
     predict,
     resolve_model,
@@ -372,13 +372,30 @@ def check_planes(
             )
 
 
+def _finite_arrays(
+    names: Sequence[str], images: Sequence[Any], labels: Sequence[Any]
+) -> tuple[list[Any], list[Any]]:
+    """Images and labels as arrays (paths read), each image checked for NaN/inf values.
+
+    Raises
+    ------
+    DataError
+        If one is unreadable or not an array of numbers, or an image holds NaN/inf.
+    """
+    images = [as_image(image, f"image {name!r}") for name, image in zip(names, images)]
+    labels = [as_image(truth, f"the labels of {name!r}") for name, truth in zip(names, labels)]
+    for name, image in zip(names, images):
+        check_finite(image, f"image {name!r}")
+    return images, labels
+
+
 def evaluate_events(
-    model: str | os.PathLike[str] | TrainedModel,
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
+    model: str | os.PathLike[str] | TrainedModel,
     config: PredictConfig | None = None,
-    resize: int | None = None,
     *,
+    resize: int | None = None,
     names: Sequence[str] | None = None,
     overlay_dir: str | os.PathLike[str] | None = None,
     labels_dir: str | os.PathLike[str] | None = None,
@@ -389,13 +406,13 @@ def evaluate_events(
 
     Parameters
     ----------
-    model : str, Path or TrainedModel
-        A model file, ``"default"`` or a loaded model.
     images : sequence of np.ndarray
         2D planes: ``(H, W)`` grey, ``(H, W, 3|4)`` colour, or multichannel with
         ``channel_axis``.
     labels : sequence of np.ndarray
         ``(H, W)`` integer instance labels (0 = background), one per image.
+    model : str, Path or TrainedModel
+        A model file, ``"default"`` or a loaded model.
     config : PredictConfig, optional
         Prediction and post-processing settings (threshold 0.5 by default).
     resize : int, optional
@@ -427,6 +444,7 @@ def evaluate_events(
     if resize is not None and not (isinstance(resize, int) and resize >= 16):
         raise DataError(f"resize must be a size of at least 16 pixels, got {resize!r}; try 256.")
     names = pair_names(images, labels, names, "evaluate")
+    images, labels = _finite_arrays(names, images, labels)  # before the first overlay
     trained = resolve_model(model, config.device)
     config = config.for_model(trained)
     check_planes(names, images, labels, trained.config.in_channels, channel_axis, "evaluate")
@@ -478,12 +496,34 @@ def evaluate_events(
 
 
 def evaluate(
-    model: str | os.PathLike[str] | TrainedModel,
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
+    model: str | os.PathLike[str] | TrainedModel,
     config: PredictConfig | None = None,
+    *,
     resize: int | None = None,
-    **options: Any,
+    names: Sequence[str] | None = None,
+    overlay_dir: str | os.PathLike[str] | None = None,
+    labels_dir: str | os.PathLike[str] | None = None,
+    channel_axis: int | None = None,
+    stop: threading.Event | None = None,
+    **overrides: Any,
 ) -> EvaluationReport:
-    """Plain-function form of :func:`evaluate_events` (same arguments)."""
-    return run_to_end(evaluate_events(model, images, labels, config, resize, **options))
+    """Plain-function form of :func:`evaluate_events` (same arguments).
+
+    ``overrides`` are :class:`PredictConfig` fields overriding ``config`` (e.g.
+    ``tta=True``); any other name is a ConfigError naming the valid ones.
+    """
+    events = evaluate_events(
+        images,
+        labels,
+        model,
+        PredictConfig.with_overrides(config, overrides),
+        resize=resize,
+        names=names,
+        overlay_dir=overlay_dir,
+        labels_dir=labels_dir,
+        channel_axis=channel_axis,
+        stop=stop,
+    )
+    return run_to_end(events)

@@ -234,11 +234,16 @@ def find_layout(
         colour = channel_axis == ndim - 1 and shape[-1] in (3, 4) and rgb is None
     elif ndim >= 3 and (shape[-1] == 2 or (shape[-1] in (3, 4) and rgb is None)):
         channel_axis, colour = ndim - 1, shape[-1] != 2
-    stack_letters = (
-        UNKNOWN_AXIS * (ndim - 2 - (channel_axis is not None))
-        if letters is None
-        else "".join(letter for axis, letter in enumerate(letters) if axis != channel_axis)[:-2]
-    )
+    if letters is None:
+        stack_letters = UNKNOWN_AXIS * (ndim - 2 - (channel_axis is not None))
+    else:
+        rest = "".join(letter for axis, letter in enumerate(letters) if axis != channel_axis)
+        if not rest.endswith("YX") or CHANNEL_LETTERS & set(rest):
+            raise DataError(
+                f"channel axis {channel_axis} contradicts the file's axes {axes!r}; leave "
+                "channel_axis out, or give the axis of the C letter."
+            )
+        stack_letters = rest[:-2]
     if alpha is None:
         alpha = channel_axis == ndim - 1 and shape[-1] == 4
     elif alpha and (channel_axis is None or shape[channel_axis] < 2):

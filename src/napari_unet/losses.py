@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-#: Losses :func:`compute_loss` knows.
-LOSSES = ("bce", "dice", "bce+dice")
+from napari_unet.config import LOSSES
 
 
 def weighted_bce(

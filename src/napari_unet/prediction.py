@@ -12,14 +12,16 @@ through a sigmoid, and turned into labels by
 Shapes, as :func:`napari_unet.layout.find_layout` decides them: a plane is ``(H, W)``
 grey, ``(H, W, 2)`` two channels, ``(H, W, 3|4)`` RGB(A) or multichannel with a
 ``channel_axis``; any axes before the plane (``Z``, ``T``, ``T, Z``) are a stack,
-predicted plane by plane. Labels have the image's shape without the channel axis;
-probabilities are ``(C_out, *labels.shape)``.
+predicted plane by plane (a dask stack is read one plane at a time). Labels have the
+image's shape without the channel axis, unique across the stack and numbered 1..N by
+:func:`number_planes`; probabilities are ``(C_out, *labels.shape)``. Results are held in
+memory: for stacks whose labels do not fit, :func:`napari_unet.blockwise.segment_to_zarr`
+writes them to a Zarr block by block, with the same labelling.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import os
 import threading
@@ -33,17 +35,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_unet.blockwise.stitching import relabel_tables
 from napari_unet.checkpoint import TrainedModel, load_model
-from napari_unet.config import ModelConfig
+from napari_unet.config import ModelConfig, PredictConfig
 from napari_unet.data import normalize
-from napari_unet.errors import ConfigError, DataError
+from napari_unet.errors import ConfigError
+from napari_unet.io import as_image, available_memory
 from napari_unet.layout import Layout, find_layout
 
-# Re-exported: distributed.py imports it from here (until it imports napari_unet.layout).
+# Re-exported: prediction.labels_shape was public before napari_unet.layout.
 from napari_unet.layout import labels_shape as labels_shape
 from napari_unet.model import select_device
 from napari_unet.postprocess import label_dtype, probabilities_to_labels
-from napari_unet.tiling import sliding_window, sliding_window_events, tile_grid
+from napari_unet.tiling import sliding_window_events, tile_grid
 
 T = TypeVar("T")
 
@@ -53,185 +57,6 @@ MAX_AUTO_TILE = {"cpu": 1024, "other": 2048}
 MIN_AUTO_TILE = 256
 #: Fraction of the free memory that the activations of one batch of tiles may use.
 MEMORY_FRACTION = 0.25
-#: Post-processing used when neither the caller nor the model file sets a value. A model
-#: file may carry values tuned on its validation data in ``metadata["postprocess"]``.
-DEFAULT_POSTPROCESS: dict[str, float | int] = {
-    "threshold": 0.5,
-    "min_size": 8,
-    "seed_threshold": 0.5,
-    # 0: no hysteresis, objects are split at ``threshold``.
-    "core_threshold": 0.0,
-}
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    """Settings of a prediction, checked when built.
-
-    Parameters
-    ----------
-    tile_size : int or None
-        Largest tile side in pixels (tiles are shrunk to cover each image evenly).
-        None picks one from the free memory of the device (256 to 1024 on a CPU).
-    overlap : int
-        Minimum overlap of neighbouring tiles, blended smoothly; less than half
-        the tile size.
-    tile_batch : int
-        Tiles predicted at once (helps on a GPU).
-    tta : bool
-        Test-time augmentation: average the 8 flips/rotations of every tile
-        (8x slower, slightly smoother and more accurate).
-    compile : bool
-        Compile the network with ``torch.compile`` (weights frozen into the
-        graph). The first tile of each new tile shape pays a compilation of
-        tens of seconds, after which every tile runs faster (see
-        ``benchmarks/bench_predict.py``): worth it for large images, stacks and
-        folders of same-sized images. Needs a C++ compiler on a CPU; without one
-        prediction warns and runs uncompiled.
-    threshold : float or None
-        Foreground probability above which a pixel belongs to an object.
-    separate : bool
-        Split touching objects with a seeded watershed.
-    min_size : int or None
-        Objects with fewer pixels are removed.
-    seed_threshold : float or None
-        ``contour`` models: boundary probability under which a foreground pixel
-        seeds an object (see :mod:`napari_unet.postprocess`).
-    core_threshold : float or None
-        Hysteresis: objects are found and split where the foreground probability
-        is over ``core_threshold``, then grown to ``threshold``; at or below
-        ``threshold`` objects are split at ``threshold`` (see
-        :mod:`napari_unet.postprocess`).
-
-    ``threshold``, ``min_size``, ``seed_threshold`` and ``core_threshold`` left at None
-    take the value tuned for the model (its ``metadata["postprocess"]``), else
-    :data:`DEFAULT_POSTPROCESS`; see :meth:`for_model`.
-    fill_holes : bool
-        Fill holes inside objects.
-    labels_per_plane : bool
-        On a stack, number each plane's objects from 1 (otherwise labels are
-        unique across the whole stack).
-    device : str
-        ``"auto"`` (CUDA, MPS, CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
-    return_probabilities : bool
-        Also return the probability maps.
-    """
-
-    tile_size: int | None = None
-    overlap: int = 64
-    tile_batch: int = 1
-    tta: bool = False
-    compile: bool = False
-    threshold: float | None = None
-    separate: bool = True
-    min_size: int | None = None
-    seed_threshold: float | None = None
-    core_threshold: float | None = None
-    fill_holes: bool = True
-    labels_per_plane: bool = False
-    device: str = "auto"
-    return_probabilities: bool = False
-
-    def __post_init__(self) -> None:
-        def check(condition: bool, message: str) -> None:
-            if not condition:
-                raise ConfigError(message)
-
-        check(
-            self.tile_size is None
-            or (isinstance(self.tile_size, int) and 32 <= self.tile_size <= 16384),
-            f"tile_size must be None (automatic) or an integer from 32 to 16384, got "
-            f"{self.tile_size!r}; 512 is a good choice on a CPU.",
-        )
-        check(
-            isinstance(self.overlap, int) and 0 <= self.overlap <= 256,
-            f"overlap must be an integer from 0 to 256 pixels, got {self.overlap!r}; try 64.",
-        )
-        check(
-            self.tile_size is None or 2 * self.overlap < self.tile_size,
-            f"overlap ({self.overlap}) must be less than half of tile_size ({self.tile_size}); "
-            f"use overlap={self.tile_size // 8 if self.tile_size else 0} or a larger tile.",
-        )
-        check(
-            isinstance(self.tile_batch, int) and 1 <= self.tile_batch <= 256,
-            f"tile_batch must be an integer from 1 to 256, got {self.tile_batch!r}.",
-        )
-        for name in ("threshold", "seed_threshold"):
-            value = getattr(self, name)
-            check(
-                value is None or (isinstance(value, (int, float)) and 0.0 < value < 1.0),
-                f"{name} must be a probability strictly between 0 and 1 (or None for the "
-                f"model's tuned value), got {value!r}; the reference threshold is 0.5.",
-            )
-        check(
-            self.core_threshold is None
-            or (isinstance(self.core_threshold, (int, float)) and 0.0 <= self.core_threshold < 1.0),
-            f"core_threshold must be a probability from 0 (no hysteresis) to under 1 (or None "
-            f"for the model's tuned value), got {self.core_threshold!r}.",
-        )
-        check(
-            self.min_size is None or (isinstance(self.min_size, int) and self.min_size >= 0),
-            f"min_size must be a non-negative number of pixels, got {self.min_size!r}.",
-        )
-        check(
-            isinstance(self.device, str) and _is_device_name(self.device),
-            f"device {self.device!r} is not a device name; use auto, cpu, cuda, cuda:N or mps.",
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary (for JSON)."""
-        return dataclasses.asdict(self)
-
-    def for_model(self, model: TrainedModel) -> PredictConfig:
-        """This config with unset post-processing values filled in for ``model``.
-
-        Order: the value given here, then the model's ``metadata["postprocess"]``
-        (tuned on its validation data), then :data:`DEFAULT_POSTPROCESS`.
-        """
-        if all(getattr(self, name) is not None for name in DEFAULT_POSTPROCESS):
-            return self
-        tuned = model.metadata.get("postprocess", {})
-        fix = (
-            f"the post-processing stored in the model file {model.source} is invalid ({{}}); "
-            "give every setting explicitly (threshold, seed_threshold, core_threshold, "
-            "min_size) or re-tune the model (napari-unet tune --out)."
-        )
-        if not isinstance(tuned, dict):
-            raise ConfigError(fix.format(f"not a table of settings but {type(tuned).__name__}"))
-        filled = {
-            name: tuned.get(name, default) if getattr(self, name) is None else getattr(self, name)
-            for name, default in DEFAULT_POSTPROCESS.items()
-        }
-        try:
-            return dataclasses.replace(self, **filled)
-        except ConfigError as error:
-            raise ConfigError(fix.format(error)) from error
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PredictConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are refused."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"Unknown prediction setting(s) {unknown}; valid settings are {sorted(known)}."
-            )
-        return cls(**data)
-
-
-def default_overlap(tile_size: int | None) -> int:
-    """The default overlap: 64 pixels, or a quarter of a smaller tile."""
-    return 64 if tile_size is None else min(64, tile_size // 4)
-
-
-def _is_device_name(name: str) -> bool:
-    if name == "auto":
-        return True
-    try:
-        torch.device(name)
-    except RuntimeError:
-        return False
-    return True
 
 
 @dataclass
@@ -249,9 +74,9 @@ class Segmentation:
 
     Attributes
     ----------
-    labels : np.ndarray or dask.array.Array
+    labels : np.ndarray
         Instance labels, the image's shape without its channel axis; 0 is background.
-    probabilities : np.ndarray or dask.array.Array or None
+    probabilities : np.ndarray or None
         ``(C_out, *labels.shape)`` sigmoid outputs, if asked for.
     cancelled : bool
         True if ``stop`` was set; planes not reached are left 0.
@@ -263,41 +88,6 @@ class Segmentation:
 
 
 # --------------------------------------------------------------------------- layout
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """distributed.py's view of a :class:`napari_unet.layout.Layout`.
-
-    Kept until the block-wise code imports :mod:`napari_unet.layout` (issue #16).
-    """
-
-    leading: tuple[int, ...]
-    height: int
-    width: int
-    channel_axis: int | None
-    channels: int | None
-    drop_alpha: bool
-
-    @property
-    def labels_shape(self) -> tuple[int, ...]:
-        return (*self.leading, self.height, self.width)
-
-
-def _layout(
-    shape: tuple[int, ...], in_channels: int, rgb: bool | None, channel_axis: int | None
-) -> _Layout:
-    """:func:`napari_unet.layout.find_layout` as distributed.py reads it (see :class:`_Layout`)."""
-    layout = find_layout(shape, in_channels, rgb, channel_axis)
-    channels = None if layout.channel_axis is None else layout.model_channels
-    return _Layout(
-        layout.stack_shape,
-        layout.height,
-        layout.width,
-        layout.channel_axis,
-        channels,
-        layout.drop_alpha,
-    )
 
 
 def _network_input(plane: np.ndarray, config: ModelConfig, layout: Layout) -> np.ndarray:
@@ -449,13 +239,7 @@ def _free_memory(device: torch.device) -> int:
     """Bytes of memory free for activations on ``device``."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        # Linux and macOS without psutil; free pages undercount the cache, erring small.
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    return available_memory()
 
 
 def activation_bytes_per_pixel(config: ModelConfig) -> int:
@@ -501,11 +285,13 @@ def resolve_model(model: str | os.PathLike[str] | TrainedModel, device: str) -> 
     return load_model(model, device="auto" if torch_device is None else torch_device)
 
 
-def _is_dask(image: Any) -> bool:
-    return type(image).__module__.startswith("dask.")
+def label_plane(probabilities: np.ndarray, target: str, config: PredictConfig) -> np.ndarray:
+    """Instance labels of one plane's ``(C, H, W)`` probabilities, numbered from 1.
 
-
-def _plane_to_labels(probabilities: np.ndarray, target: str, config: PredictConfig) -> np.ndarray:
+    The per-plane policy of every path (in memory, block-wise): each plane (or block) is
+    labelled in 2D on its own, then :func:`~napari_unet.blockwise.stitching.relabel_tables`
+    numbers the stack.
+    """
     return probabilities_to_labels(
         probabilities,
         target=target,
@@ -531,9 +317,10 @@ def predict_events(
 
     Parameters
     ----------
-    image : array_like or dask.array.Array
+    image : array_like, dask.array.Array, str or Path
         ``(H, W)``, ``(H, W, 3|4)``, multichannel with ``channel_axis``, or a stack
-        of those with up to two leading axes (``Z``, ``T``, ``T, Z``).
+        of those with up to two leading axes (``Z``, ``T``, ``T, Z``); a path is read
+        with :func:`napari_unet.io.read_image`. A dask stack is read one plane at a time.
     model : str, Path or TrainedModel
         A model file, ``"default"`` (the bundled model) or a loaded model.
     config : PredictConfig, optional
@@ -549,13 +336,13 @@ def predict_events(
     Yields
     ------
     Progress
-        Tiles done / total after every batch (one event for a lazy dask result).
+        Tiles done / total after every batch.
 
     Returns
     -------
     Segmentation
-        Labels (and probabilities). For a dask input both are lazy dask arrays,
-        computed plane by plane when read (see :func:`_predict_dask`).
+        Labels (and probabilities), in memory; see :func:`number_planes` for the
+        numbering over a stack.
 
     Raises
     ------
@@ -566,39 +353,37 @@ def predict_events(
     ModelFileError
         If the model file cannot be loaded.
     """
+    image = as_image(image)  # a path is read; tensors, ragged lists, complex refused
     config = config or PredictConfig()
     trained = resolve_model(model, config.device)
     config = config.for_model(trained)
     model_config = trained.config
-    lazy = _is_dask(image)
-    image = image if lazy else np.asarray(image)
     layout = find_layout(image.shape, model_config.in_channels, rgb, channel_axis)
     arranged = layout.channels_last(image)
     tile = config.tile_size or auto_tile_size(
         model_config, trained.device, config.tile_batch, config.overlap
     )
     predictor = TilePredictor(trained, config.tta, config.compile)
-    if lazy:
-        yield Progress(1, 1, "lazy result: planes are predicted when they are read")
-        return _predict_dask(arranged, layout, predictor, config, tile)
-
     n_tiles = len(tile_grid((layout.height, layout.width), tile, config.overlap))
     total = layout.n_planes * n_tiles
-    labels = np.zeros(layout.labels_shape, dtype=np.uint32)
+    # Each plane's labels from 1; numbered over the stack once all are known.
+    local = np.zeros(layout.labels_shape, dtype=np.uint32)
     probabilities = (
-        np.zeros((model_config.out_channels, *labels.shape), dtype=np.float32)
+        np.zeros((model_config.out_channels, *local.shape), dtype=np.float32)
         if config.return_probabilities
         else None
     )
-    offset = 0
+    counts: list[int] = []
     for plane_number, index in enumerate(np.ndindex(*layout.stack_shape)):
-        x = _network_input(arranged[index], model_config, layout)
+        # np.asarray reads one plane of a lazy (dask) image, never more.
+        x = _network_input(np.asarray(arranged[index]), model_config, layout)
         events = sliding_window_events(
             x, predictor, tile, config.overlap, config.tile_batch, model_config.size_multiple
         )
         while True:
             if stop is not None and stop.is_set():
-                return Segmentation(_narrow(labels), probabilities, cancelled=True)
+                labels = number_planes(local, counts, config.labels_per_plane)
+                return Segmentation(labels, probabilities, cancelled=True)
             try:
                 done = next(events)
             except StopIteration as finished:
@@ -606,97 +391,34 @@ def predict_events(
                 break
             where = f"plane {plane_number + 1}/{layout.n_planes}, " if layout.stack_shape else ""
             yield Progress(plane_number * n_tiles + done, total, f"{where}tile {done}/{n_tiles}")
-        plane_labels = _plane_to_labels(plane_probabilities, model_config.target, config)
-        count = int(plane_labels.max(initial=0))
-        if not config.labels_per_plane:
-            if offset + count > np.iinfo(labels.dtype).max:
-                labels = labels.astype(np.uint64)
-            plane_labels = np.where(plane_labels > 0, plane_labels.astype(labels.dtype) + offset, 0)
-            offset += count
-        labels[index] = plane_labels
+        plane_labels = label_plane(plane_probabilities, model_config.target, config)
+        local[index] = plane_labels
+        counts.append(int(plane_labels.max(initial=0)))
         if probabilities is not None:
             probabilities[(slice(None), *index)] = plane_probabilities
-    return Segmentation(_narrow(labels), probabilities)
+    return Segmentation(number_planes(local, counts, config.labels_per_plane), probabilities)
 
 
-def _narrow(labels: np.ndarray) -> np.ndarray:
-    """``labels`` in the narrowest dtype of :func:`label_dtype` for its largest label."""
-    return labels.astype(label_dtype(int(labels.max(initial=0))), copy=False)
+def number_planes(local: np.ndarray, counts: list[int], per_plane: bool) -> np.ndarray:
+    """Labels of a stack whose planes are each numbered from 1, numbered over the stack.
 
-
-def _dask_label_stride(n_planes: int) -> tuple[int, np.dtype]:
-    """Label offset between planes of a lazy stack, and the labels' dtype.
-
-    A lazy result cannot know how many objects earlier planes hold, so plane ``p``
-    numbers its objects from ``p * stride + 1``: unique across the stack but not
-    sequential. uint32 leaves at least 2**20 labels per plane up to 4,096 planes;
-    longer stacks use uint64 with 2**32 labels per plane.
+    The stack-labelling policy (:func:`~napari_unet.blockwise.stitching.relabel_tables`):
+    unique across planes and sequential (1..N, no gaps) in plane order, or from 1 in
+    every plane with ``per_plane``. ``counts`` holds the largest label of the first
+    ``len(counts)`` planes; planes after them (not reached) stay 0. The result has the
+    narrowest dtype of :func:`~napari_unet.postprocess.label_dtype` for its largest label.
     """
-    if n_planes <= 4096:
-        return (2**32 - 1) // n_planes, np.dtype(np.uint32)
-    return 2**32, np.dtype(np.uint64)
-
-
-def _predict_dask(
-    image: Any, layout: Layout, predictor: TilePredictor, config: PredictConfig, tile: int
-) -> Segmentation:
-    """Lazy prediction of a dask image: one task per plane.
-
-    Every chunk is one whole plane (the stack axes are rechunked to 1, the plane
-    axes to full size), so a chunk needs no overlap with its neighbours: its own
-    tiles overlap inside it, and normalisation sees the whole plane exactly as
-    the numpy path does. Memory is bounded by a few planes at a time, whatever
-    the length of the stack.
-    """
-    import dask.array as da
-
-    model_config = predictor.model.config
-    n_lead = len(layout.stack_shape)
-    plane_axes = image.ndim - n_lead
-    image = image.rechunk((1,) * n_lead + (-1,) * plane_axes)
-    out_channels = model_config.out_channels
-
-    def plane_probabilities(block: np.ndarray) -> np.ndarray:
-        x = _network_input(block.reshape(block.shape[n_lead:]), model_config, layout)
-        probabilities = sliding_window(
-            x, predictor, tile, config.overlap, config.tile_batch, model_config.size_multiple
-        )
-        return probabilities.reshape((out_channels,) + (1,) * n_lead + probabilities.shape[1:])
-
-    # Axes a0, a1, ... of the input; the channel axis (if any) is contracted away
-    # and a new first axis "k" holds the output channels.
-    in_index = tuple(f"a{i}" for i in range(image.ndim))
-    out_index = ("k", *in_index[: n_lead + 2])
-    probabilities = da.blockwise(
-        plane_probabilities,
-        out_index,
-        image,
-        in_index,
-        new_axes={"k": out_channels},
-        dtype=np.float32,
-        concatenate=True,
-    )
-    stride, dtype = _dask_label_stride(layout.n_planes)
-
-    def plane_labels(block: np.ndarray, block_info: dict[Any, Any] | None = None) -> np.ndarray:
-        labels = _plane_to_labels(
-            block.reshape(block.shape[:1] + block.shape[-2:]), model_config.target, config
-        )
-        labels = labels.astype(dtype).reshape(block.shape[1:])
-        if config.labels_per_plane:
-            return labels
-        count = int(labels.max(initial=0))
-        if count >= stride:
-            raise DataError(
-                f"a plane holds {count} objects, more than the {stride} a lazy stack of "
-                f"{layout.n_planes} planes can number uniquely; use labels_per_plane=True."
-            )
-        location = block_info[None]["chunk-location"][:n_lead] if block_info else ()
-        plane = int(np.ravel_multi_index(location, layout.stack_shape)) if n_lead else 0
-        return np.where(labels > 0, labels + dtype.type(plane * stride), labels)
-
-    labels = probabilities.map_blocks(plane_labels, drop_axis=0, dtype=dtype)
-    return Segmentation(labels, probabilities if config.return_probabilities else None)
+    leading = local.shape[:-2]
+    planes = [local[index] for index in list(np.ndindex(*leading))[: len(counts)]]
+    present = [
+        np.flatnonzero(np.bincount(plane.ravel(), minlength=count + 1)[1:]) + 1
+        for plane, count in zip(planes, counts)
+    ]
+    tables, largest = relabel_tables(counts, present, [], range(len(counts)) if per_plane else None)
+    labels = np.zeros(local.shape, label_dtype(largest))
+    for index, plane, table in zip(np.ndindex(*leading), planes, tables):
+        labels[index] = table.astype(labels.dtype)[plane]
+    return labels
 
 
 def run_to_end(events: Generator[Any, None, T]) -> T:
@@ -712,46 +434,45 @@ def run_to_end(events: Generator[Any, None, T]) -> T:
             return finished.value
 
 
-def _split_options(
-    config: PredictConfig | None, options: dict[str, Any]
-) -> tuple[PredictConfig, dict[str, Any]]:
-    """Apply keyword settings of :class:`PredictConfig` to ``config``; return the rest."""
-    fields = {f.name for f in dataclasses.fields(PredictConfig)}
-    settings = {k: v for k, v in options.items() if k in fields}
-    rest = {k: v for k, v in options.items() if k not in fields}
-    unknown = sorted(set(rest) - {"rgb", "channel_axis", "stop"})
-    if unknown:
-        raise TypeError(
-            f"unexpected argument(s) {unknown}; prediction settings are {sorted(fields)}"
-        )
-    return dataclasses.replace(config or PredictConfig(), **settings), rest
-
-
 def predict(
     image: Any,
     model: str | os.PathLike[str] | TrainedModel = "default",
     config: PredictConfig | None = None,
-    **options: Any,
+    *,
+    rgb: bool | None = None,
+    channel_axis: int | None = None,
+    stop: threading.Event | None = None,
+    **overrides: Any,
 ) -> Segmentation:
     """Predict labels (and probabilities) of an image or stack; see :func:`predict_events`.
 
-    ``options`` are :class:`PredictConfig` fields overriding ``config`` (e.g.
-    ``tta=True``) and ``rgb``/``channel_axis``/``stop``.
+    ``overrides`` are :class:`PredictConfig` fields overriding ``config`` (e.g.
+    ``tta=True``); any other name is a ConfigError naming the valid ones.
     """
-    config, rest = _split_options(config, options)
-    return run_to_end(predict_events(image, model, config, **rest))
+    config = PredictConfig.with_overrides(config, overrides)
+    events = predict_events(image, model, config, rgb=rgb, channel_axis=channel_axis, stop=stop)
+    return run_to_end(events)
 
 
 def segment(
     image: Any,
     model: str | os.PathLike[str] | TrainedModel = "default",
     config: PredictConfig | None = None,
-    **options: Any,
+    *,
+    rgb: bool | None = None,
+    channel_axis: int | None = None,
+    stop: threading.Event | None = None,
+    **overrides: Any,
 ) -> Any:
-    """Instance labels of an image or stack (numpy in, numpy out; dask in, lazy dask out).
+    """Instance labels of an image or stack (numpy, or dask read plane by plane).
+
+    Arguments as :func:`predict`.
 
     Examples
     --------
     >>> labels = segment(image, "default", min_size=20)  # doctest: +SKIP
     """
-    return predict(image, model, config, **options).labels
+    result = predict(
+        image, model, config, rgb=rgb, channel_axis=channel_axis, stop=stop, **overrides
+    )
+    return result.labels

@@ -29,11 +29,10 @@ import copy
 import csv
 import dataclasses
 import math
-import os
 import threading
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -52,26 +51,22 @@ from napari_unet.checkpoint import (
     read_payload,
     save_model,
 )
-from napari_unet.config import ModelConfig
+from napari_unet.config import ModelConfig, TrainConfig
 from napari_unet.data import (
-    LABEL_MODES,
-    SPARSE_CONTACT_WEIGHT_ERROR,
     PatchSampler,
     PlaneData,
     prepare_training_planes,
 )
-from napari_unet.distributed import all_mean, init_from_env, rank_rng, wrap_model
-from napari_unet.distributed import validate as distributed_validate
+from napari_unet.ddp import all_mean, init_from_env, rank_rng, wrap_model
+from napari_unet.ddp import validate as distributed_validate
 from napari_unet.errors import ConfigError, ModelFileError, TrainingDivergedError
-from napari_unet.io import atomic_write
-from napari_unet.losses import LOSSES, compute_loss
+from napari_unet.io import as_image, atomic_write
+from napari_unet.losses import compute_loss
 from napari_unet.metrics import pixel_metrics
 from napari_unet.model import build_model, select_device
 from napari_unet.prediction import run_to_end
 
 CHECKPOINT_FORMAT = "napari-unet-training-state"
-SCHEDULES = ("plateau", "onecycle", "cosine")
-SAMPLINGS = ("area", "image")
 #: Columns of the CSV log, one row per epoch.
 LOG_COLUMNS = (
     "epoch",
@@ -87,197 +82,6 @@ LOG_COLUMNS = (
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
-
-
-def _reference_model() -> ModelConfig:
-    return ModelConfig.from_preset("reference")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Validated training settings (defaults: the reference recipe).
-
-    Parameters
-    ----------
-    model : ModelConfig
-        Network to build (ignored when fine-tuning with ``init`` or resuming: the
-        model file's config is used then).
-    epochs : int
-        Number of epochs (validation rounds).
-    batch_size : int
-        Patches per optimisation step.
-    learning_rate : float
-        Adam learning rate (the peak rate for ``onecycle``).
-    patch_size : int
-        Side of the square training patches; smaller images are reflect-padded.
-    augment : bool
-        Random flips, 90-degree rotations, intensity and noise changes
-        (see :func:`napari_unet.data.augment_patch`).
-    loss : {"bce", "dice", "bce+dice"}
-        Training loss (see :mod:`napari_unet.losses`).
-    label_mode : {"instance", "binary", "sparse"}
-        How label values are read (see :data:`napari_unet.data.LABEL_MODES`).
-    val_fraction : float
-        Share of the planes held out for validation when no validation data is given
-        (seeded). With 0, or a single plane, validation runs on the training data.
-    seed : int
-        Seeds weights, split, patch sampling and augmentation (reproducible on CPU).
-    early_stopping_patience : int or None
-        Stop after this many epochs without a better validation loss; None = never.
-    plateau_patience : int
-        ``plateau`` schedule: epochs without improvement before the rate drops x0.1.
-    min_lr : float
-        Floor of the learning rate for ``plateau`` and ``cosine``.
-    device : str
-        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``...
-    steps_per_epoch : int or None
-        Batches per epoch; None = enough patches to cover the training area about once.
-    schedule : {"plateau", "onecycle", "cosine"}
-        ``plateau`` (reference): x0.1 after ``plateau_patience`` epochs without
-        improvement. ``onecycle``: warm-up to ``learning_rate`` then anneal to ~0 over the
-        run, per step. ``cosine``: cosine decay from ``learning_rate`` to ``min_lr``, per step.
-    sampling : {"area", "image"}
-        How patches pick their image (see :class:`napari_unet.data.PatchSampler`).
-    half_precision : bool
-        Save weights as float16 (half the file size).
-    contact_weight : int
-        Loss weight, in the training patches, of the pixels between touching objects
-        (:func:`napari_unet.data.contact_pixels`), from 1 (none) to 100; the U-Net paper
-        weighted such gaps up to about 10 so that touching cells come out separated.
-        Validation stays unweighted, so its loss and Dice compare across runs. Instance
-        or binary labels only. On the DSB 2018 val split a fine-tune of the bundled model
-        with 10 split single nuclei too and lowered F1 at IoU 0.5 (see the model card).
-    loader_threads : int or None
-        Threads that prepare batches ahead of the training step
-        (:meth:`napari_unet.data.PatchSampler.epoch_batches`). None chooses: 0 on a CPU,
-        where the step itself uses every core, and up to 4 on a GPU: on an H200 the
-        ``fast`` preset's step (256 px, batch 8) takes 11.5 ms, but a training run without
-        threads took 57-66 ms per step, the rest being batch preparation on one core (30 ms
-        for such a batch on a 2-core EPYC; 2 threads there make one every 17 ms). 0 and > 0
-        draw different (equally random) patches; every value > 0 draws the same ones.
-    """
-
-    model: ModelConfig = field(default_factory=_reference_model)
-    epochs: int = 10
-    batch_size: int = 8
-    learning_rate: float = 1e-4
-    patch_size: int = 256
-    augment: bool = True
-    loss: Literal["bce", "dice", "bce+dice"] = "bce"
-    label_mode: Literal["instance", "binary", "sparse"] = "instance"
-    val_fraction: float = 0.1
-    seed: int = 0
-    early_stopping_patience: int | None = 10
-    plateau_patience: int = 5
-    min_lr: float = 1e-7
-    device: str = "auto"
-    steps_per_epoch: int | None = None
-    schedule: Literal["plateau", "onecycle", "cosine"] = "plateau"
-    sampling: Literal["area", "image"] = "area"
-    half_precision: bool = False
-    loader_threads: int | None = None
-    contact_weight: int = 1
-
-    def __post_init__(self) -> None:
-        if isinstance(self.model, dict):
-            object.__setattr__(self, "model", ModelConfig.from_dict(self.model))
-        _check(isinstance(self.model, ModelConfig), "model must be a ModelConfig.")
-        _check(
-            isinstance(self.epochs, int) and self.epochs >= 1,
-            f"epochs must be a whole number >= 1, got {self.epochs!r}.",
-        )
-        _check(
-            isinstance(self.batch_size, int) and self.batch_size >= 1,
-            f"batch_size must be a whole number >= 1, got {self.batch_size!r}.",
-        )
-        _check(
-            isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < 1,
-            f"learning_rate must lie between 0 and 1, got {self.learning_rate!r}; the "
-            "reference uses 1e-4.",
-        )
-        _check(
-            isinstance(self.patch_size, int) and 8 <= self.patch_size <= 4096,
-            f"patch_size must be a whole number from 8 to 4096, got {self.patch_size!r}; "
-            "multiples of 16 (e.g. 128 or 256) train fastest.",
-        )
-        _check(self.loss in LOSSES, f"loss {self.loss!r} is unknown; use one of {LOSSES}.")
-        _check(
-            self.label_mode in LABEL_MODES,
-            f"label_mode {self.label_mode!r} is unknown; use one of {LABEL_MODES}.",
-        )
-        _check(
-            0.0 <= self.val_fraction < 1.0,
-            f"val_fraction must be from 0 to below 1, got {self.val_fraction!r}; try 0.1.",
-        )
-        _check(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}.")
-        _check(
-            self.early_stopping_patience is None
-            or (
-                isinstance(self.early_stopping_patience, int) and self.early_stopping_patience >= 1
-            ),
-            "early_stopping_patience must be a whole number >= 1, or None to switch it off.",
-        )
-        _check(
-            isinstance(self.plateau_patience, int) and self.plateau_patience >= 1,
-            f"plateau_patience must be a whole number >= 1, got {self.plateau_patience!r}.",
-        )
-        _check(
-            0 <= self.min_lr <= self.learning_rate,
-            f"min_lr must lie from 0 to learning_rate, got {self.min_lr!r}.",
-        )
-        _check(
-            self.steps_per_epoch is None
-            or (isinstance(self.steps_per_epoch, int) and self.steps_per_epoch >= 1),
-            "steps_per_epoch must be a whole number >= 1, or None (cover the data once).",
-        )
-        _check(
-            self.schedule in SCHEDULES,
-            f"schedule {self.schedule!r} is unknown; use one of {SCHEDULES}.",
-        )
-        _check(
-            self.sampling in SAMPLINGS,
-            f"sampling {self.sampling!r} is unknown; use one of {SAMPLINGS}.",
-        )
-        _check(
-            self.loader_threads is None
-            or (
-                isinstance(self.loader_threads, int)
-                and not isinstance(self.loader_threads, bool)
-                and 0 <= self.loader_threads <= 64
-            ),
-            f"loader_threads must be a whole number from 0 to 64, or None to let the device "
-            f"decide, got {self.loader_threads!r}.",
-        )
-        _check(
-            isinstance(self.contact_weight, int)
-            and not isinstance(self.contact_weight, bool)
-            and 1 <= self.contact_weight <= 100,
-            f"contact_weight must be a whole number from 1 (off) to 100, got "
-            f"{self.contact_weight!r}.",
-        )
-        _check(self.contact_weight == 1 or self.label_mode != "sparse", SPARSE_CONTACT_WEIGHT_ERROR)
-
-    def resolved_loader_threads(self, device: torch.device) -> int:
-        """``loader_threads``, with None resolved for ``device`` (see the class docstring)."""
-        if self.loader_threads is not None:
-            return self.loader_threads
-        if device.type == "cpu":
-            return 0
-        return min(4, max(1, (os.cpu_count() or 2) - 1))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dictionary (the model config nested as a dictionary)."""
-        values = dataclasses.asdict(self)
-        values["model"] = self.model.to_dict()
-        return values
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are refused."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        _check(not unknown, f"Unknown training setting(s) {unknown}; valid: {sorted(known)}.")
-        return cls(**data)
 
 
 @dataclass
@@ -496,6 +300,11 @@ def _read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+def _as_images(images: Sequence[Any], what: str) -> list[Any]:
+    """Each of ``images`` as :func:`napari_unet.io.as_image` gives it (paths read)."""
+    return [as_image(image, f"{what} image {index}") for index, image in enumerate(images)]
+
+
 def train_events(
     images: Sequence[Any],
     labels: Sequence[Any],
@@ -571,7 +380,11 @@ def train_events(
     else:
         model_config = config.model
 
-    # Read and check all data before anything is written.
+    # Read and check all data before anything is written (paths are read here).
+    images, labels = _as_images(images, "training"), _as_images(labels, "training label")
+    if val_images is not None:
+        val_images = _as_images(val_images, "validation")
+        val_labels = _as_images(val_labels, "validation label")
     prepare = dict(
         in_channels=model_config.in_channels,
         normalization=model_config.normalization,
@@ -829,9 +642,23 @@ def train(
     images: Sequence[Any],
     labels: Sequence[Any],
     config: TrainConfig | None = None,
-    **kwargs: Any,
+    *,
+    val_images: Sequence[Any] | None = None,
+    val_labels: Sequence[Any] | None = None,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    init: str | Path | TrainedModel | None = None,
+    log_csv: str | Path | None = None,
+    stop: threading.Event | None = None,
+    checkpoint: str | Path | None = None,
+    data_description: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> TrainResult:
     """Run :func:`train_events` to the end and return its :class:`TrainResult`.
+
+    The keyword arguments are those of :func:`train_events`; ``overrides`` are
+    :class:`TrainConfig` fields overriding ``config`` (e.g. ``epochs=2``); any other
+    name is a ConfigError naming the valid ones.
 
     Examples
     --------
@@ -839,4 +666,18 @@ def train(
     >>> result = train(images, labels, cfg, out="nuclei.pt")  # doctest: +SKIP
     >>> result.best_epoch, result.history[-1]["val_dice"]  # doctest: +SKIP
     """
-    return run_to_end(train_events(images, labels, config, **kwargs))
+    events = train_events(
+        images,
+        labels,
+        TrainConfig.with_overrides(config, overrides),
+        val_images=val_images,
+        val_labels=val_labels,
+        out=out,
+        resume=resume,
+        init=init,
+        log_csv=log_csv,
+        stop=stop,
+        checkpoint=checkpoint,
+        data_description=data_description,
+    )
+    return run_to_end(events)

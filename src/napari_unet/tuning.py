@@ -17,8 +17,6 @@ the other.
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
 import os
 import threading
 from collections.abc import Generator, Sequence
@@ -28,73 +26,14 @@ from typing import Any
 import numpy as np
 
 from napari_unet.checkpoint import TrainedModel
+from napari_unet.config import GRID_SETTINGS, PostprocessGrid, PredictConfig
 from napari_unet.errors import ConfigError, DataError
 from napari_unet.evaluation import check_planes, pair_names, score_plane
 from napari_unet.postprocess import probabilities_to_labels
-from napari_unet.prediction import PredictConfig, Progress, predict, resolve_model, run_to_end
+from napari_unet.prediction import Progress, predict, resolve_model, run_to_end
 
 #: Scores a grid can be ranked by (means over images).
 RANK_KEYS = ("f1_50", "dsb_score")
-#: Most combinations one grid may hold (each costs one post-processing of every image).
-MAX_COMBINATIONS = 2000
-#: The settings a grid varies, in table order.
-SETTINGS = ("threshold", "seed_threshold", "core_threshold", "min_size")
-
-
-@dataclass(frozen=True)
-class PostprocessGrid:
-    """The values to try for each post-processing setting, checked when built.
-
-    Parameters
-    ----------
-    thresholds : tuple of float
-        Foreground probabilities, each strictly between 0 and 1.
-    seed_thresholds : tuple of float
-        Boundary probabilities under which pixels seed objects (``contour`` models;
-        other targets use the first value only, as they ignore it).
-    core_thresholds : tuple of float
-        Hysteresis thresholds, from 0 (off) to under 1.
-    min_sizes : tuple of int
-        Minimum object sizes in pixels, at least 0.
-    """
-
-    thresholds: tuple[float, ...] = (0.5, 0.6, 0.7)
-    seed_thresholds: tuple[float, ...] = (0.4, 0.5, 0.6)
-    core_thresholds: tuple[float, ...] = (0.0, 0.85, 0.9)
-    min_sizes: tuple[int, ...] = (8, 16, 32)
-
-    def __post_init__(self) -> None:
-        probability = (lambda v: 0.0 < v < 1.0, "strictly between 0 and 1")
-        checks = {
-            "thresholds": probability,
-            "seed_thresholds": probability,
-            "core_thresholds": (lambda v: 0.0 <= v < 1.0, "from 0 (off) to under 1"),
-            "min_sizes": (lambda v: isinstance(v, int) and v >= 0, "whole numbers of pixels >= 0"),
-        }
-        for name, (valid, wanted) in checks.items():
-            values = tuple(getattr(self, name))
-            object.__setattr__(self, name, values)
-            if not values:
-                raise ConfigError(f"{name} is empty; give at least one value.")
-            bad = [v for v in values if not isinstance(v, (int, float)) or not valid(v)]
-            if bad:
-                raise ConfigError(f"{name} must be {wanted}; {bad} are not.")
-        count = len(self.combinations("contour"))
-        if count > MAX_COMBINATIONS:
-            raise ConfigError(
-                f"the grid holds {count} combinations, more than {MAX_COMBINATIONS}; "
-                "give fewer values per setting."
-            )
-
-    def combinations(self, target: str) -> list[dict[str, Any]]:
-        """Every combination of settings, as ``probabilities_to_labels`` keywords."""
-        seeds = self.seed_thresholds if target == "contour" else self.seed_thresholds[:1]
-        return [
-            dict(zip(SETTINGS, values))
-            for values in itertools.product(
-                self.thresholds, seeds, self.core_thresholds, self.min_sizes
-            )
-        ]
 
 
 @dataclass
@@ -120,7 +59,7 @@ class TuningResult:
     @property
     def best(self) -> dict[str, Any]:
         """Settings of the best combination."""
-        return {key: self.rows[0][key] for key in SETTINGS}
+        return {key: self.rows[0][key] for key in GRID_SETTINGS}
 
     def apply(self, model: TrainedModel, tuned_on: str) -> None:
         """Store the best settings in ``model.metadata["postprocess"]``, in place."""
@@ -146,23 +85,23 @@ class TuningResult:
     def format_table(self, limit: int = 10) -> str:
         """The ``limit`` best rows as a text table."""
         scores = ("pixel_f1", "dsb_score", "f1_50")
-        lines = ["".join(f"{name:>16}" for name in (*SETTINGS, *scores))]
+        lines = ["".join(f"{name:>16}" for name in (*GRID_SETTINGS, *scores))]
         for row in self.rows[:limit]:
             lines.append(
-                "".join(f"{row[name]:>16g}" for name in SETTINGS)
+                "".join(f"{row[name]:>16g}" for name in GRID_SETTINGS)
                 + "".join(f"{row[name]:>16.4f}" for name in scores)
             )
         return "\n".join(lines)
 
 
 def tune_events(
-    model: str | os.PathLike[str] | TrainedModel,
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
-    grid: PostprocessGrid | None = None,
-    rank_by: str = "f1_50",
+    model: str | os.PathLike[str] | TrainedModel,
     config: PredictConfig | None = None,
     *,
+    grid: PostprocessGrid | None = None,
+    rank_by: str = "f1_50",
     names: Sequence[str] | None = None,
     stop: threading.Event | None = None,
 ) -> Generator[Progress, None, TuningResult]:
@@ -170,19 +109,19 @@ def tune_events(
 
     Parameters
     ----------
-    model : str, Path or TrainedModel
-        A model file, ``"default"`` or a loaded model.
     images : sequence of np.ndarray
         2D planes: ``(H, W)`` grey or ``(H, W, 3|4)`` colour.
     labels : sequence of np.ndarray
         ``(H, W)`` integer instance labels (0 = background), one per image, with
         objects in at least one of them.
+    model : str, Path or TrainedModel
+        A model file, ``"default"`` or a loaded model.
+    config : PredictConfig, optional
+        Prediction settings (tiles, TTA, device); its post-processing is ignored.
     grid : PostprocessGrid, optional
         The values to try (default :class:`PostprocessGrid`).
     rank_by : {"f1_50", "dsb_score"}
         Mean score that orders the combinations.
-    config : PredictConfig, optional
-        Prediction settings (tiles, TTA, device); its post-processing is ignored.
     names : sequence of str, optional
         Image names for error messages (default ``image_000``, ...).
     stop : threading.Event, optional
@@ -205,7 +144,7 @@ def tune_events(
     if rank_by not in RANK_KEYS:
         raise ConfigError(f"rank_by must be one of {RANK_KEYS}, got {rank_by!r}.")
     names = pair_names(images, labels, names, "tune")
-    config = dataclasses.replace(config or PredictConfig(), return_probabilities=True)
+    config = PredictConfig.with_overrides(config, {"return_probabilities": True})
     trained = resolve_model(model, config.device)
     check_planes(names, images, labels, trained.config.in_channels, None, "tune")
     if not any(np.any(np.asarray(truth) > 0) for truth in labels):
@@ -248,13 +187,24 @@ def tune_events(
 
 
 def tune(
-    model: str | os.PathLike[str] | TrainedModel,
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
+    model: str | os.PathLike[str] | TrainedModel,
+    config: PredictConfig | None = None,
+    *,
     grid: PostprocessGrid | None = None,
     rank_by: str = "f1_50",
-    config: PredictConfig | None = None,
-    **options: Any,
+    names: Sequence[str] | None = None,
+    stop: threading.Event | None = None,
+    **overrides: Any,
 ) -> TuningResult:
-    """:func:`tune_events` run to the end (no progress)."""
-    return run_to_end(tune_events(model, images, labels, grid, rank_by, config, **options))
+    """:func:`tune_events` run to the end (no progress).
+
+    ``overrides`` are :class:`PredictConfig` fields overriding ``config`` (e.g.
+    ``tta=True``); any other name is a ConfigError naming the valid ones.
+    """
+    config = PredictConfig.with_overrides(config, overrides)
+    events = tune_events(
+        images, labels, model, config, grid=grid, rank_by=rank_by, names=names, stop=stop
+    )
+    return run_to_end(events)

@@ -138,7 +138,7 @@ def tune_on_layers(
     images = np.asarray(image)
     images = images.reshape((-1, *images.shape[-3:]) if rgb else (-1, *images.shape[-2:]))
     trained = MODEL_CACHE.get(model, config.device)
-    result = yield from tune_events(trained, list(images), list(as_planes(truth)), config=config)
+    result = yield from tune_events(list(images), list(as_planes(truth)), trained, config=config)
     return trained, result
 
 

@@ -7,16 +7,19 @@ result is a new Labels layer named ``"<image> segmentation"`` (and, on request, 
 probability maps as Image layers), with the image's scale and translation.
 
 2D, RGB, multichannel (pick the channel axis), 3D and time stacks (segmented
-plane by plane) and dask-backed layers work alike. A dask layer is segmented
-chunk by chunk: the core returns a lazy result, which the worker computes one
-block of planes at a time into a new array (in memory, or in a temporary zarr
-store on disk when it would be large), so the stack is never loaded whole.
+plane by plane) and dask-backed layers work alike. A dask layer goes through the
+core's block-wise path (:func:`napari_unet.blockwise.segment_to_zarr_events`) into a
+temporary Zarr (read into memory when small, removed when no longer used), so the
+stack is never loaded whole.
 """
 
 from __future__ import annotations
 
+import math
+import shutil
 import tempfile
 import threading
+import weakref
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +45,7 @@ from napari_unet._widgets._common import (
     prediction_metadata,
 )
 from napari_unet._widgets._registry import MODEL_CACHE
+from napari_unet.blockwise import is_lazy, segment_to_zarr_events
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.errors import ConfigError
 from napari_unet.prediction import PredictConfig, Progress, Segmentation, predict_events
@@ -50,7 +54,7 @@ if TYPE_CHECKING:
     import napari
     from napari.layers import Image
 
-#: Output bigger than this is computed into a temporary zarr store rather than memory.
+#: A dask layer's result bigger than this is shown from a temporary Zarr, not memory.
 IN_MEMORY_LIMIT = 2**30
 #: Shown by the post-processing fields when they take the model's tuned value.
 TUNED = "tuned for the model"
@@ -90,13 +94,13 @@ def segment_layer(
     channel_axis: int | None,
     stop: threading.Event,
 ) -> Generator[Progress, None, tuple[Segmentation, str]]:
-    """Segment ``data`` with ``model``; compute a lazy (dask) result block by block.
+    """Segment ``data`` with ``model``; a dask layer block by block (see :func:`_segment_lazy`).
 
     Yields
     ------
     Progress
-        "Loading the model" (total 0: busy) unless ``model`` is loaded, the core's
-        progress, then one event per block of planes of a dask result.
+        "Loading the model" (total 0: busy) unless ``model`` is loaded, then the
+        core's progress: tiles of an in-memory image, block tasks of a dask one.
 
     Returns
     -------
@@ -108,11 +112,12 @@ def segment_layer(
     if not isinstance(model, TrainedModel):
         yield Progress(0, 0, "Loading the model…")  # seconds for a file not read yet
     trained = MODEL_CACHE.get(model, config.device)
-    segmentation = yield from predict_events(
-        data, trained, config, rgb=rgb, channel_axis=channel_axis, stop=stop
-    )
-    if _is_dask(segmentation.labels):
-        segmentation = yield from _materialise(segmentation, stop)
+    if is_lazy(data):
+        segmentation = yield from _segment_lazy(data, trained, config, rgb, channel_axis, stop)
+    else:
+        segmentation = yield from predict_events(
+            data, trained, config, rgb=rgb, channel_axis=channel_axis, stop=stop
+        )
     return segmentation, trained.config.target
 
 
@@ -121,50 +126,75 @@ def _load_for(model: str | Path, device: str) -> tuple[TrainedModel, tuple[str |
     return MODEL_CACHE.get(model, device), (model, device)
 
 
-def _is_dask(array: Any) -> bool:
-    return type(array).__module__.startswith("dask")
+def _segment_lazy(
+    data: Any,
+    model: TrainedModel,
+    config: PredictConfig,
+    rgb: bool,
+    channel_axis: int | None,
+    stop: threading.Event,
+) -> Generator[Progress, None, Segmentation]:
+    """Segment a dask layer block by block (the core's one path for large stacks).
 
-
-def _empty_like(lazy: Any) -> Any:
-    """A writable array for ``lazy``'s values: in memory, or a temporary zarr store if large."""
-    if lazy.nbytes <= IN_MEMORY_LIMIT:
-        return np.zeros(lazy.shape, lazy.dtype)
+    :func:`~napari_unet.blockwise.segment_to_zarr_events` writes into a temporary folder.
+    A result under :data:`IN_MEMORY_LIMIT` is read into memory and the folder removed at
+    once; a larger one is shown from disk, and its folder is removed when the arrays are
+    garbage collected (their layers deleted) or at exit. Stop or an error removes it at
+    once; a stopped run gives empty labels.
+    """
     import zarr
 
-    store = tempfile.mkdtemp(prefix="napari-unet-")
-    return zarr.open_array(
-        store, mode="w", shape=lazy.shape, dtype=lazy.dtype, chunks=lazy.chunksize
-    )
+    folder = Path(tempfile.mkdtemp(prefix="napari-unet-"))
+    keep = False  # set once large arrays are shown from the folder
+    try:
+        result = yield from segment_to_zarr_events(
+            data,
+            folder / "labels.zarr",
+            model,
+            config,
+            ome=False,
+            rgb=rgb,
+            channel_axis=channel_axis,
+            probabilities_out=folder / "probabilities.zarr"
+            if config.return_probabilities
+            else None,
+            stop=stop,
+        )
+        if result.cancelled:
+            return Segmentation(_zeros(result.shape), cancelled=True)
+        arrays = [zarr.open_array(str(result.path), mode="r")]
+        if result.probabilities is not None:
+            arrays.append(zarr.open_array(str(result.probabilities), mode="r"))
+        if sum(array.nbytes for array in arrays) <= IN_MEMORY_LIMIT:
+            return Segmentation(*(array[...] for array in arrays))
+        _remove_when_collected(folder, arrays)
+        keep = True
+        return Segmentation(*arrays)
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
-def _materialise(
-    lazy: Segmentation, stop: threading.Event
-) -> Generator[Progress, None, Segmentation]:
-    """Compute a lazy segmentation one block of leading-axis chunks at a time.
+def _zeros(shape: tuple[int, ...]) -> Any:
+    """Empty labels of ``shape``: in memory, or lazy when large."""
+    if math.prod(shape) <= IN_MEMORY_LIMIT:
+        return np.zeros(shape, np.uint8)
+    import dask.array as da
 
-    Labels and probabilities of a block are computed together, so the network runs
-    once per plane. Stop leaves the planes not reached at 0.
-    """
-    import dask
+    return da.zeros(shape, dtype=np.uint8)
 
-    labels = _empty_like(lazy.labels)
-    probabilities = None if lazy.probabilities is None else _empty_like(lazy.probabilities)
-    if lazy.labels.ndim == 2:
-        blocks = [slice(None)]
-    else:
-        bounds = np.cumsum((0, *lazy.labels.chunks[0]))
-        blocks = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    for index, where in enumerate(blocks, start=1):
-        if stop.is_set():
-            break
-        if probabilities is None:
-            labels[where] = lazy.labels[where].compute()
-        else:
-            labels[where], probabilities[:, where] = dask.compute(
-                lazy.labels[where], lazy.probabilities[:, where]
-            )
-        yield Progress(index, len(blocks), f"computed block {index}/{len(blocks)}")
-    return Segmentation(labels, probabilities, cancelled=stop.is_set())
+
+def _remove_when_collected(folder: Path, arrays: list[Any]) -> None:
+    """Remove ``folder`` once every one of ``arrays`` is garbage collected (or at exit)."""
+    remaining = [len(arrays)]
+
+    def release() -> None:
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    for array in arrays:
+        weakref.finalize(array, release)
 
 
 class SegmentWidget(ScrollingDock):

@@ -53,10 +53,10 @@ from napari_unet._widgets._plots import TrainingCurves
 from napari_unet._widgets._registry import REGISTRY
 from napari_unet.annotations import check_training_labels, count_planes, split_held_out_strip
 from napari_unet.checkpoint import TrainedModel
-from napari_unet.config import PRESETS, TARGET_CHANNELS, ModelConfig
+from napari_unet.config import PRESETS, TARGET_CHANNELS, TrainConfig
 from napari_unet.errors import ConfigError, DataError, ModelFileError
 from napari_unet.process import CHILD_PROCESSES, events_in_process
-from napari_unet.training import TrainConfig, TrainEvent, TrainResult, train_events
+from napari_unet.training import TrainEvent, TrainResult, train_events
 
 if TYPE_CHECKING:
     import napari
@@ -445,14 +445,13 @@ class TrainWidget(ScrollingDock):
         problem = self.init_model.problem()
         if problem:
             raise ModelFileError(problem)
-        in_channels = 3 if images[0].rgb else 1
-        model = ModelConfig.from_preset(
-            self.preset.currentText(), in_channels=in_channels, target=self.target.currentText()
-        )
         region = self.validation.currentText() == VALIDATION_REGION
         fraction = float(self.val_fraction.value())
-        config = TrainConfig(
-            model=model,
+        # The option names of the command line (TrainConfig.from_options builds both).
+        config = TrainConfig.from_options(
+            preset=self.preset.currentText(),
+            in_channels=3 if images[0].rgb else 1,
+            target=self.target.currentText(),
             epochs=self.epochs.value(),
             batch_size=self.batch_size.value(),
             learning_rate=learning_rate,

@@ -1,85 +1,190 @@
-"""Command-line options shared by the sub-commands that predict (predict, evaluate, tune).
+"""Command-line options shared by the sub-commands, built from the settings classes.
 
-One definition of each option and one translation into :class:`PredictConfig`, so the
-commands cannot drift apart.
+Every field of :mod:`napari_unet.config`'s classes is one option named after it
+(``learning_rate`` -> ``--learning-rate``; older spellings such as ``--lr`` stay as
+aliases), typed, bounded and explained by the field's :class:`~napari_unet.settings.Rule`,
+and read back into the class by :func:`config_from_args`, so no sub-command maps
+settings by hand and a new field is on the command line at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Generator
+from collections.abc import Callable, Collection, Generator
+from dataclasses import MISSING
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from napari_unet.config import PredictConfig, default_overlap
 from napari_unet.errors import DataError
 from napari_unet.io import find_dsb_samples, find_pairs, read_dsb_sample, read_image
+from napari_unet.settings import Rule, Settings, option_fields
 
 if TYPE_CHECKING:
-    from napari_unet.prediction import PredictConfig, Progress
+    from napari_unet.checkpoint import TrainedModel
+    from napari_unet.prediction import Progress
+
+S = TypeVar("S", bound=Settings)
+
+#: Prediction settings that change the results (tiling, device and speed options do not).
+RESULT_SETTINGS = (
+    "tta",
+    "threshold",
+    "separate",
+    "min_size",
+    "seed_threshold",
+    "core_threshold",
+    "fill_holes",
+    "labels_per_plane",
+)
 
 
-def add_prediction_arguments(parser: argparse.ArgumentParser | Any) -> None:
-    """Tiling, test-time augmentation, post-processing and device options."""
-    parser.add_argument("--tile", type=int, help="largest tile side (default: from free memory)")
+def add_overwrite_argument(parser: argparse.ArgumentParser | Any, option: str = "--out") -> None:
+    """``--overwrite``: allow writing into a folder holding another model's results."""
     parser.add_argument(
-        "--overlap", type=int, help="tile overlap (default 64, at most a quarter of --tile)"
-    )
-    parser.add_argument("--tile-batch", type=int, default=1, help="tiles per batch (default 1)")
-    parser.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
-    parser.add_argument(
-        "--compile",
+        "--overwrite",
         action="store_true",
-        help="torch.compile the network: tens of seconds once per tile shape, then faster "
-        "tiles (for large images and stacks)",
+        help=f"write into an {option} folder that holds results of another model or other "
+        "settings (refused otherwise, so that two runs never mix their outputs)",
     )
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        help="foreground probability (default: the model's tuned value, else 0.5)",
-    )
-    parser.add_argument(
-        "--min-size",
-        type=int,
-        help="remove objects under N pixels (default: the model's tuned value, else 8)",
-    )
-    parser.add_argument(
-        "--seed-threshold",
-        type=float,
-        help="contour models: boundary probability under which pixels seed objects "
-        "(default: the model's tuned value, else 0.5)",
-    )
-    parser.add_argument(
-        "--core-threshold",
-        type=float,
-        help="hysteresis: split objects where the foreground probability is over this, then "
-        "grow them to --threshold; 0 turns it off (default: the model's tuned value, else 0)",
-    )
-    parser.add_argument(
-        "--no-separate", action="store_true", help="connected components, no watershed split"
-    )
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
 
 
-def prediction_config(args: argparse.Namespace, **settings: Any) -> PredictConfig:
+def run_record(
+    command: str, model: TrainedModel, config: PredictConfig, **settings: Any
+) -> dict[str, Any]:
+    """What identifies the results of a run: command, model weights and result settings."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.network.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().flatten().numpy().tobytes())
+    used = config.for_model(model).to_dict()
+    return {
+        "command": command,
+        "model_sha256": digest.hexdigest(),
+        "settings": {**{key: used[key] for key in RESULT_SETTINGS}, **settings},
+    }
+
+
+#: How ``--help`` names the value of a number option.
+_METAVARS = {"int": "N", "float": "X", "ints": "N", "floats": "X"}
+
+
+class _Switch(argparse.Action):
+    """``--name`` sets True, ``--no-name`` False (BooleanOptionalAction, same help on 3.10)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        both = [text for option in option_strings for text in (option, "--no-" + option[2:])]
+        super().__init__(both, dest, nargs=0, **kwargs)
+
+    def __call__(
+        self, parser: Any, namespace: Any, values: Any, option_string: str | None = None
+    ) -> None:
+        setattr(namespace, self.dest, not (option_string or "").startswith("--no-"))
+
+    def format_usage(self) -> str:
+        return " | ".join(self.option_strings)
+
+
+def flag(name: str) -> str:
+    """The command-line flag of an option name: ``learning_rate`` -> ``--learning-rate``."""
+    return "--" + name.replace("_", "-")
+
+
+def _value_parser(rule: Rule) -> Callable[[str], Any]:
+    """Text to value for a number option; ``none`` (and the rule's none words) give None."""
+    number = int if rule.kind in ("int", "ints") else float
+    none_words = {"none", *rule.none_words} if rule.none is not None else set()
+
+    def parse(text: str) -> Any:
+        if text.lower() in none_words:
+            return None
+        try:
+            return number(text)
+        except ValueError:
+            kind = "a whole number" if number is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+
+    parse.__name__ = number.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _help(rule: Rule, default: Any) -> str:
+    if rule.kind == "bool":
+        return f"{rule.help} (default {'on' if default else 'off'})"
+    if default is None:
+        return f"{rule.help} (default: {rule.none})" if rule.none else rule.help
+    if isinstance(default, tuple):
+        default = " ".join(str(value) for value in default)
+    return f"{rule.help} (default {default})"
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser | Any,
+    cls: type[Settings],
+    *,
+    exclude: Collection[str] = (),
+    defaults: dict[str, Any] | None = None,
+) -> None:
+    """One option per setting of ``cls`` (see :func:`~napari_unet.settings.option_fields`).
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser or argument group
+        Where the options go.
+    cls : type
+        A settings class of :mod:`napari_unet.config`.
+    exclude : collection of str
+        Option names this command does not offer (each command says why).
+    defaults : dict, optional
+        Command-line defaults that differ from the field's (None: left to the command,
+        such as a model setting left to ``--preset``).
+    """
+    defaults = defaults or {}
+    for name, (item, rule) in option_fields(cls).items():
+        if name in exclude:
+            continue
+        default = defaults.get(name, None if item.default is MISSING else item.default)
+        options: dict[str, Any] = {"dest": name, "default": default, "help": _help(rule, default)}
+        if rule.kind == "bool":
+            options["action"] = _Switch
+        elif rule.kind in ("choice", "str"):
+            options["choices"] = rule.choices or None
+        elif rule.kind in ("ints", "floats"):
+            options.update(nargs="+", type=_value_parser(rule), metavar=_METAVARS[rule.kind])
+        elif rule.kind in ("int", "float"):
+            options.update(type=_value_parser(rule), metavar=_METAVARS[rule.kind])
+        elif rule.kind == "device":
+            options["metavar"] = "DEVICE"
+        parser.add_argument(flag(name), *rule.aliases, **options)
+
+
+def config_from_args(
+    args: argparse.Namespace, cls: type[S], *, exclude: Collection[str] = (), **settings: Any
+) -> S:
+    """The validated ``cls`` of :func:`add_config_arguments`'s options, plus ``settings``."""
+    values = {name: getattr(args, name) for name in option_fields(cls) if name not in exclude}
+    return cls.from_options(**{**values, **settings})
+
+
+def add_prediction_arguments(
+    parser: argparse.ArgumentParser | Any, exclude: Collection[str] = ()
+) -> None:
+    """Every :class:`~napari_unet.config.PredictConfig` setting but ``exclude``."""
+    # --overlap left out: 64, or a quarter of a smaller --tile-size (see prediction_config)
+    add_config_arguments(parser, PredictConfig, exclude=exclude, defaults={"overlap": None})
+
+
+def prediction_config(
+    args: argparse.Namespace, exclude: Collection[str] = (), **settings: Any
+) -> PredictConfig:
     """The validated :class:`PredictConfig` of the options above, plus ``settings``."""
-    # imported here so that building the parser (``--help``) does not load torch
-    from napari_unet.prediction import PredictConfig, default_overlap
-
-    return PredictConfig(
-        tile_size=args.tile,
-        overlap=default_overlap(args.tile) if args.overlap is None else args.overlap,
-        tile_batch=args.tile_batch,
-        tta=args.tta,
-        compile=args.compile,
-        threshold=args.threshold,
-        min_size=args.min_size,
-        seed_threshold=args.seed_threshold,
-        core_threshold=args.core_threshold,
-        separate=not args.no_separate,
-        device=args.device,
-        **settings,
-    )
+    config_args = argparse.Namespace(**vars(args))
+    if config_args.overlap is None:
+        config_args.overlap = default_overlap(config_args.tile_size)
+    return config_from_args(config_args, PredictConfig, exclude=exclude, **settings)
 
 
 def add_labelled_data_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,13 +8,22 @@ from pathlib import Path
 
 from napari_unet.cli._options import (
     add_labelled_data_arguments,
+    add_overwrite_argument,
     add_prediction_arguments,
     load_labelled_data,
     prediction_config,
+    run_record,
     run_with_progress_bar,
 )
+from napari_unet.io import check_output, check_run_record, write_run_record
 
 HELP = "predict labelled images and print pixel and instance metrics (DSB score, AP, PQ)"
+
+#: Prediction settings without an option here, and why.
+NOT_OPTIONS = {
+    "labels_per_plane": "evaluate scores 2D images",
+    "return_probabilities": "always on: the pixel scores need them",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="write image | truth | prediction PNGs to DIR",
     )
+    add_overwrite_argument(output, "--save-overlays")
     settings = parser.add_argument_group("prediction")
     settings.add_argument(
         "--resize",
@@ -41,22 +51,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="resize images and labels to N x N first (256 = the reference protocol)",
     )
-    add_prediction_arguments(settings)
+    add_prediction_arguments(settings, exclude=NOT_OPTIONS)
     settings.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the table (or JSON); returns the exit code."""
+    from napari_unet.config import DEFAULT_POSTPROCESS
     from napari_unet.evaluation import evaluate_events
-    from napari_unet.prediction import DEFAULT_POSTPROCESS, resolve_model
+    from napari_unet.prediction import resolve_model
 
-    config = prediction_config(args)
+    if args.csv is not None:
+        check_output(args.csv, "file", "--csv")
+    if args.save_overlays is not None:
+        check_output(args.save_overlays, "folder", "--save-overlays")
+    config = prediction_config(args, exclude=NOT_OPTIONS)
     model = resolve_model(args.model, config.device)
+    record = run_record("evaluate", model, config, resize=args.resize)
+    if args.save_overlays is not None:
+        check_run_record(args.save_overlays, record, args.overwrite, "--save-overlays")
     names, images, labels = load_labelled_data(args)
     events = evaluate_events(
-        model, images, labels, config, args.resize, names=names, overlay_dir=args.save_overlays
+        images,
+        labels,
+        model,
+        config,
+        resize=args.resize,
+        names=names,
+        overlay_dir=args.save_overlays,
     )
     report = run_with_progress_bar(events, args.quiet, unit="image")
+    if args.save_overlays is not None:
+        write_run_record(args.save_overlays, record)
     if args.csv is not None:
         report.write_csv(args.csv)
     # The post-processing the scores came from: the options given, else the model's tuned values.

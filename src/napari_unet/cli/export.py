@@ -60,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
     """Export the model; print where it went."""
     from napari_unet.checkpoint import load_model
     from napari_unet.export import FORMAT_SUFFIXES, export_model
+    from napari_unet.io import check_output
 
+    check_output(args.out, "file", "--out")
     model = load_model(args.model, device="cpu")
     fmt = args.format
     if fmt is None:

@@ -3,24 +3,41 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from napari_unet.blockwise import DEFAULT_BLOCK, DEFAULT_HALO
 from napari_unet.cli._options import (
+    add_overwrite_argument,
     add_prediction_arguments,
     prediction_config,
+    run_record,
     run_with_progress_bar,
 )
 from napari_unet.errors import DataError
-from napari_unet.io import IMAGE_SUFFIXES, atomic_write, list_images, read_image
+from napari_unet.io import (
+    IMAGE_SUFFIXES,
+    atomic_write,
+    check_finite,
+    check_memory,
+    check_output,
+    check_run_record,
+    image_header,
+    list_images,
+    read_image,
+    write_run_record,
+)
 
 HELP = "segment images, folders or TIFF/Zarr stacks with a model and write label TIFFs"
 
 _ZARR_SUFFIX = ".zarr"
+#: Rough peak bytes per pixel of predicting one plane in memory: network input,
+#: blended tile outputs, probabilities, labels and the watershed's working arrays.
+PLANE_BYTES_PER_PIXEL = 64
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,22 +53,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, required=True, help="folder for <name>_labels.tif (created)"
     )
+    # --return-probabilities (alias --save-probabilities) writes
+    # <name>_probabilities.tif (float32, channels first)
     add_prediction_arguments(parser)
-    parser.add_argument(
-        "--labels-per-plane", action="store_true", help="number each plane of a stack from 1"
-    )
     parser.add_argument(
         "--channel-axis", type=int, help="channel axis of multichannel images (RGB needs none)"
     )
-    parser.add_argument(
-        "--save-probabilities",
-        action="store_true",
-        help="also write <name>_probabilities.tif (float32, channels first)",
-    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    from napari_unet.distributed import add_scale_arguments
+    add_overwrite_argument(parser)
+    add_scale_arguments(parser)
 
-    add_scale_arguments(parser)  # --scheduler/--workers/--zarr/--block/--halo (scaling out)
+
+def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of block-wise segmentation (:func:`napari_unet.blockwise.segment_to_zarr`)."""
+    group = parser.add_argument_group(
+        "scaling out (--zarr, --scheduler or --workers write <name>_labels.zarr, block by block)"
+    )
+    group.add_argument(
+        "--scheduler",
+        metavar="NAME|ADDRESS",
+        help="dask scheduler: threads (default), processes, or the address of a "
+        "dask.distributed scheduler (e.g. tcp://host:8786 of a dask-jobqueue cluster)",
+    )
+    group.add_argument(
+        "--workers",
+        type=int,
+        help="number of local workers; without --scheduler, starts a dask.distributed "
+        "LocalCluster of N processes",
+    )
+    group.add_argument(
+        "--zarr",
+        action="store_true",
+        help="write an OME-Zarr label image (NGFF 0.4) instead of a TIFF",
+    )
+    group.add_argument(
+        "--block",
+        type=int,
+        default=DEFAULT_BLOCK,
+        help=f"block (and output chunk) side in pixels, also for Zarr inputs "
+        f"(default {DEFAULT_BLOCK})",
+    )
+    group.add_argument(
+        "--halo",
+        type=int,
+        default=DEFAULT_HALO,
+        help="context read around each block, about the largest object size "
+        f"(default {DEFAULT_HALO})",
+    )
+
+
+def wants_zarr(args: argparse.Namespace) -> bool:
+    """True when the outputs are to be block-wise Zarr label images."""
+    return bool(args.zarr or args.scheduler is not None or args.workers is not None)
 
 
 def _is_zarr(path: Path) -> bool:
@@ -88,7 +141,8 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
 
 
 def open_input(path: Path) -> Any:
-    """A Zarr store as a lazy dask array; any other image read into memory.
+    """A Zarr store as a lazy dask array (see :func:`napari_unet.blockwise.open_image`);
+    any other image read into memory.
 
     Raises
     ------
@@ -97,19 +151,38 @@ def open_input(path: Path) -> Any:
     """
     if not _is_zarr(path):
         return read_image(path)
-    import dask.array as da
-    import zarr
+    from napari_unet.blockwise import open_image
 
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as error:
-        raise DataError(f"could not open the Zarr store {str(path)!r}: {error}") from error
-    if not isinstance(node, zarr.Array):
-        # An OME-Zarr group keeps its full-resolution array under "0".
-        if "0" not in node:
-            raise DataError(f"{str(path)!r} is a Zarr group without an array '0'; give the array.")
-        node = node["0"]
-    return da.from_zarr(node)
+    return open_image(path)[0]
+
+
+def check_input(path: Path, in_channels: int, out_channels: int, args: argparse.Namespace) -> None:
+    """Check one input's memory need (from its header), layout and values (no NaN).
+
+    Raises
+    ------
+    DataError
+        If the image would not fit in memory, does not suit the model, or holds NaN/inf.
+    """
+    from napari_unet.layout import labels_shape
+
+    lazy = _is_zarr(path)
+    image = open_input(path) if lazy else None
+    declared = image.shape if lazy else image_header(path)[0]
+    # The two longest axes bound a plane from above, whichever axes the channels are.
+    plane = math.prod(sorted(declared)[-2:])
+    needed = plane * PLANE_BYTES_PER_PIXEL
+    if not lazy:
+        # the whole stack's labels (and probabilities) are held until written
+        needed += math.prod(declared) * 4 * (1 + (out_channels if args.return_probabilities else 0))
+    check_memory(
+        needed,
+        f"segmenting {str(path)!r} (shape {tuple(declared)})",
+        hint="crop it, or segment it block by block with --zarr",
+    )
+    image = open_input(path) if image is None else image
+    labels_shape(image.shape, in_channels, None, args.channel_axis)
+    check_finite(image, repr(str(path)))
 
 
 def _stem(path: Path) -> str:
@@ -139,19 +212,10 @@ def _write_planes(
 
 def run(args: argparse.Namespace) -> int:
     """Validate every input first, then segment and write; returns the exit code."""
-    from napari_unet.distributed import run_cli, wants_scale
-
-    if wants_scale(args):
-        return run_cli(args)  # block-wise Zarr output on a dask scheduler
-
-    from napari_unet.layout import labels_shape
     from napari_unet.prediction import predict_events, resolve_model
 
-    config = prediction_config(
-        args,
-        labels_per_plane=args.labels_per_plane,
-        return_probabilities=args.save_probabilities,
-    )
+    check_output(args.out, "folder", "--out")
+    config = prediction_config(args)
     model = resolve_model(args.model, config.device)
     sources = collect_inputs(args.inputs)
     stems = [_stem(path) for path in sources]
@@ -161,94 +225,93 @@ def run(args: argparse.Namespace) -> int:
             f"several inputs are named {repeated[:5]}; their outputs would overwrite each "
             "other. Segment them into different --out folders."
         )
+    record = run_record("predict", model, config, channel_axis=args.channel_axis)
+    check_run_record(args.out, record, args.overwrite, "--out")
     # Check every input before writing anything: a bad file in a batch leaves no output.
     for path in sources:
-        image = open_input(path)
-        labels_shape(image.shape, model.config.in_channels, None, args.channel_axis)
-        del image
-
-    args.out.mkdir(parents=True, exist_ok=True)
+        check_input(path, model.config.in_channels, model.config.out_channels, args)
+    write_run_record(args.out, record)
     for path, stem in zip(sources, stems):
+        if wants_zarr(args):
+            _segment_to_zarr(path, stem, config, args)
+            continue
         image = open_input(path)
         labels_path = args.out / f"{stem}_labels.tif"
-        probabilities_path = args.out / f"{stem}_probabilities.tif"
         if isinstance(image, np.ndarray):
             events = predict_events(image, model, config, channel_axis=args.channel_axis)
             result = run_with_progress_bar(events, args.quiet, unit="tile", desc=path.name)
-            labels = result.labels
-            planes = labels.reshape((-1, *labels.shape[-2:]))
-            _write_planes(labels_path, iter(planes), labels.shape, labels.dtype)
+            _write_stack(labels_path, result.labels)
             if config.return_probabilities:
-                probabilities = result.probabilities
-                planes = probabilities.reshape((-1, *probabilities.shape[-2:]))
-                _write_planes(probabilities_path, iter(planes), probabilities.shape, np.float32)
+                _write_stack(args.out / f"{stem}_probabilities.tif", result.probabilities)
         else:
-            _segment_lazy(image, model, config, args, labels_path, probabilities_path, path.name)
+            _segment_lazy(path, stem, config, args)
         print(f"{path} -> {labels_path}")
     return 0
 
 
-def _segment_lazy(
-    image: Any,
-    model: Any,
-    config: Any,
-    args: argparse.Namespace,
-    labels_path: Path,
-    probabilities_path: Path,
-    name: str,
-) -> None:
-    """Segment a dask stack plane by plane, streaming its labels to the TIFF.
+def _write_stack(path: Path, array: Any) -> None:
+    """Write a numpy or Zarr array plane by plane to a TIFF (one plane in memory)."""
+    planes = (array[index] for index in np.ndindex(*array.shape[:-2]))
+    _write_planes(path, planes, array.shape, array.dtype)
 
-    Objects are numbered per plane lazily and offset here while streaming, so the
-    labels are sequential over the stack while one plane at a time is in memory.
-    Probabilities, stored channel first, go through a disk-backed scratch array.
+
+def _segment_lazy(path: Path, stem: str, config: Any, args: argparse.Namespace) -> None:
+    """Segment a Zarr stack block by block into label (and probability) TIFFs.
+
+    The stack goes through :func:`napari_unet.blockwise.segment_to_zarr_events` into a
+    scratch folder in ``--out`` (removed however the run ends), then plane by plane into
+    the TIFFs: labels numbered as for an image in memory, one plane in memory at a time.
     """
-    import dataclasses
     import tempfile
 
-    import dask
-    from tqdm import tqdm
+    import zarr
 
-    from napari_unet.prediction import predict
+    from napari_unet.blockwise import segment_to_zarr_events
 
-    per_plane = dataclasses.replace(config, labels_per_plane=True)
-    result = predict(image, model, per_plane, channel_axis=args.channel_axis)
-    labels, probabilities = result.labels, result.probabilities
-    indices = list(np.ndindex(*labels.shape[:-2]))
     with tempfile.TemporaryDirectory(dir=args.out, prefix=".scratch-") as scratch:
-        store = (
-            np.lib.format.open_memmap(
-                Path(scratch) / "probabilities.npy", "w+", np.float32, probabilities.shape
-            )
-            if probabilities is not None
-            else None
+        probabilities = Path(scratch) / "probabilities.zarr"
+        events = segment_to_zarr_events(
+            path,
+            Path(scratch) / "labels.zarr",
+            args.model,
+            config,
+            block=args.block,
+            halo=args.halo,
+            ome=False,
+            channel_axis=args.channel_axis,
+            probabilities_out=probabilities if config.return_probabilities else None,
         )
-
-        def label_planes() -> Iterator[np.ndarray]:
-            offset = 0
-            for index in tqdm(
-                indices, desc=name, unit="plane", disable=args.quiet, file=sys.stderr
-            ):
-                if store is None:
-                    plane = labels[index].compute()
-                else:
-                    where = (slice(None), *index)
-                    # One computation gives both: the probabilities are not predicted twice.
-                    plane, plane_probabilities = dask.compute(labels[index], probabilities[where])
-                    store[where] = plane_probabilities
-                plane = plane.astype(np.uint32)
-                if not config.labels_per_plane:
-                    count = int(plane.max(initial=0))
-                    plane[plane > 0] += np.uint32(offset)
-                    offset += count
-                yield plane
-
-        _write_planes(labels_path, label_planes(), labels.shape, np.uint32)
-        if store is not None:
-            _write_planes(
-                probabilities_path,
-                iter(store.reshape((-1, *store.shape[-2:]))),
-                store.shape,
-                np.float32,
+        result = run_with_progress_bar(events, args.quiet, unit="task", desc=path.name)
+        _write_stack(args.out / f"{stem}_labels.tif", zarr.open_array(str(result.path), mode="r"))
+        if config.return_probabilities:
+            _write_stack(
+                args.out / f"{stem}_probabilities.tif",
+                zarr.open_array(str(probabilities), mode="r"),
             )
-            del store
+
+
+def _segment_to_zarr(path: Path, stem: str, config: Any, args: argparse.Namespace) -> None:
+    """Segment one input block by block into ``OUT/<stem>_labels.zarr`` (OME-Zarr)."""
+    from napari_unet.blockwise import segment_to_zarr_events
+
+    lazy = _is_zarr(path) or path.suffix.lower() in (".tif", ".tiff")
+    events = segment_to_zarr_events(
+        path if lazy else read_image(path),
+        args.out / f"{stem}_labels.zarr",
+        args.model,
+        config,
+        block=args.block,
+        halo=args.halo,
+        scheduler_name=args.scheduler,
+        workers=args.workers,
+        name=f"{stem}_labels",
+        channel_axis=args.channel_axis,
+        probabilities_out=(
+            args.out / f"{stem}_probabilities.zarr" if config.return_probabilities else None
+        ),
+    )
+    result = run_with_progress_bar(events, args.quiet, unit="task", desc=path.name)
+    print(
+        f"{path} -> {result.path} ({result.n_objects} objects, {result.n_blocks} blocks, "
+        f"{result.elapsed_s:.1f}s)"
+    )

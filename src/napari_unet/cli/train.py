@@ -7,10 +7,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from napari_unet.config import PRESETS, ModelConfig, NormalizationConfig
+from napari_unet.cli._options import add_config_arguments, config_from_args
+from napari_unet.config import ModelConfig, TrainConfig
 from napari_unet.errors import DataError
+from napari_unet.settings import option_fields
 
 HELP = "train a U-Net on image/label folders (or a DSB 2018 folder) and save the model"
+
+#: Settings without an option, and why.
+NOT_OPTIONS = {"in_channels": "read from the training images"}
+#: Model settings the command line leaves to --preset unless given.
+FROM_PRESET = {name: None for name in option_fields(ModelConfig) if name not in NOT_OPTIONS}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,98 +38,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--val-dsb", type=Path, metavar="DIR", help="DSB 2018 folder used for validation"
     )
-    data.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.1,
-        help="share of the training pairs held out for validation when no validation "
-        "folder is given (default 0.1)",
+    model = parser.add_argument_group(
+        "model", "settings not given (architecture, base filters, depth) come from --preset"
     )
-    data.add_argument(
-        "--label-mode",
-        choices=("instance", "binary", "sparse"),
-        default="instance",
-        help="instance labels (default), binary masks, or sparse scribbles "
-        "(0 = unannotated, 1 = background, 2 = object)",
-    )
-    model = parser.add_argument_group("model")
     model.add_argument(
         "--out", type=Path, required=True, metavar="MODEL", help="model file to write (*.pt)"
     )
-    model.add_argument(
-        "--preset", choices=sorted(PRESETS), default="fast", help="network size (default fast)"
-    )
-    model.add_argument(
-        "--target",
-        choices=("foreground", "contour", "distance"),
-        default="foreground",
-        help="what the network learns (default foreground)",
-    )
-    model.add_argument(
-        "--deep-supervision", action="store_true", help="U-Net++ only: one loss per nested level"
-    )
-    model.add_argument(
-        "--normalization",
-        choices=("percentile", "minmax", "none"),
-        default="percentile",
-        help="per-image intensity normalisation (default percentile 1-99.8)",
+    add_config_arguments(
+        model, ModelConfig, exclude=NOT_OPTIONS, defaults={**FROM_PRESET, "preset": "fast"}
     )
     model.add_argument("--init", metavar="MODEL", help="model file (or 'default') to fine-tune")
     model.add_argument(
         "--resume", type=Path, metavar="CKPT", help="resume checkpoint (*.ckpt.pt) to continue"
     )
-    model.add_argument("--half", action="store_true", help="save the weights as float16")
     run = parser.add_argument_group("training")
-    run.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
-    run.add_argument(
-        "--steps-per-epoch",
-        type=int,
-        help="batches per epoch (default: enough patches to cover the training images once)",
-    )
-    run.add_argument("--batch-size", type=int, default=8, help="patches per step (default 8)")
-    run.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
-    run.add_argument(
-        "--schedule",
-        choices=("plateau", "onecycle", "cosine"),
-        default="plateau",
-        help="learning-rate schedule (default plateau: x0.1 after --plateau-patience epochs)",
-    )
-    run.add_argument("--plateau-patience", type=int, default=5, help="default 5")
-    run.add_argument(
-        "--early-stopping",
-        type=int,
-        default=10,
-        help="stop after this many epochs without improvement (0 = never; default 10)",
-    )
-    run.add_argument("--patch-size", type=int, default=256, help="patch side (default 256)")
-    run.add_argument(
-        "--sampling",
-        choices=("area", "image"),
-        default="area",
-        help="pick patch images by area (default) or uniformly",
-    )
-    run.add_argument(
-        "--loss", choices=("bce", "dice", "bce+dice"), default="bce", help="default bce"
-    )
-    run.add_argument(
-        "--contact-weight",
-        type=int,
-        default=1,
-        metavar="W",
-        help="loss weight of the pixels between touching objects, 1 (default, off) to 100; "
-        "higher values split touching objects more, and single ones too (check on held-out "
-        "images)",
-    )
-    run.add_argument(
-        "--loader-threads",
-        type=int,
-        default=None,
-        metavar="N",
-        help="threads preparing batches ahead of the step (default: 0 on a CPU, up to 4 on a GPU)",
-    )
-    run.add_argument("--no-augment", action="store_true", help="switch augmentation off")
-    run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    run.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    add_config_arguments(run, TrainConfig, exclude=[*FROM_PRESET, *NOT_OPTIONS])
     run.add_argument(
         "--log", type=Path, metavar="CSV", help="CSV log (default: next to --out, *.csv)"
     )
@@ -162,39 +92,14 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_unet.data import infer_in_channels
-    from napari_unet.distributed import quiet_unless_main
-    from napari_unet.training import TrainConfig, train_events
+    from napari_unet.ddp import quiet_unless_main
+    from napari_unet.training import train_events
 
     if not quiet_unless_main():
         args.quiet = True  # under torchrun, rank 0 alone shows progress and the summary
     images, labels, val_images, val_labels, description = _load(args)
-    model_config = ModelConfig.from_preset(
-        args.preset,
-        in_channels=infer_in_channels(images, labels),
-        target=args.target,
-        deep_supervision=args.deep_supervision,
-        normalization=NormalizationConfig(mode=args.normalization),
-    )
-    config = TrainConfig(
-        model=model_config,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        patch_size=args.patch_size,
-        augment=not args.no_augment,
-        loss=args.loss,
-        label_mode=args.label_mode,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        early_stopping_patience=args.early_stopping or None,
-        plateau_patience=args.plateau_patience,
-        device=args.device,
-        steps_per_epoch=args.steps_per_epoch,
-        schedule=args.schedule,
-        sampling=args.sampling,
-        half_precision=args.half,
-        loader_threads=args.loader_threads,
-        contact_weight=args.contact_weight,
+    config = config_from_args(
+        args, TrainConfig, exclude=NOT_OPTIONS, in_channels=infer_in_channels(images, labels)
     )
     log = args.log if args.log is not None else args.out.with_suffix(".csv")
     events = train_events(

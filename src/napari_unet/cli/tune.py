@@ -6,12 +6,31 @@ import argparse
 from pathlib import Path
 
 from napari_unet.cli._options import (
+    add_config_arguments,
     add_labelled_data_arguments,
+    add_prediction_arguments,
+    config_from_args,
     load_labelled_data,
+    prediction_config,
     run_with_progress_bar,
 )
+from napari_unet.config import PostprocessGrid
 
 HELP = "choose the post-processing (thresholds, minimum size) on labelled images; store it"
+
+
+#: Prediction settings without an option here, and why: the grid varies the post-processing
+#: (``separate`` and ``fill_holes`` keep their defaults there), and it scores 2D images.
+NOT_OPTIONS = {
+    "threshold": "the grid's --thresholds",
+    "seed_threshold": "the grid's --seed-thresholds",
+    "core_threshold": "the grid's --core-thresholds",
+    "min_size": "the grid's --min-sizes",
+    "separate": "tuning splits touching objects as prediction does by default",
+    "fill_holes": "tuning fills holes as prediction does by default",
+    "labels_per_plane": "tune scores 2D images",
+    "return_probabilities": "always on: tuning re-uses them",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,22 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model file (*.pt) or 'default'")
     add_labelled_data_arguments(parser)
     grid = parser.add_argument_group("values to try")
-    grid.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.6, 0.7])
-    grid.add_argument(
-        "--seed-thresholds",
-        type=float,
-        nargs="+",
-        default=[0.4, 0.5, 0.6],
-        help="contour models only",
-    )
-    grid.add_argument(
-        "--core-thresholds",
-        type=float,
-        nargs="+",
-        default=[0.0, 0.85, 0.9],
-        help="hysteresis; 0 = off",
-    )
-    grid.add_argument("--min-sizes", type=int, nargs="+", default=[8, 16, 32])
+    add_config_arguments(grid, PostprocessGrid)
     grid.add_argument(
         "--rank-by",
         choices=["f1_50", "dsb_score"],
@@ -60,32 +64,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also estimate the score of settings chosen on other images: N random halvings",
     )
     settings = parser.add_argument_group("prediction")
-    settings.add_argument("--tta", action="store_true", help="average the 8 flips/rotations")
-    settings.add_argument("--tile", type=int, help="largest tile side (default: from free memory)")
-    settings.add_argument("--device", default="auto", help="auto (default), cpu, cuda, mps")
+    add_prediction_arguments(settings, exclude=NOT_OPTIONS)
     settings.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     """Tune, print the best rows, optionally write the tuned model; returns the exit code."""
     from napari_unet.errors import ConfigError
-    from napari_unet.prediction import PredictConfig, default_overlap, resolve_model
-    from napari_unet.tuning import PostprocessGrid, tune_events
+    from napari_unet.io import check_output
+    from napari_unet.prediction import resolve_model
+    from napari_unet.tuning import tune_events
 
-    grid = PostprocessGrid(
-        tuple(args.thresholds),
-        tuple(args.seed_thresholds),
-        tuple(args.core_thresholds),
-        tuple(args.min_sizes),
-    )
+    grid = config_from_args(args, PostprocessGrid)
     if args.holdout_splits < 0:
         raise ConfigError(f"--holdout-splits must be 0 or more, got {args.holdout_splits}.")
-    config = PredictConfig(
-        tile_size=args.tile, overlap=default_overlap(args.tile), tta=args.tta, device=args.device
-    )
+    if args.out is not None:
+        check_output(args.out, "file", "--out")
+    config = prediction_config(args, exclude=NOT_OPTIONS)
     model = resolve_model(args.model, config.device)
     names, images, labels = load_labelled_data(args)
-    events = tune_events(model, images, labels, grid, args.rank_by, config, names=names)
+    events = tune_events(
+        images, labels, model, config, grid=grid, rank_by=args.rank_by, names=names
+    )
     result = run_with_progress_bar(events, args.quiet, unit="step")
     print(f"{len(images)} images, model target {model.config.target}, ranked by {args.rank_by}")
     print(result.format_table())

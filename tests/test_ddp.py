@@ -1,4 +1,4 @@
-"""Training under torchrun: DistributedDataParallel on 2 CPU processes with gloo."""
+"""torchrun helpers (napari_unet.ddp): DDP training on 2 CPU processes with gloo."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import tifffile
 import napari_unet
 from conftest import make_blobs
 from napari_unet.checkpoint import load_model
-from napari_unet.distributed import ProcessGroup, environment_group, rank_rng
+from napari_unet.ddp import ProcessGroup, environment_group, rank_rng
 
 
 def torchrun(

@@ -1,8 +1,9 @@
-"""Block-wise segmentation on dask / dask.distributed (napari_unet.distributed)."""
+"""Block-wise segmentation on dask / dask.distributed (napari_unet.blockwise)."""
 
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -10,16 +11,17 @@ import tifffile
 import zarr
 
 from conftest import make_blobs, make_threshold_model
-from napari_unet.checkpoint import save_model
-from napari_unet.cli import main
-from napari_unet.distributed import (
+from napari_unet.blockwise import (
     loaded_models,
     match_strips,
     open_image,
     relabel_tables,
     segment_to_zarr,
+    segment_to_zarr_events,
 )
-from napari_unet.prediction import PredictConfig, predict
+from napari_unet.checkpoint import save_model
+from napari_unet.errors import DataError
+from napari_unet.prediction import PredictConfig, predict, segment
 
 CONFIG = PredictConfig(tile_size=256, overlap=16, min_size=4)
 
@@ -44,7 +46,7 @@ def stack() -> np.ndarray:
     return np.stack(images)
 
 
-def test_local_cluster_gives_the_in_memory_labels(tmp_path, model_file, stack, capsys) -> None:
+def test_local_cluster_gives_the_in_memory_labels(tmp_path, model_file, stack) -> None:
     distributed = pytest.importorskip("distributed")
     source = tmp_path / "stack.zarr"
     zarr.create_array(str(source), data=stack, chunks=(1, 48, 48))
@@ -61,11 +63,7 @@ def test_local_cluster_gives_the_in_memory_labels(tmp_path, model_file, stack, c
             block=40,
             halo=24,
             scheduler_name=cluster.scheduler_address,
-            progress=True,
         )
-    # The cluster's progress bar goes to stderr; stdout stays for results.
-    captured = capsys.readouterr()
-    assert "100% Completed" in captured.err and captured.out == ""
     labels = np.asarray(result.open())
     assert result.n_blocks == 3 * 3 * 3 and result.merged > 0
     assert labels.shape == stack.shape and labels.max() == result.n_objects
@@ -169,45 +167,66 @@ def test_match_strips_and_relabel_tables() -> None:
     assert tables[0].tolist() == [0, 1, 2] and tables[1].tolist() == [0, 2, 3]
 
 
-def test_cli_predict_zarr_output_and_errors(tmp_path, model_file, stack, capsys) -> None:
-    source = tmp_path / "stack.zarr"
-    zarr.create_array(str(source), data=stack, chunks=(1, 48, 48))
+def test_one_block_per_plane_gives_exactly_the_in_memory_result(tmp_path, model_file, stack):
+    config = PredictConfig(tile_size=64, overlap=16, min_size=4, return_probabilities=True)
+    expected = predict(stack, model_file, config)
+    result = segment_to_zarr(
+        stack,
+        tmp_path / "labels.zarr",
+        model_file,
+        config,
+        ome=False,
+        probabilities_out=tmp_path / "probabilities.zarr",
+    )
+    labels = zarr.open_array(str(result.path), mode="r")[:]
+    np.testing.assert_array_equal(labels, expected.labels)  # same ids: 1..N over the stack
+    assert labels.dtype == expected.labels.dtype == result.dtype
+    probabilities = zarr.open_array(str(result.probabilities), mode="r")[:]
+    np.testing.assert_allclose(probabilities, expected.probabilities, atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "labels.zarr",
+        "probabilities.zarr",
+        "threshold.pt",
+    ]
+
+
+def test_stop_and_errors_write_nothing_and_leave_no_scratch(tmp_path, model_file, stack):
     out = tmp_path / "out"
-    code = main(
-        [
-            "predict",
-            "--model",
-            str(model_file),
-            str(source),
-            "--out",
-            str(out),
-            "--scheduler",
-            "threads",
-            "--workers",
-            "2",
-            "--block",
-            "48",
-            "--tile",
-            "256",
-            "--overlap",
-            "16",
-            "--min-size",
-            "4",
-            "--quiet",
-        ]
+    out.mkdir()
+    stop = threading.Event()
+    events = segment_to_zarr_events(
+        stack, out / "labels.zarr", model_file, CONFIG, block=48, workers=1, stop=stop
     )
-    assert code == 0
-    labels = zarr.open_array(str(out / "stack_labels.zarr" / "0"), mode="r")[:]
-    assert same_up_to_relabelling(predict(stack, model_file, CONFIG).labels, labels)
-    code = main(
-        [
-            "predict",
-            "--model",
-            str(model_file),
-            str(tmp_path / "missing.tif"),
-            "--out",
-            str(out),
-            "--zarr",
-        ]
+    progress = next(events)
+    assert 0 < progress.done < progress.total
+    stop.set()
+    with pytest.raises(StopIteration) as finished:
+        next(events)
+    assert finished.value.value.cancelled
+    assert list(out.iterdir()) == []  # neither the labels nor the scratch folder
+
+    broken = stack.astype(np.float32)
+    broken[1, 5, 5] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        segment_to_zarr(broken, out / "labels.zarr", model_file, CONFIG, block=48)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("channel_axis", [None, 1])
+def test_colour_and_channel_axes_are_read_as_predict_reads_them(tmp_path, stack, channel_axis):
+    model = make_threshold_model(in_channels=3)
+    if channel_axis is None:  # RGBA, channels last: alpha dropped
+        image = np.stack([stack, stack, stack, np.full_like(stack, 255)], axis=-1)
+    else:  # (Z, C, Y, X)
+        image = np.stack([stack, stack // 2, stack], axis=1)
+    expected = segment(image, model, CONFIG, channel_axis=channel_axis)
+    result = segment_to_zarr(
+        image,
+        tmp_path / "labels.zarr",
+        model,
+        CONFIG,
+        ome=False,
+        channel_axis=channel_axis,
+        scheduler_name="synchronous",
     )
-    assert code == 2 and "does not exist" in capsys.readouterr().err
+    np.testing.assert_array_equal(zarr.open_array(str(result.path), mode="r")[:], expected)

@@ -419,3 +419,16 @@ def test_an_export_shows_a_busy_bar_until_it_ends(viewer, qtbot, tmp_path):
     assert widget.status.text().startswith("Exporting the model to")
     qtbot.waitUntil(lambda: widget.export_worker is None, timeout=TIMEOUT_MS)
     assert widget.progress.maximum() == 1
+
+
+def test_segment_follows_a_new_model_unless_it_is_flagged_poor(viewer, tiny_model):
+    widget = dock(viewer)
+    assert widget.model.combo.currentText() == "tiny test model #1"
+    poor = REGISTRY.add(tiny_model, "one step", poor=True)
+    assert widget.model.combo.currentText() == "tiny test model #1"
+    assert poor.name in widget.model.choices()
+    good = REGISTRY.add(tiny_model, "trained")
+    assert widget.model.combo.currentText() == good.name
+    # A Segment widget opened later starts on the newest model that is not poor.
+    REGISTRY.add(tiny_model, "another step", poor=True)
+    assert dock(viewer).model.combo.currentText() == good.name

@@ -8,7 +8,7 @@ import torch
 
 from conftest import blob_pair
 from napari_unet._widgets import TrainWidget
-from napari_unet._widgets._registry import REGISTRY
+from napari_unet._widgets._registry import POOR_DICE, REGISTRY
 from napari_unet._widgets._train import PHASE_TEXT
 from napari_unet.checkpoint import TrainedModel
 
@@ -79,7 +79,7 @@ def test_train_two_epochs_draws_curves_and_registers_model(viewer_with_pair, qtb
     assert result.model.metadata["train_config"]["contact_weight"] == 10
     # The input layers are untouched and the widget is ready for another run.
     assert widget.start_button.isEnabled() and not widget.stop_button.isEnabled()
-    assert "ready in the Segment widget" in widget.status.text()
+    assert entries[0].name in widget.status.text()  # poor or ready: see the tests below
 
 
 def test_stop_mid_run_keeps_a_usable_model(viewer_with_pair, qtbot):
@@ -139,6 +139,26 @@ def test_stop_keeps_saying_stopping_and_no_step_starts_after_the_current_one(
     assert all(text == "Stopping after this step…" for _, text in after_stop), after_stop
     assert widget.result.cancelled
     assert widget.status.text().startswith("Stopped")
+
+
+def test_a_poor_model_is_flagged_and_segment_keeps_its_model(viewer_with_pair, qtbot):
+    _, segment = viewer_with_pair.window.add_plugin_dock_widget("napari-unet", "Segment")
+    chosen = segment.model.combo.currentText()
+    widget = dock(viewer_with_pair)
+    tiny_settings(widget, epochs=1, steps=1)
+    widget.learning_rate.setText("1e-7")  # one step that learns nothing
+    widget.update_state()
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+
+    dice = widget.result.model.metadata["val_metrics"]["dice"]
+    assert dice < POOR_DICE
+    (entry,) = REGISTRY.entries()
+    assert entry.poor and entry.model is widget.result.model
+    assert f"val Dice {dice:.3f}: poor" in widget.status.text()
+    assert "Segment widget keeps its model" in widget.status.text()
+    assert segment.model.combo.currentText() == chosen  # not switched to the poor model
+    assert entry.name in segment.model.choices()  # but offered
 
 
 def test_fine_tune_a_session_model_on_scribbles(viewer_with_pair, qtbot):

@@ -100,10 +100,13 @@ class ScrollingDock(QWidget):
 class HintLabel(QLabel):
     """A word-wrapped label that says why an action is unavailable (empty when it is)."""
 
+    #: Amber: a warning, not an error.
+    COLOUR = "#e0a040"
+
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWordWrap(True)
-        self.setStyleSheet("color: #e0a040;")
+        self.setStyleSheet(f"color: {self.COLOUR};")
         self.hide()
 
     def show_hint(self, text: str | None) -> None:
@@ -214,7 +217,8 @@ class ModelPicker(QWidget):
     allow_scratch : bool
         Offer "none (from scratch)" first (the Train widget's fine-tune choice).
     follow_new : bool
-        Select each newly trained model as it appears (the Segment widget).
+        Select each newly trained model as it appears (the Segment widget), unless it
+        is flagged poor.
     """
 
     SCRATCH = "none (train from scratch)"
@@ -260,15 +264,17 @@ class ModelPicker(QWidget):
         self.combo.blockSignals(True)
         self.combo.clear()
         self.combo.addItems(items)
+        usable = [entry for entry in REGISTRY.entries() if not entry.poor]
         if current in items:
             self.combo.setCurrentText(current)
-        elif not self._allow_scratch and len(items) > 1 and REGISTRY.entries():
-            self.combo.setCurrentText(REGISTRY.entries()[-1].name)
+        elif not self._allow_scratch and usable:
+            self.combo.setCurrentText(usable[-1].name)
         self.combo.blockSignals(False)
         self._on_choice()
 
     def _on_registry(self, entry: SessionModel | None) -> None:
-        self._fill(select=entry.name if entry is not None and self._follow_new else None)
+        follow = entry is not None and self._follow_new and not entry.poor
+        self._fill(select=entry.name if follow else None)
 
     def _on_choice(self, *_: Any) -> None:
         self._file_row.setVisible(self.combo.currentText() == self.FILE)
@@ -399,9 +405,10 @@ class RunControls(QWidget):
         self.run_button.setEnabled(hint is None and not self.running)
         self.stop_button.setEnabled(self.running and not self.stop_event.is_set())
 
-    def say(self, text: str, error: bool = False) -> None:
-        """Show ``text`` in the status line, in red for an ``error``."""
-        self.status.setStyleSheet("color: #e05050;" if error else "")
+    def say(self, text: str, error: bool = False, warning: bool = False) -> None:
+        """Show ``text`` in the status line, red for an ``error``, amber for a ``warning``."""
+        colour = "#e05050" if error else HintLabel.COLOUR if warning else None
+        self.status.setStyleSheet(f"color: {colour};" if colour else "")
         self.status.setText(text)
 
     @property

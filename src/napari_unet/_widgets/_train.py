@@ -50,7 +50,7 @@ from napari_unet._widgets._common import (
     shrink,
 )
 from napari_unet._widgets._plots import TrainingCurves
-from napari_unet._widgets._registry import REGISTRY
+from napari_unet._widgets._registry import POOR_DICE, REGISTRY
 from napari_unet.annotations import check_training_labels, count_planes, split_held_out_strip
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.config import PRESETS, TARGET_CHANNELS, TrainConfig
@@ -569,12 +569,21 @@ class TrainWidget(ScrollingDock):
 
     def _on_result(self, result: TrainResult) -> None:
         self.result = result
-        entry = REGISTRY.add(result.model, self._label, result.model_path)
-        how = "Stopped" if result.cancelled else "Stopped early" if result.stopped_early else "Done"
         dice = result.model.metadata.get("val_metrics", {}).get("dice")
-        quality = f", val Dice {dice:.3f}" if dice is not None else ""
+        poor = dice is None or not dice >= POOR_DICE  # NaN or unknown counts as poor
+        entry = REGISTRY.add(result.model, self._label, result.model_path, poor=poor)
+        how = "Stopped" if result.cancelled else "Stopped early" if result.stopped_early else "Done"
+        quality = f", val Dice {dice:.3f}" if dice is not None else ", not validated"
         saved = f" Saved to {result.model_path}." if result.model_path else ""
-        self.status.setText(
+        if poor:
+            self.controls.say(
+                f"{how}: best epoch {result.best_epoch}{quality}: poor (under {POOR_DICE}). "
+                f"The Segment widget keeps its model; pick {entry.name!r} there to use it "
+                f"anyway. Train longer (more epochs or steps) or label more.{saved}",
+                warning=True,
+            )
+            return
+        self.controls.say(
             f"{how}: best epoch {result.best_epoch}{quality}. Model {entry.name!r} is ready "
             f"in the Segment widget.{saved}"
         )

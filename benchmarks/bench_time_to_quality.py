@@ -35,7 +35,8 @@ import torch
 from napari_unet.config import ModelConfig
 from napari_unet.data import load_dsb, prepare_training_planes
 from napari_unet.metrics import pixel_metrics
-from napari_unet.training import TrainConfig, _Run, train_events
+from napari_unet.training import TrainConfig, train_events
+from napari_unet.training_run import TrainingRun
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +73,7 @@ def calibrate(
     from napari_unet.model import build_model
 
     network = build_model(model_config)
-    run = _Run(config, model_config, network, torch.device("cpu"), steps_per_epoch=10_000)
+    run = TrainingRun(config, model_config, network, torch.device("cpu"), steps_per_epoch=10_000)
     sampler = PatchSampler(
         planes, config.patch_size, config.sampling, config.augment, np.random.default_rng(0)
     )

@@ -23,7 +23,8 @@ import torch
 from napari_unet.config import ModelConfig, NormalizationConfig
 from napari_unet.data import PatchSampler, load_pairs_from_folders, prepare_training_planes
 from napari_unet.model import build_model, select_device
-from napari_unet.training import TrainConfig, _Run
+from napari_unet.training import TrainConfig
+from napari_unet.training_run import TrainingRun
 
 
 def main() -> None:
@@ -56,7 +57,7 @@ def main() -> None:
     sampler = PatchSampler(planes, args.patch_size, "image", True, np.random.default_rng(0))
     network = build_model(config).to(device)
     train_config = TrainConfig(model=config, device=str(device))
-    run = _Run(train_config, config, network, device, 1)
+    run = TrainingRun(train_config, config, network, device, 1)
     threads = train_config.resolved_loader_threads(device)  # what training will use
     for batch in sampler.epoch_batches(args.batch_size, 3, threads):
         run.train_step(batch)  # warm-up

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import re
+import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import make_blobs
-from napari_unet.checkpoint import load_model
+from napari_unet.checkpoint import load_model, model_payload
 from napari_unet.cli import main
-from napari_unet.io import write_png
+from napari_unet.config import ModelConfig
+from napari_unet.io import write_png, write_tiff
+from napari_unet.model import build_model
+from napari_unet.training_run import CHECKPOINT_FORMAT
+from test_training import read_only_folder
 
 FAST = [
     "--preset",
@@ -125,12 +133,33 @@ def error_cases(tmp_path: Path) -> dict[str, list[str]]:
     # Stems that do not match
     odd_images, odd_labels = write_pairs(tmp_path / "stems")
     (odd_labels / "img2.png").rename(odd_labels / "other.png")
+    # A label file with a negative id
+    minus_images, minus_labels = write_pairs(tmp_path / "negative")
+    negative = np.zeros((40, 40), np.int16)
+    negative[5:10, 5:10] = -3
+    (minus_labels / "img1.png").unlink()
+    write_tiff(minus_labels / "img1.tif", negative)
+    # A resume checkpoint whose training state holds nothing but its tag
+    config = ModelConfig.from_preset("tiny", in_channels=3)
+    damaged = model_payload(build_model(config), config)
+    damaged["training_state"] = {"format": CHECKPOINT_FORMAT}
+    torch.save(damaged, tmp_path / "damaged.ckpt.pt")
+    torch.save(model_payload(build_model(config), config), tmp_path / "model.pt")
     return {
         "missing folder": ["--images", str(tmp_path / "nope"), "--labels", str(labels)],
         "only images": ["--images", str(images)],
         "shape mismatch": ["--images", str(bad_images), "--labels", str(bad_labels)],
         "empty labels": ["--images", str(empty_images), "--labels", str(empty_labels)],
         "unmatched stems": ["--images", str(odd_images), "--labels", str(odd_labels)],
+        "negative label ids": ["--images", str(minus_images), "--labels", str(minus_labels)],
+        "damaged checkpoint": [
+            *("--images", str(images), "--labels", str(labels)),
+            *("--resume", str(tmp_path / "damaged.ckpt.pt")),
+        ],
+        "resume a model file": [
+            *("--images", str(images), "--labels", str(labels)),
+            *("--resume", str(tmp_path / "model.pt")),
+        ],
         "bad lr": ["--images", str(images), "--labels", str(labels), "--lr", "3"],
         "bad contact weight": [
             *("--images", str(images), "--labels", str(labels), "--contact-weight", "0")
@@ -166,6 +195,55 @@ def test_user_errors_exit_2_and_write_nothing(tmp_path, capsys) -> None:
         assert code == 2, name
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, (name, err)
         assert not out_dir.exists() or not any(out_dir.iterdir()), name
+
+
+def test_bad_outputs_are_refused_before_reading_data(tmp_path, capsys) -> None:
+    (tmp_path / "existing").mkdir()
+    (tmp_path / "a-file").write_text("not a folder")
+    cases = {
+        "out is a folder": (["--out", str(tmp_path / "existing")], "is a folder"),
+        "parent is a file": (["--out", str(tmp_path / "a-file" / "m.pt")], "is a file"),
+        "read-only folder": (
+            ["--out", str(read_only_folder(tmp_path) / "m.pt")],
+            "is not writable",
+        ),
+        "log is a folder": (
+            ["--out", str(tmp_path / "m.pt"), "--log", str(tmp_path / "existing")],
+            "--log.* is a folder",
+        ),
+    }
+    # The data folders do not exist: an error about them would mean they were read first.
+    missing_data = ["--images", str(tmp_path / "no-images"), "--labels", str(tmp_path / "no")]
+    for name, (outputs, message) in cases.items():
+        before = sorted(tmp_path.rglob("*"))
+        code = main(["train", *outputs, *missing_data, *FAST])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: "), (name, err)
+        assert len(err.strip().splitlines()) == 1 and re.search(message, err), (name, err)
+        assert sorted(tmp_path.rglob("*")) == before, name
+
+
+def test_a_full_disk_is_one_error_line_and_keeps_the_model(tmp_path) -> None:
+    images, labels = write_pairs(tmp_path / "data")
+    out = tmp_path / "m.pt"
+    args = ["train", "--images", str(images), "--labels", str(labels), "--out", str(out), *FAST]
+    assert main(args) == 0
+    before = out.read_bytes()
+
+    def limit_file_size() -> None:  # as on a full disk, every write past 4 KiB fails
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "napari_unet", *args, "--seed", "3"],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size,
+        check=False,
+    )
+    assert completed.returncode == 2 and completed.stderr.startswith("error: "), completed.stderr
+    assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr
+    assert out.read_bytes() == before
 
 
 def test_python_dash_m_runs_the_same_cli(tmp_path) -> None:

@@ -18,7 +18,8 @@ from napari_unet.config import ModelConfig
 from napari_unet.metrics import pixel_metrics
 from napari_unet.model import build_model
 from napari_unet.prediction import predict
-from napari_unet.training import TrainConfig, _Run, default_checkpoint_path, train
+from napari_unet.training import TrainConfig, default_checkpoint_path, train
+from napari_unet.training_run import TrainingRun
 from test_ddp import torchrun, write_blob_folders
 from test_training import small_config
 
@@ -28,7 +29,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_training_step_runs_bf16_channels_last() -> None:
     config = ModelConfig.from_preset("tiny", base_filters=8, depth=2, in_channels=3)
     network = build_model(config).to("cuda")
-    run = _Run(TrainConfig(model=config, device="cuda"), config, network, torch.device("cuda"), 1)
+    run = TrainingRun(
+        TrainConfig(model=config, device="cuda"), config, network, torch.device("cuda"), 1
+    )
     first_conv = next(m for m in network.modules() if isinstance(m, torch.nn.Conv2d))
     seen: dict[str, object] = {}
 

@@ -1,4 +1,4 @@
-"""Tests of the input preparation in napari_unet.data: normalisation of laid-out planes.
+"""Tests of the input preparation in napari_unet.data: normalisation of laid-out planes, labels.
 
 (Datasets, patches and targets of data.py are tested in test_data.py; the channel
 layout in test_layout.py.)
@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from napari_unet.config import NormalizationConfig
-from napari_unet.data import apply_intensity_range, intensity_range, normalize, prepare_plane
+from napari_unet.data import (
+    apply_intensity_range,
+    checked_labels,
+    intensity_range,
+    normalize,
+    prepare_plane,
+)
 from napari_unet.errors import DataError
 from napari_unet.layout import to_channels_first
 
@@ -77,3 +83,34 @@ def test_a_range_computed_once_applies_to_any_region(mode: str) -> None:
     assert not apply_intensity_range(image, 5.0, 5.0).any()  # a constant range: zeros
     with pytest.raises(DataError, match="NaN"):
         intensity_range(np.array([[1.0, np.inf]]), config)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        np.array([[0, 1], [2, 3]], np.uint16),
+        np.array([[0, 1], [2, 3]], np.int32),
+        np.array([[0.0, 1.0], [2.0, 3.0]], np.float32),  # whole floats, as some TIFFs hold
+        np.array([[False, True], [True, False]]),
+    ],
+)
+def test_checked_labels_accepts_whole_non_negative_numbers(labels: np.ndarray) -> None:
+    out = checked_labels(labels, "pair 0")
+    assert out.dtype == np.int64 and np.array_equal(out, labels.astype(np.int64))
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (np.array([[0, -1], [2, 3]], np.int16), "pair 4: labels hold negative values"),
+        (np.array([[0.0, -2.0]], np.float64), "pair 4: labels hold negative values"),
+        (np.array([[0.0, 1.5]], np.float32), "pair 4: labels hold non-integer values"),
+        (np.array([[0.0, np.nan]], np.float32), "pair 4: labels hold non-integer values"),
+        (np.array([[0.0, np.inf]], np.float32), "pair 4: labels hold non-integer values"),
+        (np.array([[0, 1j]]), "pair 4: labels of type complex128 are not numbers"),
+        (np.array([["a", "b"]]), "pair 4: labels of type <U1 are not numbers"),
+    ],
+)
+def test_checked_labels_refuses_other_values(labels: np.ndarray, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        checked_labels(labels, "pair 4")

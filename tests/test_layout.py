@@ -326,7 +326,7 @@ def test_training_reads_the_files_the_same_way(files: dict, tmp_path: Path) -> N
 
 def test_evaluation_agrees(files: dict) -> None:
     two = read_image(files["two_channels"])
-    report = evaluate(files["two_channel_model"], [two], [files["labels"]])
+    report = evaluate([two], [files["labels"]], files["two_channel_model"])
     assert report.summary["pixel"]["f1"] > 0.5
     with pytest.raises(DataError, match="keep one channel"):
-        evaluate(files["grey_model"], [two], [files["labels"]])
+        evaluate([two], [files["labels"]], files["grey_model"])

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +24,7 @@ from napari_unet.losses import compute_loss
 from napari_unet.training import (
     LOG_COLUMNS,
     TrainConfig,
+    check_output_paths,
     default_checkpoint_path,
     train,
     train_events,
@@ -392,6 +397,223 @@ def test_single_dask_image_validates_on_its_training_data(blobs) -> None:
     result = train([image], [label], small_config(epochs=1))
     assert result.model.metadata["data"]["validation"] == "training data (no split)"
     assert result.model.metadata["data"]["train_planes"] == 1
+
+
+# --- Damaged resume checkpoints: refused in full before any epoch, nothing written ---------
+
+
+def _drop_optimizer(payload: dict) -> None:
+    del payload["training_state"]["optimizer"]
+
+
+def _epoch_text(payload: dict) -> None:
+    payload["training_state"]["epoch"] = "abc"
+
+
+def _rng_text(payload: dict) -> None:
+    payload["training_state"]["rng"]["state"]["state"] = "not a number"
+
+
+def _rng_other_generator(payload: dict) -> None:
+    payload["training_state"]["rng"]["bit_generator"] = "MT19937"
+
+
+def _best_weights_foreign(payload: dict) -> None:
+    payload["training_state"]["best_state_dict"] = {"layer.weight": torch.zeros(3)}
+
+
+def _best_weights_misshapen(payload: dict) -> None:
+    best = payload["training_state"]["best_state_dict"]
+    name = next(iter(best))
+    best[name] = torch.zeros(best[name].numel() + 1)
+
+
+def _weights_misshapen(payload: dict) -> None:
+    name = next(iter(payload["state_dict"]))
+    payload["state_dict"][name] = torch.zeros(2, 2)
+
+
+def _optimizer_misshapen(payload: dict) -> None:
+    payload["training_state"]["optimizer"]["state"][0]["exp_avg"] = torch.zeros(1)
+
+
+def _scheduler_text(payload: dict) -> None:
+    payload["training_state"]["scheduler"]["best"] = "abc"
+
+
+def _history_cut(payload: dict) -> None:
+    payload["training_state"]["history"] = []
+
+
+def _config_out_of_range(payload: dict) -> None:
+    payload["config"]["depth"] = 99
+
+
+def _model_file_only(payload: dict) -> None:
+    del payload["training_state"]
+
+
+TAMPERINGS = {
+    "no optimizer": (_drop_optimizer, "lacks optimizer"),
+    "epoch text": (_epoch_text, "epoch is 'abc'"),
+    "rng text": (_rng_text, "random state"),
+    "rng of another generator": (_rng_other_generator, "random state"),
+    "best weights of another network": (_best_weights_foreign, "best weights"),
+    "best weights misshapen": (_best_weights_misshapen, "best weights"),
+    "weights misshapen": (_weights_misshapen, "its weights"),
+    "optimizer misshapen": (_optimizer_misshapen, "optimizer state of parameter 0"),
+    "scheduler text": (_scheduler_text, "scheduler state"),
+    "history cut": (_history_cut, "do not fit epoch 1"),
+    "config out of range": (_config_out_of_range, "model config is invalid"),
+    "a model file, not a checkpoint": (_model_file_only, "not a resume checkpoint.*init"),
+}
+
+
+@pytest.fixture(scope="module")
+def intact_checkpoint(tmp_path_factory) -> Path:
+    """The checkpoint of a one-epoch run on the blobs."""
+    folder = tmp_path_factory.mktemp("intact")
+    train(*make_blobs(), small_config(epochs=1), out=folder / "m.pt")
+    return default_checkpoint_path(folder / "m.pt")
+
+
+@pytest.mark.parametrize("name", sorted(TAMPERINGS))
+def test_resume_refuses_a_damaged_checkpoint_before_any_epoch(
+    blobs, intact_checkpoint, tmp_path, name
+) -> None:
+    tamper, message = TAMPERINGS[name]
+    payload = torch.load(intact_checkpoint, weights_only=True)
+    tamper(payload)
+    damaged = tmp_path / "damaged.ckpt.pt"
+    torch.save(payload, damaged)
+    out = tmp_path / "run" / "m.pt"
+    events = train_events(
+        *blobs, small_config(epochs=2), resume=damaged, out=out, log_csv=out.with_suffix(".csv")
+    )
+    with pytest.raises(ModelFileError, match=message) as refused:
+        next(events)  # refused before the first step event
+    assert str(damaged) in str(refused.value) and "\n" not in str(refused.value)
+    assert not (tmp_path / "run").exists()  # no model, log or new checkpoint
+
+
+def test_an_intact_checkpoint_passes_the_checks(blobs, intact_checkpoint, tmp_path) -> None:
+    # The same load-and-save as the damaged ones, without damage: it resumes.
+    copy_path = tmp_path / "copy.ckpt.pt"
+    torch.save(torch.load(intact_checkpoint, weights_only=True), copy_path)
+    result = train(*blobs, small_config(epochs=2), resume=copy_path)
+    assert [row["epoch"] for row in result.history] == [1, 2]
+
+
+# --- Labels ---------------------------------------------------------------------------------
+
+
+def test_negative_label_ids_are_refused_before_any_work(blobs, tmp_path) -> None:
+    images, labels = blobs
+    labels = [label.astype(np.int32) for label in labels]
+    labels[2][labels[2] == 1] = -1
+    events = train_events(images, labels, small_config(), out=tmp_path / "run" / "m.pt")
+    with pytest.raises(DataError, match="pair 2: labels hold negative values.*relabel"):
+        next(events)
+    assert not (tmp_path / "run").exists()
+
+
+def test_fractional_labels_are_still_refused(blobs) -> None:
+    images, labels = blobs
+    labels = [label.astype(np.float32) for label in labels]
+    labels[0][0, 0] = 0.5
+    with pytest.raises(DataError, match="pair 0: labels hold non-integer values"):
+        train(images, labels, small_config())
+
+
+# --- Output paths: checked before any work; a failing disk leaves the old model -------------
+
+
+def read_only_folder(tmp_path: Path) -> Path:
+    """A folder that really refuses new files: a chmod-ed one, or /proc where root writes
+    through file modes."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        (folder / "probe").touch()
+    except PermissionError:
+        return folder
+    (folder / "probe").unlink()
+    return Path("/proc")
+
+
+def bad_outputs(tmp_path: Path) -> dict[str, tuple[dict, type[Exception], str]]:
+    """Output arguments of train_events that cannot work, the error and what it says."""
+    (tmp_path / "folder.pt").mkdir()
+    (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "log-folder").mkdir()
+    model = tmp_path / "m.pt"
+    return {
+        "out is a folder": (dict(out=tmp_path / "folder.pt"), DataError, "out .* is a folder"),
+        "parent is a file": (
+            dict(out=tmp_path / "a-file" / "sub" / "m.pt"),
+            DataError,
+            "a-file' is a file",
+        ),
+        "read-only folder": (
+            dict(out=read_only_folder(tmp_path) / "m.pt"),
+            DataError,
+            "is not writable",
+        ),
+        "log is a folder": (
+            dict(out=model, log_csv=tmp_path / "log-folder"),
+            DataError,
+            "--log.* is a folder",
+        ),
+        "checkpoint in a file": (
+            dict(out=model, checkpoint=tmp_path / "a-file" / "c.pt"),
+            DataError,
+            "checkpoint .*is a file",
+        ),
+        "log is the model": (dict(out=model, log_csv=model), ConfigError, "different files"),
+    }
+
+
+def test_bad_output_paths_are_refused_before_any_work(blobs, tmp_path) -> None:
+    for name, (outputs, error, message) in bad_outputs(tmp_path).items():
+        before = sorted(tmp_path.rglob("*"))
+        events = train_events(*blobs, small_config(), **outputs)
+        with pytest.raises(error, match=message) as refused:
+            next(events)
+        assert "\n" not in str(refused.value), name
+        assert sorted(tmp_path.rglob("*")) == before, name  # the probe file is gone too
+
+
+def test_missing_output_folders_are_checked_not_created(tmp_path) -> None:
+    out = tmp_path / "new" / "deeper" / "m.pt"
+    model, log, checkpoint = check_output_paths(out, tmp_path / "new" / "log.csv")
+    assert (model, checkpoint) == (out, default_checkpoint_path(out))
+    assert log == tmp_path / "new" / "log.csv" and not (tmp_path / "new").exists()
+
+
+def test_a_failing_disk_keeps_the_previous_model(blobs, tmp_path) -> None:
+    train(*blobs, small_config(epochs=1), out=tmp_path / "m.pt")
+    before = (tmp_path / "m.pt").read_bytes()
+    # A file-size limit makes every write past 4 KiB fail (EFBIG), as a full disk would.
+    script = f"""
+import resource, signal, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from conftest import make_blobs
+from test_training import small_config
+from napari_unet.training import train
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    train(*make_blobs(), small_config(epochs=1, seed=5), out={str(tmp_path / "m.pt")!r})
+except OSError as error:
+    print("OSError", error.errno)
+"""
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert completed.stdout.split() == ["OSError", str(errno.EFBIG)], completed.stderr
+    assert (tmp_path / "m.pt").read_bytes() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["m.ckpt.pt", "m.pt"]
 
 
 def test_paths_are_read_and_non_images_refused(blobs, tmp_path) -> None:

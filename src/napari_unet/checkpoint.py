@@ -10,6 +10,7 @@ Saving is atomic: the file appears complete or not at all.
 
 from __future__ import annotations
 
+import io
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,10 +142,25 @@ def save_model(
     Path
         The written path.
     """
-    payload = model_payload(network, config, metadata, half_precision)
+    return save_payload(path, model_payload(network, config, metadata, half_precision))
+
+
+def save_payload(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write a plain dictionary with :func:`torch.save`, atomically; parent folders are created.
+
+    A failing disk (full, a size limit) raises :class:`OSError` and leaves the file that was
+    there before untouched.
+    """
     path = Path(path)
     with atomic_write(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError:
+            # torch's writer reports a failing disk as a RuntimeError without the cause;
+            # writing the serialised bytes through Python raises the system's own OSError.
+            buffer = io.BytesIO()
+            torch.save(payload, buffer)
+            tmp.write_bytes(buffer.getbuffer())
     return path
 
 

@@ -215,14 +215,7 @@ def split_planes(
             image_shape = tuple(image.shape)
         if len(label_shape) < 2:
             raise DataError(f"pair {index}: labels of shape {label_shape} are not an image.")
-        label_array = np.asarray(label)
-        if not (np.issubdtype(label_array.dtype, np.integer) or label_array.dtype == bool):
-            if not np.array_equal(label_array, np.round(label_array)):
-                raise DataError(
-                    f"pair {index}: labels hold non-integer values ({label_array.dtype}); "
-                    "give integer label images (0 = background)."
-                )
-        label_array = label_array.astype(np.int64, copy=False)
+        label_array = checked_labels(label, f"pair {index}")
         colour_flags.add(colour)
         # Flatten any leading stack axes (Z, T, ...) into a list of planes.
         n_planes = int(np.prod(label_shape[:-2], dtype=np.int64))
@@ -249,6 +242,36 @@ def infer_in_channels(images: Sequence[Any], labels: Sequence[Any]) -> int:
     """
     split_planes(images[:1], labels[:1])  # the pair's checks and messages
     return layout_for_labels(np.shape(images[0]), np.shape(labels[0])).model_channels
+
+
+def checked_labels(labels: Any, where: str) -> np.ndarray:
+    """``labels`` as int64, after checking that every value is a whole number >= 0 (floats too).
+
+    Raises
+    ------
+    DataError
+        Naming ``where`` (e.g. ``"pair 3"``), if a value is negative, not a whole number,
+        not finite, or the labels are not numbers at all.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "biuf":
+        raise DataError(
+            f"{where}: labels of type {labels.dtype} are not numbers; give integer label "
+            "images (0 = background)."
+        )
+    if labels.dtype.kind == "f" and not (
+        np.isfinite(labels).all() and np.array_equal(labels, np.round(labels))
+    ):
+        raise DataError(
+            f"{where}: labels hold non-integer values ({labels.dtype}); give integer label "
+            "images (0 = background)."
+        )
+    if labels.dtype.kind in "if" and labels.size and labels.min() < 0:
+        raise DataError(
+            f"{where}: labels hold negative values (down to {labels.min():g}); label ids are "
+            "0 (background) or positive: relabel them, e.g. with skimage.measure.label."
+        )
+    return labels.astype(np.int64, copy=False)
 
 
 def _instances(labels: np.ndarray, label_mode: str) -> np.ndarray:

@@ -93,15 +93,16 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_unet.data import infer_in_channels
     from napari_unet.ddp import quiet_unless_main
-    from napari_unet.training import train_events
+    from napari_unet.training import check_output_paths, train_events
 
     if not quiet_unless_main():
         args.quiet = True  # under torchrun, rank 0 alone shows progress and the summary
+    log = args.log if args.log is not None else args.out.with_suffix(".csv")
+    check_output_paths(args.out, log)  # before reading any data: a bad --out fails at once
     images, labels, val_images, val_labels, description = _load(args)
     config = config_from_args(
         args, TrainConfig, exclude=NOT_OPTIONS, in_channels=infer_in_channels(images, labels)
     )
-    log = args.log if args.log is not None else args.out.with_suffix(".csv")
     events = train_events(
         images,
         labels,

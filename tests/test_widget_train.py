@@ -11,6 +11,7 @@ from napari_unet._widgets import TrainWidget
 from napari_unet._widgets._registry import POOR_DICE, REGISTRY
 from napari_unet._widgets._train import PHASE_TEXT
 from napari_unet.checkpoint import TrainedModel
+from napari_unet.training import MIN_PATCHES_PER_EPOCH
 
 TIMEOUT_MS = 120_000
 
@@ -159,6 +160,12 @@ def test_a_poor_model_is_flagged_and_segment_keeps_its_model(viewer_with_pair, q
     assert "Segment widget keeps its model" in widget.status.text()
     assert segment.model.combo.currentText() == chosen  # not switched to the poor model
     assert entry.name in segment.model.choices()  # but offered
+
+
+def test_the_floor_on_an_epochs_patches_is_stated(make_napari_viewer):
+    widget = dock(make_napari_viewer())
+    assert widget.steps_per_epoch.value() == 0  # auto
+    assert f"≥ {MIN_PATCHES_PER_EPOCH} patches" in widget.steps_per_epoch.specialValueText()
 
 
 def test_fine_tune_a_session_model_on_scribbles(viewer_with_pair, qtbot):

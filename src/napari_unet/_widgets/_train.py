@@ -56,7 +56,7 @@ from napari_unet.checkpoint import TrainedModel
 from napari_unet.config import PRESETS, TARGET_CHANNELS, TrainConfig
 from napari_unet.errors import ConfigError, DataError, ModelFileError
 from napari_unet.process import CHILD_PROCESSES, events_in_process
-from napari_unet.training import TrainEvent, TrainResult, train_events
+from napari_unet.training import MIN_PATCHES_PER_EPOCH, TrainEvent, TrainResult, train_events
 
 if TYPE_CHECKING:
     import napari
@@ -253,7 +253,14 @@ class TrainWidget(ScrollingDock):
         run_form.addRow("Patch size", self.patch_size)
         self.steps_per_epoch = QSpinBox()
         self.steps_per_epoch.setRange(0, 1_000_000)
-        self.steps_per_epoch.setSpecialValueText("auto (cover the images once)")
+        self.steps_per_epoch.setSpecialValueText(
+            f"auto (the images once, ≥ {MIN_PATCHES_PER_EPOCH} patches)"
+        )
+        self.steps_per_epoch.setToolTip(
+            "auto: enough batches for the images' area once (area / patch area patches), "
+            f"and at least {MIN_PATCHES_PER_EPOCH} patches, so that even one small image "
+            "gets an epoch whose validation score means something."
+        )
         run_form.addRow("Steps per epoch", self.steps_per_epoch)
         self.loss = QComboBox()
         self.loss.addItems(["bce", "dice", "bce+dice"])

@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--loss", default="bce", help="bce (the Train widget's default), bce+dice")
     parser.add_argument(
         "--threads", type=int, default=2, help="torch threads of the scoring (the goal: 2)"
     )
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         patch_size=args.patch,
         learning_rate=args.lr,
         augment=args.augment,
+        loss=args.loss,
         early_stopping_patience=None,
         device="cpu",
     )
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     end_to_end = sum(seconds.values())
     print(
         f"settings: {args.steps} steps in {args.epochs} epochs, patch {args.patch}, batch "
-        f"{args.batch}, lr {args.lr:g}, augment {args.augment}, {args.threads} threads; "
+        f"{args.batch}, lr {args.lr:g}, loss {args.loss}, augment {args.augment}, "
+        f"{args.threads} threads; "
         f"best epoch {result.best_epoch}; scored on {args.score_on}"
     )
     print(f"{'stage':<28}{'seconds':>10}")

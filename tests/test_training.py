@@ -664,3 +664,20 @@ def test_an_epoch_draws_enough_patches_to_mean_something(blobs) -> None:
     ]
     assert len(steps) == MIN_PATCHES_PER_EPOCH // 4 == auto_steps_per_epoch(1, 4)
     assert auto_steps_per_epoch(1000, 8) == 125  # large sets: their area once
+
+
+def test_a_stop_during_validation_starts_no_further_step(blobs) -> None:
+    stop = threading.Event()
+    kinds = []
+    run = train_events(*blobs, small_config(epochs=5), stop=stop)
+    while True:
+        try:
+            event = next(run)
+        except StopIteration as finished:
+            result = finished.value
+            break
+        kinds.append(event.kind)
+        if event.kind == "epoch":
+            stop.set()  # as a Stop pressed while the first epoch was validated
+    assert kinds == ["step"] * 3 + ["epoch", "done"]
+    assert result.cancelled and len(result.history) == 1

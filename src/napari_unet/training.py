@@ -488,6 +488,9 @@ def train_events(
 
     cancelled = stopped_early = False
     while run.epoch < config.epochs and not cancelled and not stopped_early:
+        if stop is not None and stop.is_set() and run.best_state is not None:
+            cancelled = True  # stopped during a validation: no step of another epoch starts
+            break
         cancelled, stopped_early = yield from _epoch(run, sampler, val_planes, group, outputs, stop)
     return (yield from _finish(run, outputs, cancelled, stopped_early))
 

@@ -9,8 +9,8 @@ import torch
 from conftest import blob_pair
 from napari_unet._widgets import TrainWidget
 from napari_unet._widgets._registry import POOR_DICE, REGISTRY
-from napari_unet._widgets._train import PHASE_TEXT
 from napari_unet.checkpoint import TrainedModel
+from napari_unet.process import PHASES
 from napari_unet.training import MIN_PATCHES_PER_EPOCH
 
 TIMEOUT_MS = 120_000
@@ -112,9 +112,9 @@ def test_the_wait_before_the_first_step_names_each_phase_under_a_busy_bar(viewer
     widget.controls.step_started.connect(phases.append)
     widget.start()
     assert widget.progress.maximum() == 0  # busy, not a static 0 %
-    assert widget.status.text() == PHASE_TEXT["starting"]
+    assert widget.status.text() == PHASES["starting"]
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
-    assert phases == list(PHASE_TEXT.values())
+    assert phases == list(PHASES.values())
     assert widget.progress.maximum() == widget.progress.value() == 1
 
 
@@ -157,7 +157,7 @@ def test_a_poor_model_is_flagged_and_segment_keeps_its_model(viewer_with_pair, q
     (entry,) = REGISTRY.entries()
     assert entry.poor and entry.model is widget.result.model
     assert f"val Dice {dice:.3f}: poor" in widget.status.text()
-    assert "Segment widget keeps its model" in widget.status.text()
+    assert "Segment keeps its model" in widget.status.text()
     assert segment.model.combo.currentText() == chosen  # not switched to the poor model
     assert entry.name in segment.model.choices()  # but offered
 

@@ -42,10 +42,14 @@ POLL_S = 0.2
 #: Byte the parent writes to the child's stdin to ask for a cooperative stop.
 STOP_BYTE = b"S"
 _HEADER = struct.Struct("<Q")  # length of the pickle that follows
-#: What ``on_phase`` of :func:`events_in_process` is told, in order: the child process is
-#: being started; it runs and is importing the work (for training: PyTorch); the work has
-#: been called and runs up to its first event.
-PHASES = ("starting", "loading", "running")
+#: What ``on_phase`` of :func:`events_in_process` is told, in order, and what each phase
+#: is, as a status line can say it: the child process is being started; it runs and is
+#: importing the work (for training: PyTorch); the work runs up to its first event.
+PHASES = {
+    "starting": "Starting the worker process…",
+    "loading": "Loading PyTorch and the model…",
+    "running": "Preparing the data and the first step…",
+}
 _PHASE_OF_FRAME = {"started": "loading", "ready": "running"}
 
 
@@ -109,8 +113,7 @@ def events_in_process(
         Setting it sets the ``stop`` event given to ``work`` in the child (which must then
         accept a ``stop`` keyword), so a cooperative cancel works as in-process.
     on_phase : callable, optional
-        Called with each of :data:`PHASES` as the run reaches it (in the thread that
-        iterates this generator).
+        Called with each key of :data:`PHASES` as the run reaches it (in this thread).
 
     Yields
     ------

@@ -322,6 +322,8 @@ def _epoch(
     stop: threading.Event | None,
 ) -> Generator[TrainEvent, None, tuple[bool, bool]]:
     """One epoch: steps, validation, files, its event; returns (cancelled, stopped early)."""
+    if stop is not None and stop.is_set() and run.best_state is not None:
+        return True, False  # stopped during the last validation: no further step starts
     losses, cancelled = yield from _train_steps(run, sampler, stop, outputs.model)
     if cancelled and run.best_state is not None:
         return True, False  # a partial epoch is neither validated nor checkpointed
@@ -488,9 +490,6 @@ def train_events(
 
     cancelled = stopped_early = False
     while run.epoch < config.epochs and not cancelled and not stopped_early:
-        if stop is not None and stop.is_set() and run.best_state is not None:
-            cancelled = True  # stopped during a validation: no step of another epoch starts
-            break
         cancelled, stopped_early = yield from _epoch(run, sampler, val_planes, group, outputs, stop)
     return (yield from _finish(run, outputs, cancelled, stopped_early))
 

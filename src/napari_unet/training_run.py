@@ -462,8 +462,7 @@ class TrainingRun:
         return row, improved
 
     def is_better(self, val_loss: float, val_metrics: dict[str, float]) -> bool:
-        """Whether an epoch beats the best so far: by validation Dice, the score reported
-        (the loss can fall while the Dice does too); an equal or undefined Dice by the loss."""
+        """Whether an epoch beats the best: by validation Dice (the score reported), else loss."""
         dice, best = val_metrics.get("dice", math.nan), self.best_metrics.get("dice", math.nan)
         if math.isfinite(dice) and math.isfinite(best) and dice != best:
             return dice > best

@@ -55,7 +55,7 @@ from napari_unet.annotations import check_training_labels, count_planes, split_h
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.config import PRESETS, TARGET_CHANNELS, TrainConfig
 from napari_unet.errors import ConfigError, DataError, ModelFileError
-from napari_unet.process import CHILD_PROCESSES, events_in_process
+from napari_unet.process import CHILD_PROCESSES, PHASES, events_in_process
 from napari_unet.training import MIN_PATCHES_PER_EPOCH, TrainEvent, TrainResult, train_events
 
 if TYPE_CHECKING:
@@ -67,12 +67,6 @@ LABEL_MODES = {
     "instance labels": "instance",
     "binary mask": "binary",
     "scribbles (1 = bg, 2 = object)": "sparse",
-}
-#: What the status line says in each phase of a run before its first step (a busy bar).
-PHASE_TEXT = {
-    "starting": "Starting the training process…",
-    "loading": "Loading PyTorch and the model…",
-    "running": "Preparing the data and the first step…",
 }
 VALIDATION_REGION = "held-out strip"
 VALIDATION_IMAGES = "whole images"
@@ -253,13 +247,10 @@ class TrainWidget(ScrollingDock):
         run_form.addRow("Patch size", self.patch_size)
         self.steps_per_epoch = QSpinBox()
         self.steps_per_epoch.setRange(0, 1_000_000)
-        self.steps_per_epoch.setSpecialValueText(
-            f"auto (the images once, ≥ {MIN_PATCHES_PER_EPOCH} patches)"
-        )
+        self.steps_per_epoch.setSpecialValueText(f"auto (≥ {MIN_PATCHES_PER_EPOCH} patches)")
         self.steps_per_epoch.setToolTip(
-            "auto: enough batches for the images' area once (area / patch area patches), "
-            f"and at least {MIN_PATCHES_PER_EPOCH} patches, so that even one small image "
-            "gets an epoch whose validation score means something."
+            "auto: batches for the images' area once (area / patch area patches), at least "
+            f"{MIN_PATCHES_PER_EPOCH} patches: one small image still gets a meaningful epoch."
         )
         run_form.addRow("Steps per epoch", self.steps_per_epoch)
         self.loss = QComboBox()
@@ -512,21 +503,18 @@ class TrainWidget(ScrollingDock):
         self.curves.clear()
         self._label = self._model_label(plan)
         # In a child process where there is one (POSIX): see napari_unet.process.
+        relay = (events_in_process, train_events) if CHILD_PROCESSES else (train_events,)
         report = self.controls.phase_reporter()
-        relay: tuple[Any, ...] = (train_events,)
-        relay_options: dict[str, Any] = {}
-        if CHILD_PROCESSES:
-            relay = (events_in_process, train_events)
-            relay_options["on_phase"] = lambda phase: report(PHASE_TEXT[phase])
+        phases = {"on_phase": lambda phase: report(PHASES[phase])} if CHILD_PROCESSES else {}
         self.controls.run(
             *relay,
             plan.images,
             plan.labels,
             plan.config,
-            message=PHASE_TEXT["starting" if CHILD_PROCESSES else "running"],
+            message=PHASES["starting" if CHILD_PROCESSES else "running"],
             on_yielded=self._on_event,
             on_returned=self._on_result,
-            **relay_options,
+            **phases,
             val_images=plan.val_images,
             val_labels=plan.val_labels,
             out=plan.out,
@@ -565,7 +553,6 @@ class TrainWidget(ScrollingDock):
                 metrics.get("dice"),
                 metrics.get("iou"),
             )
-            # Through show_progress: a pending "Stopping…" stays.
             self.controls.show_progress(
                 event.epoch,
                 event.epochs,
@@ -585,15 +572,15 @@ class TrainWidget(ScrollingDock):
         if poor:
             self.controls.say(
                 f"{how}: best epoch {result.best_epoch}{quality}: poor (under {POOR_DICE}). "
-                f"The Segment widget keeps its model; pick {entry.name!r} there to use it "
-                f"anyway. Train longer (more epochs or steps) or label more.{saved}",
+                f"Segment keeps its model (pick {entry.name!r} there to use it anyway); train "
+                f"longer or label more.{saved}",
                 warning=True,
             )
-            return
-        self.controls.say(
-            f"{how}: best epoch {result.best_epoch}{quality}. Model {entry.name!r} is ready "
-            f"in the Segment widget.{saved}"
-        )
+        else:
+            self.controls.say(
+                f"{how}: best epoch {result.best_epoch}{quality}. Model {entry.name!r} is ready "
+                f"in the Segment widget.{saved}"
+            )
 
     def _on_running_changed(self) -> None:
         if not self.running:

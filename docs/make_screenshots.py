@@ -3,8 +3,12 @@
 Run it under a display (a virtual one on a headless machine)::
 
     xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python docs/make_screenshots.py
+    xvfb-run -a -s "-screen 0 1920x1200x24" .venv/bin/python docs/make_screenshots.py --docked
 
-It opens the bundled nuclei sample, trains a small model for a few epochs with the
+``--docked`` saves only ``widgets_docked_1280x800.png``: the three widgets docked
+together in a 1280x800 window, as on a laptop, after segmenting and scoring the sample
+(:func:`shoot_docked`, also run by ``tests/test_widget_screenshot.py``). Without it, it
+also opens the bundled nuclei sample, trains a small model for a few epochs with the
 Train widget (so the live curves have something to show), segments the image
 with it in the Segment widget, scores the result in the Evaluate widget, and
 grabs the whole window after each step. The bundled default model is used for
@@ -19,9 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-# Fresh napari settings in a temporary file: the screenshots do not depend on (or
-# change) the user's preferences, and only errors pop up as notifications.
-os.environ["NAPARI_CONFIG"] = str(Path(tempfile.mkdtemp()) / "settings.yaml")
+if __name__ == "__main__":
+    # Fresh napari settings in a temporary file: the screenshots do not depend on (or
+    # change) the user's preferences, and only errors pop up as notifications.
+    os.environ["NAPARI_CONFIG"] = str(Path(tempfile.mkdtemp()) / "settings.yaml")
 
 import napari
 from napari.settings import get_settings
@@ -29,6 +34,8 @@ from qtpy.QtWidgets import QApplication
 
 OUT = Path(__file__).parent / "images"
 SIZE = (1500, 1000)
+#: A laptop screen: the three docks must fit it with every control reachable.
+DOCKED_SIZE = (1280, 800)
 
 
 def wait_for(widget: object, timeout_s: float = 900.0) -> None:
@@ -53,9 +60,41 @@ def shoot(viewer: napari.Viewer, name: str) -> Path:
     return path
 
 
+def shoot_docked(viewer: napari.Viewer) -> Path:
+    """Dock Train, Segment and Evaluate together at 1280x800, segment and score, and shoot.
+
+    ``viewer`` must be shown. Segment uses the bundled model (the newest session model
+    when it is not installed); the sample's ground truth is the Evaluate widget's truth.
+    """
+    OUT.mkdir(parents=True, exist_ok=True)
+    viewer.window._qt_window.resize(*DOCKED_SIZE)
+    viewer.open_sample("napari-unet", "nuclei")
+    widgets = [
+        viewer.window.add_plugin_dock_widget("napari-unet", name)[1]
+        for name in ("Train", "Segment", "Evaluate")
+    ]
+    train, segment, evaluate = widgets
+    if segment.model.DEFAULT in segment.model.choices():
+        segment.model.select(segment.model.DEFAULT)
+    segment.image.set_layer(viewer.layers["nuclei"])
+    segment.update_state()
+    segment.start()
+    wait_for(segment)
+    evaluate.update_state()  # prediction: the segmentation; truth: the loaded labels
+    evaluate.start()
+    wait_for(evaluate)
+    train.update_state()
+    return shoot(viewer, "widgets_docked_1280x800")
+
+
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     get_settings().application.gui_notification_level = "error"
+    if "--docked" in sys.argv[1:]:
+        viewer = napari.Viewer(title="napari-unet")
+        shoot_docked(viewer)
+        viewer.close()
+        return 0
     viewer = napari.Viewer(title="napari-unet")
     viewer.window.resize(*SIZE)
     viewer.open_sample("napari-unet", "nuclei")

@@ -16,7 +16,7 @@ import pytest
 from conftest import make_blobs
 from napari_unet.checkpoint import load_model
 from napari_unet.errors import DataError, WorkerProcessError
-from napari_unet.process import events_in_process
+from napari_unet.process import PHASES, events_in_process
 from napari_unet.training import TrainResult, train, train_events
 from test_training import same_weights, small_config, weights_of
 
@@ -143,6 +143,19 @@ def test_work_the_child_cannot_import_is_reported(monkeypatch) -> None:
         next(events_in_process(ghost_work))
 
 
+def test_the_phases_before_the_first_event_are_told_in_order() -> None:
+    phases: list[str] = []
+
+    def first_event() -> Generator[int, None, None]:
+        run = events_in_process(counting_work, 2, on_phase=phases.append)
+        value = next(run)
+        phases.append(f"event {value}")
+        yield from run
+
+    assert list(first_event()) == [1]
+    assert phases == [*PHASES, "event 0"]
+
+
 def test_closing_the_relay_ends_the_child() -> None:
     run = events_in_process(waiting_work, stop=threading.Event())
     child_pid = next(run)
@@ -158,7 +171,7 @@ def test_a_script_without_a_main_guard_runs_once(tmp_path) -> None:
     script.write_text(
         "import sys\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-        "from napari_unet.process import events_in_process\n"
+        "from napari_unet.process import PHASES, events_in_process\n"
         "from test_process import counting_work\n"
         "print('script ran')\n"
         "run = events_in_process(counting_work, 3)\n"
@@ -178,3 +191,27 @@ def test_a_child_that_cannot_be_started_leaves_no_pipe_open(monkeypatch, tmp_pat
     with pytest.raises(FileNotFoundError):
         next(events_in_process(counting_work, 1))
     assert len(os.listdir("/proc/self/fd")) == open_fds
+
+
+def test_children_exit_without_a_word_on_stderr(tmp_path) -> None:
+    # A child whose stdin watcher was still blocked reading at exit printed "Fatal Python
+    # error: _enter_buffered_busy" in most runs. Light work, so that 20 runs stay quick.
+    (tmp_path / "light_work.py").write_text(
+        "import threading\ndef quick(n, stop: threading.Event):\n    yield from range(n)\n"
+    )
+    script = tmp_path / "twenty.py"
+    script.write_text(
+        "import sys, threading\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "from napari_unet.process import PHASES, events_in_process\n"
+        "from light_work import quick\n"
+        "for _ in range(20):\n"
+        "    assert list(events_in_process(quick, 2, stop=threading.Event())) == [0, 1]\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "ok\n"
+    assert done.stderr == ""

@@ -75,19 +75,51 @@ def test_labels_written_by_the_plugin_reopen_as_labels_whatever_their_name(tmp_p
     assert is_label_file(tmp_path / "nuclei.tif", data)
 
 
-def test_training_folder_opens_as_image_and_labels_pairs(tmp_path):
+def test_a_training_folder_of_one_shape_opens_as_one_image_and_one_labels_stack(tmp_path):
     image, labels = image_and_labels()
-    for stem in ("a", "b"):
-        io.write_tiff(tmp_path / "images" / f"{stem}.tif", image)
-        io.write_labels(tmp_path / "labels" / f"{stem}.png", labels)
+    folder = tmp_path / "cells"
+    for number, stem in enumerate(("a", "b", "c")):
+        io.write_tiff(folder / "images" / f"{stem}.tif", image + number)
+        io.write_labels(folder / "labels" / f"{stem}.png", labels)
+    layers = read(folder)
+    assert [(meta["name"], kind) for _, meta, kind in layers] == [
+        ("cells", "image"),
+        ("cells labels", "labels"),
+    ]
+    (images, image_meta, _), (stack, labels_meta, _) = layers
+    assert images.shape == (3, 24, 32) and stack.shape == (3, 24, 32)
+    np.testing.assert_array_equal(images[2], image + 2)
+    np.testing.assert_array_equal(stack[1], labels)
+    assert image_meta["metadata"]["files"] == ["a", "b", "c"]
+    assert image_meta["visible"] and labels_meta["visible"]
+
+
+def test_a_folder_of_several_shapes_shows_only_its_first_stack_or_pair(tmp_path):
+    image, labels = image_and_labels()
+    long_stem = "f" + "0123456789abcdef" * 4  # as long as a DSB sample id
+    for stem, factor in (("a", 1), ("b", 1), (long_stem, 2)):
+        io.write_tiff(tmp_path / "images" / f"{stem}.tif", np.tile(image, (factor, 1)))
+        io.write_labels(tmp_path / "labels" / f"{stem}.png", np.tile(labels, (factor, 1)))
+    layers = read(tmp_path)
+    assert [(meta["name"], kind, meta["visible"]) for _, meta, kind in layers] == [
+        (f"{tmp_path.name} 24x32", "image", True),
+        (f"{tmp_path.name} 24x32 labels", "labels", True),
+        ("f0123456789a", "image", False),
+        ("f0123456789a labels", "labels", False),
+    ]
+    assert layers[0][0].shape == (2, 24, 32) and layers[2][0].shape == (48, 32)
+
+
+def test_a_training_folder_of_one_pair_opens_as_that_pair(tmp_path):
+    image, labels = image_and_labels()
+    io.write_tiff(tmp_path / "images" / "a.tif", np.stack([image, image]))  # a stack
+    io.write_labels(tmp_path / "labels" / "a.tif", np.stack([labels, labels]))
     layers = read(tmp_path)
     assert [(meta["name"], kind) for _, meta, kind in layers] == [
         ("a", "image"),
         ("a labels", "labels"),
-        ("b", "image"),
-        ("b labels", "labels"),
     ]
-    np.testing.assert_array_equal(layers[1][0], labels)
+    assert layers[1][0].shape == (2, 24, 32)
 
 
 def test_training_folder_with_unmatched_stems_is_not_claimed(tmp_path):
@@ -108,18 +140,24 @@ def test_dsb_layout_opens_with_masks_merged(tmp_path):
             mask = ((labels == index) * 255).astype(np.uint8)
             iio.imwrite(sample / "masks" / f"m{index}.png", mask)
     layers = read(tmp_path)
-    assert [kind for _, _, kind in layers] == ["image", "labels", "image", "labels"]
-    assert layers[0][1]["rgb"]
+    assert [kind for _, _, kind in layers] == ["image", "labels"]
+    assert layers[0][1]["rgb"] and layers[0][0].shape == (2, 24, 32, 3)
     assert set(np.unique(layers[1][0])) == {0, 1, 2}
-    assert (layers[1][0] > 0).sum() == (labels > 0).sum()
+    assert (layers[1][0][1] > 0).sum() == (labels > 0).sum()
     # One sample folder alone opens too.
     assert len(read(tmp_path / "s1")) == 2
 
 
 def test_bundled_samples_folder_opens():
-    layers = read(SAMPLES_DIR)
-    assert len(layers) == 8
-    assert {kind for _, _, kind in layers} == {"image", "labels"}
+    layers = read(SAMPLES_DIR)  # 4 pairs: 2 of 256x256, one 256x320, one 360x360
+    assert [(meta["name"], kind) for _, meta, kind in layers] == [
+        ("dsb2018 256x256", "image"),
+        ("dsb2018 256x256 labels", "labels"),
+        ("00ae65c1c663", "image"),
+        ("00ae65c1c663 labels", "labels"),
+        ("02903040e19d", "image"),
+        ("02903040e19d labels", "labels"),
+    ]
 
 
 def test_reader_opens_in_a_viewer(make_napari_viewer, tmp_path):
@@ -130,6 +168,28 @@ def test_reader_opens_in_a_viewer(make_napari_viewer, tmp_path):
     viewer.open(str(tmp_path / "set"), plugin="napari-unet")
     assert [type(layer).__name__ for layer in viewer.layers] == ["Image", "Labels"]
     assert viewer.layers["a labels"].data.dtype == np.uint16
+
+
+def test_a_folder_of_pairs_opens_in_a_viewer_as_stacks_the_train_widget_pairs(
+    make_napari_viewer, tmp_path
+):
+    image, labels = image_and_labels()
+    for stem in ("a", "b", "c"):
+        io.write_tiff(tmp_path / "set" / "images" / f"{stem}.tif", image)
+        io.write_labels(tmp_path / "set" / "labels" / f"{stem}.png", labels)
+    io.write_tiff(tmp_path / "set" / "images" / "wide.tif", np.tile(image, (1, 2)))
+    io.write_labels(tmp_path / "set" / "labels" / "wide.png", np.tile(labels, (1, 2)))
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "set"), plugin="napari-unet")
+    assert [(layer.name, layer.visible) for layer in viewer.layers] == [
+        ("set 24x32", True),
+        ("set 24x32 labels", True),
+        ("wide", False),
+        ("wide labels", False),
+    ]
+    _, train = viewer.window.add_plugin_dock_widget("napari-unet", "Train")
+    image_layer, labels_layer = train.rows[0].pair()
+    assert (image_layer.name, labels_layer.name) == ("set 24x32", "set 24x32 labels")
 
 
 def test_channels_open_as_one_layer_and_grey_alpha_as_grey(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import errno
+import math
 import subprocess
 import sys
 import threading
@@ -23,12 +24,15 @@ from napari_unet.io import SAMPLES_DIR
 from napari_unet.losses import compute_loss
 from napari_unet.training import (
     LOG_COLUMNS,
+    MIN_PATCHES_PER_EPOCH,
     TrainConfig,
+    auto_steps_per_epoch,
     check_output_paths,
     default_checkpoint_path,
     train,
     train_events,
 )
+from napari_unet.training_run import TrainingRun
 
 
 def small_config(**overrides) -> TrainConfig:
@@ -87,7 +91,9 @@ def test_events_and_result(blobs, tmp_path) -> None:
     assert result.model_path == tmp_path / "m.pt" and result.log_path == tmp_path / "log.csv"
     assert result.checkpoint_path == default_checkpoint_path(tmp_path / "m.pt")
     assert 1 <= result.best_epoch <= 2
-    assert result.best_val_loss == min(row["val_loss"] for row in result.history)
+    best = result.history[result.best_epoch - 1]  # the best epoch is the best Dice
+    assert best["val_dice"] == max(row["val_dice"] for row in result.history)
+    assert result.best_val_loss == best["val_loss"]
 
     with open(tmp_path / "log.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -632,3 +638,46 @@ def test_paths_are_read_and_non_images_refused(blobs, tmp_path) -> None:
         train([images[0], [[1, 2], [3]]], labels[:2], small_config(epochs=1))
     with pytest.raises(DataError, match="missing.tif' does not exist"):
         train(images[:1], [str(tmp_path / "missing.tif")], small_config(epochs=1))
+
+
+def test_the_best_epoch_is_the_best_validation_dice_not_the_lowest_loss(blobs) -> None:
+    config = small_config()
+    run = TrainingRun.fresh(config, config.model, torch.device("cpu"), 3, np.random.default_rng(0))
+    assert run.record_epoch(0.9, 0.50, {"dice": 0.82, "iou": 0.7})[1]
+    assert not run.record_epoch(0.8, 0.40, {"dice": 0.80, "iou": 0.68})[1]  # lower loss
+    assert run.best_epoch == 1 and run.best_metrics["dice"] == 0.82
+    assert run.best_val_loss == 0.50 and run.epochs_since_best == 1
+    assert run.record_epoch(0.7, 0.45, {"dice": 0.82, "iou": 0.7})[1]  # same Dice, lower loss
+    assert not run.record_epoch(0.7, 0.30, {"dice": math.nan, "iou": math.nan})[1]
+    assert run.best_epoch == 3
+
+
+def test_an_epoch_draws_enough_patches_to_mean_something(blobs) -> None:
+    one_image = ([blobs[0][0]], [blobs[1][0]])  # 48 x 48: one 48 px patch covers it
+    config = small_config(patch_size=48, batch_size=4, steps_per_epoch=None, epochs=1)
+    steps = [
+        e.step
+        for e in train_events(
+            *one_image, config, val_images=[blobs[0][1]], val_labels=[blobs[1][1]]
+        )
+        if e.kind == "step"
+    ]
+    assert len(steps) == MIN_PATCHES_PER_EPOCH // 4 == auto_steps_per_epoch(1, 4)
+    assert auto_steps_per_epoch(1000, 8) == 125  # large sets: their area once
+
+
+def test_a_stop_during_validation_starts_no_further_step(blobs) -> None:
+    stop = threading.Event()
+    kinds = []
+    run = train_events(*blobs, small_config(epochs=5), stop=stop)
+    while True:
+        try:
+            event = next(run)
+        except StopIteration as finished:
+            result = finished.value
+            break
+        kinds.append(event.kind)
+        if event.kind == "epoch":
+            stop.set()  # as a Stop pressed while the first epoch was validated
+    assert kinds == ["step"] * 3 + ["epoch", "done"]
+    assert result.cancelled and len(result.history) == 1

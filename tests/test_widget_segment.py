@@ -419,3 +419,46 @@ def test_a_model_file_is_read_once_for_two_runs(viewer, qtbot, tmp_path, tiny_mo
     run(widget, qtbot)
     assert reads == [path, path]
     _registry.MODEL_CACHE.clear()
+
+
+def test_loading_a_model_file_shows_a_busy_bar_with_its_name(viewer, qtbot, tmp_path, tiny_model):
+    from napari_unet._widgets._registry import MODEL_CACHE
+
+    MODEL_CACHE.clear()
+    path = tiny_model.save(tmp_path / "tiny.pt")
+    image, _ = blob_pair(seed=3)
+    viewer.add_image(image, name="cells")
+    widget = dock(viewer)
+    widget.model.select(widget.model.FILE)
+    widget.model.path_edit.setText(str(path))
+    seen: list[tuple[str, int]] = []
+    widget.controls.yielded.connect(
+        lambda _: seen.append((widget.status.text(), widget.progress.maximum()))
+    )
+    widget.start()
+    assert widget.progress.maximum() == 0  # busy from the start
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    assert seen[0] == ("Loading the model…", 0)
+    assert all(maximum > 0 for _, maximum in seen[1:])
+
+
+def test_an_export_shows_a_busy_bar_until_it_ends(viewer, qtbot, tmp_path):
+    widget = dock(viewer)
+    widget.export_model(tmp_path / "model.txt")  # refused by the exporter, in the worker
+    assert widget.progress.maximum() == 0
+    assert widget.status.text().startswith("Exporting the model to")
+    qtbot.waitUntil(lambda: widget.export_worker is None, timeout=TIMEOUT_MS)
+    assert widget.progress.maximum() == 1
+
+
+def test_segment_follows_a_new_model_unless_it_is_flagged_poor(viewer, tiny_model):
+    widget = dock(viewer)
+    assert widget.model.combo.currentText() == "tiny test model #1"
+    poor = REGISTRY.add(tiny_model, "one step", poor=True)
+    assert widget.model.combo.currentText() == "tiny test model #1"
+    assert poor.name in widget.model.choices()
+    good = REGISTRY.add(tiny_model, "trained")
+    assert widget.model.combo.currentText() == good.name
+    # A Segment widget opened later starts on the newest model that is not poor.
+    REGISTRY.add(tiny_model, "another step", poor=True)
+    assert dock(viewer).model.combo.currentText() == good.name

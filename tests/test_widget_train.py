@@ -8,8 +8,10 @@ import torch
 
 from conftest import blob_pair
 from napari_unet._widgets import TrainWidget
-from napari_unet._widgets._registry import REGISTRY
+from napari_unet._widgets._registry import POOR_DICE, REGISTRY
 from napari_unet.checkpoint import TrainedModel
+from napari_unet.process import PHASES
+from napari_unet.training import MIN_PATCHES_PER_EPOCH
 
 TIMEOUT_MS = 120_000
 
@@ -78,7 +80,7 @@ def test_train_two_epochs_draws_curves_and_registers_model(viewer_with_pair, qtb
     assert result.model.metadata["train_config"]["contact_weight"] == 10
     # The input layers are untouched and the widget is ready for another run.
     assert widget.start_button.isEnabled() and not widget.stop_button.isEnabled()
-    assert "ready in the Segment widget" in widget.status.text()
+    assert entries[0].name in widget.status.text()  # poor or ready: see the tests below
 
 
 def test_stop_mid_run_keeps_a_usable_model(viewer_with_pair, qtbot):
@@ -101,6 +103,69 @@ def test_stop_mid_run_keeps_a_usable_model(viewer_with_pair, qtbot):
     assert model.config.target == "contour"  # the widget's default: separates touching nuclei
     assert REGISTRY.entries()[0].model is model
     assert widget.start_button.isEnabled()
+
+
+def test_the_wait_before_the_first_step_names_each_phase_under_a_busy_bar(viewer_with_pair, qtbot):
+    widget = dock(viewer_with_pair)
+    tiny_settings(widget, epochs=1, steps=1)
+    phases: list[str] = []
+    widget.controls.step_started.connect(phases.append)
+    widget.start()
+    assert widget.progress.maximum() == 0  # busy, not a static 0 %
+    assert widget.status.text() == PHASES["starting"]
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    assert phases == list(PHASES.values())
+    assert widget.progress.maximum() == widget.progress.value() == 1
+
+
+def test_stop_keeps_saying_stopping_and_no_step_starts_after_the_current_one(
+    viewer_with_pair, qtbot
+):
+    widget = dock(viewer_with_pair)
+    tiny_settings(widget, epochs=200, steps=50)  # stopped inside the first epoch
+    seen: list[tuple[str, str]] = []
+
+    def on_event(event) -> None:
+        if event.kind == "step" and not widget.controls.stop_event.is_set():
+            widget.stop()
+        seen.append((event.kind, widget.status.text()))
+
+    widget.controls.yielded.connect(on_event)
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+
+    after_stop = seen[1:]
+    # The step running when Stop was pressed may finish; no other starts.
+    assert [kind for kind, _ in after_stop if kind == "step"] in ([], ["step"])
+    assert all(text == "Stopping after this step…" for _, text in after_stop), after_stop
+    assert widget.result.cancelled
+    assert widget.status.text().startswith("Stopped")
+
+
+def test_a_poor_model_is_flagged_and_segment_keeps_its_model(viewer_with_pair, qtbot):
+    _, segment = viewer_with_pair.window.add_plugin_dock_widget("napari-unet", "Segment")
+    chosen = segment.model.combo.currentText()
+    widget = dock(viewer_with_pair)
+    tiny_settings(widget, epochs=1, steps=1)
+    widget.learning_rate.setText("1e-7")  # one step that learns nothing
+    widget.update_state()
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+
+    dice = widget.result.model.metadata["val_metrics"]["dice"]
+    assert dice < POOR_DICE
+    (entry,) = REGISTRY.entries()
+    assert entry.poor and entry.model is widget.result.model
+    assert f"val Dice {dice:.3f}: poor" in widget.status.text()
+    assert "Segment keeps its model" in widget.status.text()
+    assert segment.model.combo.currentText() == chosen  # not switched to the poor model
+    assert entry.name in segment.model.choices()  # but offered
+
+
+def test_the_floor_on_an_epochs_patches_is_stated(make_napari_viewer):
+    widget = dock(make_napari_viewer())
+    assert widget.steps_per_epoch.value() == 0  # auto
+    assert f"≥ {MIN_PATCHES_PER_EPOCH} patches" in widget.steps_per_epoch.specialValueText()
 
 
 def test_fine_tune_a_session_model_on_scribbles(viewer_with_pair, qtbot):

@@ -4,11 +4,19 @@ What opens, and as what:
 
 * **A training folder** holding ``images/`` and ``labels/`` (or ``masks/``) with
   files matched by stem, as written by the napari-unet writer and read by
-  ``napari-unet train --images --labels``: one Image layer and one Labels layer
-  per pair, the Labels layer named ``"<stem> labels"``.
-* **A DSB 2018 folder** (``<id>/images/<id>.png`` + ``<id>/masks/*.png``), or one
-  such ``<id>`` sample folder: the same, with each sample's masks merged into
-  instance labels.
+  ``napari-unet train --images --labels``, or **a DSB 2018 folder**
+  (``<id>/images/<id>.png`` + ``<id>/masks/*.png``, each sample's masks merged into
+  instance labels), or one such ``<id>`` sample folder. Its pairs open as few layers
+  as napari can show at once (each layer costs napari about a second to add):
+
+  - pairs of 2D planes of one shape (and dtype): one Image stack named after the
+    folder and one Labels stack ``"<folder> labels"``, a plane per pair;
+  - planes of several shapes: one such stack per shape, named ``"<folder> HxW"``,
+    and a pair alone in its shape as two layers named by its file stem (cut to
+    :data:`SHORT_NAME` characters: DSB stems are 64-character hashes);
+  - only the first stack or pair is visible; the others are listed, hidden.
+
+  A stack's layer metadata lists its planes' file stems under ``"files"``.
 * **A TIFF, PNG or JPEG file** (or a list of them): an Image layer, or a Labels
   layer when the file is a label image. The rule, in order:
 
@@ -72,6 +80,8 @@ LABEL_WORDS = frozenset(
 LABELS_MARKER = "napari_unet_layer_type"
 #: Sub-folder names that hold the label files of a training folder, in order of preference.
 LABEL_FOLDERS = ("labels", "masks")
+#: Longest layer name taken from a file stem; longer stems are cut (hashes are unique early).
+SHORT_NAME = 12
 
 
 def get_reader(path: PathOrPaths) -> ReaderFunction | None:
@@ -128,19 +138,53 @@ def read_file(path: Path) -> LayerData:
 
 
 def read_folder(path: PathOrPaths) -> list[LayerData]:
-    """Read a training folder or a DSB folder as paired Image + Labels layers."""
+    """Read a training folder or a DSB folder as Image + Labels stacks or pairs (module rule)."""
     folder = Path(path if isinstance(path, (str, Path)) else path[0])
-    layers: list[LayerData] = []
-    pairs = _training_folder_pairs(folder)
-    if pairs:
-        for image_path, labels_path in pairs:
-            image = io.read_image(image_path)
+    pairs: list[tuple[str, LayerData, np.ndarray]] = []
+    training_pairs = _training_folder_pairs(folder)
+    if training_pairs:
+        for image_path, labels_path in training_pairs:
+            image = _image_layer(image_path.stem, io.read_image(image_path))
             labels = _as_label_array(io.read_image(labels_path), labels_path)
-            layers.extend(_pair_layers(image_path.stem, image, labels))
-        return layers
-    for sample in _dsb_samples(folder):
-        image, labels = io.read_dsb_sample(sample)
-        layers.extend(_pair_layers(sample.name, image, labels))
+            pairs.append((image_path.stem, image, labels))
+    else:
+        for sample in _dsb_samples(folder):
+            image, labels = io.read_dsb_sample(sample)
+            pairs.append((sample.name, _image_layer(sample.name, image), labels))
+    return _stacked_layers(folder.name, pairs)
+
+
+def _stacked_layers(
+    folder_name: str, pairs: list[tuple[str, LayerData, np.ndarray]]
+) -> list[LayerData]:
+    """The pairs as stacks of same-shaped planes, else as pairs; the first one visible."""
+    groups: dict[tuple[Any, ...], list[tuple[str, LayerData, np.ndarray]]] = {}
+    for stem, image, labels in pairs:
+        data, meta, _ = image
+        single_plane = labels.ndim == 2 and len(pairs) > 1
+        key = (data.shape, data.dtype.str, meta["rgb"], labels.dtype.str) if single_plane else stem
+        groups.setdefault(key, []).append((stem, image, labels))
+    layers: list[LayerData] = []
+    for members in groups.values():
+        visible = not layers
+        if len(members) == 1:
+            stem, (data, meta, _), labels = members[0]
+            name = stem[:SHORT_NAME]
+            layers.append((data, {**meta, "name": name, "visible": visible}, "image"))
+            layers.append((labels, {"name": f"{name} labels", "visible": visible}, "labels"))
+            continue
+        height, width = members[0][2].shape
+        name = folder_name if len(groups) == 1 else f"{folder_name} {height}x{width}"
+        image_meta = {
+            "name": name,
+            "rgb": members[0][1][1]["rgb"],
+            "visible": visible,
+            "metadata": {"files": [stem for stem, _, _ in members]},
+        }
+        layers.append((np.stack([image[0] for _, image, _ in members]), image_meta, "image"))
+        labels_meta = {**image_meta, "name": f"{name} labels"}
+        del labels_meta["rgb"]
+        layers.append((np.stack([labels for _, _, labels in members]), labels_meta, "labels"))
     return layers
 
 
@@ -245,10 +289,6 @@ def _as_label_array(labels: np.ndarray, path: Path) -> np.ndarray:
             f"{str(path)!r} holds {labels.dtype} values; label images must be integers."
         )
     return labels
-
-
-def _pair_layers(stem: str, image: np.ndarray, labels: np.ndarray) -> list[LayerData]:
-    return [_image_layer(stem, image), (labels, {"name": f"{stem} labels"}, "labels")]
 
 
 def _training_folder_pairs(folder: Path) -> list[tuple[Path, Path]]:

@@ -16,6 +16,8 @@ spawned children import the parent's ``__main__``: a napari script without an
 ``if __name__ == "__main__"`` guard would open a second viewer). It reads its work from
 stdin, where a later ``S`` byte asks it to stop and end-of-file (the parent gone) too, and
 writes length-prefixed pickles to a pipe of its own, so nothing it prints can garble them.
+Before the work's first event it reports two phases (see :data:`PHASES`), so that a
+widget can say what the seconds before the first event are spent on.
 POSIX only (``select`` on a pipe), as is the glibc setting this is for.
 """
 
@@ -40,6 +42,15 @@ POLL_S = 0.2
 #: Byte the parent writes to the child's stdin to ask for a cooperative stop.
 STOP_BYTE = b"S"
 _HEADER = struct.Struct("<Q")  # length of the pickle that follows
+#: What ``on_phase`` of :func:`events_in_process` is told, in order, and what each phase
+#: is, as a status line can say it: the child process is being started; it runs and is
+#: importing the work (for training: PyTorch); the work runs up to its first event.
+PHASES = {
+    "starting": "Starting the worker process…",
+    "loading": "Loading PyTorch and the model…",
+    "running": "Preparing the data and the first step…",
+}
+_PHASE_OF_FRAME = {"started": "loading", "ready": "running"}
 
 
 def write_pickled(stream: IO[bytes], data: bytes) -> None:
@@ -87,6 +98,7 @@ def events_in_process(
     work: Callable[..., Generator[Any, None, Any]],
     *args: Any,
     stop: threading.Event | None = None,
+    on_phase: Callable[[str], None] | None = None,
     **kwargs: Any,
 ) -> Generator[Any, None, Any]:
     """Run the generator function ``work(*args, **kwargs)`` in a child process.
@@ -100,6 +112,8 @@ def events_in_process(
     stop : threading.Event, optional
         Setting it sets the ``stop`` event given to ``work`` in the child (which must then
         accept a ``stop`` keyword), so a cooperative cancel works as in-process.
+    on_phase : callable, optional
+        Called with each key of :data:`PHASES` as the run reaches it (in this thread).
 
     Yields
     ------
@@ -124,6 +138,8 @@ def events_in_process(
             f"the data or settings cannot be sent to a child process ({error}); load the "
             "images into memory (numpy arrays) and try again."
         ) from error
+    tell = on_phase or (lambda _: None)
+    tell("starting")
     read_fd, write_fd = os.pipe()
     try:
         child = subprocess.Popen(
@@ -160,7 +176,9 @@ def events_in_process(
                     kind, value = read_frame(messages)
                 except EOFError:
                     raise _ended_without_result(child) from None
-                if kind == "yielded":
+                if kind in _PHASE_OF_FRAME:
+                    tell(_PHASE_OF_FRAME[kind])
+                elif kind == "yielded":
                     yield value
                 elif kind == "returned":
                     return value

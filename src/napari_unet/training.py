@@ -11,13 +11,14 @@ What one run does (the reference recipe unless configured otherwise):
   (:func:`napari_unet.data.make_targets`).
 - Training draws random square patches (:class:`napari_unet.data.PatchSampler`), augmented
   by default; an epoch is ``steps_per_epoch`` batches (default: enough patches to cover the
-  training area about once).
+  training area about once, and at least :data:`MIN_PATCHES_PER_EPOCH`).
 - After each epoch the network is evaluated on the **whole** validation images, one at a
   time (any size works): validation loss (mean over images), and pixel Dice/IoU of the
   thresholded foreground channel (mean over images; an image with no object in both truth
   and prediction scores 1).
-- Adam; the best model by validation loss is kept (and written to ``out`` whenever it
-  improves, so a crash or cancel never loses it); learning rate x0.1 on a plateau of
+- Adam; the best model by validation Dice (the score reported; the loss breaks ties) is
+  kept (and written to ``out`` whenever it improves, so a crash or cancel never loses
+  it); learning rate x0.1 on a plateau of
   ``plateau_patience`` epochs down to ``min_lr`` (or one-cycle / cosine schedules); early
   stopping; a CSV log per epoch; a resume checkpoint per epoch.
 """
@@ -61,6 +62,10 @@ from napari_unet.training_run import (
     checkpoint_model_config,
     read_checkpoint,
 )
+
+#: Fewest patches an epoch draws by default: one 256 px image at patch size 256 would
+#: otherwise make an epoch of a single step, whose validation says nothing.
+MIN_PATCHES_PER_EPOCH = 32
 
 
 def _check(condition: bool, message: str) -> None:
@@ -261,11 +266,17 @@ def _patch_sampler(
     rng = np.random.default_rng(config.seed)
     rank_rng(rng, config.seed, group)  # each rank its own patches
     sampler = PatchSampler(planes, config.patch_size, config.sampling, config.augment, rng)
-    # By default an epoch covers the data once over all ranks together.
-    steps_per_epoch = config.steps_per_epoch or max(
-        1, math.ceil(sampler.patches_per_epoch() / (config.batch_size * group.world_size))
+    steps_per_epoch = config.steps_per_epoch or auto_steps_per_epoch(
+        sampler.patches_per_epoch(), config.batch_size, group.world_size
     )
     return sampler, steps_per_epoch
+
+
+def auto_steps_per_epoch(patches: int, batch_size: int, world_size: int = 1) -> int:
+    """Steps of an epoch when none are given: ``patches`` (the data's area once) over all
+    ranks together, and at least :data:`MIN_PATCHES_PER_EPOCH` patches, so that a small
+    image set still gets an epoch whose validation means something."""
+    return math.ceil(max(patches, MIN_PATCHES_PER_EPOCH) / (batch_size * world_size))
 
 
 def _train_steps(
@@ -311,6 +322,8 @@ def _epoch(
     stop: threading.Event | None,
 ) -> Generator[TrainEvent, None, tuple[bool, bool]]:
     """One epoch: steps, validation, files, its event; returns (cancelled, stopped early)."""
+    if stop is not None and stop.is_set() and run.best_state is not None:
+        return True, False  # stopped during the last validation: no further step starts
     losses, cancelled = yield from _train_steps(run, sampler, stop, outputs.model)
     if cancelled and run.best_state is not None:
         return True, False  # a partial epoch is neither validated nor checkpointed

@@ -435,7 +435,8 @@ class TrainingRun:
     ) -> tuple[dict[str, Any], bool]:
         """Count a finished epoch: history row, best model, plateau schedule.
 
-        Returns the history row and whether the validation loss improved.
+        Returns the history row and whether this epoch is the best so far (see
+        :meth:`is_better`).
         """
         self.epoch += 1
         row = {
@@ -448,7 +449,7 @@ class TrainingRun:
             "elapsed_s": round(self.elapsed(), 2),
         }
         self.history.append(row)
-        improved = val_loss < self.best_val_loss
+        improved = self.is_better(val_loss, val_metrics)
         if improved:
             self.best_val_loss, self.best_epoch = val_loss, self.epoch
             self.best_metrics = dict(val_metrics)
@@ -459,6 +460,15 @@ class TrainingRun:
         if self.config.schedule == "plateau":
             self.scheduler.step(val_loss)
         return row, improved
+
+    def is_better(self, val_loss: float, val_metrics: dict[str, float]) -> bool:
+        """Whether an epoch beats the best: by validation Dice (the score reported), else loss."""
+        dice, best = val_metrics.get("dice", math.nan), self.best_metrics.get("dice", math.nan)
+        if math.isfinite(dice) and math.isfinite(best) and dice != best:
+            return dice > best
+        if math.isfinite(dice) != math.isfinite(best):
+            return math.isfinite(dice)
+        return val_loss < self.best_val_loss
 
     def should_stop_early(self) -> bool:
         patience = self.config.early_stopping_patience

@@ -106,10 +106,13 @@ class ScrollingDock(QWidget):
 class HintLabel(QLabel):
     """A word-wrapped label that says why an action is unavailable (empty when it is)."""
 
+    #: Amber: a warning, not an error.
+    COLOUR = "#e0a040"
+
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWordWrap(True)
-        self.setStyleSheet("color: #e0a040;")
+        self.setStyleSheet(f"color: {self.COLOUR};")
         self.hide()
 
     def show_hint(self, text: str | None) -> None:
@@ -220,7 +223,8 @@ class ModelPicker(QWidget):
     allow_scratch : bool
         Offer "none (from scratch)" first (the Train widget's fine-tune choice).
     follow_new : bool
-        Select each newly trained model as it appears (the Segment widget).
+        Select each newly trained model as it appears (the Segment widget), unless it
+        is flagged poor.
     """
 
     SCRATCH = "none (train from scratch)"
@@ -274,15 +278,17 @@ class ModelPicker(QWidget):
         self.combo.blockSignals(True)
         self.combo.clear()
         self.combo.addItems(items)
+        usable = [entry for entry in REGISTRY.entries() if not entry.poor]
         if current in items:
             self.combo.setCurrentText(current)
-        elif not self._allow_scratch and len(items) > 1 and REGISTRY.entries():
-            self.combo.setCurrentText(REGISTRY.entries()[-1].name)
+        elif not self._allow_scratch and usable:
+            self.combo.setCurrentText(usable[-1].name)
         self.combo.blockSignals(False)
         self._on_choice()
 
     def _on_registry(self, entry: SessionModel | None) -> None:
-        self._fill(select=entry.name if entry is not None and self._follow_new else None)
+        follow = entry is not None and self._follow_new and not entry.poor
+        self._fill(select=entry.name if follow else None)
 
     def _on_choice(self, *_: Any) -> None:
         self._file_row.setVisible(self.combo.currentText() == self.FILE)
@@ -335,6 +341,11 @@ class RunControls(QWidget):
     Errors are shown in the status line; :attr:`running_changed` tells the widget
     when to re-check its state.
 
+    A wait with no count to show (the run starting, a model loading, an export) shows a
+    busy bar and the step's name (:meth:`show_busy`, or :meth:`phase_reporter` from a
+    worker thread). After Stop, the status line says the stop text until the run ends:
+    progress moves the bar but does not replace it.
+
     Parameters
     ----------
     run_text : str
@@ -352,6 +363,11 @@ class RunControls(QWidget):
 
     #: Emitted when a run starts and when it ends (returned, stopped or failed).
     running_changed = Signal()
+    #: Emitted with a step's name when a wait with no count begins; shown by
+    #: :meth:`show_busy` (any thread may emit it: the call is queued to the GUI thread).
+    step_started = Signal(str)
+    #: Emitted with each value a run yields, after the widget's own handler saw it.
+    yielded = Signal(object)
 
     def __init__(
         self,
@@ -390,6 +406,7 @@ class RunControls(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
+        self.step_started.connect(self.show_busy)
         # Closing the widget mid-run ends the run (after its current step).
         self.destroyed.connect(lambda *_: self.stop_event.set())
 
@@ -404,18 +421,41 @@ class RunControls(QWidget):
         self.run_button.setEnabled(hint is None and not self.running)
         self.stop_button.setEnabled(self.running and not self.stop_event.is_set())
 
-    def say(self, text: str, error: bool = False) -> None:
-        """Show ``text`` in the status line, in red for an ``error``."""
-        self.status.setStyleSheet("color: #e05050;" if error else "")
+    def say(self, text: str, error: bool = False, warning: bool = False) -> None:
+        """Show ``text`` in the status line, red for an ``error``, amber for a ``warning``."""
+        colour = "#e05050" if error else HintLabel.COLOUR if warning else None
+        self.status.setStyleSheet(f"color: {colour};" if colour else "")
         self.status.setText(text)
 
+    @property
+    def stopping(self) -> bool:
+        """Whether Stop was pressed and the run has not ended yet."""
+        return self.running and self.stop_event.is_set()
+
     def show_progress(self, done: int, total: int, message: str | None = None) -> None:
-        """Show ``done`` of ``total``, and ``message`` unless a Stop is pending."""
-        self.progress.setRange(0, max(1, total))
+        """Show ``done`` of ``total`` (busy for a ``total`` of 0), and ``message``.
+
+        While a Stop is pending the status line keeps saying so.
+        """
+        self.progress.setRange(0, max(0, total))
         self.progress.setValue(done)
-        # "Stopping…" stays until the run ends.
-        if message is not None and not self.stop_event.is_set():
-            self.status.setText(message)
+        if message is not None and not self.stopping:
+            self.say(message)
+
+    def show_busy(self, message: str) -> None:
+        """Show a busy bar and ``message``: a step whose length is unknown has begun."""
+        self.show_progress(0, 0, message)
+
+    def phase_reporter(self) -> Callable[[str], None]:
+        """A function that any thread may call with a step's name (emits :attr:`step_started`)."""
+
+        def report(message: str) -> None:
+            try:
+                self.step_started.emit(message)
+            except RuntimeError:  # the widget was closed: nobody to tell
+                pass
+
+        return report
 
     def run(
         self,
@@ -424,7 +464,6 @@ class RunControls(QWidget):
         message: str,
         on_yielded: Callable[[Any], None],
         on_returned: Callable[[Any], None],
-        busy: bool = True,
         failure: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -435,11 +474,9 @@ class RunControls(QWidget):
         work : generator function
             The run; given ``stop=`` :attr:`stop_event` too when Stop is shown.
         message : str
-            The status line until the first progress.
+            The status line until the first progress, under a busy bar.
         on_yielded, on_returned : callable
             Called in the GUI thread with each yielded value and with the result.
-        busy : bool
-            Show a busy bar until the first progress, rather than an empty one.
         failure : str, optional
             What the status line says before an error of this run (default: the
             ``failure`` given to the constructor).
@@ -450,15 +487,13 @@ class RunControls(QWidget):
         self._run_failure = failure or self._failure
         if self._stop_text is not None:
             kwargs["stop"] = self.stop_event
-        self.say(message)
-        self.progress.setRange(0, 0 if busy else 1)
-        self.progress.setValue(0)
+        self.show_busy(message)
         self.worker = create_worker(
             work,
             *args,
             **kwargs,
             _connect={
-                "yielded": on_yielded,
+                "yielded": [on_yielded, self.yielded.emit],
                 "returned": on_returned,
                 "errored": self._on_error,
                 "finished": self._on_finished,
@@ -470,7 +505,7 @@ class RunControls(QWidget):
         """Ask the run to end after its current step."""
         self.stop_event.set()
         self.stop_button.setEnabled(False)
-        self.status.setText(self._stop_text or "")
+        self.say(self._stop_text or "")
 
     def _on_error(self, error: Exception) -> None:
         # napari shows the error as a notification; the status line says it too.

@@ -19,6 +19,10 @@ from psygnal import Signal
 
 from napari_unet.checkpoint import DEFAULT_MODEL_NAME, TrainedModel, default_model_path, load_model
 
+#: Validation Dice under which a trained model is flagged as poor: it is listed, but no
+#: widget selects it by itself (a model that finds nothing must not replace a good one).
+POOR_DICE = 0.5
+
 
 @dataclass(frozen=True)
 class SessionModel:
@@ -32,11 +36,14 @@ class SessionModel:
         The trained network with its config and metadata.
     path : Path or None
         Where it was saved, if it was.
+    poor : bool
+        Its validation score is poor (or unknown): only a user picks it.
     """
 
     name: str
     model: TrainedModel
     path: Path | None = None
+    poor: bool = False
 
 
 class ModelRegistry:
@@ -48,10 +55,12 @@ class ModelRegistry:
     def __init__(self) -> None:
         self._models: dict[str, SessionModel] = {}
 
-    def add(self, model: TrainedModel, label: str, path: Path | None = None) -> SessionModel:
-        """Register ``model`` as ``"<label> #<n>"`` and return the entry."""
+    def add(
+        self, model: TrainedModel, label: str, path: Path | None = None, poor: bool = False
+    ) -> SessionModel:
+        """Register ``model`` as ``"<label> #<n>"`` (``poor``: see SessionModel) and return it."""
         name = f"{label} #{len(self._models) + 1}"
-        entry = SessionModel(name, model, path)
+        entry = SessionModel(name, model, path, poor)
         self._models[name] = entry
         self.changed.emit(entry)
         return entry

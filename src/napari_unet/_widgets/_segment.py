@@ -112,7 +112,8 @@ def segment_layer(
     Yields
     ------
     Progress
-        The core's progress: tiles of an in-memory image, block tasks of a dask one.
+        "Loading the model" (total 0: busy) unless ``model`` is loaded, then the
+        core's progress: tiles of an in-memory image, block tasks of a dask one.
 
     Returns
     -------
@@ -121,6 +122,8 @@ def segment_layer(
         ended it early) and the model's target, which names the probability maps.
     """
     # Session models are used as they are; a file is read once per version and device.
+    if not isinstance(model, TrainedModel):
+        yield Progress(0, 0, "Loading the model…")  # seconds for a file not read yet
     trained = MODEL_CACHE.get(model, config.device)
     if is_lazy(data):
         segmentation = yield from _segment_lazy(data, trained, config, rgb, channel_axis, stop)
@@ -522,7 +525,7 @@ class SegmentWidget(ScrollingDock):
         if model is None or self.export_worker is not None:
             return
         self.export_button.setEnabled(False)
-        self.controls.say(f"Exporting the model to {path}…")
+        self.controls.show_busy(f"Exporting the model to {path}…")
         self.export_worker = create_worker(
             export_model,
             model,
@@ -543,6 +546,8 @@ class SegmentWidget(ScrollingDock):
     def _on_export_finished(self) -> None:
         self.export_worker = None
         self.export_button.setEnabled(True)
+        if not self.running:  # a segmentation run shows its own progress
+            self.controls.show_progress(1, 1)
 
 
 def _spatial(layer: Image, channel_axis: int | None) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -50,13 +50,13 @@ from napari_unet._widgets._common import (
     shrink,
 )
 from napari_unet._widgets._plots import TrainingCurves
-from napari_unet._widgets._registry import REGISTRY
+from napari_unet._widgets._registry import POOR_DICE, REGISTRY
 from napari_unet.annotations import check_training_labels, count_planes, split_held_out_strip
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.config import PRESETS, TARGET_CHANNELS, TrainConfig
 from napari_unet.errors import ConfigError, DataError, ModelFileError
-from napari_unet.process import CHILD_PROCESSES, events_in_process
-from napari_unet.training import TrainEvent, TrainResult, train_events
+from napari_unet.process import CHILD_PROCESSES, PHASES, events_in_process
+from napari_unet.training import MIN_PATCHES_PER_EPOCH, TrainEvent, TrainResult, train_events
 
 if TYPE_CHECKING:
     import napari
@@ -247,7 +247,11 @@ class TrainWidget(ScrollingDock):
         run_form.addRow("Patch size", self.patch_size)
         self.steps_per_epoch = QSpinBox()
         self.steps_per_epoch.setRange(0, 1_000_000)
-        self.steps_per_epoch.setSpecialValueText("auto (cover the images once)")
+        self.steps_per_epoch.setSpecialValueText(f"auto (≥ {MIN_PATCHES_PER_EPOCH} patches)")
+        self.steps_per_epoch.setToolTip(
+            "auto: batches for the images' area once (area / patch area patches), at least "
+            f"{MIN_PATCHES_PER_EPOCH} patches: one small image still gets a meaningful epoch."
+        )
         run_form.addRow("Steps per epoch", self.steps_per_epoch)
         self.loss = QComboBox()
         self.loss.addItems(["bce", "dice", "bce+dice"])
@@ -500,15 +504,17 @@ class TrainWidget(ScrollingDock):
         self._label = self._model_label(plan)
         # In a child process where there is one (POSIX): see napari_unet.process.
         relay = (events_in_process, train_events) if CHILD_PROCESSES else (train_events,)
+        report = self.controls.phase_reporter()
+        phases = {"on_phase": lambda phase: report(PHASES[phase])} if CHILD_PROCESSES else {}
         self.controls.run(
             *relay,
             plan.images,
             plan.labels,
             plan.config,
-            message="Preparing the data…",
+            message=PHASES["starting" if CHILD_PROCESSES else "running"],
             on_yielded=self._on_event,
             on_returned=self._on_result,
-            busy=False,
+            **phases,
             val_images=plan.val_images,
             val_labels=plan.val_labels,
             out=plan.out,
@@ -540,7 +546,6 @@ class TrainWidget(ScrollingDock):
             )
         elif event.kind == "epoch":
             metrics = event.val_metrics or {}
-            self.controls.show_progress(event.epoch, event.epochs)
             self.curves.add_epoch(
                 event.epoch,
                 event.train_loss,
@@ -548,23 +553,34 @@ class TrainWidget(ScrollingDock):
                 metrics.get("dice"),
                 metrics.get("iou"),
             )
-            self.status.setText(
+            self.controls.show_progress(
+                event.epoch,
+                event.epochs,
                 f"epoch {event.epoch}/{event.epochs} · loss {event.train_loss:.4f} · val loss "
                 f"{event.val_loss:.4f} · Dice {metrics.get('dice', math.nan):.3f} · IoU "
-                f"{metrics.get('iou', math.nan):.3f} · {event.elapsed_s:.0f} s"
+                f"{metrics.get('iou', math.nan):.3f} · {event.elapsed_s:.0f} s",
             )
 
     def _on_result(self, result: TrainResult) -> None:
         self.result = result
-        entry = REGISTRY.add(result.model, self._label, result.model_path)
-        how = "Stopped" if result.cancelled else "Stopped early" if result.stopped_early else "Done"
         dice = result.model.metadata.get("val_metrics", {}).get("dice")
-        quality = f", val Dice {dice:.3f}" if dice is not None else ""
+        poor = dice is None or not dice >= POOR_DICE  # NaN or unknown counts as poor
+        entry = REGISTRY.add(result.model, self._label, result.model_path, poor=poor)
+        how = "Stopped" if result.cancelled else "Stopped early" if result.stopped_early else "Done"
+        quality = f", val Dice {dice:.3f}" if dice is not None else ", not validated"
         saved = f" Saved to {result.model_path}." if result.model_path else ""
-        self.status.setText(
-            f"{how}: best epoch {result.best_epoch}{quality}. Model {entry.name!r} is ready "
-            f"in the Segment widget.{saved}"
-        )
+        if poor:
+            self.controls.say(
+                f"{how}: best epoch {result.best_epoch}{quality}: poor (under {POOR_DICE}). "
+                f"Segment keeps its model (pick {entry.name!r} there to use it anyway); train "
+                f"longer or label more.{saved}",
+                warning=True,
+            )
+        else:
+            self.controls.say(
+                f"{how}: best epoch {result.best_epoch}{quality}. Model {entry.name!r} is ready "
+                f"in the Segment widget.{saved}"
+            )
 
     def _on_running_changed(self) -> None:
         if not self.running:

@@ -19,10 +19,12 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QScrollArea,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
+from napari_unet._pairs import match_pairs, spatial_shape
 from napari_unet._widgets._registry import REGISTRY, SessionModel
 from napari_unet.checkpoint import (
     DEFAULT_MODEL_NAME,
@@ -33,7 +35,7 @@ from napari_unet.checkpoint import (
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Layer
+    from napari.layers import Image, Labels, Layer
 
 #: The model file dialog's filter: napari-unet files and bioimage.io packages.
 MODEL_FILE_FILTER = (
@@ -536,3 +538,45 @@ def prediction_metadata(model: str) -> dict[str, Any]:
 def is_prediction(layer: Layer) -> bool:
     """Whether ``layer`` is a segmentation this plugin produced (not loaded or painted)."""
     return PREDICTION_KEY in (getattr(layer, "metadata", None) or {})
+
+
+class PairRow(QWidget):
+    """One (Image layer, Labels layer) training pair with a remove button."""
+
+    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        from napari.layers import Image, Labels
+
+        super().__init__(parent)
+        self.image = LayerCombo(viewer, Image)
+        self.labels = LayerCombo(viewer, Labels)
+        self.remove = QToolButton()
+        self.remove.setText("✕")
+        self.remove.setToolTip("Remove this pair")
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.image, 1)
+        layout.addWidget(QLabel("↔"))
+        layout.addWidget(self.labels, 1)
+        layout.addWidget(self.remove)
+        self.image.layer_changed.connect(self.match_labels)
+        self.match_labels()
+
+    def match_labels(self) -> None:
+        """Pick the Labels layer that fits the image (same shape, then matching name)."""
+        image, current = self.image.layer(), self.labels.layer()
+        if image is None:
+            return
+        shape = spatial_shape(layer_data(image).shape, image.rgb)
+        if current is not None and tuple(layer_data(current).shape) == shape:
+            if current.name.lower().startswith(image.name.lower()):
+                return
+        candidates = self.labels.layers()
+        pairs = match_pairs(
+            [(image.name, shape)], [(lab.name, tuple(layer_data(lab).shape)) for lab in candidates]
+        )
+        if pairs:
+            self.labels.set_layer(candidates[pairs[0][1]])
+
+    def pair(self) -> tuple[Image | None, Labels | None]:
+        """The selected (image, labels) layers; either may be None."""
+        return self.image.layer(), self.labels.layer()

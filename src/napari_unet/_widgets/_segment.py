@@ -245,52 +245,8 @@ class SegmentWidget(ScrollingDock):
         form.addRow("Stack", self.stack)
         self.model = ModelPicker(follow_new=True)
         form.addRow("Model", self.model)
-        # Post-processing left at its lowest value ("tuned for the model") takes the
-        # value tuned for the chosen model on its validation data (PredictConfig None).
-        self.threshold = tuned_probability_box(
-            "Foreground probability above which a pixel is an object."
-        )
-        form.addRow("Threshold", self.threshold)
-        self.separate = QCheckBox("split touching objects (watershed)")
-        self.separate.setChecked(defaults.separate)
-        form.addRow("Separate", self.separate)
-        self.seed_threshold = tuned_probability_box(
-            "Contour models: boundary probability under which an object pixel seeds an object."
-        )
-        form.addRow("Seed threshold", self.seed_threshold)
-        self.core_threshold = tuned_probability_box(
-            "Hysteresis: split objects where the foreground probability is over this value, "
-            "then grow them to the threshold. At or below the threshold: no hysteresis."
-        )
-        form.addRow("Core threshold", self.core_threshold)
-        self.min_size = QSpinBox()
-        self.min_size.setRange(-1, 1_000_000)
-        self.min_size.setSuffix(" px")
-        self.min_size.setSpecialValueText(TUNED)
-        self.min_size.setValue(-1 if defaults.min_size is None else defaults.min_size)
-        self.min_size.setToolTip("Objects with fewer pixels are removed.")
-        form.addRow("Minimum size", self.min_size)
-        self.tile_size = QSpinBox()
-        self.tile_size.setRange(0, 16384)
-        self.tile_size.setSingleStep(64)
-        self.tile_size.setSpecialValueText("auto (from memory)")
-        self.tile_size.setValue(defaults.tile_size or 0)
-        form.addRow("Tile size", self.tile_size)
-        self.tta = QCheckBox("average over flips and rotations (slower)")
-        self.tta.setChecked(defaults.tta)
-        form.addRow("TTA", self.tta)
-        self.compile = QCheckBox("compile the network (once per tile size, then faster)")
-        self.compile.setToolTip(
-            "torch.compile: tens of seconds before the first tile, then every tile runs "
-            "faster. Worth it for large images and long stacks."
-        )
-        self.compile.setChecked(defaults.compile)
-        form.addRow("Speed", self.compile)
-        self.device = QComboBox()
-        self.device.addItems(available_devices())
-        form.addRow("Device", self.device)
-        self.probabilities = QCheckBox("also add the probability map")
-        form.addRow("Output", self.probabilities)
+        self._add_postprocessing_rows(form, defaults)
+        self._add_run_rows(form, defaults)
         layout.addLayout(form)
 
         self.export_button = QPushButton("Export model…")
@@ -330,6 +286,58 @@ class SegmentWidget(ScrollingDock):
         self._fill_channel_axes()
         self.update_state()
         self.show_tuned_values()
+
+    def _add_postprocessing_rows(self, form: QFormLayout, defaults: PredictConfig) -> None:
+        """Threshold, separation, seed/core thresholds and minimum size."""
+        # Post-processing left at its lowest value ("tuned for the model") takes the
+        # value tuned for the chosen model on its validation data (PredictConfig None).
+        self.threshold = tuned_probability_box(
+            "Foreground probability above which a pixel is an object."
+        )
+        form.addRow("Threshold", self.threshold)
+        self.separate = QCheckBox("split touching objects (watershed)")
+        self.separate.setChecked(defaults.separate)
+        form.addRow("Separate", self.separate)
+        self.seed_threshold = tuned_probability_box(
+            "Contour models: boundary probability under which an object pixel seeds an object."
+        )
+        form.addRow("Seed threshold", self.seed_threshold)
+        self.core_threshold = tuned_probability_box(
+            "Hysteresis: split objects where the foreground probability is over this value, "
+            "then grow them to the threshold. At or below the threshold: no hysteresis."
+        )
+        form.addRow("Core threshold", self.core_threshold)
+        self.min_size = QSpinBox()
+        self.min_size.setRange(-1, 1_000_000)
+        self.min_size.setSuffix(" px")
+        self.min_size.setSpecialValueText(TUNED)
+        self.min_size.setValue(-1 if defaults.min_size is None else defaults.min_size)
+        self.min_size.setToolTip("Objects with fewer pixels are removed.")
+        form.addRow("Minimum size", self.min_size)
+
+    def _add_run_rows(self, form: QFormLayout, defaults: PredictConfig) -> None:
+        """Tiling, augmentation, compilation, device and extra outputs."""
+        self.tile_size = QSpinBox()
+        self.tile_size.setRange(0, 16384)
+        self.tile_size.setSingleStep(64)
+        self.tile_size.setSpecialValueText("auto (from memory)")
+        self.tile_size.setValue(defaults.tile_size or 0)
+        form.addRow("Tile size", self.tile_size)
+        self.tta = QCheckBox("average over flips and rotations (slower)")
+        self.tta.setChecked(defaults.tta)
+        form.addRow("TTA", self.tta)
+        self.compile = QCheckBox("compile the network (once per tile size, then faster)")
+        self.compile.setToolTip(
+            "torch.compile: tens of seconds before the first tile, then every tile runs "
+            "faster. Worth it for large images and long stacks."
+        )
+        self.compile.setChecked(defaults.compile)
+        form.addRow("Speed", self.compile)
+        self.device = QComboBox()
+        self.device.addItems(available_devices())
+        form.addRow("Device", self.device)
+        self.probabilities = QCheckBox("also add the probability map")
+        form.addRow("Output", self.probabilities)
 
     def _tuned_boxes(self) -> dict[str, QDoubleSpinBox | QSpinBox]:
         return {

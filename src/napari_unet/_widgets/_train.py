@@ -29,19 +29,16 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QLabel,
     QLineEdit,
     QPushButton,
     QSpinBox,
-    QToolButton,
     QVBoxLayout,
-    QWidget,
 )
 
-from napari_unet._pairs import match_pairs, spatial_shape
+from napari_unet._pairs import spatial_shape
 from napari_unet._widgets._common import (
-    LayerCombo,
     ModelPicker,
+    PairRow,
     RunControls,
     ScrollingDock,
     available_devices,
@@ -60,7 +57,6 @@ from napari_unet.training import MIN_PATCHES_PER_EPOCH, TrainEvent, TrainResult,
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Image, Labels
 
 #: Label modes as the widget shows them -> TrainConfig.label_mode.
 LABEL_MODES = {
@@ -95,48 +91,6 @@ class TrainPlan:
     description: dict[str, Any] = field(default_factory=dict)
 
 
-class PairRow(QWidget):
-    """One (Image layer, Labels layer) training pair with a remove button."""
-
-    def __init__(self, viewer: napari.Viewer, parent: QWidget | None = None) -> None:
-        from napari.layers import Image, Labels
-
-        super().__init__(parent)
-        self.image = LayerCombo(viewer, Image)
-        self.labels = LayerCombo(viewer, Labels)
-        self.remove = QToolButton()
-        self.remove.setText("✕")
-        self.remove.setToolTip("Remove this pair")
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.image, 1)
-        layout.addWidget(QLabel("↔"))
-        layout.addWidget(self.labels, 1)
-        layout.addWidget(self.remove)
-        self.image.layer_changed.connect(self.match_labels)
-        self.match_labels()
-
-    def match_labels(self) -> None:
-        """Pick the Labels layer that fits the image (same shape, then matching name)."""
-        image, current = self.image.layer(), self.labels.layer()
-        if image is None:
-            return
-        shape = spatial_shape(layer_data(image).shape, image.rgb)
-        if current is not None and tuple(layer_data(current).shape) == shape:
-            if current.name.lower().startswith(image.name.lower()):
-                return
-        candidates = self.labels.layers()
-        pairs = match_pairs(
-            [(image.name, shape)], [(lab.name, tuple(layer_data(lab).shape)) for lab in candidates]
-        )
-        if pairs:
-            self.labels.set_layer(candidates[pairs[0][1]])
-
-    def pair(self) -> tuple[Image | None, Labels | None]:
-        """The selected (image, labels) layers; either may be None."""
-        return self.image.layer(), self.labels.layer()
-
-
 class TrainWidget(ScrollingDock):
     """Train a U-Net on (Image, Labels) layer pairs of the viewer.
 
@@ -168,7 +122,47 @@ class TrainWidget(ScrollingDock):
     # ---------------------------------------------------------------- UI
     def _build_ui(self) -> None:
         layout = QVBoxLayout(self.content)
+        for box in (self._data_box(), self._model_box(), self._run_box()):
+            layout.addWidget(box)
 
+        self.controls = controls = RunControls(
+            "Start training", "Training failed", "Stopping after this step…"
+        )
+        controls.run_button.clicked.connect(self.start)
+        controls.running_changed.connect(self._on_running_changed)
+        layout.addWidget(controls)
+        # The widget's own names for its controls (used by tests and scripts).
+        self.start_button, self.stop_button = controls.run_button, controls.stop_button
+        self.hint, self.progress, self.status = controls.hint, controls.progress, controls.status
+        self.curves = TrainingCurves()
+        layout.addWidget(self.curves)
+        layout.addStretch(1)
+
+        self.rows: list[PairRow] = []
+        self.add_pair()
+        for combo in self.content.findChildren(QComboBox):
+            shrink(combo)
+        for signal in (
+            self.label_mode.currentIndexChanged,
+            self.validation.currentIndexChanged,
+            self.val_fraction.valueChanged,
+            self.init_model.changed,
+            self.preset.currentIndexChanged,
+            self.target.currentIndexChanged,
+            self.epochs.valueChanged,
+            self.batch_size.valueChanged,
+            self.learning_rate.textChanged,
+            self.patch_size.valueChanged,
+            self.steps_per_epoch.valueChanged,
+            self.loss.currentIndexChanged,
+            self.contact_weight.valueChanged,
+            self.device.currentIndexChanged,
+            self.save_path.textChanged,
+        ):
+            signal.connect(self.schedule_check)
+
+    def _data_box(self) -> QGroupBox:
+        """The image/labels pairs, how labels are read, the validation split."""
         data_box = QGroupBox("Training data")
         data_layout = QVBoxLayout(data_box)
         self._rows_layout = QVBoxLayout()
@@ -201,8 +195,10 @@ class TrainWidget(ScrollingDock):
         val_row.addWidget(self.val_fraction)
         form.addRow("Validation", val_row)
         data_layout.addLayout(form)
-        layout.addWidget(data_box)
+        return data_box
 
+    def _model_box(self) -> QGroupBox:
+        """The model to start from, the preset and the target."""
         model_box = QGroupBox("Model")
         model_form = QFormLayout(model_box)
         self.init_model = ModelPicker(allow_scratch=True)
@@ -226,8 +222,10 @@ class TrainWidget(ScrollingDock):
             "that helps separate touching objects."
         )
         model_form.addRow("Target", self.target)
-        layout.addWidget(model_box)
+        return model_box
 
+    def _run_box(self) -> QGroupBox:
+        """Epochs, batches, loss, augmentation, device and where to save."""
         run_box = QGroupBox("Training")
         run_form = QFormLayout(run_box)
         self.epochs = QSpinBox()
@@ -282,43 +280,7 @@ class TrainWidget(ScrollingDock):
         save_row.addWidget(self.save_path, 1)
         save_row.addWidget(browse)
         run_form.addRow("Save to", save_row)
-        layout.addWidget(run_box)
-
-        self.controls = controls = RunControls(
-            "Start training", "Training failed", "Stopping after this step…"
-        )
-        controls.run_button.clicked.connect(self.start)
-        controls.running_changed.connect(self._on_running_changed)
-        layout.addWidget(controls)
-        # The widget's own names for its controls (used by tests and scripts).
-        self.start_button, self.stop_button = controls.run_button, controls.stop_button
-        self.hint, self.progress, self.status = controls.hint, controls.progress, controls.status
-        self.curves = TrainingCurves()
-        layout.addWidget(self.curves)
-        layout.addStretch(1)
-
-        self.rows: list[PairRow] = []
-        self.add_pair()
-        for combo in self.content.findChildren(QComboBox):
-            shrink(combo)
-        for signal in (
-            self.label_mode.currentIndexChanged,
-            self.validation.currentIndexChanged,
-            self.val_fraction.valueChanged,
-            self.init_model.changed,
-            self.preset.currentIndexChanged,
-            self.target.currentIndexChanged,
-            self.epochs.valueChanged,
-            self.batch_size.valueChanged,
-            self.learning_rate.textChanged,
-            self.patch_size.valueChanged,
-            self.steps_per_epoch.valueChanged,
-            self.loss.currentIndexChanged,
-            self.contact_weight.valueChanged,
-            self.device.currentIndexChanged,
-            self.save_path.textChanged,
-        ):
-            signal.connect(self.schedule_check)
+        return run_box
 
     def _browse_save(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save model as", "model.pt", "Model (*.pt)")

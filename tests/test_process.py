@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from conftest import make_blobs
 from napari_unet.checkpoint import load_model
@@ -62,6 +63,21 @@ def run_to_end(
             return events, finished.value
         if on_event is not None:
             on_event(events[-1])
+
+
+def test_the_child_computes_with_this_process_thread_count() -> None:
+    # Thread counts change float summation order: a child that took its own count (or an
+    # inherited OMP_NUM_THREADS) would not reproduce a seeded run of this process.
+    images, labels = make_blobs(4)
+    config = small_config(epochs=1, steps_per_epoch=2)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = train(images, labels, config)
+        _, result = run_to_end(events_in_process(train_events, images, labels, config))
+    finally:
+        torch.set_num_threads(previous)
+    assert same_weights(weights_of(result.model), weights_of(here.model))
 
 
 def test_training_in_a_child_equals_training_here(tmp_path) -> None:

@@ -82,6 +82,20 @@ def read_frame(stream: IO[bytes]) -> Any:
     return pickle.loads(_read_exactly(stream, size))
 
 
+def _child_environment() -> dict[str, str]:
+    """This process's environment, with torch's thread count where torch is loaded.
+
+    The child then computes with as many intra-op threads as this process would (the
+    count changes float summation order, so seeded results match only with equal counts),
+    whatever an inherited ``OMP_NUM_THREADS`` says.
+    """
+    environment = dict(os.environ)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        environment["OMP_NUM_THREADS"] = str(torch.get_num_threads())
+    return environment
+
+
 def _ended_without_result(child: subprocess.Popen) -> WorkerProcessError:
     code = child.wait()
     if code < 0:
@@ -146,6 +160,7 @@ def events_in_process(
             [sys.executable, "-m", "napari_unet._child", str(write_fd)],
             stdin=subprocess.PIPE,
             pass_fds=(write_fd,),
+            env=_child_environment(),
         )
     except OSError:
         os.close(read_fd)

@@ -52,6 +52,16 @@ def wait_for(widget: object, timeout_s: float = 900.0) -> None:
         time.sleep(0.01)
 
 
+def segment_sample(viewer: napari.Viewer, segment: object) -> None:
+    """Segment the sample image with the bundled model and wait for the result."""
+    if segment.model.DEFAULT in segment.model.choices():
+        segment.model.select(segment.model.DEFAULT)
+    segment.image.set_layer(viewer.layers["nuclei"])
+    segment.update_state()
+    segment.start()
+    wait_for(segment)
+
+
 def shoot(viewer: napari.Viewer, name: str) -> Path:
     """Save the whole window (canvas, layer list and docks) as ``docs/images/<name>.png``."""
     path = OUT / f"{name}.png"
@@ -74,12 +84,7 @@ def shoot_docked(viewer: napari.Viewer) -> Path:
         for name in ("Train", "Segment", "Evaluate")
     ]
     train, segment, evaluate = widgets
-    if segment.model.DEFAULT in segment.model.choices():
-        segment.model.select(segment.model.DEFAULT)
-    segment.image.set_layer(viewer.layers["nuclei"])
-    segment.update_state()
-    segment.start()
-    wait_for(segment)
+    segment_sample(viewer, segment)
     evaluate.update_state()  # prediction: the segmentation; truth: the loaded labels
     evaluate.start()
     wait_for(evaluate)
@@ -116,12 +121,7 @@ def main() -> int:
     segment_dock, segment = viewer.window.add_plugin_dock_widget(
         "napari-unet", "Segment", tabify=True
     )
-    if segment.model.DEFAULT in segment.model.choices():
-        segment.model.select(segment.model.DEFAULT)
-    segment.image.set_layer(viewer.layers["nuclei"])
-    segment.update_state()
-    segment.start()
-    wait_for(segment)
+    segment_sample(viewer, segment)
     viewer.layers["nuclei labels"].visible = False  # the ground truth
     shoot(viewer, "segment_widget")
 

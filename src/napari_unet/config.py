@@ -293,6 +293,12 @@ class TrainConfig(Settings):
         Validation stays unweighted, so its loss and Dice compare across runs. Instance
         or binary labels only. On the DSB 2018 val split a fine-tune of the bundled model
         with 10 split single nuclei too and lowered F1 at IoU 0.5 (see the model card).
+    freeze_batchnorm : bool
+        When fine-tuning (``init``), BatchNorm layers keep the init model's running
+        statistics (they stay in eval mode; their scale and shift still train). Estimated
+        from a few images, those statistics drift away from what the rest of the model
+        learnt: on the DSB 2018 H&E fine-tune of ``benchmarks/bench_hitl.py`` the
+        fluorescence score fell. No effect when training from scratch.
     """
 
     WHAT: ClassVar[str] = "training"
@@ -389,6 +395,12 @@ class TrainConfig(Settings):
         high=100,
         help="loss weight of the pixels between touching objects, 1 (off) to 100; higher "
         "values split touching objects more, and single ones too",
+    )
+    freeze_batchnorm: bool = setting(
+        True,
+        kind="bool",
+        help="when fine-tuning (init), keep the model's BatchNorm statistics rather than "
+        "re-estimate them from the few new images",
     )
 
     def _check_together(self) -> None:

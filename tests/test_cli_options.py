@@ -57,7 +57,7 @@ TRAIN_EXAMPLES: dict[str, tuple[list[str], Any]] = {
     "half_precision": ([], True),
     "loader_threads": (["2"], 2),
     "contact_weight": (["5"], 5),
-    "freeze_batchnorm": (None, False),  # --no-freeze-batchnorm
+    "freeze_batchnorm": ([], True),
 }
 PREDICT_EXAMPLES: dict[str, tuple[list[str] | None, Any]] = {
     "tile_size": (["256"], 256),

@@ -211,15 +211,17 @@ def test_fine_tuning_keeps_the_init_models_tuned_post_processing(blobs, tmp_path
     assert "postprocess" not in train(*blobs, small_config(epochs=1)).model.metadata
 
 
-def test_fine_tuning_keeps_batchnorm_statistics_unless_told(blobs) -> None:
+def test_fine_tuning_keeps_batchnorm_statistics_when_told(blobs) -> None:
     base = train(*blobs, small_config(epochs=1)).model
-    kept = train(*blobs, small_config(epochs=1), init=base).model
+    kept = train(*blobs, small_config(epochs=1, freeze_batchnorm=True), init=base).model
     assert same_weights(batchnorm_statistics(base), batchnorm_statistics(kept))
     assert not same_weights(weights_of(base), weights_of(kept))  # the rest trains
-    moved = train(*blobs, small_config(epochs=1, freeze_batchnorm=False), init=base).model
+    moved = train(*blobs, small_config(epochs=1), init=base).model  # the default: off
     assert not same_weights(batchnorm_statistics(base), batchnorm_statistics(moved))
     # From scratch the option changes nothing: the statistics are estimated.
-    scratch = [train(*blobs, small_config(epochs=1, freeze_batchnorm=f)).model for f in (0, 1)]
+    scratch = [
+        train(*blobs, small_config(epochs=1, freeze_batchnorm=f)).model for f in (False, True)
+    ]
     assert same_weights(*(weights_of(model) for model in scratch))
 
 

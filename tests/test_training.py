@@ -225,6 +225,24 @@ def test_fine_tuning_keeps_batchnorm_statistics_when_told(blobs) -> None:
     assert same_weights(*(weights_of(model) for model in scratch))
 
 
+def test_a_fine_tune_replays_bundled_samples_and_training_from_scratch_does_not(
+    blobs, tmp_path
+) -> None:
+    scratch = train(*blobs, small_config(epochs=1, val_fraction=0), out=tmp_path / "s.pt")
+    own = scratch.model.metadata["data"]["train_planes"]
+    assert "replayed_samples" not in scratch.model.metadata["data"]
+    tuned = train(
+        *blobs, small_config(epochs=1, val_fraction=0, replay_samples=2), init=scratch.model
+    )
+    assert tuned.model.metadata["data"]["replayed_samples"] == 2
+    assert tuned.model.metadata["data"]["train_planes"] == own + 2
+    plain = train(
+        *blobs, small_config(epochs=1, val_fraction=0, replay_samples=0), init=scratch.model
+    )
+    assert "replayed_samples" not in plain.model.metadata["data"]
+    assert not same_weights(weights_of(tuned.model), weights_of(plain.model))
+
+
 def test_cancel_before_first_epoch_keeps_a_valid_model(blobs, tmp_path) -> None:
     stop = threading.Event()
     events = train_events(*blobs, small_config(epochs=5), out=tmp_path / "m.pt", stop=stop)

@@ -57,6 +57,7 @@ TRAIN_EXAMPLES: dict[str, tuple[list[str], Any]] = {
     "half_precision": ([], True),
     "loader_threads": (["2"], 2),
     "contact_weight": (["5"], 5),
+    "replay_samples": (["2"], 2),
     "freeze_batchnorm": ([], True),
 }
 PREDICT_EXAMPLES: dict[str, tuple[list[str] | None, Any]] = {

@@ -301,7 +301,9 @@ class TrainConfig(Settings):
         for 10 steps (``benchmarks/bench_hitl.py --score-on selection``; 12 H&E and 12
         fluorescence images of ``train``, bundled model 0.368 and 0.654): with the 4
         samples, DSB 0.371 on H&E and 0.661 on fluorescence, without 0.371 and 0.646 (lr
-        1e-4); 0.346 and 0.644 with, 0.335 and 0.575 without (lr 3e-4). No effect when
+        1e-4); 0.346 and 0.644 with, 0.335 and 0.575 without (lr 3e-4). The samples are
+        drawn from like the given images (by area, see ``sampling``): there they were about
+        70% of the training area, and they outweigh small annotations more. No effect when
         training from scratch.
     freeze_batchnorm : bool
         When fine-tuning (``init``), BatchNorm layers keep the init model's running

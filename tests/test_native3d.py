@@ -140,3 +140,39 @@ def test_blockwise_refuses_a_3d_model(model_3d: TrainedModel, tmp_path: Path) ->
     with pytest.raises(ConfigError, match="block-wise.*napari-unet predict"):
         segment_to_zarr(np.zeros((4, 64, 64), np.float32), tmp_path / "out.zarr", model_3d)
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_evaluate_scores_a_3d_model_on_volumes_in_3d(
+    model_3d: TrainedModel, volume: tuple[np.ndarray, np.ndarray]
+) -> None:
+    from napari_unet.evaluation import evaluate
+
+    image, truth = volume
+    report = evaluate([image], [truth], model_3d, min_size=20)
+    row = report.rows[0]
+    # objects counted once across Z: the nuclei, not their sections
+    assert row["n_true"] == 6 and abs(row["n_pred"] - 6) <= 2
+    expected = score_labels(truth, predict(image, model_3d, min_size=20).labels)[1]
+    assert row["f1_50"] == pytest.approx(expected["f1_50"])
+    with pytest.raises(DataError, match="'flat' is a 2D image; a 3D model"):
+        evaluate([image, image[5]], [truth, truth[5]], model_3d, names=["vol", "flat"])
+    with pytest.raises(ConfigError, match="stack='planes'"):
+        evaluate([image], [truth], model_3d, stack="planes")
+
+
+def test_tune_a_3d_model_on_volumes(
+    model_3d: TrainedModel, volume: tuple[np.ndarray, np.ndarray]
+) -> None:
+    from napari_unet.config import PostprocessGrid
+    from napari_unet.tuning import tune
+
+    image, truth = volume
+    grid = PostprocessGrid(thresholds=(0.5, 0.7), core_thresholds=(0.0,), min_sizes=(0, 20))
+    result = tune([image], [truth], model_3d, grid=grid)
+    assert len(result.rows) == 4
+    best = result.best
+    labels = predict(image, model_3d, **best).labels
+    # the tuned score is the 3D score of a prediction with those settings
+    assert result.rows[0]["f1_50"] == pytest.approx(score_labels(truth, labels)[1]["f1_50"])
+    with pytest.raises(DataError, match="2D image; a 3D model"):
+        tune([image[5]], [truth[5]], model_3d, grid=grid)

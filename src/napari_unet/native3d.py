@@ -25,7 +25,7 @@ it; :func:`check_volume_input` refuses anything else with the fix) goes through 
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import numpy as np
@@ -91,6 +91,36 @@ def check_volume_input(layout: Layout, stack: str | None) -> None:
         raise ConfigError(
             "stack='planes' segments each plane on its own, which a 3D model cannot; leave "
             "stack unset (or 'volume') to segment the volume in 3D, or use a 2D model."
+        )
+
+
+def check_scoring_inputs(
+    model_config: ModelConfig, names: Sequence[str], labels: Sequence[Any], stack: str | None
+) -> None:
+    """Refuse, before any prediction, what a 3D model cannot score (``evaluate``, ``tune``).
+
+    A 3D model segments and scores ``(Z, Y, X)`` volumes (matched in 3D), never 2D
+    images nor planes on their own; a 2D model is not checked here.
+
+    Raises
+    ------
+    DataError
+        A label image that is not a volume.
+    ConfigError
+        ``stack="planes"``.
+    """
+    if model_config.ndim != 3:
+        return
+    flat = [name for name, truth in zip(names, labels) if np.ndim(truth) != 3]
+    if flat:
+        raise DataError(
+            f"{flat[0]!r} is a 2D image; a 3D model segments and scores (Z, Y, X) volumes. "
+            "Use a 2D model for 2D images."
+        )
+    if stack == "planes":
+        raise ConfigError(
+            "stack='planes' scores each plane on its own, which a 3D model cannot; leave "
+            "stack unset to score its volumes in 3D."
         )
 
 

@@ -35,7 +35,7 @@ from napari_unet.config import ModelConfig, PredictConfig
 from napari_unet.data import apply_intensity_range, intensity_range
 from napari_unet.errors import ConfigError, DataError
 from napari_unet.inference import TilePredictor, auto_tile_shape, tile_overlaps
-from napari_unet.layout import Layout
+from napari_unet.layout import Layout, find_layout
 from napari_unet.postprocess import probabilities_to_labels
 from napari_unet.tiling import sliding_window_events, tile_grid
 from napari_unet.volume import resample_z
@@ -92,6 +92,27 @@ def check_volume_input(layout: Layout, stack: str | None) -> None:
             "stack='planes' segments each plane on its own, which a 3D model cannot; leave "
             "stack unset (or 'volume') to segment the volume in 3D, or use a 2D model."
         )
+
+
+def check_model_input(
+    model_config: ModelConfig,
+    shape: Sequence[int],
+    stack: str | None,
+    rgb: bool | None = None,
+    channel_axis: int | None = None,
+    axes: str | None = None,
+) -> None:
+    """For a 3D model, :func:`check_volume_input` on an image of ``shape``; a 2D model
+    passes (its input is checked where it is predicted).
+
+    Raises
+    ------
+    DataError, ConfigError
+        See :func:`check_volume_input`; DataError also if the channels do not suit.
+    """
+    if model_config.ndim == 3:
+        layout = find_layout(shape, model_config.in_channels, rgb, channel_axis, axes=axes)
+        check_volume_input(layout, stack)
 
 
 def check_scoring_inputs(

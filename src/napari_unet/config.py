@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from napari_unet.errors import ConfigError
+from napari_unet.modality import postprocess_for_modality
 from napari_unet.settings import Settings, check, setting
 
 if TYPE_CHECKING:
@@ -583,11 +584,13 @@ class PredictConfig(Settings):
             f"use overlap={self.tile_size // 8 if self.tile_size else 0} or a larger tile.",
         )
 
-    def for_model(self, model: TunedModel) -> PredictConfig:
+    def for_model(self, model: TunedModel, modality: str | None = None) -> PredictConfig:
         """This config with unset post-processing values filled in for ``model``.
 
         Order: the value given here, then the model's ``metadata["postprocess"]``
-        (tuned on its validation data), then :data:`DEFAULT_POSTPROCESS`.
+        (tuned on its validation data; its ``per_modality`` values for ``modality``
+        when it holds them, see :func:`napari_unet.modality.postprocess_for_modality`),
+        then :data:`DEFAULT_POSTPROCESS`.
         """
         if all(getattr(self, name) is not None for name in DEFAULT_POSTPROCESS):
             return self
@@ -599,6 +602,7 @@ class PredictConfig(Settings):
         )
         if not isinstance(tuned, dict):
             raise ConfigError(fix.format(f"not a table of settings but {type(tuned).__name__}"))
+        tuned = postprocess_for_modality(tuned, modality)
         filled = {
             name: tuned.get(name, default) if getattr(self, name) is None else getattr(self, name)
             for name, default in DEFAULT_POSTPROCESS.items()

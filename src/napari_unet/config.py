@@ -55,7 +55,7 @@ LOSSES = ("bce", "dice", "bce+dice")
 #: ``sparse`` scribbles (0 = not annotated, ignored by the loss; 1 = background; 2 = object).
 LABEL_MODES = ("instance", "binary", "sparse")
 SCHEDULES = ("plateau", "onecycle", "cosine")
-SAMPLINGS = ("area", "image")
+SAMPLINGS = ("area", "image", "modality")
 #: How prediction treats the planes of a stack: one 3D volume, or each plane on its own.
 STACK_MODES = ("volume", "planes")
 #: The ways :mod:`napari_unet.volume` turns a 2D model's planes into 3D objects.
@@ -275,8 +275,15 @@ class TrainConfig(Settings):
         ``plateau`` (reference): x0.1 after ``plateau_patience`` epochs without
         improvement. ``onecycle``: warm-up to ``learning_rate`` then anneal to ~0 over the
         run, per step. ``cosine``: cosine decay from ``learning_rate`` to ``min_lr``, per step.
-    sampling : {"area", "image"}
-        How patches pick their image (see :class:`napari_unet.data.PatchSampler`).
+    sampling : {"area", "image", "modality"}
+        How patches pick their image (see :class:`napari_unet.data.PatchSampler`);
+        ``modality``: every imaging modality equally often, then its images equally
+        (:class:`napari_unet.colour_augment.ModalitySampler`).
+    colour_augment : bool
+        With ``augment``, also stain jitter, grey conversion and inversion
+        (:func:`napari_unet.colour_augment.modality_augment`).
+    scale_augment : bool
+        With ``augment``, also zoom patches by 0.75-1.33.
     half_precision : bool
         Save weights as float16 (half the file size).
     loader_threads : int or None
@@ -369,9 +376,16 @@ class TrainConfig(Settings):
         help="learning-rate schedule: plateau (x0.1 after plateau-patience epochs), "
         "onecycle or cosine",
     )
-    sampling: Literal["area", "image"] = setting(
-        "area", kind="choice", choices=SAMPLINGS, help="pick patch images by area or uniformly"
+    sampling: Literal["area", "image", "modality"] = setting(
+        "area",
+        kind="choice",
+        choices=SAMPLINGS,
+        help="pick patch images by area, uniformly, or each modality equally often",
     )
+    colour_augment: bool = setting(
+        False, kind="bool", help="also stain (HED) jitter, grey conversion and inversion"
+    )
+    scale_augment: bool = setting(False, kind="bool", help="also zoom patches by 0.75-1.33")
     half_precision: bool = setting(
         False, kind="bool", aliases=("--half",), help="save the weights as float16"
     )

@@ -44,17 +44,20 @@ from napari_unet.checkpoint import (
     save_model,
     save_payload,
 )
+from napari_unet.colour_augment import ModalitySampler
 from napari_unet.config import ModelConfig, TrainConfig
 from napari_unet.data import (
     PatchSampler,
     PlaneData,
     prepare_training_planes,
+    split_planes,
 )
 from napari_unet.ddp import all_mean, init_from_env, rank_rng, wrap_model
 from napari_unet.ddp import validate as distributed_validate
 from napari_unet.errors import ConfigError
 from napari_unet.events import plain_form
 from napari_unet.io import as_image, atomic_write, check_output
+from napari_unet.modality import classify_modality
 from napari_unet.model import select_device
 from napari_unet.training_run import (
     LOG_COLUMNS,
@@ -219,8 +222,9 @@ def _prepare_data(
     config: TrainConfig,
     model_config: ModelConfig,
     data_description: dict[str, Any] | None,
-) -> tuple[list[PlaneData], list[PlaneData], dict[str, Any]]:
-    """Training and validation planes (all read and checked) and their description."""
+) -> tuple[list[PlaneData], list[PlaneData], dict[str, Any], list[str] | None]:
+    """Training and validation planes (all read and checked), their description, and
+    each training plane's modality with ``sampling="modality"`` (else None)."""
     # Paths are read here; arrays are checked to be images.
     images, labels = _as_images(images, "training"), _as_images(labels, "training label")
     if val_images is not None and val_labels is not None:
@@ -235,6 +239,9 @@ def _prepare_data(
     train_planes = prepare_training_planes(
         images, labels, contact_weight=config.contact_weight, **prepare
     )
+    modalities = None
+    if config.sampling == "modality":  # from the planes as read, before normalisation
+        modalities = [classify_modality(plane) for plane in split_planes(images, labels)[0]]
     if val_images is not None and val_labels is not None:
         val_planes = prepare_training_planes(val_images, val_labels, what="validation", **prepare)
         validation = "explicit"
@@ -244,6 +251,7 @@ def _prepare_data(
         )
         val_planes = [train_planes[i] for i in val_index]
         train_planes = [train_planes[i] for i in train_index]
+        modalities = None if modalities is None else [modalities[i] for i in train_index]
         if config.contact_weight != 1:
             # Validation unweighted: contact weights imply instance or mask labels, whose
             # unweighted planes count every pixel once (weights None).
@@ -256,16 +264,30 @@ def _prepare_data(
         "label_mode": config.label_mode,
         **(data_description or {}),
     }
-    return train_planes, val_planes, description
+    return train_planes, val_planes, description, modalities
 
 
 def _patch_sampler(
-    planes: Sequence[PlaneData], config: TrainConfig, group: Any
+    planes: Sequence[PlaneData], config: TrainConfig, group: Any, modalities: list[str] | None
 ) -> tuple[PatchSampler, int]:
-    """The seeded patch sampler of the training planes, and the steps of an epoch."""
+    """The seeded patch sampler of the training planes, and the steps of an epoch.
+
+    ``modalities`` (each plane's) are given with ``sampling="modality"``.
+    """
     rng = np.random.default_rng(config.seed)
     rank_rng(rng, config.seed, group)  # each rank its own patches
-    sampler = PatchSampler(planes, config.patch_size, config.sampling, config.augment, rng)
+    if modalities is not None or config.colour_augment or config.scale_augment:
+        sampler: PatchSampler = ModalitySampler(
+            planes,
+            config.patch_size,
+            config.augment,
+            rng,
+            modalities,
+            config.colour_augment,
+            config.scale_augment,
+        )
+    else:
+        sampler = PatchSampler(planes, config.patch_size, config.sampling, config.augment, rng)
     steps_per_epoch = config.steps_per_epoch or auto_steps_per_epoch(
         sampler.patches_per_epoch(), config.batch_size, group.world_size
     )
@@ -479,11 +501,11 @@ def train_events(
         model_config = checkpoint_model_config(resume_payload, str(resume))
     else:
         model_config = init_model.config if init_model is not None else config.model
-    train_planes, val_planes, description = _prepare_data(
+    train_planes, val_planes, description, modalities = _prepare_data(
         images, labels, val_images, val_labels, config, model_config, data_description
     )
 
-    sampler, steps_per_epoch = _patch_sampler(train_planes, config, group)
+    sampler, steps_per_epoch = _patch_sampler(train_planes, config, group, modalities)
     rng = sampler.rng
     if resume_payload is not None:
         run = TrainingRun.from_checkpoint(

@@ -20,6 +20,6 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 $cli train --images "$split/fit/images" --labels "$split/fit/labels" \
     --val-images "$split/selection/images" --val-labels "$split/selection/labels" \
     --init default --loss bce+dice --patch-size "${PATCH:-192}" --batch-size 8 \
-    --sampling modality --colour-augment --steps-per-epoch "${STEPS:-160}" \
-    --epochs "${EPOCHS:-4}" --schedule onecycle --lr "${LR:-1e-4}" --early-stopping 0 \
+    --sampling modality --colour-augment --steps-per-epoch "${STEPS:-50}" \
+    --epochs "${EPOCHS:-2}" --schedule onecycle --lr "${LR:-1e-4}" --early-stopping 0 \
     --seed "${SEED:-5}" --device cpu --half --out "$out/model.pt" --log "$out/log.csv"

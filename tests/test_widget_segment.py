@@ -24,6 +24,7 @@ from napari_unet.checkpoint import TrainedModel, default_model_path, load_model
 from napari_unet.config import ModelConfig
 from napari_unet.errors import DataError
 from napari_unet.events import run_to_end
+from napari_unet.modality import classify_modality as classify
 from napari_unet.model import build_model
 from napari_unet.prediction import PredictConfig, segment
 from napari_unet.synthetic import nuclei_volume
@@ -462,3 +463,27 @@ def test_segment_follows_a_new_model_unless_it_is_flagged_poor(viewer, tiny_mode
     # A Segment widget opened later starts on the newest model that is not poor.
     REGISTRY.add(tiny_model, "another step", poor=True)
     assert dock(viewer).model.combo.currentText() == good.name
+
+
+def test_tuned_values_shown_are_those_of_the_chosen_images_modality(make_napari_viewer):
+    from napari_unet import io
+
+    REGISTRY.clear()
+    model = threshold_model()  # a grey model; the rule reads the layer's colour
+    model.metadata["postprocess"] = {
+        "threshold": 0.7,
+        "per_modality": {"H&E": {"threshold": 0.55}},
+    }
+    REGISTRY.add(model, "per-modality model")
+    viewer = make_napari_viewer()
+    pairs = io.find_pairs(io.SAMPLES_DIR / "images", io.SAMPLES_DIR / "labels")
+    images = {classify(io.read_image(path)): io.read_image(path) for path, _ in pairs}
+    viewer.add_image(images["fluorescence"][..., 0], name="fluorescence")
+    viewer.add_image(images["H&E"], name="stained", rgb=True)
+    widget = dock(viewer)
+    widget.model.select("per-modality model")
+    widget.image.set_layer(viewer.layers["fluorescence"])
+    assert widget.threshold.text() == "tuned: 0.7"
+    widget.image.set_layer(viewer.layers["stained"])
+    assert widget.threshold.text() == "tuned: 0.55"
+    REGISTRY.clear()

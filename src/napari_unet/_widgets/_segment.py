@@ -48,6 +48,7 @@ from napari_unet._widgets._registry import MODEL_CACHE
 from napari_unet.blockwise import is_lazy, segment_to_zarr_events
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.errors import ConfigError
+from napari_unet.modality import classify_modality
 from napari_unet.prediction import PredictConfig, Progress, Segmentation, predict_events
 
 if TYPE_CHECKING:
@@ -283,6 +284,7 @@ class SegmentWidget(ScrollingDock):
         self._tuned_for: tuple[Any, str] | None = None
         self.model.changed.connect(self.show_tuned_values)
         self.device.currentIndexChanged.connect(self.show_tuned_values)
+        self.image.layer_changed.connect(self.show_tuned_values)  # per-modality values
         self._fill_channel_axes()
         self.update_state()
         self.show_tuned_values()
@@ -380,11 +382,19 @@ class SegmentWidget(ScrollingDock):
         if wanted != self._tuned_for:
             return  # the choice changed while the model loaded
         try:
-            tuned = PredictConfig().for_model(trained)
+            tuned = PredictConfig().for_model(trained, self._image_modality())
         except ConfigError:
             return  # invalid stored settings: the run's error says how to fix them
         for name, box in self._tuned_boxes().items():
             box.setSpecialValueText(tuned_text(name, getattr(tuned, name)))
+
+    def _image_modality(self) -> str | None:
+        """The modality of the chosen 2D image (its per-modality tuned values), else None."""
+        image = self.image.layer()
+        data = None if image is None else layer_data(image)
+        if data is None or np.ndim(data) != 2 + int(image.rgb) or is_lazy(data):
+            return None
+        return classify_modality(np.asarray(data))
 
     def _fill_channel_axes(self) -> None:
         image = self.image.layer()

@@ -9,7 +9,7 @@ part) so that it is reproducible without this code.
 Usage::
 
     python benchmarks/protocol_split.py draw          # (re)write the committed list
-    python benchmarks/protocol_split.py link runs/split  # runs/split/{fit,selection}/{images,labels}
+    python benchmarks/protocol_split.py link runs/split  # runs/split/{fit,selection}/...
 
 ``link`` makes folders of symbolic links to the images and labels of each part, which
 every ``napari-unet`` command reads like any image folder.

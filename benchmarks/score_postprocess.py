@@ -60,9 +60,12 @@ def main() -> None:
     parser.add_argument("--labels", type=Path, required=True)
     parser.add_argument("--settings-from", action="append", required=True)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--cache", type=Path, help="keep probabilities here (float32 .npy), reuse them"
+    )
     args = parser.parse_args()
     start = time.time()
-    trained = load_model(args.model, device="cpu")
+    trained = load_model(args.model, device="cpu")  # the cache must come from this model
     choices = {}
     for source in args.settings_from:
         tuned = load_model(source, device="cpu").metadata.get("postprocess", {})
@@ -74,7 +77,14 @@ def main() -> None:
     for name in names:
         image, truth = read_image(args.images / name), read_image(args.labels / name)
         modality = classify_modality(image)
-        probabilities = predict(image, trained, return_probabilities=True).probabilities
+        cached = None if args.cache is None else args.cache / f"{name}.npy"
+        if cached is not None and cached.exists():
+            probabilities = np.load(cached)
+        else:
+            probabilities = predict(image, trained, return_probabilities=True).probabilities
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                np.save(cached, probabilities.astype(np.float32))
         for choice, (tuned, per_modality) in choices.items():
             settings = settings_of(tuned, modality if per_modality else None)
             labels = probabilities_to_labels(probabilities, trained.config.target, **settings)

@@ -4,9 +4,14 @@
 # part (benchmarks/protocol_split.py, committed list benchmarks/dsb2018_train_split.tsv); val is
 # never seen. Usage: bash benchmarks/finetune_modality.sh [OUT_DIR]
 # EPOCHS, STEPS, PATCH, LR, SEED change the run; NAPARI_UNET names the CLI, PYTHON the interpreter.
-# Then tune per modality on "selection" and score val once (model card, "Levers tried"):
-#   napari-unet tune --model OUT_DIR/model.pt --images runs/split/selection/images \
-#       --labels runs/split/selection/labels --per-modality --out OUT_DIR/tuned.pt ...
+# Then (model card, "Honest protocol and modality levers") tune per modality on "selection" and
+# score val once, with the bundled post-processing and with the values tuned on selection:
+#   napari-unet tune --model OUT_DIR/model.pt --images OUT_DIR/split/selection/images \
+#       --labels OUT_DIR/split/selection/labels --thresholds 0.65 0.7 0.75 \
+#       --seed-thresholds 0.4 0.5 --core-thresholds 0.85 0.9 --min-sizes 16 24 32 \
+#       --rank-by f1_50 --per-modality --out OUT_DIR/tuned.pt
+#   python benchmarks/score_postprocess.py --model OUT_DIR/model.pt --images DSB/val/images \
+#       --labels DSB/val/labels --settings-from default --settings-from OUT_DIR/tuned.pt
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-runs/finetune_modality}"

@@ -3,7 +3,7 @@
 # augmentation, on the "fit" part of DSB 2018 train; the epoch is chosen on the "selection"
 # part (benchmarks/protocol_split.py, committed list benchmarks/dsb2018_train_split.tsv); val is
 # never seen. Usage: bash benchmarks/finetune_modality.sh [OUT_DIR]
-# EPOCHS, STEPS, PATCH, LR, SEED change the run; NAPARI_UNET names the CLI, PYTHON the interpreter.
+# EPOCHS, STEPS, PATCH, LR, SEED, DEVICE change the run; NAPARI_UNET names the CLI, PYTHON the interpreter.
 # Then (model card, "Honest protocol and modality levers") tune per modality on "selection" and
 # score val once, with the bundled post-processing and with the values tuned on selection:
 #   napari-unet tune --model OUT_DIR/model.pt --images OUT_DIR/split/selection/images \
@@ -27,4 +27,4 @@ $cli train --images "$split/fit/images" --labels "$split/fit/labels" \
     --init default --loss bce+dice --patch-size "${PATCH:-192}" --batch-size 8 \
     --sampling modality --colour-augment --steps-per-epoch "${STEPS:-50}" \
     --epochs "${EPOCHS:-2}" --schedule onecycle --lr "${LR:-1e-4}" --early-stopping 0 \
-    --seed "${SEED:-5}" --device cpu --half --out "$out/model.pt" --log "$out/log.csv"
+    --seed "${SEED:-5}" --device "${DEVICE:-cpu}" --half --out "$out/model.pt" --log "$out/log.csv"

@@ -41,6 +41,7 @@ from napari_unet.metrics import (
     pixel_metrics,
 )
 from napari_unet.modality import MODALITIES, classify_modality
+from napari_unet.native3d import check_scoring_inputs
 from napari_unet.prediction import (
     Progress,
     predict,
@@ -452,6 +453,7 @@ def evaluate_events(
     check_planes(
         names, images, labels, trained.config.in_channels, channel_axis, "evaluate", volumes=True
     )
+    check_scoring_inputs(trained.config, names, labels, config.stack)
     if resize is not None and any(np.ndim(truth) == 3 for truth in labels):
         raise DataError("resize works on 2D planes; leave it out to evaluate volumes.")
 

@@ -67,3 +67,27 @@ def test_a_bad_out_is_refused_before_tuning(tmp_path, capsys) -> None:
         assert main(["tune", "--model", missing_model, *data, "--out", str(out)]) == 2
         error = capsys.readouterr().err
         assert error.startswith("error: --out") and message in error
+
+
+def test_per_modality_stores_each_modality_with_enough_images(tmp_path, capsys) -> None:
+    images, labels = write_dataset(tmp_path)  # three grey blob images: fluorescence
+    network = make_threshold_model()
+    model = save_model(tmp_path / "model.pt", network.network, network.config)
+    grid = ["--thresholds", "0.5", "--core-thresholds", "0", "--min-sizes", "0", "8"]
+    out = tmp_path / "tuned.pt"
+    command = ["tune", "--model", str(model), "--images", str(images), "--labels", str(labels)]
+    command += ["--quiet", *grid, "--per-modality", "--out", str(out)]
+    assert main([*command, "--min-modality-images", "2"]) == 0
+    assert "fluorescence (3 images)" in capsys.readouterr().out
+    tuned = load_model(out, device="cpu").metadata["postprocess"]
+    settings = ("threshold", "seed_threshold", "core_threshold", "min_size")
+    assert tuned["per_modality"] == {"fluorescence": {key: tuned[key] for key in settings}}
+    out.unlink()
+    # The default minimum (5) is more than three images: the overall values serve all.
+    assert main(command) == 0
+    assert "fluorescence: 3 image(s), under 5: uses the overall settings" in capsys.readouterr().out
+    assert load_model(out, device="cpu").metadata["postprocess"]["per_modality"] == {}
+    out.unlink()
+    assert main([*command, "--min-modality-images", "0"]) == 2
+    assert "--min-modality-images" in capsys.readouterr().err
+    assert not out.exists()

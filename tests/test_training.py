@@ -243,6 +243,21 @@ def test_a_fine_tune_replays_bundled_samples_and_training_from_scratch_does_not(
     assert not same_weights(weights_of(tuned.model), weights_of(plain.model))
 
 
+def test_a_modality_balanced_fine_tune_draws_from_the_replayed_samples_too(
+    blobs, tmp_path
+) -> None:
+    scratch = train(*blobs, small_config(epochs=1, val_fraction=0), out=tmp_path / "s.pt")
+    tuned = train(
+        *blobs,
+        small_config(epochs=1, val_fraction=0, replay_samples=2, sampling="modality"),
+        init=scratch.model,
+    )
+    assert tuned.model.metadata["data"]["replayed_samples"] == 2
+    assert tuned.model.metadata["data"]["train_planes"] == (
+        scratch.model.metadata["data"]["train_planes"] + 2
+    )
+
+
 def test_cancel_before_first_epoch_keeps_a_valid_model(blobs, tmp_path) -> None:
     stop = threading.Event()
     events = train_events(*blobs, small_config(epochs=5), out=tmp_path / "m.pt", stop=stop)

@@ -24,6 +24,7 @@ from napari_unet.checkpoint import TrainedModel, default_model_path, load_model
 from napari_unet.config import ModelConfig
 from napari_unet.errors import DataError
 from napari_unet.events import run_to_end
+from napari_unet.modality import classify_modality as classify
 from napari_unet.model import build_model
 from napari_unet.prediction import PredictConfig, segment
 from napari_unet.synthetic import nuclei_volume
@@ -508,3 +509,29 @@ def test_a_3d_model_with_a_2d_image_or_planes_says_what_to_do(viewer, qtbot):
     widget.image.set_layer(viewer.layers["plane"])
     widget.model.select(REGISTRY.add(threshold_model(), "threshold 2D").name)
     assert widget.update_state() is None
+
+
+def test_tuned_values_shown_are_those_of_the_chosen_images_modality(make_napari_viewer):
+    from napari_unet import io
+
+    REGISTRY.clear()
+    model = threshold_model()  # a grey model; the rule reads the layer's colour
+    model.metadata["postprocess"] = {
+        "threshold": 0.7,
+        "per_modality": {"H&E": {"threshold": 0.55}},
+    }
+    REGISTRY.add(model, "per-modality model")
+    viewer = make_napari_viewer()
+    pairs = io.find_pairs(io.SAMPLES_DIR / "images", io.SAMPLES_DIR / "labels")
+    images = {classify(io.read_image(path)): io.read_image(path) for path, _ in pairs}
+    viewer.add_image(images["fluorescence"][..., 0], name="fluorescence")
+    viewer.add_image(images["H&E"], name="stained", rgb=True)
+    widget = dock(viewer)
+    widget.image.set_layer(viewer.layers["fluorescence"])
+    widget.model.select("per-modality model")
+    assert widget.threshold.text() == "tuned: 0.7"
+    # Shown for the image chosen when the values are shown (the model chosen or reloaded).
+    widget.image.set_layer(viewer.layers["stained"])
+    widget.show_tuned_values()
+    assert widget.threshold.text() == "tuned: 0.55"
+    REGISTRY.clear()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from napari_unet.errors import ConfigError
+from napari_unet.modality import postprocess_for_modality
 from napari_unet.settings import Settings, check, setting
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ LOSSES = ("bce", "dice", "bce+dice")
 #: ``sparse`` scribbles (0 = not annotated, ignored by the loss; 1 = background; 2 = object).
 LABEL_MODES = ("instance", "binary", "sparse")
 SCHEDULES = ("plateau", "onecycle", "cosine")
-SAMPLINGS = ("area", "image")
+SAMPLINGS = ("area", "image", "modality")
 #: How prediction treats the planes of a stack: one 3D volume, or each plane on its own.
 STACK_MODES = ("volume", "planes")
 #: The ways :mod:`napari_unet.volume` turns a 2D model's planes into 3D objects.
@@ -372,8 +373,15 @@ class TrainConfig(Settings):
         ``plateau`` (reference): x0.1 after ``plateau_patience`` epochs without
         improvement. ``onecycle``: warm-up to ``learning_rate`` then anneal to ~0 over the
         run, per step. ``cosine``: cosine decay from ``learning_rate`` to ``min_lr``, per step.
-    sampling : {"area", "image"}
-        How patches pick their image (see :class:`napari_unet.data.PatchSampler`).
+    sampling : {"area", "image", "modality"}
+        How patches pick their image (see :class:`napari_unet.data.PatchSampler`);
+        ``modality``: every imaging modality equally often, then its images equally
+        (:class:`napari_unet.colour_augment.ModalitySampler`).
+    colour_augment : bool
+        With ``augment``, also stain jitter, grey conversion and inversion
+        (:func:`napari_unet.colour_augment.modality_augment`).
+    scale_augment : bool
+        With ``augment``, also zoom patches by 0.75-1.33.
     half_precision : bool
         Save weights as float16 (half the file size).
     loader_threads : int or None
@@ -485,9 +493,16 @@ class TrainConfig(Settings):
         help="learning-rate schedule: plateau (x0.1 after plateau-patience epochs), "
         "onecycle or cosine",
     )
-    sampling: Literal["area", "image"] = setting(
-        "area", kind="choice", choices=SAMPLINGS, help="pick patch images by area or uniformly"
+    sampling: Literal["area", "image", "modality"] = setting(
+        "area",
+        kind="choice",
+        choices=SAMPLINGS,
+        help="pick patch images by area, uniformly, or each modality equally often",
     )
+    colour_augment: bool = setting(
+        False, kind="bool", help="also stain (HED) jitter, grey conversion and inversion"
+    )
+    scale_augment: bool = setting(False, kind="bool", help="also zoom patches by 0.75-1.33")
     half_precision: bool = setting(
         False, kind="bool", aliases=("--half",), help="save the weights as float16"
     )
@@ -716,11 +731,13 @@ class PredictConfig(Settings):
             f"use overlap={self.tile_size // 8 if self.tile_size else 0} or a larger tile.",
         )
 
-    def for_model(self, model: TunedModel) -> PredictConfig:
+    def for_model(self, model: TunedModel, modality: str | None = None) -> PredictConfig:
         """This config with unset post-processing values filled in for ``model``.
 
         Order: the value given here, then the model's ``metadata["postprocess"]``
-        (tuned on its validation data), then :data:`DEFAULT_POSTPROCESS`.
+        (tuned on its validation data; its ``per_modality`` values for ``modality``
+        when it holds them, see :func:`napari_unet.modality.postprocess_for_modality`),
+        then :data:`DEFAULT_POSTPROCESS`.
         """
         if all(getattr(self, name) is not None for name in DEFAULT_POSTPROCESS):
             return self
@@ -732,6 +749,7 @@ class PredictConfig(Settings):
         )
         if not isinstance(tuned, dict):
             raise ConfigError(fix.format(f"not a table of settings but {type(tuned).__name__}"))
+        tuned = postprocess_for_modality(tuned, modality)
         filled = {
             name: tuned.get(name, default) if getattr(self, name) is None else getattr(self, name)
             for name, default in DEFAULT_POSTPROCESS.items()

@@ -40,6 +40,7 @@ from napari_unet.metrics import (
     mean_pixel_metrics,
     pixel_metrics,
 )
+from napari_unet.modality import MODALITIES, classify_modality
 from napari_unet.native3d import check_scoring_inputs
 from napari_unet.prediction import (
     Progress,
@@ -49,7 +50,6 @@ from napari_unet.prediction import (
 
 PIXEL_KEYS = ("accuracy", "f1", "jaccard", "recall", "precision")
 INSTANCE_KEYS = ("dsb_score", "ap50", "ap75", "f1_50", "pq")
-MODALITIES = ("fluorescence", "brightfield", "H&E")
 #: Columns of the per-image CSV, in order.
 CSV_COLUMNS = (
     "image",
@@ -61,49 +61,6 @@ CSV_COLUMNS = (
     *PIXEL_KEYS,
     *INSTANCE_KEYS,
 )
-
-#: Mean HSV saturation (0-255) above which an image is taken as stained (H&E).
-SATURATION_HE = 15.0
-#: Mean intensity (0-255) above which an unstained image is taken as brightfield.
-INTENSITY_BRIGHTFIELD = 100.0
-
-
-def _as_uint8_scale(image: np.ndarray) -> np.ndarray:
-    """``image`` as float on a 0-255 scale (integers by their dtype's range)."""
-    image = np.asarray(image)
-    if image.dtype == np.uint8:
-        return image.astype(np.float32)
-    if np.issubdtype(image.dtype, np.integer):
-        return image.astype(np.float32) * (255.0 / np.iinfo(image.dtype).max)
-    image = image.astype(np.float32)
-    return image * 255.0 if image.size and image.max() <= 1.0 else image
-
-
-def classify_modality(image: np.ndarray) -> str:
-    """A rough imaging modality of one plane, from its colour and brightness.
-
-    Stained tissue is coloured: a mean HSV saturation over 15 (of 255) means
-    ``"H&E"``. Otherwise a bright image (mean over 100 of 255) is
-    ``"brightfield"`` (dark objects on a light background), and a dark one
-    ``"fluorescence"`` (light objects on black). Grey images have no saturation.
-
-    Parameters
-    ----------
-    image : np.ndarray
-        ``(H, W)`` grey or ``(H, W, 3|4)`` colour.
-    """
-    scaled = _as_uint8_scale(image)
-    if scaled.ndim == 3 and scaled.shape[-1] in (3, 4):
-        rgb = scaled[..., :3]
-        high, low = rgb.max(axis=-1), rgb.min(axis=-1)
-        # HSV saturation: (max - min) / max, 0 where max is 0.
-        saturation = np.divide(high - low, high, out=np.zeros_like(high), where=high > 0)
-        if saturation.mean() * 255.0 > SATURATION_HE:
-            return "H&E"
-        intensity = rgb.mean()
-    else:
-        intensity = scaled.mean()
-    return "brightfield" if intensity > INTENSITY_BRIGHTFIELD else "fluorescence"
 
 
 def resize_pair(image: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -490,7 +447,9 @@ def evaluate_events(
     names = pair_names(images, labels, names, "evaluate")
     images, labels = _finite_arrays(names, images, labels)  # before the first overlay
     trained = resolve_model(model, config.device)
-    config = config.for_model(trained)
+    # Checks the stored post-processing before any prediction; each image is then
+    # predicted with the values for its modality (PredictConfig.for_model).
+    config.for_model(trained)
     check_planes(
         names, images, labels, trained.config.in_channels, channel_axis, "evaluate", volumes=True
     )

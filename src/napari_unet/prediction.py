@@ -47,6 +47,7 @@ from napari_unet.layout import Layout, find_layout
 
 # Re-exported: prediction.labels_shape was public before napari_unet.layout.
 from napari_unet.layout import labels_shape as labels_shape
+from napari_unet.modality import classify_modality
 from napari_unet.model import select_device
 from napari_unet.postprocess import label_dtype, probabilities_to_labels
 from napari_unet.tiling import sliding_window_events, tile_grid
@@ -257,13 +258,13 @@ def predict_events(
     config = PredictConfig.with_overrides(config, overrides)
     trained = resolve_model(model, config.device)
     given_seed_threshold = config.seed_threshold
-    config = config.for_model(trained)
     model_config = trained.config
     layout = find_layout(image.shape, model_config.in_channels, rgb, channel_axis, axes=axes)
-    if model_config.ndim == 3:
-        return (yield from _native_events(image, layout, trained, config, stop))
-    mode = stack_mode(layout, config.stack)
+    if model_config.ndim == 3:  # volumes: the overall post-processing values
+        return (yield from _native_events(image, layout, trained, config.for_model(trained), stop))
     arranged = layout.channels_last(image)
+    config = config.for_model(trained, _image_modality(trained, layout, arranged))
+    mode = stack_mode(layout, config.stack)
     tile = config.tile_size or auto_tile_size(
         model_config, trained.device, config.tile_batch, config.overlap
     )
@@ -460,6 +461,16 @@ class _Run:
             return out
 
         return predict_planes
+
+
+def _image_modality(trained: TrainedModel, layout: Layout, arranged: Any) -> str | None:
+    """The modality of the image's middle plane when the model stores per-modality
+    post-processing (:func:`~napari_unet.modality.classify_modality`), else None."""
+    tuned = trained.metadata.get("postprocess")
+    if not isinstance(tuned, dict) or not tuned.get("per_modality"):
+        return None
+    middle = tuple(size // 2 for size in arranged.shape[: len(layout.stack_axes)])
+    return classify_modality(np.asarray(arranged[middle]))
 
 
 def _postprocess_settings(config: PredictConfig) -> dict[str, Any]:

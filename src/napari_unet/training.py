@@ -44,17 +44,20 @@ from napari_unet.checkpoint import (
     save_model,
     save_payload,
 )
+from napari_unet.colour_augment import ModalitySampler
 from napari_unet.config import ModelConfig, TrainConfig
 from napari_unet.data import (
     PatchSampler,
     PlaneData,
     prepare_training_planes,
+    split_planes,
 )
 from napari_unet.ddp import all_mean, init_from_env, rank_rng, wrap_model
 from napari_unet.ddp import validate as distributed_validate
 from napari_unet.errors import ConfigError
 from napari_unet.events import plain_form
 from napari_unet.io import SAMPLES_DIR, as_image, atomic_write, check_output, find_pairs, read_image
+from napari_unet.modality import classify_modality
 from napari_unet.model import select_device
 from napari_unet.training_run import (
     LOG_COLUMNS,
@@ -220,8 +223,9 @@ def _prepare_data(
     model_config: ModelConfig,
     data_description: dict[str, Any] | None,
     fine_tune: bool = False,
-) -> tuple[list[PlaneData], list[PlaneData], dict[str, Any]]:
-    """Training and validation planes (all read and checked) and their description.
+) -> tuple[list[PlaneData], list[PlaneData], dict[str, Any], list[str] | None]:
+    """Training and validation planes (all read and checked), their description, and
+    each training plane's modality with ``sampling="modality"`` (else None).
 
     A fine-tune (``fine_tune``) also trains on :func:`replay_planes` (validation stays
     the caller's data)."""
@@ -239,7 +243,10 @@ def _prepare_data(
     train_planes = prepare_training_planes(
         images, labels, contact_weight=config.contact_weight, **prepare
     )
-    replayed = replay_planes(config, model_config) if fine_tune else []
+    replayed, replayed_modalities = replay_planes(config, model_config) if fine_tune else ([], [])
+    modalities = None
+    if config.sampling == "modality":  # from the planes as read, before normalisation
+        modalities = [classify_modality(plane) for plane in split_planes(images, labels)[0]]
     if val_images is not None and val_labels is not None:
         val_planes = prepare_training_planes(val_images, val_labels, what="validation", **prepare)
         validation = "explicit"
@@ -249,11 +256,14 @@ def _prepare_data(
         )
         val_planes = [train_planes[i] for i in val_index]
         train_planes = [train_planes[i] for i in train_index]
+        modalities = None if modalities is None else [modalities[i] for i in train_index]
         if config.contact_weight != 1:
             # Validation unweighted: contact weights imply instance or mask labels, whose
             # unweighted planes count every pixel once (weights None).
             val_planes = [dataclasses.replace(plane, weights=None) for plane in val_planes]
     train_planes += replayed
+    if modalities is not None:
+        modalities += replayed_modalities
     description = {
         "train_planes": len(train_planes),
         **({"replayed_samples": len(replayed)} if replayed else {}),
@@ -263,25 +273,29 @@ def _prepare_data(
         "label_mode": config.label_mode,
         **(data_description or {}),
     }
-    return train_planes, val_planes, description
+    return train_planes, val_planes, description, modalities
 
 
-def replay_planes(config: TrainConfig, model_config: ModelConfig) -> list[PlaneData]:
+def replay_planes(
+    config: TrainConfig, model_config: ModelConfig
+) -> tuple[list[PlaneData], list[str]]:
     """The first ``config.replay_samples`` bundled DSB 2018 samples as training planes.
 
     Mixed into a fine-tune's own images so that the model keeps what it knew of the
     images it was trained on. None for scribbles (``sparse`` labels mean something else)
-    or for a model of other than 1 or 3 channels.
+    or for a model of other than 1 or 3 channels. Also returns each sample's modality
+    (for ``sampling="modality"``).
     """
     if (
         not config.replay_samples
         or config.label_mode == "sparse"
         or model_config.in_channels not in (1, 3)
     ):
-        return []
+        return [], []
     pairs = find_pairs(SAMPLES_DIR / "images", SAMPLES_DIR / "labels")[: config.replay_samples]
-    return prepare_training_planes(
-        [read_image(image) for image, _ in pairs],
+    sample_images = [read_image(image) for image, _ in pairs]
+    planes = prepare_training_planes(
+        sample_images,
         [read_image(labels) for _, labels in pairs],
         in_channels=model_config.in_channels,
         normalization=model_config.normalization,
@@ -289,15 +303,30 @@ def replay_planes(config: TrainConfig, model_config: ModelConfig) -> list[PlaneD
         what="replayed sample",
         contact_weight=config.contact_weight,
     )
+    return planes, [classify_modality(image) for image in sample_images]
 
 
 def _patch_sampler(
-    planes: Sequence[PlaneData], config: TrainConfig, group: Any
+    planes: Sequence[PlaneData], config: TrainConfig, group: Any, modalities: list[str] | None
 ) -> tuple[PatchSampler, int]:
-    """The seeded patch sampler of the training planes, and the steps of an epoch."""
+    """The seeded patch sampler of the training planes, and the steps of an epoch.
+
+    ``modalities`` (each plane's) are given with ``sampling="modality"``.
+    """
     rng = np.random.default_rng(config.seed)
     rank_rng(rng, config.seed, group)  # each rank its own patches
-    sampler = PatchSampler(planes, config.patch_size, config.sampling, config.augment, rng)
+    if modalities is not None or config.colour_augment or config.scale_augment:
+        sampler: PatchSampler = ModalitySampler(
+            planes,
+            config.patch_size,
+            config.augment,
+            rng,
+            modalities,
+            config.colour_augment,
+            config.scale_augment,
+        )
+    else:
+        sampler = PatchSampler(planes, config.patch_size, config.sampling, config.augment, rng)
     steps_per_epoch = config.steps_per_epoch or auto_steps_per_epoch(
         sampler.patches_per_epoch(), config.batch_size, group.world_size
     )
@@ -517,11 +546,11 @@ def train_events(
         and isinstance(resume_payload.get("metadata"), dict)
         and resume_payload["metadata"].get("init") is not None
     )
-    train_planes, val_planes, description = _prepare_data(
+    train_planes, val_planes, description, modalities = _prepare_data(
         images, labels, val_images, val_labels, config, model_config, data_description, fine_tune
     )
 
-    sampler, steps_per_epoch = _patch_sampler(train_planes, config, group)
+    sampler, steps_per_epoch = _patch_sampler(train_planes, config, group, modalities)
     rng = sampler.rng
     if resume_payload is not None:
         run = TrainingRun.from_checkpoint(

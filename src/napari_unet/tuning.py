@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,12 +30,15 @@ from napari_unet.config import GRID_SETTINGS, PostprocessGrid, PredictConfig
 from napari_unet.errors import ConfigError, DataError
 from napari_unet.evaluation import check_planes, pair_names, score_plane
 from napari_unet.events import plain_form
+from napari_unet.modality import MIN_MODALITY_IMAGES, MODALITIES, classify_modality
 from napari_unet.native3d import check_scoring_inputs, data_anisotropy
 from napari_unet.postprocess import probabilities_to_labels
 from napari_unet.prediction import Progress, predict, resolve_model
 
 #: Scores a grid can be ranked by (means over images).
 RANK_KEYS = ("f1_50", "dsb_score")
+#: Per-image scores kept for every combination (re-ranking on subsets of the images).
+SCORE_KEYS = ("pixel_f1", *RANK_KEYS)
 
 
 @dataclass
@@ -52,20 +55,61 @@ class TuningResult:
         The score the rows are sorted by.
     per_image : np.ndarray
         ``(combinations, images)`` ``rank_by`` scores, rows in the order of ``rows``.
+    modalities : tuple of str
+        Each image's modality (:func:`~napari_unet.modality.classify_modality`).
+    image_scores : dict of str to np.ndarray
+        ``(combinations, images)`` scores for each of :data:`SCORE_KEYS`, rows in the
+        order of ``rows``.
     """
 
     rows: list[dict[str, Any]]
     rank_by: str
     per_image: np.ndarray
+    modalities: tuple[str, ...] = ()
+    image_scores: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def best(self) -> dict[str, Any]:
         """Settings of the best combination."""
         return {key: self.rows[0][key] for key in GRID_SETTINGS}
 
-    def apply(self, model: TrainedModel, tuned_on: str) -> None:
-        """Store the best settings in ``model.metadata["postprocess"]``, in place."""
-        model.metadata["postprocess"] = {**self.best, "tuned_on": tuned_on}
+    def subset(self, images: Sequence[int]) -> TuningResult:
+        """The same combinations ranked on the chosen images only (indices)."""
+        settings = [{key: row[key] for key in GRID_SETTINGS} for row in self.rows]
+        scores = {key: values[:, list(images)] for key, values in self.image_scores.items()}
+        modalities = tuple(self.modalities[i] for i in images)
+        return ranked(settings, scores, self.rank_by, modalities)
+
+    def per_modality(self, min_images: int = MIN_MODALITY_IMAGES) -> dict[str, TuningResult]:
+        """The combinations ranked on each modality's images, for modalities with at
+        least ``min_images`` of them."""
+        results = {}
+        for modality in MODALITIES:
+            chosen = [i for i, kind in enumerate(self.modalities) if kind == modality]
+            if len(chosen) >= max(1, min_images):
+                results[modality] = self.subset(chosen)
+        return results
+
+    def apply(
+        self,
+        model: TrainedModel,
+        tuned_on: str,
+        per_modality: bool = False,
+        min_images: int = MIN_MODALITY_IMAGES,
+    ) -> None:
+        """Store the best settings in ``model.metadata["postprocess"]``, in place.
+
+        With ``per_modality``, also the best settings of each modality with at least
+        ``min_images`` images (``metadata["postprocess"]["per_modality"]``), which
+        prediction uses for images of that modality; other modalities use the overall
+        values. Any per-modality values stored before are replaced.
+        """
+        stored: dict[str, Any] = {**self.best, "tuned_on": tuned_on}
+        if per_modality:
+            stored["per_modality"] = {
+                modality: result.best for modality, result in self.per_modality(min_images).items()
+            }
+        model.metadata["postprocess"] = stored
 
     def holdout_scores(self, splits: int, seed: int = 0) -> np.ndarray:
         """Held-out ``rank_by`` of settings chosen on the other half, per random halving.
@@ -94,6 +138,24 @@ class TuningResult:
                 + "".join(f"{row[name]:>16.4f}" for name in scores)
             )
         return "\n".join(lines)
+
+
+def ranked(
+    settings: Sequence[dict[str, Any]],
+    scores: dict[str, np.ndarray],
+    rank_by: str,
+    modalities: Sequence[str],
+) -> TuningResult:
+    """Combinations and their ``(combinations, images)`` scores, ranked by ``rank_by``.
+
+    Ties on the ranking score go to the better other instance score.
+    """
+    means = {key: values.mean(axis=1) for key, values in scores.items()}
+    other = next(key for key in RANK_KEYS if key != rank_by)
+    order = sorted(range(len(settings)), key=lambda i: (-means[rank_by][i], -means[other][i]))
+    rows = [{**settings[i], **{key: float(means[key][i]) for key in SCORE_KEYS}} for i in order]
+    ordered = {key: values[order] for key, values in scores.items()}
+    return TuningResult(rows, rank_by, ordered[rank_by], tuple(modalities), ordered)
 
 
 def tune_events(
@@ -169,40 +231,29 @@ def tune_events(
 
     combinations = grid.combinations(trained.config.target)
     total = len(images) + len(combinations)
-    cases = []
+    cases, modalities = [], []
     for number, (name, image) in enumerate(zip(names, images)):
         if stop is not None and stop.is_set():
             raise DataError("tuning was stopped; nothing was chosen.")
         probabilities = predict(np.asarray(image), trained, config).probabilities
+        modalities.append(classify_modality(np.asarray(image)))
         cases.append((probabilities, np.asarray(labels[number])))
         yield Progress(number + 1, total, f"predicted {name}")
 
-    rows, per_image = [], []
+    scores = {key: np.zeros((len(combinations), len(cases))) for key in SCORE_KEYS}
     for number, settings in enumerate(combinations):
         if stop is not None and stop.is_set():
             raise DataError("tuning was stopped; nothing was chosen.")
-        pixel_f1, scores = [], {key: [] for key in RANK_KEYS}
-        for probabilities, truth in cases:
+        for image_number, (probabilities, truth) in enumerate(cases):
             predicted = probabilities_to_labels(
                 probabilities, trained.config.target, **settings, **spacing
             )
             pixel, instance = score_plane(truth, predicted)
-            pixel_f1.append(pixel["f1"])
+            scores["pixel_f1"][number, image_number] = pixel["f1"]
             for key in RANK_KEYS:
-                scores[key].append(instance[key])
-        rows.append(
-            {
-                **settings,
-                "pixel_f1": float(np.mean(pixel_f1)),
-                **{key: float(np.mean(values)) for key, values in scores.items()},
-            }
-        )
-        per_image.append(scores[rank_by])
+                scores[key][number, image_number] = instance[key]
         yield Progress(len(images) + number + 1, total, "post-processing")
-    # Ties on the ranking score go to the better other score.
-    other = next(key for key in RANK_KEYS if key != rank_by)
-    order = sorted(range(len(rows)), key=lambda i: (-rows[i][rank_by], -rows[i][other]))
-    return TuningResult([rows[i] for i in order], rank_by, np.array([per_image[i] for i in order]))
+    return ranked(combinations, scores, rank_by, modalities)
 
 
 tune = plain_form(

@@ -7,6 +7,7 @@ from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -32,6 +33,7 @@ from napari_unet.checkpoint import (
     TrustedPath,
     default_model_path,
 )
+from napari_unet.modality import classify_modality
 
 if TYPE_CHECKING:
     import napari
@@ -60,6 +62,15 @@ def available_devices() -> list[str]:
 def layer_data(layer: Layer) -> Any:
     """A layer's full-resolution array (level 0 of a multiscale layer)."""
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def layer_modality(layer: Layer | None) -> str | None:
+    """The imaging modality of a 2D in-memory image layer (for its per-modality tuned
+    post-processing, :func:`napari_unet.modality.classify_modality`), else None."""
+    data = None if layer is None else layer_data(layer)
+    if not isinstance(data, np.ndarray) or data.ndim != 2 + int(layer.rgb):
+        return None
+    return classify_modality(data)
 
 
 def shrink(combo: QComboBox) -> QComboBox:

@@ -42,6 +42,7 @@ from napari_unet._widgets._common import (
     ScrollingDock,
     available_devices,
     layer_data,
+    layer_modality,
     prediction_metadata,
 )
 from napari_unet._widgets._registry import MODEL_CACHE
@@ -388,7 +389,7 @@ class SegmentWidget(ScrollingDock):
         self._model_config = trained.config
         self.update_state()
         try:
-            tuned = PredictConfig().for_model(trained)
+            tuned = PredictConfig().for_model(trained, layer_modality(self.image.layer()))
         except ConfigError:
             return  # invalid stored settings: the run's error says how to fix them
         for name, box in self._tuned_boxes().items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from napari_unet.cli._options import (
     SCORING_NOT_OPTIONS,
@@ -17,6 +18,10 @@ from napari_unet.cli._options import (
     trusted_model,
 )
 from napari_unet.config import PostprocessGrid
+from napari_unet.modality import MIN_MODALITY_IMAGES
+
+if TYPE_CHECKING:
+    from napari_unet.tuning import TuningResult
 
 HELP = "choose the post-processing (thresholds, minimum size) on labelled images; store it"
 
@@ -61,6 +66,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="store the weights as float16 (default: as in the model file given)",
     )
     output.add_argument(
+        "--per-modality",
+        action="store_true",
+        help="also choose and store settings for each modality (fluorescence, brightfield, "
+        "H&E) with enough images; prediction picks them from the image",
+    )
+    output.add_argument(
+        "--min-modality-images",
+        type=int,
+        default=MIN_MODALITY_IMAGES,
+        metavar="N",
+        help=f"fewest images of a modality for its own settings (default {MIN_MODALITY_IMAGES}); "
+        "others use the overall ones",
+    )
+    output.add_argument(
         "--holdout-splits",
         type=int,
         default=0,
@@ -80,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
     from napari_unet.tuning import tune_events
 
     grid = config_from_args(args, PostprocessGrid)
+    if args.min_modality_images < 1:
+        raise ConfigError(
+            f"--min-modality-images must be 1 or more, got {args.min_modality_images}."
+        )
     if args.holdout_splits < 0:
         raise ConfigError(f"--holdout-splits must be 0 or more, got {args.holdout_splits}.")
     if args.out is not None:
@@ -102,9 +125,29 @@ def run(args: argparse.Namespace) -> int:
             f"({args.holdout_splits} random halvings): {held_out.mean():.4f} "
             f"+- {held_out.std():.4f} (best on all images: {result.rows[0][args.rank_by]:.4f})"
         )
+    if args.per_modality:
+        _print_per_modality(result, args.min_modality_images)
     if args.out is not None:
         source = args.images or args.dsb
-        result.apply(model, f"{len(images)} images of {source} (napari-unet tune, {args.rank_by})")
+        result.apply(
+            model,
+            f"{len(images)} images of {source} (napari-unet tune, {args.rank_by})",
+            per_modality=args.per_modality,
+            min_images=args.min_modality_images,
+        )
         path = model.save(args.out, half_precision=True if args.half else None)
         print(f"wrote {path}: prediction now uses these settings when none are given")
     return 0
+
+
+def _print_per_modality(result: TuningResult, min_images: int) -> None:
+    """Each modality's best rows, and which modalities fall back to the overall values."""
+    chosen = result.per_modality(min_images)
+    for modality, modality_result in chosen.items():
+        count = len(modality_result.modalities)
+        print(f"\n{modality} ({count} images):")
+        print(modality_result.format_table(3))
+    counts = {kind: result.modalities.count(kind) for kind in set(result.modalities)}
+    for modality, count in sorted(counts.items()):
+        if modality not in chosen:
+            print(f"{modality}: {count} image(s), under {min_images}: uses the overall settings")

@@ -57,6 +57,7 @@ TRAIN_EXAMPLES: dict[str, tuple[list[str], Any]] = {
     "half_precision": ([], True),
     "loader_threads": (["2"], 2),
     "contact_weight": (["5"], 5),
+    "max_minutes": (["1.5"], 1.5),
 }
 PREDICT_EXAMPLES: dict[str, tuple[list[str] | None, Any]] = {
     "tile_size": (["256"], 256),

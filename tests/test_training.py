@@ -222,6 +222,22 @@ def test_cancel_mid_run_keeps_the_best_epoch(blobs, tmp_path) -> None:
     assert [row["epoch"] for row in resumed.history] == [1, 2]
 
 
+def test_a_time_budget_ends_the_run_with_a_validated_saved_model(blobs, tmp_path) -> None:
+    # A budget spent before the first step ends: that step finishes, then one validation.
+    config = small_config(epochs=50, max_minutes=1e-6)
+    result = train(*blobs, config, out=tmp_path / "m.pt", log_csv=tmp_path / "log.csv")
+    assert result.out_of_time and result.stop_reason == "time budget"
+    assert not result.cancelled and not result.stopped_early
+    assert [row["epoch"] for row in result.history] == [1] and result.best_epoch == 1
+    saved = load_model(tmp_path / "m.pt", device="cpu")
+    assert saved.metadata["stop_reason"] == "time budget" and saved.metadata["epochs_run"] == 1
+    assert math.isfinite(saved.metadata["val_metrics"]["dice"])
+    with open(tmp_path / "log.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 1
+    # Without a budget the same run goes on (here: to its 2 epochs).
+    assert train(*blobs, small_config()).stop_reason == "epochs"
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_model(blobs, tmp_path) -> None:
     raw = small_config(
         model=ModelConfig.from_preset(

@@ -170,6 +170,13 @@ def test_the_floor_on_an_epochs_patches_is_stated(make_napari_viewer):
     assert f"≥ {MIN_PATCHES_PER_EPOCH} patches" in widget.steps_per_epoch.specialValueText()
 
 
+def test_the_time_budget_goes_into_the_config(viewer_with_pair):
+    widget = dock(viewer_with_pair)
+    assert widget.plan(snapshot=False).config.max_minutes is None  # "none"
+    widget.max_minutes.setValue(2.5)
+    assert widget.plan(snapshot=False).config.max_minutes == 2.5
+
+
 def test_fine_tune_a_session_model_on_scribbles(viewer_with_pair, qtbot):
     widget = dock(viewer_with_pair)
     tiny_settings(widget, epochs=1, steps=1)

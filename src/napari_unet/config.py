@@ -293,6 +293,11 @@ class TrainConfig(Settings):
         Validation stays unweighted, so its loss and Dice compare across runs. Instance
         or binary labels only. On the DSB 2018 val split a fine-tune of the bundled model
         with 10 split single nuclei too and lowered F1 at IoU 0.5 (see the model card).
+    max_minutes : float or None
+        Wall-clock budget of the run in minutes (from the call, data preparation included),
+        checked between steps: when it is spent the current step finishes, validation runs
+        once so that the best model is kept and saved, and the run ends (before ``epochs``
+        are done). A resumed run gets the budget afresh. None: no limit.
     """
 
     WHAT: ClassVar[str] = "training"
@@ -389,6 +394,17 @@ class TrainConfig(Settings):
         high=100,
         help="loss weight of the pixels between touching objects, 1 (off) to 100; higher "
         "values split touching objects more, and single ones too",
+    )
+    max_minutes: float | None = setting(
+        None,
+        kind="float",
+        low=0,
+        high=1e6,
+        open_low=True,
+        none="no time limit",
+        hint="e.g. 12",
+        help="stop after this many minutes of wall-clock time, keeping the best model "
+        "(the current step finishes and validation runs once)",
     )
 
     def _check_together(self) -> None:

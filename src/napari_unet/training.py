@@ -30,6 +30,7 @@ import csv
 import dataclasses
 import math
 import threading
+import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,7 @@ from napari_unet.data import (
     PlaneData,
     prepare_training_planes,
 )
-from napari_unet.ddp import all_mean, init_from_env, rank_rng, wrap_model
+from napari_unet.ddp import all_mean, any_rank, init_from_env, rank_rng, wrap_model
 from napari_unet.ddp import validate as distributed_validate
 from napari_unet.errors import ConfigError
 from napari_unet.events import plain_form
@@ -66,6 +67,9 @@ from napari_unet.training_run import (
 #: Fewest patches an epoch draws by default: one 256 px image at patch size 256 would
 #: otherwise make an epoch of a single step, whose validation says nothing.
 MIN_PATCHES_PER_EPOCH = 32
+
+#: Why a run ended (``TrainResult.stop_reason``, the model's ``metadata["stop_reason"]``).
+STOP_REASONS = ("epochs", "cancelled", "early stopping", "time budget")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -111,6 +115,10 @@ class TrainResult:
         The ``stop`` event ended the run.
     stopped_early : bool
         Early stopping ended the run.
+    out_of_time : bool
+        The wall-clock budget (``TrainConfig.max_minutes``) ended the run.
+    stop_reason : str
+        Why the run ended, one of :data:`STOP_REASONS` (also in the model's metadata).
     """
 
     model: TrainedModel
@@ -122,6 +130,28 @@ class TrainResult:
     cancelled: bool
     stopped_early: bool
     checkpoint_path: Path | None = None
+    out_of_time: bool = False
+    stop_reason: str = "epochs"
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """The run's wall-clock deadline (``TrainConfig.max_minutes``), the same on every rank."""
+
+    deadline: float | None
+    group: Any
+
+    @classmethod
+    def start(cls, max_minutes: float | None, group: Any) -> _Budget:
+        """A budget of ``max_minutes`` from now (None: no limit)."""
+        limit = None if max_minutes is None else time.monotonic() + 60.0 * max_minutes
+        return cls(limit, group)
+
+    def spent(self) -> bool:
+        """Whether the time is up (on any rank: all of them stop at the same step)."""
+        if self.deadline is None:
+            return False
+        return any_rank(time.monotonic() >= self.deadline, self.group)
 
 
 def default_checkpoint_path(out: str | Path) -> Path:
@@ -280,9 +310,14 @@ def auto_steps_per_epoch(patches: int, batch_size: int, world_size: int = 1) -> 
 
 
 def _train_steps(
-    run: TrainingRun, sampler: PatchSampler, stop: threading.Event | None, model_path: Path | None
-) -> Generator[TrainEvent, None, tuple[list[float], bool]]:
-    """The steps of one epoch, one event each; returns their losses and whether stopped."""
+    run: TrainingRun,
+    sampler: PatchSampler,
+    stop: threading.Event | None,
+    model_path: Path | None,
+    budget: _Budget,
+) -> Generator[TrainEvent, None, tuple[list[float], str | None]]:
+    """The steps of one epoch, one event each; returns their losses and why they stopped
+    early (``"cancelled"``, ``"time budget"``) or None."""
     config = run.config
     losses: list[float] = []
     threads = config.resolved_loader_threads(run.device)
@@ -309,8 +344,10 @@ def _train_steps(
                 elapsed_s=run.elapsed(),
             )
             if stop is not None and stop.is_set():
-                return losses, True
-    return losses, False
+                return losses, "cancelled"
+            if budget.spent():
+                return losses, "time budget"
+    return losses, None
 
 
 def _epoch(
@@ -320,13 +357,20 @@ def _epoch(
     group: Any,
     outputs: _Outputs,
     stop: threading.Event | None,
-) -> Generator[TrainEvent, None, tuple[bool, bool]]:
-    """One epoch: steps, validation, files, its event; returns (cancelled, stopped early)."""
-    if stop is not None and stop.is_set() and run.best_state is not None:
-        return True, False  # stopped during the last validation: no further step starts
-    losses, cancelled = yield from _train_steps(run, sampler, stop, outputs.model)
+    budget: _Budget,
+) -> Generator[TrainEvent, None, str | None]:
+    """One epoch: steps, validation, files, its event; returns why the run ends (one of
+    :data:`STOP_REASONS`) or None to go on."""
+    if run.best_state is not None:
+        # Stopped, or out of time, during the last validation: no further step starts.
+        if stop is not None and stop.is_set():
+            return "cancelled"
+        if budget.spent():
+            return "time budget"
+    losses, ended = yield from _train_steps(run, sampler, stop, outputs.model, budget)
+    cancelled = ended == "cancelled"
     if cancelled and run.best_state is not None:
-        return True, False  # a partial epoch is neither validated nor checkpointed
+        return ended  # a partial epoch is neither validated nor checkpointed
     val_loss, val_metrics = distributed_validate(run, val_planes, group)
     if not math.isfinite(val_loss):
         raise run.diverged("validation", outputs.model)
@@ -349,13 +393,16 @@ def _epoch(
         row["learning_rate"],
         run.elapsed(),
     )
-    return cancelled, run.should_stop_early()
+    if ended is None and run.should_stop_early():
+        return "early stopping"
+    return ended
 
 
 def _finish(
-    run: TrainingRun, outputs: _Outputs, cancelled: bool, stopped_early: bool
+    run: TrainingRun, outputs: _Outputs, ended: str
 ) -> Generator[TrainEvent, None, TrainResult]:
     """Save the final model (complete metadata), yield ``done`` and return the result."""
+    run.stop_reason = ended
     outputs.save_model(run)
     model_path = outputs.model
     model = TrainedModel(
@@ -386,9 +433,11 @@ def _finish(
         history=[dict(row) for row in run.history],
         model_path=model_path,
         log_path=outputs.log,
-        cancelled=cancelled,
-        stopped_early=stopped_early,
+        cancelled=ended == "cancelled",
+        stopped_early=ended == "early stopping",
         checkpoint_path=checkpoint if checkpoint is not None and checkpoint.exists() else None,
+        out_of_time=ended == "time budget",
+        stop_reason=ended,
     )
 
 
@@ -432,6 +481,7 @@ def train_events(
         CSV log, one row per epoch.
     stop : threading.Event, optional
         When set, the run ends after the current step, keeping the best model.
+        ``config.max_minutes`` ends it likewise, validating that step's epoch first.
     checkpoint : str or Path, optional
         Where to write the resume checkpoint each epoch; defaults to
         :func:`default_checkpoint_path` of ``out`` (none without ``out``).
@@ -467,6 +517,7 @@ def train_events(
         group, device = init_from_env(select_device(config.device))
     except ValueError as error:
         raise ConfigError(str(error)) from error
+    budget = _Budget.start(config.max_minutes, group)
     # Only rank 0 writes the model, log and checkpoint; their paths are checked first.
     outputs = (
         _Outputs(*check_output_paths(out, log_csv, checkpoint)) if group.is_main else _Outputs()
@@ -498,10 +549,10 @@ def train_events(
     if group.active:
         run.train_network = wrap_model(run.network, device)
 
-    cancelled = stopped_early = False
-    while run.epoch < config.epochs and not cancelled and not stopped_early:
-        cancelled, stopped_early = yield from _epoch(run, sampler, val_planes, group, outputs, stop)
-    return (yield from _finish(run, outputs, cancelled, stopped_early))
+    ended = None
+    while run.epoch < config.epochs and ended is None:
+        ended = yield from _epoch(run, sampler, val_planes, group, outputs, stop, budget)
+    return (yield from _finish(run, outputs, ended or "epochs"))
 
 
 train = plain_form(train_events, "train", "Train a network and return its :class:`TrainResult`.")

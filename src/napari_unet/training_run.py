@@ -295,6 +295,8 @@ class TrainingRun:
         self.epochs_since_best = 0
         self.elapsed_before = 0.0
         self.started = time.perf_counter()
+        # Why the run ended (napari_unet.training.STOP_REASONS); None while it runs.
+        self.stop_reason: str | None = None
 
     # -- the training state, out and back in ---------------------------------------------
 
@@ -482,6 +484,7 @@ class TrainingRun:
             "best_val_loss": self.best_val_loss,
             "val_metrics": dict(self.best_metrics),
             "epochs_run": self.epoch,
+            "stop_reason": self.stop_reason,
             "history": [dict(row) for row in self.history],
             "elapsed_s": round(self.elapsed(), 2),
             "data": self.data_description,

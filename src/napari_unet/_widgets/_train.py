@@ -156,6 +156,7 @@ class TrainWidget(ScrollingDock):
             self.steps_per_epoch.valueChanged,
             self.loss.currentIndexChanged,
             self.contact_weight.valueChanged,
+            self.max_minutes.valueChanged,
             self.device.currentIndexChanged,
             self.save_path.textChanged,
         ):
@@ -265,6 +266,16 @@ class TrainWidget(ScrollingDock):
             "the result on held-out images. Needs instance labels or masks, not scribbles."
         )
         run_form.addRow("Contact weight", self.contact_weight)
+        self.max_minutes = QDoubleSpinBox()
+        self.max_minutes.setRange(0, 100_000)
+        self.max_minutes.setDecimals(1)
+        self.max_minutes.setSuffix(" min")
+        self.max_minutes.setSpecialValueText("none")
+        self.max_minutes.setToolTip(
+            "Wall-clock budget: when it is spent the run validates once more and ends, "
+            "keeping the best model (none = run all epochs)."
+        )
+        run_form.addRow("Time budget", self.max_minutes)
         self.augment = QCheckBox("flips, rotations, intensity, noise")
         self.augment.setChecked(_default("augment"))
         run_form.addRow("Augment", self.augment)
@@ -423,6 +434,7 @@ class TrainWidget(ScrollingDock):
             device=self.device.currentText(),
             steps_per_epoch=self.steps_per_epoch.value() or None,
             contact_weight=self.contact_weight.value(),
+            max_minutes=self.max_minutes.value() or None,
         )
         plan = TrainPlan(image_arrays, label_arrays, config, init=init)
         plan.description = {
@@ -528,7 +540,11 @@ class TrainWidget(ScrollingDock):
         dice = result.model.metadata.get("val_metrics", {}).get("dice")
         poor = dice is None or not dice >= POOR_DICE  # NaN or unknown counts as poor
         entry = REGISTRY.add(result.model, self._label, result.model_path, poor=poor)
-        how = "Stopped" if result.cancelled else "Stopped early" if result.stopped_early else "Done"
+        how = {
+            "cancelled": "Stopped",
+            "early stopping": "Stopped early",
+            "time budget": "Stopped on the time budget",
+        }.get(result.stop_reason, "Done")
         quality = f", val Dice {dice:.3f}" if dice is not None else ", not validated"
         saved = f" Saved to {result.model_path}." if result.model_path else ""
         if poor:

@@ -155,7 +155,11 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     best = result.history[result.best_epoch - 1] if result.best_epoch else {}
-    how = "cancelled" if result.cancelled else "stopped early" if result.stopped_early else "done"
+    how = {
+        "cancelled": "cancelled",
+        "early stopping": "stopped early",
+        "time budget": f"stopped on the time budget ({config.max_minutes:g} min)",
+    }.get(result.stop_reason, "done")
     print(
         f"{how}: best epoch {result.best_epoch} (val_loss {result.best_val_loss:.4f}, "
         f"val_dice {best.get('val_dice', float('nan')):.4f}, "

@@ -18,10 +18,11 @@ import torch
 from conftest import make_blobs
 from napari_unet.checkpoint import load_model
 from napari_unet.config import ModelConfig, NormalizationConfig
-from napari_unet.data import PatchSampler, load_pairs_from_folders, prepare_training_planes
+from napari_unet.data import load_pairs_from_folders, prepare_training_planes
 from napari_unet.errors import ConfigError, DataError, ModelFileError, TrainingDivergedError
 from napari_unet.io import SAMPLES_DIR
 from napari_unet.losses import compute_loss
+from napari_unet.patches import PatchSampler
 from napari_unet.training import (
     LOG_COLUMNS,
     MIN_PATCHES_PER_EPOCH,

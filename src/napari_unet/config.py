@@ -250,7 +250,7 @@ class TrainConfig(Settings):
         Side of the square training patches; smaller images are reflect-padded.
     augment : bool
         Random flips, 90-degree rotations, intensity and noise changes
-        (see :func:`napari_unet.data.augment_patch`).
+        (see :func:`napari_unet.patches.augment_patch`).
     loss : {"bce", "dice", "bce+dice"}
         Training loss (see :mod:`napari_unet.losses`).
     label_mode : {"instance", "binary", "sparse"}
@@ -275,12 +275,12 @@ class TrainConfig(Settings):
         improvement. ``onecycle``: warm-up to ``learning_rate`` then anneal to ~0 over the
         run, per step. ``cosine``: cosine decay from ``learning_rate`` to ``min_lr``, per step.
     sampling : {"area", "image"}
-        How patches pick their image (see :class:`napari_unet.data.PatchSampler`).
+        How patches pick their image (see :class:`napari_unet.patches.PatchSampler`).
     half_precision : bool
         Save weights as float16 (half the file size).
     loader_threads : int or None
         Threads that prepare batches ahead of the training step
-        (:meth:`napari_unet.data.PatchSampler.epoch_batches`). None chooses: 0 on a CPU,
+        (:meth:`napari_unet.patches.PatchSampler.epoch_batches`). None chooses: 0 on a CPU,
         where the step itself uses every core, and up to 4 on a GPU: on an H200 the
         ``fast`` preset's step (256 px, batch 8) takes 11.5 ms, but a training run without
         threads took 57-66 ms per step, the rest being batch preparation on one core (30 ms

@@ -9,7 +9,7 @@ What one run does (the reference recipe unless configured otherwise):
 - Each plane is normalised (percentile by default; the settings are stored in the model
   file so prediction repeats them) and its targets are built once
   (:func:`napari_unet.data.make_targets`).
-- Training draws random square patches (:class:`napari_unet.data.PatchSampler`), augmented
+- Training draws random square patches (:class:`napari_unet.patches.PatchSampler`), augmented
   by default; an epoch is ``steps_per_epoch`` batches (default: enough patches to cover the
   training area about once, and at least :data:`MIN_PATCHES_PER_EPOCH`).
 - After each epoch the network is evaluated on the **whole** validation images, one at a
@@ -46,17 +46,14 @@ from napari_unet.checkpoint import (
     save_payload,
 )
 from napari_unet.config import ModelConfig, TrainConfig
-from napari_unet.data import (
-    PatchSampler,
-    PlaneData,
-    prepare_training_planes,
-)
+from napari_unet.data import prepare_training_planes
 from napari_unet.ddp import all_mean, any_rank, init_from_env, rank_rng, wrap_model
 from napari_unet.ddp import validate as distributed_validate
 from napari_unet.errors import ConfigError
 from napari_unet.events import plain_form
 from napari_unet.io import as_image, atomic_write, check_output
 from napari_unet.model import select_device
+from napari_unet.patches import PatchSampler, PlaneData
 from napari_unet.training_run import (
     LOG_COLUMNS,
     TrainingRun,

@@ -27,11 +27,11 @@ from torch import nn
 from napari_unet import __version__
 from napari_unet.checkpoint import TrainedModel, model_payload, read_payload
 from napari_unet.config import ModelConfig
-from napari_unet.data import PlaneData
 from napari_unet.errors import ConfigError, ModelFileError, TrainingDivergedError
 from napari_unet.losses import compute_loss
 from napari_unet.metrics import pixel_metrics
 from napari_unet.model import build_model
+from napari_unet.patches import PlaneData
 
 if TYPE_CHECKING:
     from napari_unet.config import TrainConfig

@@ -321,3 +321,16 @@ def test_model_file_messages_are_one_line_without_torch_advice(tmp_path: Path, k
     message = str(refused.value)
     assert len(message.splitlines()) == 1 and "weights_only" not in message
     assert "()" not in message and "does not exist" not in message
+
+
+def test_3d_model_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = ModelConfig.from_preset("tiny", in_channels=1, ndim=3, anisotropy=2.0, depth=2)
+    net = build_model(config).train()
+    with torch.no_grad():
+        net(torch.rand(2, 1, 6, 16, 16) * 3)  # BatchNorm3d statistics away from 0/1
+    path = save_model(tmp_path / "m3d.pt", net.eval(), config, {"note": "3d"})
+    loaded = load_model(path, device="cpu")
+    assert loaded.config == config and loaded.config.ndim == 3
+    x = torch.rand(1, 1, 5, 19, 23)
+    assert torch.equal(outputs(loaded.network, x), outputs(net, x))

@@ -38,6 +38,8 @@ TRAIN_EXAMPLES: dict[str, tuple[list[str], Any]] = {
     "normalization_low": (["2"], 2.0),
     "normalization_high": (["98"], 98.0),
     "preset": (["tiny"], "tiny"),
+    "ndim": (["3"], 3),
+    "anisotropy": (["2"], 2.0),
     "epochs": (["3"], 3),
     "batch_size": (["4"], 4),
     "learning_rate": (["0.01"], 0.01),

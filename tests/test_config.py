@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 
 from napari_unet.config import (
     PRESETS,
+    PRESETS_3D,
     TARGET_CHANNELS,
     ModelConfig,
     NormalizationConfig,
     PostprocessGrid,
     PredictConfig,
     TrainConfig,
+    pool_kernels,
 )
 from napari_unet.errors import ConfigError
 from napari_unet.settings import Settings, option_fields, rule_of
@@ -274,3 +277,72 @@ def test_preset_names_are_free_text_for_model_files() -> None:
     assert ModelConfig.from_dict({"preset": "my-own"}).preset == "my-own"
     with pytest.raises(ConfigError, match="preset must be a string"):
         ModelConfig(preset=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "anisotropy,kernels",
+    [
+        (1.0, ((2, 2, 2), (2, 2, 2), (2, 2, 2))),
+        (1.3, ((2, 2, 2), (2, 2, 2), (2, 2, 2))),
+        (2.0, ((1, 2, 2), (2, 2, 2), (2, 2, 2))),
+        (3.0, ((1, 2, 2), (1, 2, 2), (2, 2, 2))),
+        (4.0, ((1, 2, 2), (1, 2, 2), (2, 2, 2))),
+        (10.0, ((1, 2, 2), (1, 2, 2), (1, 2, 2))),
+        (0.5, ((2, 2, 2), (2, 2, 2), (2, 2, 2))),
+    ],
+)
+def test_pool_kernels_leave_z_alone_while_it_is_coarser(
+    anisotropy: float, kernels: tuple[tuple[int, ...], ...]
+) -> None:
+    assert pool_kernels(3, ndim=3, anisotropy=anisotropy) == kernels
+    config = ModelConfig(ndim=3, depth=3, anisotropy=anisotropy)
+    assert config.pool_kernels == kernels
+    z_multiple = math.prod(kernel[0] for kernel in kernels)
+    assert config.size_multiples == (z_multiple, 8, 8)
+
+
+def test_pool_kernels_of_a_2d_network_are_2x2() -> None:
+    assert pool_kernels(4) == ((2, 2),) * 4
+    config = ModelConfig(depth=4)
+    assert config.pool_kernels == ((2, 2),) * 4
+    assert config.size_multiples == (16, 16) and config.size_multiple == 16
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_have_3d_values(name: str) -> None:
+    config = ModelConfig.from_preset(name, ndim=3)
+    assert (config.ndim, config.preset) == (3, name)
+    for key, value in PRESETS_3D[name].items():
+        assert getattr(config, key) == value
+    # the 3D tiny net is small enough to train on a laptop CPU
+    assert PRESETS_3D["tiny"]["base_filters"] <= 16 and PRESETS_3D["tiny"]["depth"] <= 3
+    # overrides still win over the 3D preset
+    assert ModelConfig.from_preset(name, ndim=3, depth=2).depth == 2
+
+
+def test_3d_preset_from_options() -> None:
+    config = ModelConfig.from_options(preset="tiny", ndim=3, anisotropy=2.0, in_channels=1)
+    assert (config.base_filters, config.depth, config.anisotropy) == (8, 3, 2.0)
+    assert ModelConfig.from_options(preset="tiny", ndim=None).base_filters == 16
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"ndim": 4}, "ndim must be a whole number from 2 to 3, got 4; use 2 .* or 3"),
+        ({"ndim": 1}, "ndim must be"),
+        ({"ndim": 3, "anisotropy": 0}, "anisotropy must be a number over 0"),
+        ({"ndim": 3, "anisotropy": -1.0}, "anisotropy must be a number over 0"),
+        ({"anisotropy": 2.0}, r"anisotropy \(2\) is for 3D models; use ndim=3"),
+    ],
+)
+def test_ndim_and_anisotropy_are_checked(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(**values)
+
+
+def test_old_model_configs_without_ndim_load_as_2d() -> None:
+    old = ModelConfig().to_dict()
+    del old["ndim"], old["anisotropy"]
+    config = ModelConfig.from_dict(old)
+    assert (config.ndim, config.anisotropy) == (2, 1.0)

@@ -1,9 +1,15 @@
-"""U-Net and U-Net++ networks built from small blocks.
+"""U-Net and U-Net++ networks built from small blocks, for planes (2D) and volumes (3D).
 
-Shape contract of every network here: input ``(N, C_in, H, W)`` float32, output
-``(N, C_out, H, W)`` logits for *any* ``H, W >= 1``. Inputs whose size is not a
-multiple of ``2**depth`` are padded (reflect where possible) and the output is
-cropped back, so odd image sizes need no care from the caller.
+Shape contract of every network here: a 2D network (``config.ndim == 2``) takes
+``(N, C_in, H, W)`` float32 and returns ``(N, C_out, H, W)`` logits; a 3D network
+(``config.ndim == 3``) takes ``(N, C_in, Z, Y, X)`` and returns ``(N, C_out, Z, Y, X)``,
+for *any* sizes ``>= 1``. Inputs are padded along each axis to the multiple that axis
+needs (:attr:`~napari_unet.config.ModelConfig.size_multiples`: ``2**depth`` in Y and X,
+less in Z where a 3D network leaves Z unpooled) and the output is cropped back, so odd
+sizes need no care from the caller. A 3D network is the same block design with
+Conv3d/BatchNorm3d, max-pooling with each level's kernel of
+:attr:`~napari_unet.config.ModelConfig.pool_kernels` and transposed convolutions whose
+kernel and stride are that kernel.
 """
 
 from __future__ import annotations
@@ -22,49 +28,81 @@ from napari_unet.errors import ConfigError, ModelFileError
 #: Checked from the config before anything is allocated.
 MAX_PARAMETERS = 1_000_000_000
 
+#: The layers of a network of planes and of volumes.
+_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+_NORM = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_POOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
+_UP = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+#: How the input of a network of ``ndim`` is described in messages.
+_AXES = {2: "(batch, channels, height, width)", 3: "(batch, channels, Z, Y, X)"}
+
 
 class ConvBlock(nn.Sequential):
-    """Two (3x3 conv, BatchNorm, ReLU) layers: ``(N, C_in, H, W) -> (N, C_out, H, W)``."""
+    """Two (3x3[x3] conv, BatchNorm, ReLU) layers: ``(N, C_in, *S) -> (N, C_out, *S)``."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, ndim: int = 2) -> None:
+        conv, norm = _CONV[ndim], _NORM[ndim]
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-            nn.BatchNorm2d(out_channels),
+            conv(in_channels, out_channels, kernel_size=3, padding=1),
+            norm(out_channels),
             nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1),
-            nn.BatchNorm2d(out_channels),
+            conv(out_channels, out_channels, kernel_size=3, padding=1),
+            norm(out_channels),
             nn.ReLU(inplace=True),
         )
 
 
 class UpBlock(nn.Module):
-    """2x2 stride-2 transposed conv, concatenation with skip(s), conv block.
+    """Transposed conv (kernel = stride = the level's pooling), concatenation, conv block.
 
-    ``forward(x, skips)``: ``x`` is ``(N, C_low, H/2, W/2)``, each skip is
-    ``(N, C_skip, H, W)``; returns ``(N, out_channels, H, W)``.
+    ``forward(x, skips)``: ``x`` is ``(N, C_low, *S / kernel)``, each skip is
+    ``(N, C_skip, *S)``; returns ``(N, out_channels, *S)``. 2D: ``kernel`` (2, 2).
     """
 
-    def __init__(self, low_channels: int, skip_channels: int, out_channels: int) -> None:
+    def __init__(
+        self,
+        low_channels: int,
+        skip_channels: int,
+        out_channels: int,
+        kernel: tuple[int, ...] = (2, 2),
+    ) -> None:
         super().__init__()
-        self.up = nn.ConvTranspose2d(low_channels, out_channels, kernel_size=2, stride=2)
-        self.conv = ConvBlock(out_channels + skip_channels, out_channels)
+        ndim = len(kernel)
+        # A 2D kernel stays the int 2 of the original layer (same repr, same weights).
+        size: int | tuple[int, ...] = 2 if ndim == 2 else kernel
+        self.up = _UP[ndim](low_channels, out_channels, kernel_size=size, stride=size)
+        self.conv = ConvBlock(out_channels + skip_channels, out_channels, ndim)
 
     def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         return self.conv(torch.cat([*skips, self.up(x)], dim=1))
 
 
+def _pools(config: ModelConfig) -> nn.ModuleList:
+    """One max-pooling per level, with that level's kernel (no weights)."""
+    pool = _POOL[config.ndim]
+    return nn.ModuleList(pool(2 if config.ndim == 2 else kernel) for kernel in config.pool_kernels)
+
+
 class _PaddedNet(nn.Module):
-    """Pads inputs to a multiple of ``2**depth``, checks shapes, crops outputs back."""
+    """Pads inputs per axis to the multiple it needs, checks shapes, crops outputs back."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4:
+        ndim = self.config.ndim
+        if x.ndim != ndim + 2:
+            fixes = {
+                (2, 3): "add a batch axis with x[None] for a single image",
+                (2, 5): "use a 3D model (ndim=3) for volumes",
+                (3, 4): "add a batch axis with x[None] for a single volume, or use a 2D model "
+                "for a batch of planes",
+            }
+            fix = fixes.get((ndim, x.ndim), f"give {_AXES[ndim]}")
             raise ValueError(
-                f"the network takes a (batch, channels, height, width) tensor, got shape "
-                f"{tuple(x.shape)}; add a batch axis with x[None] for a single image."
+                f"the {ndim}D network takes a {_AXES[ndim]} tensor, got shape "
+                f"{tuple(x.shape)}; {fix}."
             )
         if x.shape[1] != self.config.in_channels:
             raise ValueError(
@@ -73,23 +111,25 @@ class _PaddedNet(nn.Module):
                 f"with in_channels={x.shape[1]}."
             )
 
-    def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        height, width = x.shape[-2:]
-        multiple = self.config.size_multiple
-        pad_h, pad_w = (-height) % multiple, (-width) % multiple
-        if pad_h == 0 and pad_w == 0:
-            return x, (height, width)
+    def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        sizes = tuple(x.shape[2:])
+        pads = [(-size) % multiple for size, multiple in zip(sizes, self.config.size_multiples)]
+        if not any(pads):
+            return x, sizes
         # Reflect padding keeps image statistics at the border; it needs pad < size.
-        mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-        return F.pad(x, (0, pad_w, 0, pad_h), mode=mode), (height, width)
+        mode = "reflect" if all(pad < size for pad, size in zip(pads, sizes)) else "replicate"
+        # F.pad takes (before, after) pairs from the last axis backwards.
+        widths = [width for pad in reversed(pads) for width in (0, pad)]
+        return F.pad(x, widths, mode=mode), sizes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         self._check_input(x)
-        padded, (height, width) = self._pad(x)
+        padded, sizes = self._pad(x)
         out = self._forward_padded(padded)
+        crop = (..., *(slice(0, size) for size in sizes))
         if isinstance(out, list):
-            return [o[..., :height, :width] for o in out]
-        return out[..., :height, :width]
+            return [o[crop] for o in out]
+        return out[crop]
 
     def _forward_padded(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         raise NotImplementedError
@@ -104,26 +144,27 @@ class UNet(_PaddedNet):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
+        ndim, kernels = config.ndim, config.pool_kernels
         widths = [config.base_filters * 2**level for level in range(config.depth + 1)]
         self.encoders = nn.ModuleList()
         in_ch = config.in_channels
         for width in widths[:-1]:
-            self.encoders.append(ConvBlock(in_ch, width))
+            self.encoders.append(ConvBlock(in_ch, width, ndim))
             in_ch = width
-        self.pool = nn.MaxPool2d(2)
-        self.bottleneck = ConvBlock(widths[-2], widths[-1])
+        self.pools = _pools(config)
+        self.bottleneck = ConvBlock(widths[-2], widths[-1], ndim)
         self.decoders = nn.ModuleList(
-            UpBlock(widths[level + 1], widths[level], widths[level])
+            UpBlock(widths[level + 1], widths[level], widths[level], kernels[level])
             for level in reversed(range(config.depth))
         )
-        self.head = nn.Conv2d(widths[0], config.out_channels, kernel_size=1)
+        self.head = _CONV[ndim](widths[0], config.out_channels, kernel_size=1)
 
     def _forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
-        for encoder in self.encoders:
+        for encoder, pool in zip(self.encoders, self.pools):
             x = encoder(x)
             skips.append(x)
-            x = self.pool(x)
+            x = pool(x)
         x = self.bottleneck(x)
         for decoder, skip in zip(self.decoders, reversed(skips)):
             x = decoder(x, [skip])
@@ -141,32 +182,32 @@ class UNetPlusPlus(_PaddedNet):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        depth = config.depth
+        depth, ndim, kernels = config.depth, config.ndim, config.pool_kernels
         widths = [config.base_filters * 2**level for level in range(depth + 1)]
-        self.pool = nn.MaxPool2d(2)
+        self.pools = _pools(config)
         self.encoders = nn.ModuleList()
         in_ch = config.in_channels
         for width in widths:
-            self.encoders.append(ConvBlock(in_ch, width))
+            self.encoders.append(ConvBlock(in_ch, width, ndim))
             in_ch = width
         # nested[i][j - 1] builds X[i][j] for j = 1 .. depth - i
         self.nested = nn.ModuleList(
             nn.ModuleList(
-                UpBlock(widths[level + 1], widths[level] * column, widths[level])
+                UpBlock(widths[level + 1], widths[level] * column, widths[level], kernels[level])
                 for column in range(1, depth - level + 1)
             )
             for level in range(depth)
         )
         n_heads = depth if config.deep_supervision else 1
         self.heads = nn.ModuleList(
-            nn.Conv2d(widths[0], config.out_channels, kernel_size=1) for _ in range(n_heads)
+            _CONV[ndim](widths[0], config.out_channels, kernel_size=1) for _ in range(n_heads)
         )
 
     def _forward_padded(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         depth = self.config.depth
         nodes: list[list[torch.Tensor]] = [[] for _ in range(depth + 1)]
         for level, encoder in enumerate(self.encoders):
-            x = encoder(x if level == 0 else self.pool(x))
+            x = encoder(x if level == 0 else self.pools[level - 1](x))
             nodes[level].append(x)
         # Fill columns left to right; X[i][j] needs X[i+1][j-1], already built.
         for column in range(1, depth + 1):
@@ -202,6 +243,9 @@ def build_model(
     >>> net = build_model(preset="tiny", in_channels=1)
     >>> net(torch.zeros(1, 1, 37, 50)).shape
     torch.Size([1, 1, 37, 50])
+    >>> net3d = build_model(preset="tiny", in_channels=1, ndim=3, anisotropy=2)
+    >>> net3d(torch.zeros(1, 1, 9, 20, 21)).shape
+    torch.Size([1, 1, 9, 20, 21])
     """
     if config is None:
         config = ModelConfig.from_preset(preset, **overrides)
@@ -210,7 +254,8 @@ def build_model(
     count = parameter_count(config)
     if count > MAX_PARAMETERS:
         raise ConfigError(
-            f"a {config.architecture} with base_filters {config.base_filters} and depth "
+            f"a {config.ndim}D {config.architecture} with base_filters {config.base_filters} and "
+            f"depth "
             f"{config.depth} has {count / 1e6:,.0f} M parameters ({count * 4 / 2**30:.1f} GiB), "
             f"over the {MAX_PARAMETERS / 1e6:,.0f} M napari-unet builds; lower base_filters or "
             "depth."
@@ -272,7 +317,8 @@ def check_weights(config: ModelConfig, state: Mapping[str, torch.Tensor], source
                 f"the file, {tuple(expected[name].shape)} for the config)"
             )
         raise ModelFileError(
-            f"{source!r}: its weights do not fit its config ({config.architecture}, base_filters "
+            f"{source!r}: its weights do not fit its config ({config.ndim}D "
+            f"{config.architecture}, base_filters "
             f"{config.base_filters}, depth {config.depth}): {', '.join(problems)}; re-save the "
             "model with napari-unet."
         )

@@ -60,6 +60,7 @@ TRAIN_EXAMPLES: dict[str, tuple[list[str], Any]] = {
     "loader_threads": (["2"], 2),
     "contact_weight": (["5"], 5),
     "max_minutes": (["1.5"], 1.5),
+    "patch_depth": (["16"], 16),
 }
 PREDICT_EXAMPLES: dict[str, tuple[list[str] | None, Any]] = {
     "tile_size": (["256"], 256),

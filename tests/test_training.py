@@ -23,6 +23,7 @@ from napari_unet.errors import ConfigError, DataError, ModelFileError, TrainingD
 from napari_unet.io import SAMPLES_DIR
 from napari_unet.losses import compute_loss
 from napari_unet.patches import PatchSampler
+from napari_unet.synthetic import nuclei_volume
 from napari_unet.training import (
     LOG_COLUMNS,
     MIN_PATCHES_PER_EPOCH,
@@ -30,6 +31,7 @@ from napari_unet.training import (
     auto_steps_per_epoch,
     check_output_paths,
     default_checkpoint_path,
+    patch_shape,
     train,
     train_events,
 )
@@ -698,3 +700,80 @@ def test_a_stop_during_validation_starts_no_further_step(blobs) -> None:
             stop.set()  # as a Stop pressed while the first epoch was validated
     assert kinds == ["step"] * 3 + ["epoch", "done"]
     assert result.cancelled and len(result.history) == 1
+
+
+# -- native 3D models ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def volumes() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Three small synthetic nuclei volumes (8 x 32 x 32, Z step twice the pixel)."""
+    pairs = [
+        nuclei_volume((8, 32, 32), 3, anisotropy=2.0, diameter=(8, 10), seed=seed)
+        for seed in range(3)
+    ]
+    return [image for image, _ in pairs], [labels for _, labels in pairs]
+
+
+def config_3d(**overrides) -> TrainConfig:
+    """A 3D network small enough for a test, trained for a few steps on 16 px patches."""
+    model = ModelConfig.from_preset(
+        "tiny", ndim=3, anisotropy=2.0, base_filters=4, depth=2, in_channels=1, target="contour"
+    )
+    return small_config(**{"model": model, "batch_size": 2, "patch_size": 16, **overrides})
+
+
+def test_a_3d_model_trains_on_volumes_validates_on_one_and_describes_itself(
+    volumes, tmp_path
+) -> None:
+    result = train(*volumes, config_3d(epochs=1, steps_per_epoch=2), out=tmp_path / "m.pt")
+    model = load_model(tmp_path / "m.pt", device="cpu")
+    assert model.config.ndim == 3 and model.config.anisotropy == 2.0
+    data = model.metadata["data"]
+    assert data["ndim"] == 3 and data["train_planes"] == 2 and data["val_planes"] == 1
+    assert math.isfinite(result.history[0]["val_loss"]) and math.isfinite(
+        result.history[0]["val_dice"]
+    )
+    with torch.no_grad():
+        logits = model.network(torch.zeros(1, 1, 8, 32, 32))
+    assert logits.shape == (1, 2, 8, 32, 32)
+    # Patches: 16 x 16 in XY and, by default, the same extent in Z (8 planes at anisotropy
+    # 2), at most the deepest volume; or patch_depth planes.
+    planes = prepare_training_planes(
+        volumes[0], volumes[1], 1, NormalizationConfig(), "contour", ndim=3
+    )
+    assert patch_shape(config_3d(patch_size=16), model.config, planes) == (8, 16, 16)
+    assert patch_shape(config_3d(patch_size=64), model.config, planes) == (8, 64, 64)
+    assert patch_shape(config_3d(patch_depth=3), model.config, planes) == (3, 16, 16)
+
+
+def test_one_volume_validates_on_a_z_slab_and_scribbles_and_fine_tuning_work(
+    volumes, tmp_path
+) -> None:
+    image, labels = volumes[0], volumes[1][0]
+    result = train([image[0]], [labels], config_3d(epochs=1, steps_per_epoch=1, patch_depth=4))
+    data = result.model.metadata["data"]
+    assert data["validation"].startswith("held-out Z slab") and data["val_planes"] == 1
+    # Scribbles (1 = background, 2 = object, 0 = unannotated), fine-tuning the 3D model.
+    scribbles = np.zeros_like(labels)
+    scribbles[labels > 0] = 2
+    scribbles[:, :3] = 1
+    tuned = train(
+        [image[0]],
+        [scribbles],
+        config_3d(epochs=1, steps_per_epoch=1, label_mode="sparse", val_fraction=0.0),
+        init=result.model,
+    )
+    assert tuned.model.config == result.model.config
+    assert not same_weights(weights_of(result.model), weights_of(tuned.model))
+
+
+def test_dimensions_that_do_not_fit_are_refused_before_any_work(blobs, volumes, tmp_path) -> None:
+    two_d = train(*blobs, small_config(epochs=1, steps_per_epoch=1))
+    with pytest.raises(ConfigError, match="is a 2D model .* trains a 3D model"):
+        train(*volumes, config_3d(), init=two_d.model, out=tmp_path / "a.pt")
+    with pytest.raises(ConfigError, match="patch_depth is for 3D models"):
+        train(*blobs, small_config(patch_depth=4), out=tmp_path / "b.pt")
+    with pytest.raises(DataError, match="not a \\(Z, Y, X\\) volume"):
+        train(*blobs, config_3d(), out=tmp_path / "c.pt")
+    assert not list(tmp_path.iterdir())

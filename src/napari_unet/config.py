@@ -345,7 +345,12 @@ class TrainConfig(Settings):
     learning_rate : float
         Adam learning rate (the peak rate for ``onecycle``).
     patch_size : int
-        Side of the square training patches; smaller images are reflect-padded.
+        Side of the square training patches (in Y and X for a 3D model); smaller images
+        are reflect-padded.
+    patch_depth : int or None
+        3D models (``model.ndim == 3``): planes (Z) of each training patch. None: the
+        same physical extent as ``patch_size`` (``patch_size`` over the model's
+        anisotropy), at most the depth of the deepest training volume.
     augment : bool
         Random flips, 90-degree rotations, intensity and noise changes
         (see :func:`napari_unet.patches.augment_patch`).
@@ -420,6 +425,15 @@ class TrainConfig(Settings):
         high=4096,
         hint="multiples of 16 (e.g. 128 or 256) train fastest",
         help="side of the square training patches",
+    )
+    patch_depth: int | None = setting(
+        None,
+        kind="int",
+        low=1,
+        high=4096,
+        none="patch-size over the anisotropy, at most the volumes' depth",
+        hint="e.g. 16",
+        help="3D models: planes (Z) of each training patch",
     )
     augment: bool = setting(True, kind="bool", help="random flips, rotations, intensity, noise")
     loss: Literal["bce", "dice", "bce+dice"] = setting(

@@ -39,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 from napari_unet.allocator import reuse_freed_memory
+from napari_unet.annotations import split_held_out_slab
 from napari_unet.checkpoint import (
     TrainedModel,
     load_model,
@@ -233,6 +234,25 @@ def _split(n_planes: int, fraction: float, seed: int) -> tuple[list[int], list[i
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist()), f"fraction {fraction}"
 
 
+def _check_dimensions(
+    config: TrainConfig, model_config: ModelConfig, init_model: TrainedModel | None
+) -> None:
+    """Refuse an ``init`` model of other dimensions than the run's, and 3D-only settings
+    for a 2D model."""
+    wanted = config.model.ndim
+    if init_model is not None and init_model.config.ndim != wanted:
+        have = init_model.config.ndim
+        raise ConfigError(
+            f"init {init_model.source!r} is a {have}D model (ndim {have}) but this run trains "
+            f"a {wanted}D model (ndim {wanted}); fine-tune it with ndim={have} (--ndim {have}) "
+            "or train from scratch."
+        )
+    _check(
+        config.patch_depth is None or model_config.ndim == 3,
+        "patch_depth is for 3D models (ndim=3); leave it unset for a 2D model.",
+    )
+
+
 def _as_images(images: Sequence[Any], what: str) -> list[Any]:
     """Each of ``images`` as :func:`napari_unet.io.as_image` gives it (paths read)."""
     return [as_image(image, f"{what} image {index}") for index, image in enumerate(images)]
@@ -258,6 +278,8 @@ def _prepare_data(
         normalization=model_config.normalization,
         target=model_config.target,
         label_mode=config.label_mode,
+        ndim=model_config.ndim,
+        anisotropy=model_config.anisotropy,
     )
     train_planes = prepare_training_planes(
         images, labels, contact_weight=config.contact_weight, **prepare
@@ -265,20 +287,28 @@ def _prepare_data(
     if val_images is not None and val_labels is not None:
         val_planes = prepare_training_planes(val_images, val_labels, what="validation", **prepare)
         validation = "explicit"
+    elif model_config.ndim == 3 and len(train_planes) == 1 and config.val_fraction > 0:
+        # One volume: its last planes validate (normalised and labelled with the rest).
+        sparse = config.label_mode == "sparse"
+        train_part, val_part = split_held_out_slab(train_planes[0], config.val_fraction, sparse)
+        train_planes, val_planes = [train_part], [val_part]
+        validation = f"held-out Z slab ({val_planes[0].shape[0]} planes)"
     else:
         train_index, val_index, validation = _split(
             len(train_planes), config.val_fraction, config.seed
         )
         val_planes = [train_planes[i] for i in val_index]
         train_planes = [train_planes[i] for i in train_index]
-        if config.contact_weight != 1:
-            # Validation unweighted: contact weights imply instance or mask labels, whose
-            # unweighted planes count every pixel once (weights None).
-            val_planes = [dataclasses.replace(plane, weights=None) for plane in val_planes]
+    if validation != "explicit" and config.contact_weight != 1:
+        # Validation unweighted: contact weights imply instance or mask labels, whose
+        # unweighted planes count every pixel once (weights None).
+        val_planes = [dataclasses.replace(plane, weights=None) for plane in val_planes]
     description = {
+        # planes, or volumes of a 3D model (ndim 3)
+        "ndim": model_config.ndim,
         "train_planes": len(train_planes),
         "val_planes": len(val_planes),
-        "train_pixels": int(sum(h * w for h, w in (p.shape for p in train_planes))),
+        "train_pixels": int(sum(plane.size for plane in train_planes)),
         "validation": validation,
         "label_mode": config.label_mode,
         **(data_description or {}),
@@ -286,13 +316,30 @@ def _prepare_data(
     return train_planes, val_planes, description
 
 
+def patch_shape(
+    config: TrainConfig, model_config: ModelConfig, planes: Sequence[PlaneData]
+) -> tuple[int, ...]:
+    """The training patch shape: ``(S, S)`` for a 2D model; ``(D, S, S)`` for a 3D one,
+    ``D`` = ``config.patch_depth``, or when None the same physical extent as ``S`` (``S``
+    over the anisotropy) but no deeper than the deepest training volume."""
+    side = config.patch_size
+    if model_config.ndim == 2:
+        return side, side
+    depth = config.patch_depth
+    if depth is None:
+        deepest = max(plane.shape[0] for plane in planes)
+        depth = min(deepest, max(1, round(side / model_config.anisotropy)))
+    return depth, side, side
+
+
 def _patch_sampler(
-    planes: Sequence[PlaneData], config: TrainConfig, group: Any
+    planes: Sequence[PlaneData], config: TrainConfig, model_config: ModelConfig, group: Any
 ) -> tuple[PatchSampler, int]:
     """The seeded patch sampler of the training planes, and the steps of an epoch."""
     rng = np.random.default_rng(config.seed)
     rank_rng(rng, config.seed, group)  # each rank its own patches
-    sampler = PatchSampler(planes, config.patch_size, config.sampling, config.augment, rng)
+    shape = patch_shape(config, model_config, planes)
+    sampler = PatchSampler(planes, shape, config.sampling, config.augment, rng)
     steps_per_epoch = config.steps_per_epoch or auto_steps_per_epoch(
         sampler.patches_per_epoch(), config.batch_size, group.world_size
     )
@@ -527,11 +574,12 @@ def train_events(
         model_config = checkpoint_model_config(resume_payload, str(resume))
     else:
         model_config = init_model.config if init_model is not None else config.model
+    _check_dimensions(config, model_config, init_model)
     train_planes, val_planes, description = _prepare_data(
         images, labels, val_images, val_labels, config, model_config, data_description
     )
 
-    sampler, steps_per_epoch = _patch_sampler(train_planes, config, group)
+    sampler, steps_per_epoch = _patch_sampler(train_planes, config, model_config, group)
     rng = sampler.rng
     if resume_payload is not None:
         run = TrainingRun.from_checkpoint(

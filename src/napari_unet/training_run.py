@@ -266,7 +266,8 @@ class TrainingRun:
         # channels-last convolutions on CUDA only: on this project's CPU a training step
         # measured 10-20% slower than NCHW for the fast preset (128 and 256 px patches) and
         # within noise for tiny (benchmarks/bench_train.py compares both layouts).
-        self.memory_format = torch.channels_last if self.cuda else torch.contiguous_format
+        channels_last = torch.channels_last_3d if model_config.ndim == 3 else torch.channels_last
+        self.memory_format = channels_last if self.cuda else torch.contiguous_format
         network.to(memory_format=self.memory_format)
         # What the training step calls: the network, or its DistributedDataParallel wrapper.
         self.train_network: nn.Module = network

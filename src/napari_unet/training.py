@@ -55,6 +55,7 @@ from napari_unet.events import plain_form
 from napari_unet.io import as_image, atomic_write, check_output
 from napari_unet.model import select_device
 from napari_unet.patches import PatchSampler, PlaneData
+from napari_unet.settings import check
 from napari_unet.training_run import (
     LOG_COLUMNS,
     TrainingRun,
@@ -68,11 +69,6 @@ MIN_PATCHES_PER_EPOCH = 32
 
 #: Why a run ended (``TrainResult.stop_reason``, the model's ``metadata["stop_reason"]``).
 STOP_REASONS = ("epochs", "cancelled", "early stopping", "time budget")
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
 
 
 @dataclass
@@ -247,7 +243,7 @@ def _check_dimensions(
             f"a {wanted}D model (ndim {wanted}); fine-tune it with ndim={have} (--ndim {have}) "
             "or train from scratch."
         )
-    _check(
+    check(
         config.patch_depth is None or model_config.ndim == 3,
         "patch_depth is for 3D models (ndim=3); leave it unset for a 2D model.",
     )
@@ -555,7 +551,7 @@ def train_events(
     config = TrainConfig.with_overrides(config, overrides)
     if resume is not None and init is not None:
         raise ConfigError("give either resume (continue a run) or init (fine-tune), not both.")
-    _check((val_images is None) == (val_labels is None), "give both val_images and val_labels.")
+    check((val_images is None) == (val_labels is None), "give both val_images and val_labels.")
     try:
         # Under torchrun: join the process group (NCCL on this rank's GPU, gloo on a CPU).
         group, device = init_from_env(select_device(config.device))

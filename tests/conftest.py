@@ -60,12 +60,19 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
-def make_threshold_model(in_channels: int = 1, target: str = "foreground", gain: float = 20.0):
+def make_threshold_model(
+    in_channels: int = 1,
+    target: str = "foreground",
+    gain: float = 20.0,
+    ndim: int = 2,
+    anisotropy: float = 1.0,
+):
     """A real U-Net (depth 1, one filter) whose weights make it a known function.
 
     Every output channel is ``sigmoid(gain * (x - 0.5))`` of the mean ``x`` of the
     normalised input channels, so bright objects come out as objects. Prediction
-    tests get deterministic, meaningful output without training.
+    tests get deterministic, meaningful output without training. ``ndim=3`` builds the
+    3D network (Conv3d) of a model for volumes of that ``anisotropy``.
     """
     import torch
 
@@ -73,22 +80,30 @@ def make_threshold_model(in_channels: int = 1, target: str = "foreground", gain:
     from napari_unet.config import ModelConfig
     from napari_unet.model import build_model
 
-    config = ModelConfig(in_channels=in_channels, base_filters=1, depth=1, target=target)
+    config = ModelConfig(
+        in_channels=in_channels,
+        base_filters=1,
+        depth=1,
+        target=target,
+        ndim=ndim,
+        anisotropy=anisotropy,
+    )
     network = build_model(config)
+    centre = (1,) * ndim
     with torch.no_grad():
         for parameter in network.parameters():
             parameter.zero_()
         for module in network.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
+            if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
                 module.weight.fill_(1.0)
                 module.running_mean.zero_()
                 module.running_var.fill_(1.0)
         # Encoder and decoder blocks pass channel 0 through (centre tap of each 3x3
         # conv); the decoder reads only the skip connection (concatenated first).
-        network.encoders[0][0].weight[0, :, 1, 1] = 1.0 / in_channels
-        network.encoders[0][3].weight[0, 0, 1, 1] = 1.0
-        network.decoders[0].conv[0].weight[0, 0, 1, 1] = 1.0
-        network.decoders[0].conv[3].weight[0, 0, 1, 1] = 1.0
+        network.encoders[0][0].weight[(0, slice(None), *centre)] = 1.0 / in_channels
+        network.encoders[0][3].weight[(0, 0, *centre)] = 1.0
+        network.decoders[0].conv[0].weight[(0, 0, *centre)] = 1.0
+        network.decoders[0].conv[3].weight[(0, 0, *centre)] = 1.0
         network.head.weight[:, 0] = gain
         network.head.bias[:] = -gain / 2
     return TrainedModel(network.eval(), config)

@@ -119,3 +119,81 @@ def test_predictor_changing_the_shape_is_refused() -> None:
     image = np.zeros((1, 40, 40), dtype=np.float32)
     with pytest.raises(ValueError, match="spatial size"):
         sliding_window(image, lambda t: t[..., :-1], 32, 8)
+
+
+# --------------------------------------------------------------------------- volumes
+
+
+def test_3d_tile_grid_has_one_size_per_axis_and_covers_the_volume() -> None:
+    shape = (21, 50, 70)
+    tiles = tile_grid(shape, (8, 32, 32), (2, 8, 8), multiple=(4, 16, 16))
+    covered = np.zeros(shape, dtype=int)
+    for tile in tiles:
+        covered[tile] += 1
+    assert {tuple(s.stop - s.start for s in tile) for tile in tiles} == {(8, 32, 32)}
+    assert covered.min() >= 1
+    # row-major: the last axis varies fastest, as in 2D
+    assert tiles[0][0] == tiles[1][0] and tiles[0][2] != tiles[1][2]
+
+
+def test_3d_blend_window_is_a_product_of_ramps() -> None:
+    window = blend_window((6, 20, 24), (2, 8, 8))
+    assert window.shape == (6, 20, 24) and window.min() > 0
+    np.testing.assert_allclose(window, window[::-1, ::-1, ::-1])
+    np.testing.assert_allclose(window[2:-2, 8:-8, 8:-8], 1.0)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 17, 23), (19, 40, 33)])
+def test_3d_constant_predictor_gives_a_constant_output(shape: tuple[int, int, int]) -> None:
+    volume = np.random.default_rng(0).random((1, *shape)).astype(np.float32)
+
+    def constant(tiles: np.ndarray) -> np.ndarray:
+        assert tiles.ndim == 5
+        return np.full((tiles.shape[0], 2, *tiles.shape[2:]), 0.7, dtype=np.float32)
+
+    out = sliding_window(volume, constant, tile_size=(8, 16, 16), overlap=(2, 4, 4))
+    assert out.shape == (2, *shape)
+    np.testing.assert_allclose(out, 0.7, rtol=1e-6)
+
+
+def test_3d_stitching_a_convolution_reproduces_the_untiled_prediction() -> None:
+    kernel = torch.ones(1, 1, 3, 5, 5) / 75
+
+    def blur(tiles: np.ndarray) -> np.ndarray:
+        return F.conv3d(torch.from_numpy(tiles), kernel, padding=(1, 2, 2)).numpy()
+
+    volume = np.random.default_rng(2).random((1, 20, 61, 47)).astype(np.float32)
+    untiled = blur(volume[None])[0]
+    stitched = sliding_window(volume, blur, (10, 32, 32), (4, 12, 12), batch_size=2)
+    difference = np.abs(stitched - untiled)
+    seams = np.abs(sliding_window(volume, blur, (10, 32, 32), 0) - untiled)
+    assert difference.max() < 0.05
+    assert difference.mean() < 5e-3 and difference.mean() < seams.mean() / 2
+
+
+def test_3d_memory_is_the_output_plus_one_batch_of_tiles() -> None:
+    import tracemalloc
+
+    volume = np.random.default_rng(3).random((1, 64, 128, 128)).astype(np.float32)  # 4 MiB
+    tracemalloc.start()
+    try:
+        out = sliding_window(volume, lambda t: t * 0.5, (16, 32, 32), (4, 8, 8), batch_size=2)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(out, volume * 0.5, rtol=1e-5)
+    # an image-sized weight array (or a copy of the input) would add another 4 MiB
+    assert peak < volume.nbytes + 2**20
+
+
+def test_tiles_keep_the_size_rounded_to_the_multiple() -> None:
+    # 64 px in tiles of at most 32 overlapping by 8: three tiles of 27, rounded up to 28
+    image = np.zeros((1, 64, 64), dtype=np.float32)
+    seen = set()
+
+    def record(tiles: np.ndarray) -> np.ndarray:
+        seen.add(tiles.shape[2:])
+        return tiles
+
+    sliding_window(image, record, 32, 8, multiple=2)
+    assert seen == {(28, 28)}

@@ -233,15 +233,18 @@ def predict_events(
         that is not a time series): the planes before each ``(Z, Y, X)`` volume are
         normalised with one intensity range for the volume, predicted, and joined into
         3D objects by ``config.volume_method`` (:func:`napari_unet.volume.volume_labels`),
-        one id per object across the volume, ids unique across volumes.
+        one id per object across the volume, ids unique across volumes. A 3D model
+        (``model.config.ndim == 3``) segments a ``(Z, Y, X)`` volume natively, in 3D tiles,
+        resampled to the model's anisotropy (:mod:`napari_unet.native3d`).
 
     Raises
     ------
     DataError
-        If the image's shape or channels do not suit the model.
+        If the image's shape or channels do not suit the model (a 3D model given a 2D
+        image or a time series).
     ConfigError
-        If a setting is invalid, the device is not available, or a time series is
-        asked for ``volume`` mode.
+        If a setting is invalid, the device is not available, a time series is
+        asked for ``volume`` mode, or a 3D model for ``planes`` mode.
     ModelFileError
         If the model file cannot be loaded.
 
@@ -257,6 +260,8 @@ def predict_events(
     config = config.for_model(trained)
     model_config = trained.config
     layout = find_layout(image.shape, model_config.in_channels, rgb, channel_axis, axes=axes)
+    if model_config.ndim == 3:
+        return (yield from _native_events(image, layout, trained, config, stop))
     mode = stack_mode(layout, config.stack)
     arranged = layout.channels_last(image)
     tile = config.tile_size or auto_tile_size(
@@ -268,6 +273,33 @@ def predict_events(
     else:
         labels, probabilities = yield from run.planes(arranged)
     return Segmentation(labels, probabilities, cancelled=run.cancelled)
+
+
+def _native_events(
+    image: Any,
+    layout: Layout,
+    trained: TrainedModel,
+    config: PredictConfig,
+    stop: threading.Event | None,
+) -> Generator[Progress, None, Segmentation]:
+    """A 3D model's prediction of one volume (:mod:`napari_unet.native3d`)."""
+    from napari_unet.native3d import check_volume_input, native_volume_events
+
+    check_volume_input(layout, config.stack)
+    events = native_volume_events(
+        layout.channels_last(image), layout, trained, config, _postprocess_settings(config)
+    )
+    while True:
+        try:
+            done, total, message = next(events)
+        except StopIteration as finished:
+            labels, probabilities = finished.value
+            kept = probabilities if config.return_probabilities else None
+            return Segmentation(labels, kept)
+        yield Progress(done, total, message)
+        if stop is not None and stop.is_set():
+            events.close()
+            return Segmentation(np.zeros(layout.labels_shape, np.uint16), None, cancelled=True)
 
 
 class _Run:

@@ -1,28 +1,46 @@
-"""Sliding-window (tiled) inference: tile grid, blending weights and stitching.
+"""Sliding-window (tiled) inference in any number of dimensions: grid, blending, stitching.
 
 Pure numpy, independent of the network: :func:`sliding_window` takes any
-*predictor* callable mapping a batch of tiles ``(N, C, h, w)`` to a batch of
-outputs ``(N, C_out, h, w)`` (the pattern of MONAI's ``sliding_window_inference``).
+*predictor* callable mapping a batch of tiles ``(N, C, *tile)`` (``(N, C, h, w)`` for
+planes, ``(N, C, d, h, w)`` for volumes) to a batch of outputs ``(N, C_out, *tile)``
+(the pattern of MONAI's ``sliding_window_inference``).
 
 Tiles overlap; each output tile is weighted by a window that is 1 in its interior
 and falls smoothly (a raised cosine) towards the tile's edges over the overlap,
 and the weighted sum is divided by the summed weights. The window is never zero,
 so every pixel is covered with a positive weight and a model that predicts a
 constant gives exactly that constant, while a CNN's less reliable tile borders
-are blended away without seams.
+are blended away without seams. The window is a product of one ramp per axis and the
+tiles a product of one row of starts per axis, so the summed weights are a product of
+one sum per axis: the output is the only image-sized array the stitching allocates
+(a volume's memory is the output plus one batch of tiles).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 
 import numpy as np
 
 from napari_unet.events import plain_form
 
-#: ``predictor(tiles (N, C, h, w) float32) -> outputs (N, C_out, h, w)``.
+#: ``predictor(tiles (N, C, *tile) float32) -> outputs (N, C_out, *tile)``.
 Predictor = Callable[[np.ndarray], np.ndarray]
+#: A size given once for every axis, or one per axis.
+PerAxis = int | Sequence[int]
+
+
+def per_axis(value: PerAxis, ndim: int) -> tuple[int, ...]:
+    """``value`` as one int per axis (an int is repeated ``ndim`` times)."""
+    if isinstance(value, (int, np.integer)):
+        return (int(value),) * ndim
+    values = tuple(int(v) for v in value)
+    if len(values) != ndim:
+        raise ValueError(f"expected {ndim} sizes (one per axis), got {values}")
+    return values
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -63,28 +81,49 @@ def fit_tile(length: int, max_tile: int, overlap: int, multiple: int = 1) -> int
     return min(math.ceil(tile / multiple) * multiple, max_tile, length)
 
 
+def grid_axes(
+    shape: Sequence[int], tile_size: PerAxis, overlap: PerAxis, multiple: PerAxis = 1
+) -> tuple[tuple[int, ...], list[list[int]]]:
+    """Tile side and tile starts along each axis of ``shape`` (see :func:`tile_grid`)."""
+    ndim = len(shape)
+    tiles, overlaps, multiples = (per_axis(v, ndim) for v in (tile_size, overlap, multiple))
+    sides = tuple(fit_tile(n, t, o, m) for n, t, o, m in zip(shape, tiles, overlaps, multiples))
+    starts = [tile_starts(n, side, o) for n, side, o in zip(shape, sides, overlaps)]
+    return sides, starts
+
+
 def tile_grid(
-    shape: tuple[int, int], tile_size: int | tuple[int, int], overlap: int, multiple: int = 1
-) -> list[tuple[slice, slice]]:
-    """Tiles covering a 2D image, as ``(rows, cols)`` slice pairs, all of one size.
+    shape: Sequence[int], tile_size: PerAxis, overlap: PerAxis, multiple: PerAxis = 1
+) -> list[tuple[slice, ...]]:
+    """Tiles covering an image or volume, as one slice per axis, all of one size.
 
     Parameters
     ----------
-    shape : (int, int)
-        Height and width of the image (any size, smaller or larger than a tile).
-    tile_size : int or (int, int)
-        Largest tile height and width. Tiles are shrunk to cover the image evenly
-        (see :func:`fit_tile`) and never exceed the image.
-    overlap : int
-        Minimum overlap between neighbouring tiles, in pixels.
-    multiple : int
-        Round tile sides up to this multiple where the image allows it.
+    shape : sequence of int
+        Spatial shape: ``(height, width)`` of an image, ``(Z, Y, X)`` of a volume (any
+        size, smaller or larger than a tile).
+    tile_size : int or sequence of int
+        Largest tile side, for every axis or per axis. Tiles are shrunk to cover the
+        image evenly (see :func:`fit_tile`) and never exceed it.
+    overlap : int or sequence of int
+        Minimum overlap between neighbouring tiles, in pixels, for every axis or per axis.
+    multiple : int or sequence of int
+        Round tile sides up to this multiple (per axis) where the image allows it.
+
+    Returns
+    -------
+    list of tuple of slice
+        Row-major order: the last axis varies fastest.
     """
-    tiles = (tile_size, tile_size) if isinstance(tile_size, int) else tuple(tile_size)
-    sides = [fit_tile(n, t, overlap, multiple) for n, t in zip(shape, tiles)]
-    rows = tile_starts(shape[0], sides[0], overlap)
-    cols = tile_starts(shape[1], sides[1], overlap)
-    return [(slice(r, r + sides[0]), slice(c, c + sides[1])) for r in rows for c in cols]
+    return _tiles(*grid_axes(shape, tile_size, overlap, multiple))
+
+
+def _tiles(sides: Sequence[int], starts: list[list[int]]) -> list[tuple[slice, ...]]:
+    """Every tile of the grid whose sides and starts per axis are given."""
+    return [
+        tuple(slice(start, start + side) for start, side in zip(corner, sides))
+        for corner in itertools.product(*starts)
+    ]
 
 
 def _ramp(size: int, overlap: int) -> np.ndarray:
@@ -96,36 +135,53 @@ def _ramp(size: int, overlap: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(np.pi * np.minimum(distance + 1, overlap + 1) / (overlap + 1))
 
 
-def blend_window(shape: tuple[int, int], overlap: int) -> np.ndarray:
-    """2D blending weights of a tile: ``(h, w)`` float32, 1 inside, > 0 everywhere."""
-    window = np.outer(_ramp(shape[0], overlap), _ramp(shape[1], overlap))
-    return window.astype(np.float32)
+def blend_window(shape: Sequence[int], overlap: PerAxis) -> np.ndarray:
+    """Blending weights of a tile of ``shape``: float32, 1 inside, > 0 everywhere."""
+    overlaps = per_axis(overlap, len(shape))
+    ramps = [_ramp(size, o) for size, o in zip(shape, overlaps)]
+    return functools.reduce(np.multiply.outer, ramps).astype(np.float32)
+
+
+def _weight_sums(
+    shape: Sequence[int], sides: Sequence[int], starts: list[list[int]], overlaps: Sequence[int]
+) -> list[np.ndarray]:
+    """Per axis, the sum of every tile's ramp: their outer product is the summed window."""
+    sums = []
+    for length, side, axis_starts, o in zip(shape, sides, starts, overlaps):
+        total = np.zeros(length)
+        for start in axis_starts:
+            total[start : start + side] += _ramp(side, o)
+        sums.append(total)
+    return sums
 
 
 def sliding_window_events(
     image: np.ndarray,
     predictor: Predictor,
-    tile_size: int | tuple[int, int],
-    overlap: int = 32,
+    tile_size: PerAxis,
+    overlap: PerAxis = 32,
     batch_size: int = 1,
-    multiple: int = 1,
+    multiple: PerAxis = 1,
 ) -> Generator[int, None, np.ndarray]:
-    """Tiled prediction of one ``(C, H, W)`` image, yielding the tiles done after each batch.
+    """Tiled prediction of one image or volume, yielding the tiles done after each batch.
 
     Parameters
     ----------
-    image : np.ndarray
-        ``(C, H, W)`` network input (already normalised).
+    image : array_like
+        ``(C, H, W)`` image or ``(C, Z, Y, X)`` volume of network input (already
+        normalised); any array whose slices give numpy arrays (only one batch of tiles
+        is read at a time).
     predictor : callable
-        Maps ``(N, C, h, w)`` float32 tiles to ``(N, C_out, h, w)`` outputs.
-    tile_size : int or (int, int)
-        Largest tile side(s); see :func:`tile_grid`.
-    overlap : int
-        Minimum overlap of neighbouring tiles in pixels (and the blending width).
+        Maps ``(N, C, *tile)`` float32 tiles to ``(N, C_out, *tile)`` outputs.
+    tile_size : int or sequence of int
+        Largest tile side(s), for every axis or per axis; see :func:`tile_grid`.
+    overlap : int or sequence of int
+        Minimum overlap of neighbouring tiles in pixels (and the blending width), for
+        every axis or per axis.
     batch_size : int
         Tiles passed to ``predictor`` at once.
-    multiple : int
-        Preferred tile-side multiple (e.g. ``2**depth`` of a U-Net).
+    multiple : int or sequence of int
+        Preferred tile-side multiple (e.g. ``2**depth`` of a U-Net), or one per axis.
 
     Yields
     ------
@@ -135,39 +191,43 @@ def sliding_window_events(
     Returns
     -------
     np.ndarray
-        ``(C_out, H, W)`` float32: the blended predictions.
+        ``(C_out, *image.shape[1:])`` float32: the blended predictions.
     """
-    if image.ndim != 3:
-        raise ValueError(f"expected a (C, H, W) image, got shape {image.shape}")
-    height, width = image.shape[1:]
-    tiles = tile_grid((height, width), tile_size, overlap, multiple)
-    first = tiles[0]
-    tile_shape = (first[0].stop - first[0].start, first[1].stop - first[1].start)
-    window = blend_window(tile_shape, overlap)
+    if len(image.shape) < 3:
+        raise ValueError(
+            f"expected a (C, H, W) image or a (C, Z, Y, X) volume, got shape {image.shape}"
+        )
+    shape = tuple(image.shape[1:])
+    overlaps = per_axis(overlap, len(shape))
+    sides, starts = grid_axes(shape, tile_size, overlaps, multiple)
+    tiles = _tiles(sides, starts)
+    window = blend_window(sides, overlaps)
     output: np.ndarray | None = None
-    weights = np.zeros((height, width), dtype=np.float32)
     for begin in range(0, len(tiles), batch_size):
         batch_tiles = tiles[begin : begin + batch_size]
-        batch = np.stack([image[:, rows, cols] for rows, cols in batch_tiles])
+        batch = np.stack([np.asarray(image[(slice(None), *tile)]) for tile in batch_tiles])
         predicted = np.asarray(predictor(np.ascontiguousarray(batch, dtype=np.float32)))
-        if predicted.shape[0] != len(batch_tiles) or predicted.shape[2:] != tile_shape:
+        if predicted.shape[0] != len(batch_tiles) or predicted.shape[2:] != sides:
             raise ValueError(
                 f"the predictor returned shape {predicted.shape} for tiles of shape {batch.shape}; "
                 "it must keep the batch size and the spatial size"
             )
         if output is None:
-            output = np.zeros((predicted.shape[1], height, width), dtype=np.float32)
-        for (rows, cols), tile_out in zip(batch_tiles, predicted):
-            output[:, rows, cols] += tile_out * window
-            weights[rows, cols] += window
+            output = np.zeros((predicted.shape[1], *shape), dtype=np.float32)
+        for tile, tile_out in zip(batch_tiles, predicted):
+            output[(slice(None), *tile)] += tile_out * window
         yield begin + len(batch_tiles)
     assert output is not None  # tile_grid always returns at least one tile
-    output /= weights
+    # Divide by the summed window one axis at a time, in place (no image-sized weights).
+    for axis, sums in enumerate(_weight_sums(shape, sides, starts, overlaps)):
+        view = [1] * output.ndim
+        view[axis + 1] = -1
+        output /= sums.astype(np.float32).reshape(view)
     return output
 
 
 sliding_window = plain_form(
     sliding_window_events,
     "sliding_window",
-    "Tiled prediction of one ``(C, H, W)`` image.",
+    "Tiled prediction of one ``(C, H, W)`` image or ``(C, Z, Y, X)`` volume.",
 )

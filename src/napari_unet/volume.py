@@ -191,7 +191,7 @@ def watershed_volume(
     )
 
 
-def _resample_z(array: np.ndarray, size: int, axis: int) -> np.ndarray:
+def resample_z(array: np.ndarray, size: int, axis: int) -> np.ndarray:
     """``array`` linearly resampled to ``size`` samples along ``axis`` (end samples kept)."""
     if array.shape[axis] == size:
         return array
@@ -271,14 +271,14 @@ def orthogonal_probabilities(
             f"got shape {xy_probabilities.shape}."
         )
     depth = max(1, round(n_planes * anisotropy))
-    cubic = _resample_z(volume.astype(np.float32, copy=False), depth, axis=0)
+    cubic = resample_z(volume.astype(np.float32, copy=False), depth, axis=0)
     # XZ planes: one per row y, each (depth, X); YZ planes: one per column x, (depth, Y);
     # channels, if any, stay last.
     channels = tuple(range(3, volume.ndim))
     xz = _predict_view(predict_planes, cubic.transpose(1, 0, 2, *channels)).transpose(0, 2, 1, 3)
     yz = _predict_view(predict_planes, cubic.transpose(2, 0, 1, *channels)).transpose(0, 2, 3, 1)
-    mean = (_resample_z(xy_probabilities, depth, axis=1) + xz + yz) / 3
-    return _resample_z(mean, n_planes, axis=1).astype(np.float32, copy=False)
+    mean = (resample_z(xy_probabilities, depth, axis=1) + xz + yz) / 3
+    return resample_z(mean, n_planes, axis=1).astype(np.float32, copy=False)
 
 
 def volume_labels(

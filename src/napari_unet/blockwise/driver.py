@@ -42,6 +42,7 @@ from napari_unet.errors import ConfigError
 from napari_unet.events import plain_form
 from napari_unet.layout import find_layout
 from napari_unet.metadata import ImageMetadata, image_metadata, labels_metadata
+from napari_unet.native3d import BLOCKWISE_3D_ERROR
 from napari_unet.postprocess import label_dtype
 from napari_unet.prediction import (
     PredictConfig,
@@ -132,6 +133,8 @@ def _plan(
     trained = resolve_model(model, config.device)
     config = config.for_model(trained)
     model_config = trained.config
+    if model_config.ndim == 3:
+        raise ConfigError(BLOCKWISE_3D_ERROR)
     axes = None
     metadata = ImageMetadata()
     if isinstance(source, (str, os.PathLike)):

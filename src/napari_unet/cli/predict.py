@@ -20,7 +20,7 @@ from napari_unet.cli._options import (
     run_with_progress_bar,
     trusted_model,
 )
-from napari_unet.config import PredictConfig
+from napari_unet.config import ModelConfig, PredictConfig
 from napari_unet.errors import ConfigError, DataError
 from napari_unet.io import (
     IMAGE_SUFFIXES,
@@ -247,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {}
     for path in sources:
         check_input(path, model.config.in_channels, model.config.out_channels, args)
-        settings[path] = file_settings(path, config, args)
+        settings[path] = file_settings(path, config, args, model.config)
     write_run_record(args.out, record)
     for path, stem in zip(sources, stems):
         if wants_zarr(args):
@@ -272,7 +272,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def file_settings(
-    path: Path, config: PredictConfig, args: argparse.Namespace
+    path: Path,
+    config: PredictConfig,
+    args: argparse.Namespace,
+    model_config: ModelConfig | None = None,
 ) -> tuple[PredictConfig, str | None]:
     """The settings and axes of one input, checked: ``config`` with the file's anisotropy
     when ``--anisotropy`` is not given, and the file's axes (a ``T`` makes it a time
@@ -283,12 +286,19 @@ def file_settings(
     ConfigError
         If ``--stack volume`` is asked for a time series, or for a Zarr store or
         block-wise run (segmented plane by plane), or the file's voxel size gives no
-        valid anisotropy.
+        valid anisotropy; if a 3D ``model_config`` is given a Zarr store, a block-wise
+        run or ``--stack planes``.
+    DataError
+        If a 3D ``model_config`` is given a 2D image or a time series.
     """
     from napari_unet.layout import find_layout
+    from napari_unet.native3d import BLOCKWISE_3D_ERROR, check_volume_input
     from napari_unet.prediction import stack_mode
 
     lazy = wants_zarr(args) or _is_zarr(path)
+    volumes = model_config is not None and model_config.ndim == 3
+    if volumes and lazy:
+        raise ConfigError(f"{str(path)!r}: {BLOCKWISE_3D_ERROR}")
     if lazy and config.stack == "volume":
         raise ConfigError(
             f"{str(path)!r}: block-wise prediction (Zarr, --zarr, --scheduler, --workers) "
@@ -307,6 +317,14 @@ def file_settings(
                 f"{str(path)!r}: its voxel size gives no valid anisotropy ({error}); "
                 "give --anisotropy."
             ) from error
+    if volumes:
+        layout = find_layout(
+            image_header(path)[0], model_config.in_channels, None, args.channel_axis, axes=axes
+        )
+        try:
+            check_volume_input(layout, config.stack)
+        except (ConfigError, DataError) as error:
+            raise type(error)(f"{str(path)!r}: {error}") from error
     if axes is not None:  # a time series is known from the file's axes only
         # Channels were checked on the image as read (alpha dropped) by check_input.
         stack_mode(find_layout(shape, None, None, None, axes=axes), config.stack)

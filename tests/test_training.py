@@ -23,6 +23,7 @@ from napari_unet.errors import ConfigError, DataError, ModelFileError, TrainingD
 from napari_unet.io import SAMPLES_DIR
 from napari_unet.losses import compute_loss
 from napari_unet.patches import PatchSampler
+from napari_unet.prediction import predict
 from napari_unet.synthetic import nuclei_volume
 from napari_unet.training import (
     LOG_COLUMNS,
@@ -737,6 +738,9 @@ def test_a_3d_model_trains_on_volumes_validates_on_one_and_describes_itself(
     with torch.no_grad():
         logits = model.network(torch.zeros(1, 1, 8, 32, 32))
     assert logits.shape == (1, 2, 8, 32, 32)
+    # The model file predicts a volume natively: labels of its shape, ids across Z.
+    labels = predict(volumes[0][0], tmp_path / "m.pt", device="cpu", tile_size=32, overlap=8).labels
+    assert labels.shape == (8, 32, 32) and np.issubdtype(labels.dtype, np.integer)
     # Patches: 16 x 16 in XY and, by default, the same extent in Z (8 planes at anisotropy
     # 2), at most the deepest volume; or patch_depth planes.
     planes = prepare_training_planes(

@@ -382,15 +382,8 @@ class TrainingRun:
             problem = weights_problem(network, state["best_state_dict"], "best weights")
         if problem is None:
             network.load_state_dict(payload["state_dict"])
-            run = cls(
-                config,
-                model_config,
-                network.to(device),
-                device,
-                steps_per_epoch,
-                rng,
-                data_description,
-            )
+            network.to(device)
+            run = cls(config, model_config, network, device, steps_per_epoch, rng, data_description)
             problem = run._restore(state)
         if problem is not None:
             raise ModelFileError(

@@ -15,11 +15,10 @@ so the Segment widget can use it at once.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -35,7 +34,6 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_unet._pairs import spatial_shape
 from napari_unet._widgets._common import (
     ModelPicker,
     PairRow,
@@ -48,6 +46,13 @@ from napari_unet._widgets._common import (
 )
 from napari_unet._widgets._plots import TrainingCurves
 from napari_unet._widgets._registry import POOR_DICE, REGISTRY
+from napari_unet._widgets._train_plan import (
+    DIMENSIONS,
+    TrainPlan,
+    check_pairs,
+    copy_of_labels,
+    suggested_ndim,
+)
 from napari_unet.annotations import check_training_labels, count_planes, split_held_out_strip
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.config import PRESETS, TARGET_CHANNELS, TrainConfig
@@ -65,6 +70,8 @@ LABEL_MODES = {
     "scribbles (1 = bg, 2 = object)": "sparse",
 }
 VALIDATION_REGION = "held-out strip"
+#: Patch side the widget sets for a 3D model in place of the 2D default (256).
+PATCH_3D = 64
 VALIDATION_IMAGES = "whole images"
 
 
@@ -74,21 +81,6 @@ def _default(name: str) -> Any:
         if item.name == name:
             return item.default
     raise KeyError(name)
-
-
-@dataclass
-class TrainPlan:
-    """Everything one run needs, built and checked before a thread starts."""
-
-    images: list[Any]
-    labels: list[Any]
-    config: TrainConfig
-    val_images: list[Any] | None = None
-    val_labels: list[Any] | None = None
-    init: str | Path | TrainedModel | None = None
-    out: Path | None = None
-    log_csv: Path | None = None
-    description: dict[str, Any] = field(default_factory=dict)
 
 
 class TrainWidget(ScrollingDock):
@@ -138,11 +130,13 @@ class TrainWidget(ScrollingDock):
         layout.addWidget(self.curves)
         layout.addStretch(1)
 
+        self.dimensions.currentIndexChanged.connect(self._on_dimensions_changed)
         self.rows: list[PairRow] = []
         self.add_pair()
         for combo in self.content.findChildren(QComboBox):
             shrink(combo)
         for signal in (
+            self.dimensions.currentIndexChanged,
             self.label_mode.currentIndexChanged,
             self.validation.currentIndexChanged,
             self.val_fraction.valueChanged,
@@ -184,8 +178,9 @@ class TrainWidget(ScrollingDock):
         self.validation.addItems([VALIDATION_REGION, VALIDATION_IMAGES])
         self.validation.setToolTip(
             "Held-out strip: the last part (this fraction) of each plane along its longer "
-            "side, bottom or right, is never trained on and scores each epoch. Whole "
-            "images: a seeded fraction of the images/planes is held out."
+            "side, bottom or right (through every plane of a volume), is never trained on "
+            "and scores each epoch. Whole images: a seeded fraction of the images/planes "
+            "(volumes for a 3D model; of a single volume, its last planes) is held out."
         )
         self.val_fraction = QDoubleSpinBox()
         self.val_fraction.setRange(0.05, 0.5)
@@ -205,6 +200,16 @@ class TrainWidget(ScrollingDock):
         self.init_model = ModelPicker(allow_scratch=True)
         self.init_model.setToolTip("Fine-tune a model (keeps its architecture), or start anew.")
         model_form.addRow("Start from", self.init_model)
+        self.dimensions = QComboBox()
+        for text, ndim in DIMENSIONS.items():
+            self.dimensions.addItem(text, ndim)
+        self.dimensions.setCurrentIndex(self.dimensions.findData(2))
+        self.dimensions.setToolTip(
+            "For volumes: a native 3D model (3D convolutions, objects learnt in 3D, the Z "
+            "step from the layer's scale), or a 2D model trained on every plane. The "
+            "default: a 3D model for a volume layer without a time axis."
+        )
+        model_form.addRow("Dimensions", self.dimensions)
         self.preset = QComboBox()
         self.preset.addItems(list(PRESETS))
         for index, name in enumerate(PRESETS):
@@ -306,12 +311,29 @@ class TrainWidget(ScrollingDock):
         if unused:
             row.image.set_layer(unused[0])
         row.image.layer_changed.connect(self.schedule_check)
+        if not self.rows:  # the first pair's image decides the default dimensions
+            row.image.layer_changed.connect(self.suggest_dimensions)
         row.labels.layer_changed.connect(self.schedule_check)
         row.remove.clicked.connect(lambda: self.remove_pair(row))
         self.rows.append(row)
         self._rows_layout.addWidget(row)
+        if len(self.rows) == 1:
+            self.suggest_dimensions()
         self.schedule_check()
         return row
+
+    def suggest_dimensions(self) -> None:
+        """A 3D model for a volume layer without a time axis, else a 2D one (first pair)."""
+        layer = self.rows[0].image.layer() if self.rows else None
+        self.dimensions.setCurrentIndex(self.dimensions.findData(suggested_ndim(layer)))
+
+    def _on_dimensions_changed(self) -> None:
+        # A 256 px patch (the 2D default) makes a 3D patch of millions of voxels: 64 px then.
+        three_d = self.dimensions.currentData() == 3
+        if three_d and self.patch_size.value() == _default("patch_size"):
+            self.patch_size.setValue(PATCH_3D)
+        elif not three_d and self.patch_size.value() == PATCH_3D:
+            self.patch_size.setValue(_default("patch_size"))
 
     def remove_pair(self, row: PairRow) -> None:
         """Remove a pair row."""
@@ -381,23 +403,9 @@ class TrainWidget(ScrollingDock):
             A setting the core refuses (its message is shown as the hint).
         """
         pairs = [row.pair() for row in self.rows]
-        if not pairs or any(image is None or labels is None for image, labels in pairs):
-            raise DataError(
-                "Add an Image layer and a Labels layer to train on (paint the Labels layer "
-                "with the brush), then pick them as a pair."
-            )
+        ndim = int(self.dimensions.currentData())
+        anisotropy = check_pairs(pairs, ndim)
         images = [image for image, _ in pairs]
-        if len({id(image) for image in images}) != len(images):
-            raise DataError("An image is picked twice; give each pair its own image.")
-        for image, labels in pairs:
-            shape = spatial_shape(layer_data(image).shape, image.rgb)
-            if tuple(layer_data(labels).shape) != shape:
-                raise DataError(
-                    f"Labels {labels.name!r} has shape {tuple(layer_data(labels).shape)} but image "
-                    f"{image.name!r} has {shape}; pick the labels painted on this image."
-                )
-        if len({bool(image.rgb) for image in images}) > 1:
-            raise DataError("Mix of RGB and grey images; train on one kind at a time.")
         try:
             learning_rate = float(self.learning_rate.text())
         except ValueError:
@@ -407,7 +415,7 @@ class TrainWidget(ScrollingDock):
         mode = LABEL_MODES[self.label_mode.currentText()]
         label_arrays = [layer_data(labels) for _, labels in pairs]
         if snapshot:
-            label_arrays = [_snapshot(array) for array in label_arrays]
+            label_arrays = [copy_of_labels(array) for array in label_arrays]
         for (_, labels), array in zip(pairs, label_arrays, strict=True):
             check_training_labels(labels.name, array, mode)
         image_arrays = [layer_data(image) for image in images]
@@ -416,11 +424,18 @@ class TrainWidget(ScrollingDock):
         problem = self.init_model.problem()
         if problem:
             raise ModelFileError(problem)
+        if isinstance(init, TrainedModel) and init.config.ndim != ndim:
+            raise ConfigError(
+                f"The model to start from is {init.config.ndim}D; choose "
+                f"{'3D model' if init.config.ndim == 3 else '2D model on the planes'!r}."
+            )
         region = self.validation.currentText() == VALIDATION_REGION
         fraction = float(self.val_fraction.value())
         # The option names of the command line (TrainConfig.from_options builds both).
         config = TrainConfig.from_options(
             preset=self.preset.currentText(),
+            ndim=ndim,
+            anisotropy=anisotropy,
             in_channels=3 if images[0].rgb else 1,
             target=self.target.currentText(),
             epochs=self.epochs.value(),
@@ -449,7 +464,7 @@ class TrainWidget(ScrollingDock):
             plan.images, plan.labels, plan.val_images, plan.val_labels = split_held_out_strip(
                 plan.images, plan.labels, fraction
             )
-        elif sum(count_planes(array) for array in label_arrays) < 2:
+        elif ndim == 2 and sum(count_planes(array) for array in label_arrays) < 2:
             raise DataError(
                 "Whole-image validation needs at least 2 images or planes; choose "
                 f"{VALIDATION_REGION!r} or add another pair."
@@ -565,11 +580,6 @@ class TrainWidget(ScrollingDock):
             # Hand the run's cached GPU memory back (to a Segment run, other programs).
             _free_gpu_memory()
         self.update_state()
-
-
-def _snapshot(data: Any) -> Any:
-    """A copy of numpy labels (painting during a run must not change its data); dask as is."""
-    return np.array(data) if isinstance(data, np.ndarray) else data
 
 
 def _free_gpu_memory() -> None:

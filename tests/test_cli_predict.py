@@ -506,3 +506,54 @@ def test_volume_mode_refusals_exit_2_and_write_nothing(tmp_path: Path, capsys) -
         assert outputs(out) == []
     # Without --stack, a time series is segmented plane by plane.
     assert main(["predict", "--model", model, str(series), "--out", str(out), "--quiet"]) == 0
+
+
+def test_a_3d_model_segments_a_3d_tiff_natively(tmp_path: Path) -> None:
+    image, truth = nuclei_volume((20, 64, 64), 6, anisotropy=2.0, diameter=(12.0, 18.0), seed=1)
+    model = make_threshold_model(ndim=3, anisotropy=2.0)
+    model_path = save_model(tmp_path / "m3d.pt", model.network, model.config)
+    source = tmp_path / "volume.tif"
+    tifffile.imwrite(
+        source,
+        image,
+        imagej=True,
+        resolution=(1.0, 1.0),
+        metadata={"axes": "ZYX", "spacing": 2.0, "unit": "um"},
+    )
+    out = tmp_path / "out"
+    code = main(
+        ["predict", "--model", str(model_path), str(source), "--out", str(out)]
+        + ["--min-size", "20", "--save-probabilities", "--quiet"]
+    )
+    assert code == 0
+    labels = tifffile.imread(out / "volume_labels.tif")
+    assert labels.shape == image.shape
+    assert tifffile.imread(out / "volume_probabilities.tif").shape == (1, *image.shape)
+    counts = instance_metrics(truth, labels)
+    assert abs(counts["n_pred"] - counts["n_true"]) <= 2
+    from napari_unet.metadata import image_metadata
+
+    assert image_metadata(out / "volume_labels.tif").scale[0] == pytest.approx(2.0)
+
+
+def test_a_3d_model_refuses_2d_images_and_blockwise_with_exit_2(tmp_path: Path, capsys) -> None:
+    image, _ = nuclei_volume((12, 48, 48), 2, diameter=(8.0, 10.0), seed=2)
+    model = make_threshold_model(ndim=3)
+    model_path = str(save_model(tmp_path / "m3d.pt", model.network, model.config))
+    volume, plane = tmp_path / "volume.tif", tmp_path / "plane.tif"
+    tifffile.imwrite(volume, image)
+    tifffile.imwrite(plane, image[6])
+    series = tmp_path / "series.tif"
+    tifffile.imwrite(series, image, imagej=True, metadata={"axes": "TYX"})
+    out = tmp_path / "out"
+    for sources, options, message in [
+        ([volume, plane], [], "plane.tif': a 3D model segments (Z, Y, X) volumes"),
+        ([series], [], "time series"),
+        ([volume], ["--stack", "planes"], "3D model cannot"),
+        ([volume], ["--zarr"], "napari-unet predict` on a TIFF volume"),
+    ]:
+        paths = [str(source) for source in sources]
+        code = main(["predict", "--model", model_path, *paths, "--out", str(out), *options])
+        assert code == 2
+        assert message in capsys.readouterr().err
+        assert outputs(out) == []

@@ -198,3 +198,38 @@ def test_the_bundled_model_card_ships_inside_the_package() -> None:
     shipped = files("napari_unet") / "samples" / "model_card.md"
     assert Path(str(shipped)) == DEFAULT_MODEL_CARD and DEFAULT_MODEL_CARD.is_file()
     assert DEFAULT_MODEL_CARD.read_text().startswith("# Model card")
+
+
+def test_a_3d_model_exports_to_onnx_with_zyx_axes(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = ModelConfig.from_preset(
+        "tiny", in_channels=1, ndim=3, anisotropy=2.0, base_filters=4, depth=2, target="contour"
+    )
+    network = build_model(config).train()
+    with torch.no_grad():
+        network(torch.rand(2, 1, 8, 16, 16) * 3)
+    trained = TrainedModel(network.eval(), config)
+    path = export_onnx(trained, tmp_path / "m3d.onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    shapes = [(1, 1, 8, 32, 24), (2, 1, 5, 19, 23)]  # the second: no multiple of 2 or 4
+    for shape in shapes:
+        x = torch.rand(*shape)
+        with torch.no_grad():
+            expected = trained.network(x).numpy()
+        got = session.run(None, {"input": x.numpy()})[0]
+        assert got.shape == (shape[0], 2, *shape[2:])
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    import onnx
+
+    graph = onnx.load(str(path))
+    dims = [d.dim_param for d in graph.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", "", "depth", "height", "width"]
+    assert "3D unet" in graph.doc_string and "(N, 1, Z, Y, X)" in graph.doc_string
+
+
+def test_a_3d_model_is_refused_by_bioimageio_export_naming_onnx(tmp_path: Path) -> None:
+    config = ModelConfig.from_preset("tiny", in_channels=1, ndim=3, base_filters=2, depth=1)
+    trained = TrainedModel(build_model(config).eval(), config)
+    with pytest.raises(ConfigError, match="3D model.*2D models.*ONNX"):
+        export_model(trained, tmp_path / "m3d.zip")
+    assert not (tmp_path / "m3d.zip").exists()

@@ -24,6 +24,7 @@ from napari_unet.checkpoint import TrainedModel
 from napari_unet.config import ModelConfig
 from napari_unet.model import build_model
 from napari_unet.prediction import predict
+from napari_unet.synthetic import nuclei_volume
 from napari_unet.tuning import tune
 from test_tuning import blobs_with_specks
 
@@ -99,19 +100,63 @@ def test_evaluate_shows_the_metrics_module_numbers_and_exports_csv(
     np.testing.assert_array_equal(viewer.layers["truth"].data, truth)
 
 
-def test_stacks_are_scored_plane_by_plane(make_napari_viewer, qtbot):
+def test_stacks_are_scored_plane_by_plane_on_request(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     truth, prediction = truth_and_prediction()
     viewer.add_labels(np.stack([truth, truth]), name="truth")
     viewer.add_labels(np.stack([prediction, truth]), name="prediction")
     widget = dock(viewer)
     assert widget.prediction.layer().name == "prediction"  # the newest
+    widget.stack.setCurrentIndex(widget.stack.findData("planes"))
     widget.start()
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
     expected = metrics.mean_instance_metrics([(truth, prediction), (truth, truth)])
     assert widget.scores["instance"]["dsb_score"] == pytest.approx(expected["dsb_score"])
     assert widget.scores["instance"]["n_images"] == 2
     assert widget.progress.value() == widget.progress.maximum()
+
+
+def test_a_3d_pair_is_scored_in_3d_with_objects_counted_once(make_napari_viewer, qtbot):
+    image, truth = nuclei_volume((16, 48, 48), 3, diameter=(10.0, 14.0), seed=4)
+    prediction = truth.copy()
+    prediction[:, :, 24:] = 0  # objects cut, some lost
+    viewer = make_napari_viewer()
+    viewer.add_labels(truth, name="truth")
+    viewer.add_labels(prediction, name="prediction")
+    widget = dock(viewer)
+    assert widget.stack.currentData() == "volume"  # 3D objects by default
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    expected = metrics.instance_metrics(truth, prediction)
+    assert widget.scores["instance"]["n_true"] == 3  # nuclei, not their sections
+    assert widget.scores["instance"]["n_pred"] == expected["n_pred"]
+    assert widget.scores["instance"]["dsb_score"] == pytest.approx(expected["dsb_score"])
+    assert widget.scores["pixel"]["f1"] == pytest.approx(
+        metrics.pixel_metrics(truth > 0, prediction > 0)["f1"]
+    )
+
+
+def test_a_3d_model_segments_and_scores_a_volume_in_3d(make_napari_viewer, qtbot):
+    REGISTRY.clear()
+    image, truth = nuclei_volume((20, 64, 64), 6, anisotropy=2.0, diameter=(12.0, 18.0), seed=1)
+    entry = REGISTRY.add(make_threshold_model(ndim=3, anisotropy=2.0), "threshold 3D")
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="nuclei", scale=(2.0, 1.0, 1.0))
+    viewer.add_labels(truth, name="truth", scale=(2.0, 1.0, 1.0))
+    widget = dock(viewer)
+    widget.mode.setCurrentText(SEGMENT)
+    widget.model.select(entry.name)
+    assert widget.update_state() is None
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    REGISTRY.clear()
+    output = viewer.layers["nuclei segmentation"]
+    assert output.data.shape == image.shape and tuple(output.scale) == (2.0, 1.0, 1.0)
+    expected = predict(image, entry.model, anisotropy=2.0).labels
+    np.testing.assert_array_equal(output.data, expected)
+    instance = metrics.instance_metrics(truth, expected)
+    assert widget.scores["instance"]["n_true"] == 6
+    assert widget.scores["instance"]["n_pred"] == instance["n_pred"]
 
 
 def test_invalid_choices_disable_evaluate(make_napari_viewer):

@@ -462,3 +462,49 @@ def test_segment_follows_a_new_model_unless_it_is_flagged_poor(viewer, tiny_mode
     # A Segment widget opened later starts on the newest model that is not poor.
     REGISTRY.add(tiny_model, "another step", poor=True)
     assert dock(viewer).model.combo.currentText() == good.name
+
+
+def test_a_3d_model_segments_a_volume_layer_natively(viewer, qtbot):
+    image, truth = nuclei_volume((20, 64, 64), 6, anisotropy=2.0, diameter=(12.0, 18.0), seed=1)
+    viewer.add_image(image, name="nuclei", scale=(1.0, 0.5, 0.5), translate=(0, 5, 5))
+    widget = dock(viewer)
+    model = make_threshold_model(ndim=3, anisotropy=2.0)
+    REGISTRY.add(model, "threshold 3D")
+    widget.model.combo.setCurrentText("threshold 3D")
+    assert widget.config().anisotropy == 2.0  # from the layer's scale
+    run(widget, qtbot)
+    output = viewer.layers["nuclei segmentation"]
+    assert tuple(output.scale) == (1.0, 0.5, 0.5) and tuple(output.translate) == (0, 5, 5)
+    assert output.data.shape == image.shape
+    expected = segment(image, model, anisotropy=2.0, tile_size=64, overlap=16)
+    np.testing.assert_array_equal(output.data, expected)
+    # one id per nucleus across Z: each object spans several planes
+    ids = np.unique(output.data)[1:]
+    assert min(len(np.unique(np.nonzero(output.data == i)[0])) for i in ids) >= 3
+    assert abs(len(ids) - 6) <= 2
+    # the same volume as a dask layer: read into memory and segmented in 3D as well
+    viewer.add_image(da.from_array(image, chunks=(4, 64, 64)), name="lazy", scale=(1, 0.5, 0.5))
+    widget.image.set_layer(viewer.layers["lazy"])
+    run(widget, qtbot)
+    np.testing.assert_array_equal(np.asarray(viewer.layers["lazy segmentation"].data), expected)
+
+
+def test_a_3d_model_with_a_2d_image_or_planes_says_what_to_do(viewer, qtbot):
+    image, _ = blob_pair()
+    viewer.add_image(image, name="plane")
+    widget = dock(viewer)
+    REGISTRY.add(make_threshold_model(ndim=3), "threshold 3D")
+    widget.model.combo.setCurrentText("threshold 3D")
+    hint = widget.update_state()
+    assert hint is not None and "a 3D model segments (Z, Y, X) volumes" in hint
+    assert not widget.run_button.isEnabled()
+    viewer.add_image(np.stack([image] * 4), name="stack")
+    widget.image.set_layer(viewer.layers["stack"])
+    assert widget.update_state() is None
+    widget.stack.setCurrentIndex(widget.stack.findData("planes"))
+    assert "3D model cannot" in widget.update_state()
+    widget.stack.setCurrentIndex(widget.stack.findData("volume"))
+    # a 2D model takes the 2D image again
+    widget.image.set_layer(viewer.layers["plane"])
+    widget.model.select(REGISTRY.add(threshold_model(), "threshold 2D").name)
+    assert widget.update_state() is None

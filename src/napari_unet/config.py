@@ -603,7 +603,9 @@ class PredictConfig(Settings):
         image has nothing to do and segments the image.
     anisotropy : float or None
         Z step over XY pixel size of a volume (2 when planes are twice as far apart as
-        pixels), > 0; None: 1 (the command line reads it from the file's voxel size).
+        pixels), > 0; None: 1, or a 3D model's own anisotropy (the command line reads it
+        from the file's voxel size). A 3D model resamples a volume of another anisotropy
+        to its own (see :mod:`napari_unet.native3d`).
     volume_method : {"link", "watershed", "orthogonal"}
         How a 2D model's planes become 3D objects (see :mod:`napari_unet.volume`).
 
@@ -691,7 +693,7 @@ class PredictConfig(Settings):
         low=0,
         high=1000,
         open_low=True,
-        none="1, or the file's voxel size on the command line",
+        none="1 (a 3D model: its own), or the file's voxel size on the command line",
         hint="use 1 for cubic voxels",
         help="Z step / XY pixel size of a volume",
     )

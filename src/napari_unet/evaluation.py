@@ -40,6 +40,7 @@ from napari_unet.metrics import (
     mean_pixel_metrics,
     pixel_metrics,
 )
+from napari_unet.native3d import check_scoring_inputs
 from napari_unet.prediction import (
     Progress,
     predict,
@@ -493,6 +494,7 @@ def evaluate_events(
     check_planes(
         names, images, labels, trained.config.in_channels, channel_axis, "evaluate", volumes=True
     )
+    check_scoring_inputs(trained.config, names, labels, config.stack)
     if resize is not None and any(np.ndim(truth) == 3 for truth in labels):
         raise DataError("resize works on 2D planes; leave it out to evaluate volumes.")
 

@@ -37,7 +37,7 @@ FORMAT_SUFFIXES: dict[str, str] = {"bioimageio": ".zip", "onnx": ".onnx"}
 
 
 def export_onnx(model: TrainedModel | str | Path, path: str | Path) -> Path:
-    """Write ``model`` as an ONNX graph with dynamic batch, height and width.
+    """Write ``model`` as an ONNX graph with dynamic batch and spatial sizes.
 
     Parameters
     ----------
@@ -49,9 +49,10 @@ def export_onnx(model: TrainedModel | str | Path, path: str | Path) -> Path:
     Returns
     -------
     Path
-        The written file. Its input ``input`` is ``(N, C, H, W)`` float32, normalised
-        as the file's ``normalization`` metadata says; its output ``output`` holds
-        logits. The export is checked against PyTorch with ONNX Runtime (<= 1e-4).
+        The written file. Its input ``input`` is ``(N, C, H, W)`` float32 (a 3D model's
+        ``(N, C, Z, Y, X)``), normalised as the file's ``normalization`` metadata says;
+        its output ``output`` holds logits. The export is checked against PyTorch with
+        ONNX Runtime (<= 1e-4).
 
     Raises
     ------
@@ -61,13 +62,16 @@ def export_onnx(model: TrainedModel | str | Path, path: str | Path) -> Path:
     require_modules("onnx", "onnxruntime")
     model = load_model(model, device="cpu") if not isinstance(model, TrainedModel) else model
     network = export_network(model)
-    multiple = model.config.size_multiple
+    multiples = model.config.size_multiples
     channels = model.config.in_channels
     # Two sizes, one not a multiple of 2**depth, prove the graph's shapes are dynamic.
     generator = torch.Generator().manual_seed(0)
+    *z, y, x = multiples  # z: a 3D model's Z multiple, none for a 2D model
+    first = [2 * m for m in z] + [4 * y, 6 * x]
+    second = [m + 1 for m in z] + [3 * y + 5, 2 * x + 3]
     checks = [
-        torch.rand(1, channels, 4 * multiple, 6 * multiple, generator=generator),
-        torch.rand(2, channels, 3 * multiple + 5, 2 * multiple + 3, generator=generator),
+        torch.rand(1, channels, *first, generator=generator),
+        torch.rand(2, channels, *second, generator=generator),
     ]
     path = Path(path)
     with atomic_write(path) as tmp:

@@ -25,7 +25,7 @@ it; :func:`check_volume_input` refuses anything else with the fix) goes through 
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ from napari_unet.config import ModelConfig, PredictConfig
 from napari_unet.data import apply_intensity_range, intensity_range
 from napari_unet.errors import ConfigError, DataError
 from napari_unet.inference import TilePredictor, auto_tile_shape, tile_overlaps
-from napari_unet.layout import Layout
+from napari_unet.layout import Layout, find_layout
 from napari_unet.postprocess import probabilities_to_labels
 from napari_unet.tiling import sliding_window_events, tile_grid
 from napari_unet.volume import resample_z
@@ -91,6 +91,57 @@ def check_volume_input(layout: Layout, stack: str | None) -> None:
         raise ConfigError(
             "stack='planes' segments each plane on its own, which a 3D model cannot; leave "
             "stack unset (or 'volume') to segment the volume in 3D, or use a 2D model."
+        )
+
+
+def check_model_input(
+    model_config: ModelConfig,
+    shape: Sequence[int],
+    stack: str | None,
+    rgb: bool | None = None,
+    channel_axis: int | None = None,
+    axes: str | None = None,
+) -> None:
+    """For a 3D model, :func:`check_volume_input` on an image of ``shape``; a 2D model
+    passes (its input is checked where it is predicted).
+
+    Raises
+    ------
+    DataError, ConfigError
+        See :func:`check_volume_input`; DataError also if the channels do not suit.
+    """
+    if model_config.ndim == 3:
+        layout = find_layout(shape, model_config.in_channels, rgb, channel_axis, axes=axes)
+        check_volume_input(layout, stack)
+
+
+def check_scoring_inputs(
+    model_config: ModelConfig, names: Sequence[str], labels: Sequence[Any], stack: str | None
+) -> None:
+    """Refuse, before any prediction, what a 3D model cannot score (``evaluate``, ``tune``).
+
+    A 3D model segments and scores ``(Z, Y, X)`` volumes (matched in 3D), never 2D
+    images nor planes on their own; a 2D model is not checked here.
+
+    Raises
+    ------
+    DataError
+        A label image that is not a volume.
+    ConfigError
+        ``stack="planes"``.
+    """
+    if model_config.ndim != 3:
+        return
+    flat = [name for name, truth in zip(names, labels) if np.ndim(truth) != 3]
+    if flat:
+        raise DataError(
+            f"{flat[0]!r} is a 2D image; a 3D model segments and scores (Z, Y, X) volumes. "
+            "Use a 2D model for 2D images."
+        )
+    if stack == "planes":
+        raise ConfigError(
+            "stack='planes' scores each plane on its own, which a 3D model cannot; leave "
+            "stack unset to score its volumes in 3D."
         )
 
 

@@ -30,6 +30,7 @@ from napari_unet.config import GRID_SETTINGS, PostprocessGrid, PredictConfig
 from napari_unet.errors import ConfigError, DataError
 from napari_unet.evaluation import check_planes, pair_names, score_plane
 from napari_unet.events import plain_form
+from napari_unet.native3d import check_scoring_inputs, data_anisotropy
 from napari_unet.postprocess import probabilities_to_labels
 from napari_unet.prediction import Progress, predict, resolve_model
 
@@ -112,10 +113,11 @@ def tune_events(
     Parameters
     ----------
     images : sequence of np.ndarray
-        2D planes: ``(H, W)`` grey or ``(H, W, 3|4)`` colour.
+        2D planes: ``(H, W)`` grey or ``(H, W, 3|4)`` colour; for a 3D model
+        (``ndim=3``), ``(Z, Y, X)`` volumes, labelled and matched in 3D.
     labels : sequence of np.ndarray
-        ``(H, W)`` integer instance labels (0 = background), one per image, with
-        objects in at least one of them.
+        ``(H, W)`` (3D model: ``(Z, Y, X)``) integer instance labels (0 = background),
+        one per image, with objects in at least one of them.
     model : str, Path or TrainedModel
         A model file, ``"default"`` or a loaded model.
     config : PredictConfig, optional
@@ -157,7 +159,11 @@ def tune_events(
     names = pair_names(images, labels, names, "tune")
     config = PredictConfig.with_overrides(config, {**overrides, "return_probabilities": True})
     trained = resolve_model(model, config.device)
-    check_planes(names, images, labels, trained.config.in_channels, None, "tune")
+    volumes = trained.config.ndim == 3  # a 3D model is tuned on volumes, labelled in 3D
+    check_planes(names, images, labels, trained.config.in_channels, None, "tune", volumes=volumes)
+    check_scoring_inputs(trained.config, names, labels, config.stack)
+    anisotropy = data_anisotropy(config, trained.config)
+    spacing = {"spacing": (anisotropy, 1.0, 1.0)} if volumes else {}
     if not any(np.any(np.asarray(truth) > 0) for truth in labels):
         raise DataError("the labels hold no object at all; tune on images with annotated objects.")
 
@@ -177,7 +183,9 @@ def tune_events(
             raise DataError("tuning was stopped; nothing was chosen.")
         pixel_f1, scores = [], {key: [] for key in RANK_KEYS}
         for probabilities, truth in cases:
-            predicted = probabilities_to_labels(probabilities, trained.config.target, **settings)
+            predicted = probabilities_to_labels(
+                probabilities, trained.config.target, **settings, **spacing
+            )
             pixel, instance = score_plane(truth, predicted)
             pixel_f1.append(pixel["f1"])
             for key in RANK_KEYS:

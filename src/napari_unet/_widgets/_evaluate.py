@@ -8,8 +8,11 @@ otherwise the newest layer is the prediction; *Swap* exchanges them. The scores
 are those of :mod:`napari_unet.metrics`: pixel accuracy, F1 (Dice), Jaccard
 (IoU), recall and precision of the foreground, and the instance scores (DSB
 score, TP/(TP+FP+FN) at IoU 0.5 and 0.75, F1 at 0.5, panoptic quality) with the
-per-threshold counts. A stack is scored plane by plane and averaged over planes,
-as an evaluation over a set of images is.
+per-threshold counts. A 3D pair is scored as a volume by default (*Stack*: 3D objects,
+matched over voxels and counted once, as :func:`napari_unet.evaluation.score_labels`
+does); with *each plane on its own*, and for any other stack, plane by plane and
+averaged over planes, as an evaluation over a set of images is. A 3D model segments a
+volume in 3D (its Z step from the image layer's scale) and is tuned on the volume.
 
 In the model mode, *Tune post-processing* chooses the model's post-processing on the
 image and its ground truth (:mod:`napari_unet.tuning`) and adds a copy of the model
@@ -51,9 +54,10 @@ from napari_unet._widgets._common import (
     prediction_metadata,
 )
 from napari_unet._widgets._registry import MODEL_CACHE, REGISTRY
+from napari_unet._widgets._segment import layer_anisotropy, stack_choice
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.errors import ConfigError, DataError, ModelFileError
-from napari_unet.evaluation import as_planes, score_labels_events
+from napari_unet.evaluation import as_planes, score_labels, score_labels_events
 from napari_unet.io import atomic_write
 from napari_unet.prediction import (
     PredictConfig,
@@ -115,30 +119,55 @@ def pick_roles(layers: Sequence[Labels]) -> tuple[Labels | None, Labels | None]:
     return prediction, truth
 
 
+def score_layers(
+    truth: Any, prediction: Any, stack: str | None
+) -> Generator[Progress, None, dict[str, dict[str, Any]]]:
+    """Scores of ``prediction`` against ``truth``, as :func:`score_labels_events` gives them.
+
+    A 3D pair with ``stack`` other than ``"planes"`` is one volume: objects matched in 3D
+    (IoU over voxels) and counted once; anything else is scored plane by plane.
+    """
+    if np.ndim(truth) != 3 or stack == "planes":
+        return (yield from score_labels_events(truth, prediction))
+    yield Progress(0, 1, "matching objects in 3D")
+    pixel, instance = score_labels(np.asarray(truth), np.asarray(prediction), stack)
+    yield Progress(1, 1, "scored in 3D")
+    return {
+        "pixel": metrics.mean_pixel_metrics([pixel]),
+        "instance": metrics.mean_instance_metrics([instance]),
+    }
+
+
 def segment_and_score(
     image: Any, rgb: bool, model: str | Path | TrainedModel, truth: Any, config: PredictConfig
 ) -> Generator[Progress, None, tuple[dict[str, dict[str, Any]], Segmentation]]:
     """Segment ``image`` with ``model`` and ``config``, then score it against ``truth``.
 
-    Post-processing left unset in ``config`` uses the values tuned for the model.
+    Post-processing left unset in ``config`` uses the values tuned for the model; the
+    pair is scored as ``config.stack`` says (:func:`score_layers`).
     """
     trained = MODEL_CACHE.get(model, config.device)
     segmentation = yield from predict_events(image, trained, config, rgb=rgb)
-    scores = yield from score_labels_events(truth, segmentation.labels)
+    scores = yield from score_layers(truth, segmentation.labels, config.stack)
     return scores, segmentation
 
 
 def tune_on_layers(
     image: Any, rgb: bool, model: str | Path | TrainedModel, truth: Any, config: PredictConfig
 ) -> Generator[Progress, None, tuple[TrainedModel, TuningResult]]:
-    """Tune ``model``'s post-processing on the planes of ``image`` and ``truth``.
+    """Tune ``model``'s post-processing on the planes of ``image`` and ``truth`` (a 3D
+    model: on the volume, labelled in 3D).
 
     Returns the loaded model (not yet changed) and the tuning result.
     """
-    images = np.asarray(image)
-    images = images.reshape((-1, *images.shape[-3:]) if rgb else (-1, *images.shape[-2:]))
     trained = MODEL_CACHE.get(model, config.device)
-    result = yield from tune_events(list(images), list(as_planes(truth)), trained, config=config)
+    images = np.asarray(image)
+    if trained.config.ndim == 3:
+        images, truths = images[None], np.asarray(truth)[None]
+    else:
+        images = images.reshape((-1, *images.shape[-3:]) if rgb else (-1, *images.shape[-2:]))
+        truths = as_planes(truth)
+    result = yield from tune_events(list(images), list(truths), trained, config=config)
     return trained, result
 
 
@@ -169,6 +198,11 @@ class EvaluateWidget(ScrollingDock):
         self.image = LayerCombo(napari_viewer, Image)
         self.model = ModelPicker(follow_new=True)
         self.truth = LayerCombo(napari_viewer, Labels)
+        self.stack = stack_choice()
+        self.stack.setToolTip(
+            "A 3D pair as one volume (objects matched in 3D and counted once) or each "
+            "plane scored on its own (time series)."
+        )
         self.tta = QCheckBox("average over flips and rotations (slower)")
         self._labels: dict[QWidget, QLabel] = {}
         for row, (text, widget) in enumerate(
@@ -179,6 +213,7 @@ class EvaluateWidget(ScrollingDock):
                 ("Model", self.model),
                 ("TTA", self.tta),
                 ("Ground truth", self.truth),
+                ("Stack", self.stack),
             ]
         ):
             self._labels[widget] = QLabel(text)
@@ -345,17 +380,29 @@ class EvaluateWidget(ScrollingDock):
                 bool(image.rgb),
                 self.model.value(),
                 layer_data(truth),
-                PredictConfig(tta=self.tta.isChecked()),
+                self._config(image),
             )
         else:
-            work = score_labels_events
-            args = (layer_data(truth), layer_data(self.prediction.layer()))
+            work = score_layers
+            args = (layer_data(truth), layer_data(self.prediction.layer()), self._stack())
         self.controls.run(
             work,
             *args,
             message="Scoring…",
             on_yielded=self._on_progress,
             on_returned=self._on_result,
+        )
+
+    def _stack(self) -> str | None:
+        """The Stack choice (a 3D pair as a volume, or plane by plane)."""
+        return self.stack.currentData()
+
+    def _config(self, image: Any) -> PredictConfig:
+        """Prediction settings of the model mode: TTA, Stack, the image's Z step."""
+        return PredictConfig(
+            tta=self.tta.isChecked(),
+            stack=self._stack(),
+            anisotropy=layer_anisotropy(image, None),
         )
 
     def tune(self) -> None:
@@ -378,7 +425,7 @@ class EvaluateWidget(ScrollingDock):
             bool(image.rgb),
             chosen,
             layer_data(truth),
-            PredictConfig(tta=self.tta.isChecked()),
+            self._config(image),
             message="Tuning the post-processing…",
             failure="Tuning failed",
             on_yielded=self._on_progress,

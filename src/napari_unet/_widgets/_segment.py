@@ -10,7 +10,7 @@ probability maps as Image layers), with the image's scale and translation.
 plane by plane) and dask-backed layers work alike. A dask layer goes through the
 core's block-wise path (:func:`napari_unet.blockwise.segment_to_zarr_events`) into a
 temporary Zarr (read into memory when small, removed when no longer used), so the
-stack is never loaded whole.
+stack is never loaded whole. A 3D model segments a volume in memory, in 3D (native3d).
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ from napari_unet._widgets._common import (
 from napari_unet._widgets._registry import MODEL_CACHE
 from napari_unet.blockwise import is_lazy, segment_to_zarr_events
 from napari_unet.checkpoint import TrainedModel
-from napari_unet.errors import ConfigError
+from napari_unet.config import ModelConfig
+from napari_unet.errors import ConfigError, DataError
+from napari_unet.native3d import check_model_input
 from napari_unet.prediction import PredictConfig, Progress, Segmentation, predict_events
 
 if TYPE_CHECKING:
@@ -125,7 +127,7 @@ def segment_layer(
     if not isinstance(model, TrainedModel):
         yield Progress(0, 0, "Loading the model…")  # seconds for a file not read yet
     trained = MODEL_CACHE.get(model, config.device)
-    if is_lazy(data):
+    if is_lazy(data) and trained.config.ndim == 2:  # block-wise prediction is 2D only
         segmentation = yield from _segment_lazy(data, trained, config, rgb, channel_axis, stop)
     else:
         segmentation = yield from predict_events(
@@ -281,6 +283,8 @@ class SegmentWidget(ScrollingDock):
             signal.connect(self.update_state)
         self._tuned_worker: Any = None
         self._tuned_for: tuple[Any, str] | None = None
+        self._model_config: ModelConfig | None = None  # the chosen model's, once loaded
+        self.stack.currentIndexChanged.connect(self.update_state)
         self.model.changed.connect(self.show_tuned_values)
         self.device.currentIndexChanged.connect(self.show_tuned_values)
         self._fill_channel_axes()
@@ -356,6 +360,7 @@ class SegmentWidget(ScrollingDock):
         """
         for box in self._tuned_boxes().values():
             box.setSpecialValueText(TUNED)
+        self._model_config = None
         model = self.model.value()
         if model is None or self.model.problem() is not None:
             self._tuned_for = None
@@ -379,6 +384,8 @@ class SegmentWidget(ScrollingDock):
         trained, wanted = loaded
         if wanted != self._tuned_for:
             return  # the choice changed while the model loaded
+        self._model_config = trained.config
+        self.update_state()
         try:
             tuned = PredictConfig().for_model(trained)
         except ConfigError:
@@ -424,7 +431,7 @@ class SegmentWidget(ScrollingDock):
             device=self.device.currentText(),
             return_probabilities=self.probabilities.isChecked(),
             stack=self.stack.currentData(),
-            anisotropy=_anisotropy(self.image.layer(), self.channel_axis.currentData()),
+            anisotropy=layer_anisotropy(self.image.layer(), self.channel_axis.currentData()),
         )
 
     def update_state(self, *_: Any) -> str | None:
@@ -439,11 +446,18 @@ class SegmentWidget(ScrollingDock):
                     hint = "Pick a model: train one with the Train widget, or choose a file."
                 if hint is None:
                     try:
-                        self.config()
-                    except ConfigError as error:
+                        self._check_for_model(self.config())
+                    except (ConfigError, DataError) as error:
                         hint = str(error)
         self.controls.show_hint(hint)
         return hint
+
+    def _check_for_model(self, config: PredictConfig) -> None:
+        """Refuse an image (or Stack choice) the loaded 3D model cannot segment."""
+        if self._model_config is not None:
+            image, axis = self.image.layer(), self.channel_axis.currentData()
+            shape, rgb = layer_data(image).shape, bool(image.rgb)
+            check_model_input(self._model_config, shape, config.stack, rgb, axis)
 
     def start(self) -> None:
         """Segment the selected image in a worker thread."""
@@ -566,12 +580,13 @@ def _spatial(layer: Image, channel_axis: int | None) -> tuple[tuple[float, ...],
     return tuple(scale), tuple(translate)
 
 
-def _anisotropy(layer: Image | None, channel_axis: int | None) -> float | None:
-    """Z step over X pixel size, from a volume layer's scale; None for a plane."""
+def layer_anisotropy(layer: Image | None, channel_axis: int | None) -> float | None:
+    """Z step over X pixel size, from a volume layer's scale; None for a plane, and for
+    napari's default scale (all 1: no voxel size, as a file without one)."""
     if layer is None:
         return None
     scale, _ = _spatial(layer, channel_axis)
-    if len(scale) < 3 or not scale[-1]:
+    if len(scale) < 3 or not scale[-1] or all(step == 1 for step in scale):
         return None
     return abs(scale[-3] / scale[-1])
 

@@ -3,7 +3,9 @@
 What is exported is the network *with its padding*: the exported graph pads any
 input to a multiple of ``2**depth`` (reflect padding, as the network does for
 inputs of at least ``2**depth`` pixels) and crops the output back, so ONNX and
-TorchScript consumers can feed any height and width of at least ``2**depth``.
+TorchScript consumers can feed any height and width of at least ``2**depth``. A 3D
+network (``ndim=3``, ONNX only) takes ``(N, C, Z, Y, X)`` and pads each axis to the
+multiple of :attr:`~napari_unet.config.ModelConfig.size_multiples`.
 The graph returns **logits**; apply a sigmoid for probabilities (a bioimage.io
 package says so in its post-processing).
 
@@ -45,25 +47,26 @@ EXTRA_HINT = "install the export extra: pip install 'napari-unet[export]'"
 
 
 class ExportNetwork(nn.Module):
-    """Pads to a multiple of ``2**depth``, runs the U-Net, crops: a trace-friendly forward.
+    """Pads each axis to its multiple, runs the U-Net, crops: a trace-friendly forward.
 
     The network's own ``forward`` chooses its padding with Python branches on the
     input size, which a trace would freeze to the example's size; here the pad
     amounts are computed from the (traced) input shape, so the exported graph
-    works for every height and width of at least ``2**depth``.
+    works for every size of at least the axis's multiple (``2**depth`` in Y and X).
     """
 
     def __init__(self, network: UNet | UNetPlusPlus) -> None:
         super().__init__()
         self.network = network
-        self.multiple = network.config.size_multiple
+        self.multiples = network.config.size_multiples
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2], x.shape[-1]
-        pad_h = (self.multiple - height % self.multiple) % self.multiple
-        pad_w = (self.multiple - width % self.multiple) % self.multiple
-        padded = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
-        return self.network._forward_padded(padded)[:, :, :height, :width]
+        sizes = x.shape[2:]
+        pads = [(m - size % m) % m for size, m in zip(sizes, self.multiples)]
+        # F.pad takes (before, after) pairs from the last axis backwards.
+        padded = F.pad(x, [width for pad in reversed(pads) for width in (0, pad)], mode="reflect")
+        out = self.network._forward_padded(padded)
+        return out[(slice(None), slice(None), *(slice(0, size) for size in sizes))]
 
 
 def require_modules(*modules: str) -> None:
@@ -102,10 +105,11 @@ def trace(network: ExportNetwork, example: torch.Tensor) -> torch.jit.ScriptModu
 def write_onnx(
     network: ExportNetwork, example: torch.Tensor, path: Path, metadata: dict[str, str]
 ) -> None:
-    """Write ``network`` as ONNX with dynamic batch, height and width, plus metadata."""
+    """Write ``network`` as ONNX with dynamic batch and spatial sizes, plus metadata."""
     import onnx
 
-    dynamic = {0: "batch", 2: "height", 3: "width"}
+    spatial = ("height", "width") if example.ndim == 4 else ("depth", "height", "width")
+    dynamic = {0: "batch", **{axis: name for axis, name in enumerate(spatial, start=2)}}
     with warnings.catch_warnings():
         # The TorchScript-based exporter handles the traced shape arithmetic of
         # ExportNetwork and needs no extra package; its deprecation note is noise here.
@@ -150,14 +154,17 @@ def check_onnx(path: Path, network: ExportNetwork, inputs: Sequence[torch.Tensor
 
 def onnx_metadata(model: TrainedModel) -> dict[str, str]:
     """What an ONNX file records about the model, as strings (ONNX metadata is text)."""
-    norm = model.config.normalization
+    config = model.config
+    norm = config.normalization
+    axes = "H, W" if config.ndim == 2 else "Z, Y, X"
+    smallest = " x ".join(str(m) for m in config.size_multiples)
     return {
         "producer": f"napari-unet {__version__}",
         "description": (
-            f"napari-unet {model.config.architecture} (target {model.config.target}). "
-            f"Input (N, {model.config.in_channels}, H, W) float32, H and W >= "
-            f"{model.config.size_multiple}, normalised: {describe_normalization(model.config)}. "
-            f"Output (N, {model.config.out_channels}, H, W) logits; apply a sigmoid."
+            f"napari-unet {config.ndim}D {config.architecture} (target {config.target}). "
+            f"Input (N, {config.in_channels}, {axes}) float32, {axes} >= {smallest}, "
+            f"normalised: {describe_normalization(config)}. "
+            f"Output (N, {config.out_channels}, {axes}) logits; apply a sigmoid."
         ),
         "napari_unet_config": json.dumps(model.config.to_dict()),
         "normalization": json.dumps(norm.to_dict()),

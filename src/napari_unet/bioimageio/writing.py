@@ -411,7 +411,8 @@ def bioimageio_events(
         If the export packages are missing, the model is not a napari-unet network,
         or the package fails bioimage.io's validation or test.
     DataError, ConfigError
-        If the sample image or a setting cannot be used.
+        If the sample image or a setting cannot be used, or the model is 3D (export
+        those to ONNX).
 
     Examples
     --------
@@ -421,6 +422,12 @@ def bioimageio_events(
     from bioimageio.spec import save_bioimageio_package
 
     model = load_model(model, device="cpu") if not isinstance(model, TrainedModel) else model
+    if model.config.ndim == 3:
+        raise ConfigError(
+            f"{model.source!r} is a 3D model; bioimage.io packages of napari-unet describe 2D "
+            "models (axes b, c, y, x) only. Export it to ONNX instead (a *.onnx file, axes "
+            "b, c, z, y, x)."
+        )
     network = export_network(model)
     config = model.config
     name = _safe_name(name or f"napari-unet {config.architecture} {config.target} segmentation")

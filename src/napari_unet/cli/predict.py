@@ -292,7 +292,7 @@ def file_settings(
         If a 3D ``model_config`` is given a 2D image or a time series.
     """
     from napari_unet.layout import find_layout
-    from napari_unet.native3d import BLOCKWISE_3D_ERROR, check_volume_input
+    from napari_unet.native3d import BLOCKWISE_3D_ERROR, check_model_input
     from napari_unet.prediction import stack_mode
 
     lazy = wants_zarr(args) or _is_zarr(path)
@@ -318,11 +318,9 @@ def file_settings(
                 "give --anisotropy."
             ) from error
     if volumes:
-        layout = find_layout(
-            image_header(path)[0], model_config.in_channels, None, args.channel_axis, axes=axes
-        )
         try:
-            check_volume_input(layout, config.stack)
+            header = image_header(path)[0]
+            check_model_input(model_config, header, config.stack, None, args.channel_axis, axes)
         except (ConfigError, DataError) as error:
             raise type(error)(f"{str(path)!r}: {error}") from error
     if axes is not None:  # a time series is known from the file's axes only

@@ -290,6 +290,8 @@ def test_a_3d_model_trains_on_volume_layers_until_the_time_budget(viewer_with_vo
     assert result.model.config.ndim == 3 and "time budget" in widget.status.text()
     assert REGISTRY.entries()[0].model is result.model
     # A 2D model on the planes stays possible; a 2D layer calls for a 2D model.
+    widget.init_model.select(widget.init_model.DEFAULT)  # the bundled model is 2D
+    assert "The model to start from is 2D" in widget.update_state()
     widget.dimensions.setCurrentText("2D model on the planes")
     assert widget.plan(snapshot=False).config.model.ndim == 2
     assert widget.patch_size.value() == 16  # a size the user chose stays

@@ -54,7 +54,7 @@ from napari_unet._widgets._train_plan import (
     suggested_ndim,
 )
 from napari_unet.annotations import check_training_labels, count_planes, split_held_out_strip
-from napari_unet.checkpoint import TrainedModel
+from napari_unet.checkpoint import DEFAULT_MODEL_NAME, TrainedModel
 from napari_unet.config import PRESETS, TARGET_CHANNELS, TrainConfig
 from napari_unet.errors import ConfigError, DataError, ModelFileError
 from napari_unet.process import CHILD_PROCESSES, PHASES, events_in_process
@@ -424,10 +424,14 @@ class TrainWidget(ScrollingDock):
         problem = self.init_model.problem()
         if problem:
             raise ModelFileError(problem)
-        if isinstance(init, TrainedModel) and init.config.ndim != ndim:
+        if isinstance(init, TrainedModel):
+            init_ndim = init.config.ndim
+        else:  # the bundled model is 2D; a model file's are checked when it is read
+            init_ndim = 2 if init == DEFAULT_MODEL_NAME else ndim
+        if init_ndim != ndim:
             raise ConfigError(
-                f"The model to start from is {init.config.ndim}D; choose "
-                f"{'3D model' if init.config.ndim == 3 else '2D model on the planes'!r}."
+                f"The model to start from is {init_ndim}D; choose "
+                f"{'3D model' if init_ndim == 3 else '2D model on the planes'!r}."
             )
         region = self.validation.currentText() == VALIDATION_REGION
         fraction = float(self.val_fraction.value())

@@ -190,11 +190,11 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     best = result.history[result.best_epoch - 1] if result.best_epoch else {}
-    how = {
-        "cancelled": "cancelled",
-        "early stopping": "stopped early",
-        "time budget": f"stopped on the time budget ({config.max_minutes:g} min)",
-    }.get(result.stop_reason, "done")
+    how = {"cancelled": "cancelled", "early stopping": "stopped early"}.get(
+        result.stop_reason, "done"
+    )
+    if result.out_of_time:
+        how = f"stopped on the time budget ({config.max_minutes:g} min)"
     print(
         f"{how}: best epoch {result.best_epoch} (val_loss {result.best_val_loss:.4f}, "
         f"val_dice {best.get('val_dice', float('nan')):.4f}, "

@@ -275,7 +275,7 @@ def test_a_3d_model_trains_on_volume_layers_until_the_time_budget(viewer_with_vo
     widget = dock(viewer_with_volume)
     assert widget.dimensions.currentText() == "3D model"  # a volume without a time axis
     assert widget.patch_size.value() == 64  # not the 2D default of 256
-    tiny_settings(widget, epochs=500, steps=1)
+    tiny_settings(widget, epochs=5, steps=100_000)  # the budget ends the first epoch
     widget.patch_size.setValue(16)
     widget.max_minutes.setValue(0.1)  # 6 s, then one validation
     plan = widget.plan(snapshot=False)
@@ -286,7 +286,7 @@ def test_a_3d_model_trains_on_volume_layers_until_the_time_budget(viewer_with_vo
 
     result = widget.result
     assert result is not None and result.stop_reason == "time budget"
-    assert 1 <= len(result.history) < 500
+    assert len(result.history) == 1  # validated once
     assert result.model.config.ndim == 3 and "time budget" in widget.status.text()
     assert REGISTRY.entries()[0].model is result.model
     # A 2D model on the planes stays possible; a 2D layer calls for a 2D model.

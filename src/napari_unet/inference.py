@@ -67,7 +67,8 @@ def inference_network(
     BatchNorm is folded into the convolutions and, on a CPU, weights and
     activations use the channels-last layout, which oneDNN's convolutions run
     fastest (see ``benchmarks/bench_predict.py``; ``channels_last_3d`` for a 3D
-    network). With ``compiled`` that network
+    network: a 32 x 128 x 128 volume ran 10% (``tiny``) to 22% (``fast``) faster than in
+    the default layout on 2 shared CPU cores). With ``compiled`` that network
     is wrapped in ``torch.compile`` with frozen weights, which fuses the
     element-wise work (ReLU, concatenation) into the convolutions; compilation
     happens at the first call of each input shape. The original network is not

@@ -253,6 +253,24 @@ class EvaluateWidget(ScrollingDock):
         # The widget's own names for its controls (used by tests and scripts).
         self.run_button = controls.run_button
         self.hint, self.progress, self.status = controls.hint, controls.progress, controls.status
+        self._add_tables(layout)
+
+        for signal in (
+            self.mode.currentIndexChanged,
+            self.prediction.layer_changed,
+            self.image.layer_changed,
+            self.truth.layer_changed,
+            self.model.changed,
+        ):
+            signal.connect(self.update_state)
+        events = napari_viewer.layers.events
+        connect_until_destroyed(
+            self, [(events.inserted, self.choose_roles), (events.removed, self.choose_roles)]
+        )
+        self.choose_roles()
+
+    def _add_tables(self, layout: QVBoxLayout) -> None:
+        """The summary table and the per-threshold table."""
         self.table = QTableWidget(len(SUMMARY_ROWS), 2)
         self.table.setHorizontalHeaderLabels(["metric", "value"])
         self.table.verticalHeader().setVisible(False)
@@ -272,20 +290,6 @@ class EvaluateWidget(ScrollingDock):
         self.thresholds.verticalHeader().setVisible(False)
         self.thresholds.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
         layout.addWidget(self.thresholds)
-
-        for signal in (
-            self.mode.currentIndexChanged,
-            self.prediction.layer_changed,
-            self.image.layer_changed,
-            self.truth.layer_changed,
-            self.model.changed,
-        ):
-            signal.connect(self.update_state)
-        events = napari_viewer.layers.events
-        connect_until_destroyed(
-            self, [(events.inserted, self.choose_roles), (events.removed, self.choose_roles)]
-        )
-        self.choose_roles()
 
     def choose_roles(self, *_: Any) -> None:
         """Pick the prediction and the ground truth by :data:`ROLE_RULE`."""

@@ -26,17 +26,15 @@ from napari_unet.patches import PatchSampler
 from napari_unet.prediction import predict
 from napari_unet.synthetic import nuclei_volume
 from napari_unet.training import (
-    LOG_COLUMNS,
     MIN_PATCHES_PER_EPOCH,
     TrainConfig,
     auto_steps_per_epoch,
-    check_output_paths,
-    default_checkpoint_path,
     patch_shape,
     train,
     train_events,
 )
-from napari_unet.training_run import TrainingRun
+from napari_unet.training_outputs import check_output_paths, default_checkpoint_path
+from napari_unet.training_run import LOG_COLUMNS, TrainingRun
 
 
 def small_config(**overrides) -> TrainConfig:

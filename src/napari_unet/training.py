@@ -6,12 +6,13 @@ and cancel, and a script can simply iterate. :func:`train` runs it to the end.
 
 What one run does (the reference recipe unless configured otherwise):
 
-- Each plane is normalised (percentile by default; the settings are stored in the model
-  file so prediction repeats them) and its targets are built once
+- Each plane (each volume, for a 3D model) is normalised (percentile by default; stored in
+  the model file so prediction repeats it) and its targets are built once
   (:func:`napari_unet.data.make_targets`).
-- Training draws random square patches (:class:`napari_unet.patches.PatchSampler`), augmented
-  by default; an epoch is ``steps_per_epoch`` batches (default: enough patches to cover the
-  training area about once, and at least :data:`MIN_PATCHES_PER_EPOCH`).
+- Training draws random square (3D: ``(Z, Y, X)``) patches (:mod:`napari_unet.patches`),
+  augmented by default; an epoch is ``steps_per_epoch`` batches (default: enough patches to
+  cover the training area about once, and at least :data:`MIN_PATCHES_PER_EPOCH`);
+  ``max_minutes`` ends a run on a wall-clock budget.
 - After each epoch the network is evaluated on the **whole** validation images, one at a
   time (any size works): validation loss (mean over images), and pixel Dice/IoU of the
   thresholded foreground channel (mean over images; an image with no object in both truth
@@ -26,7 +27,6 @@ What one run does (the reference recipe unless configured otherwise):
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import math
 import threading
@@ -43,8 +43,6 @@ from napari_unet.annotations import split_held_out_slab
 from napari_unet.checkpoint import (
     TrainedModel,
     load_model,
-    save_model,
-    save_payload,
 )
 from napari_unet.config import ModelConfig, TrainConfig
 from napari_unet.data import prepare_training_planes
@@ -52,12 +50,15 @@ from napari_unet.ddp import all_mean, any_rank, init_from_env, rank_rng, wrap_mo
 from napari_unet.ddp import validate as distributed_validate
 from napari_unet.errors import ConfigError
 from napari_unet.events import plain_form
-from napari_unet.io import as_image, atomic_write, check_output
+from napari_unet.io import as_image
 from napari_unet.model import select_device
 from napari_unet.patches import PatchSampler, PlaneData
 from napari_unet.settings import check
+from napari_unet.training_outputs import (
+    RunOutputs,
+    check_output_paths,
+)
 from napari_unet.training_run import (
-    LOG_COLUMNS,
     TrainingRun,
     checkpoint_model_config,
     read_checkpoint,
@@ -102,7 +103,7 @@ class TrainResult:
         Epoch (1-based) of the best model.
     best_val_loss : float
     history : list of dict
-        One row per epoch with the :data:`LOG_COLUMNS`.
+        One row per epoch with the :data:`~napari_unet.training_run.LOG_COLUMNS`.
     model_path, log_path, checkpoint_path : Path or None
         Where the model, the CSV log and the resume checkpoint were written.
     cancelled : bool
@@ -146,79 +147,6 @@ class _Budget:
         if self.deadline is None:
             return False
         return any_rank(time.monotonic() >= self.deadline, self.group)
-
-
-def default_checkpoint_path(out: str | Path) -> Path:
-    """Resume checkpoint written next to a model file: ``model.pt`` -> ``model.ckpt.pt``."""
-    out = Path(out)
-    return out.with_name(f"{out.stem}.ckpt.pt")
-
-
-def check_output_paths(
-    out: str | Path | None,
-    log_csv: str | Path | None = None,
-    checkpoint: str | Path | None = None,
-) -> tuple[Path | None, Path | None, Path | None]:
-    """The model, log and checkpoint paths of a run, checked before any work.
-
-    ``checkpoint`` defaults to :func:`default_checkpoint_path` of ``out`` (none without
-    ``out``). Each path must name a file (an existing one is replaced) that can be written:
-    see :func:`napari_unet.io.check_output`.
-
-    Returns
-    -------
-    model, log, checkpoint : Path or None
-
-    Raises
-    ------
-    DataError
-        A path is a folder or another non-file, a folder on the way is a file, or the
-        folder does not take new files.
-    ConfigError
-        Two outputs are the same file.
-    """
-    model = Path(out) if out is not None else None
-    log = Path(log_csv) if log_csv is not None else None
-    if checkpoint is not None:
-        state: Path | None = Path(checkpoint)
-    else:
-        state = default_checkpoint_path(model) if model is not None else None
-    named = {"out (--out)": model, "log_csv (--log)": log, "checkpoint": state}
-    given = {option: path for option, path in named.items() if path is not None}
-    for option, path in given.items():
-        check_output(path, "file", option)
-    if len({path.resolve() for path in given.values()}) < len(given):
-        raise ConfigError(
-            f"{', '.join(given)} must be different files; give the log or the checkpoint "
-            "another path."
-        )
-    return model, log, state
-
-
-@dataclass(frozen=True)
-class _Outputs:
-    """Where a run writes (None: not written); every write is atomic."""
-
-    model: Path | None = None
-    log: Path | None = None
-    checkpoint: Path | None = None
-
-    def save_model(self, run: TrainingRun) -> None:
-        if self.model is not None:
-            network, metadata = run.best_network(), run.metadata()
-            save_model(self.model, network, run.model_config, metadata, run.config.half_precision)
-
-    def save_log(self, run: TrainingRun) -> None:
-        """Rewrite the whole CSV log atomically (a reader never sees a half row)."""
-        if self.log is not None:
-            with atomic_write(self.log) as tmp, open(tmp, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS, extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(run.history)
-
-    def save_checkpoint(self, run: TrainingRun) -> None:
-        if self.checkpoint is not None:
-            save_payload(self.checkpoint, run.to_checkpoint())
 
 
 def _split(n_planes: int, fraction: float, seed: int) -> tuple[list[int], list[int], str]:
@@ -395,7 +323,7 @@ def _epoch(
     sampler: PatchSampler,
     val_planes: Sequence[PlaneData],
     group: Any,
-    outputs: _Outputs,
+    outputs: RunOutputs,
     stop: threading.Event | None,
     budget: _Budget,
 ) -> Generator[TrainEvent, None, str | None]:
@@ -439,7 +367,7 @@ def _epoch(
 
 
 def _finish(
-    run: TrainingRun, outputs: _Outputs, ended: str
+    run: TrainingRun, outputs: RunOutputs, ended: str
 ) -> Generator[TrainEvent, None, TrainResult]:
     """Save the final model (complete metadata), yield ``done`` and return the result."""
     run.stop_reason = ended
@@ -524,7 +452,8 @@ def train_events(
         ``config.max_minutes`` ends it likewise, validating that step's epoch first.
     checkpoint : str or Path, optional
         Where to write the resume checkpoint each epoch; defaults to
-        :func:`default_checkpoint_path` of ``out`` (none without ``out``).
+        :func:`~napari_unet.training_outputs.default_checkpoint_path` of ``out`` (none
+        without ``out``).
     data_description : dict, optional
         Plain-typed description of the data, stored in the model metadata.
     **overrides
@@ -560,7 +489,7 @@ def train_events(
     budget = _Budget.start(config.max_minutes, group)
     # Only rank 0 writes the model, log and checkpoint; their paths are checked first.
     outputs = (
-        _Outputs(*check_output_paths(out, log_csv, checkpoint)) if group.is_main else _Outputs()
+        RunOutputs(*check_output_paths(out, log_csv, checkpoint)) if group.is_main else RunOutputs()
     )
 
     # Model config and starting weights come from the resumed run or the init model.

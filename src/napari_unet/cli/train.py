@@ -130,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_unet.data import infer_in_channels
     from napari_unet.ddp import quiet_unless_main
-    from napari_unet.training import check_output_paths, train_events
+    from napari_unet.training import train_events
+    from napari_unet.training_outputs import check_output_paths
 
     if not quiet_unless_main():
         args.quiet = True  # under torchrun, rank 0 alone shows progress and the summary

@@ -10,10 +10,15 @@ image, as the Segment widget would. Stages, in seconds:
 
 * ``data``: reading the corrected pairs (in napari they are layers already);
 * ``start``: the child process starting and importing PyTorch (its ``running`` phase);
-* ``fine-tune``: loading the bundled model, preparing the data, training, validating;
+* the fine-tune, split by the events the child relays: loading the bundled model,
+  preparing the data and the first step; the other steps; validation; saving the model
+  and handing it over;
 * ``segment``: the new model segmenting one H&E image of the scored set.
 
-Their sum is "correction to new labels". Then the bundled and the fine-tuned model are
+Their sum is "correction to new labels". The load average and the CPU seconds of the
+child and of the segmentation are printed with them: on a loaded machine wall seconds
+grow, CPU seconds much less (with 2 threads on 2 idle cores a stage's wall time is at
+most its CPU time). Then the bundled and the fine-tuned model are
 scored (DSB score, as ``napari-unet evaluate``; each model's own post-processing values,
 as the Segment widget uses them) on the H&E and the fluorescence images of the scored
 set: ``val`` (12 H&E, 93 fluorescence images), or, for choosing settings without looking
@@ -31,6 +36,8 @@ The fine-tuning child uses PyTorch's default thread count (the machine's cores).
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -69,10 +76,15 @@ def read_pairs(pairs: list[tuple[Path, Path]]) -> tuple[list[np.ndarray], list[n
 
 def fine_tune(
     images: list[np.ndarray], labels: list[np.ndarray], config: TrainConfig
-) -> tuple[TrainResult, dict[str, float]]:
-    """Fine-tune the bundled model as the Train widget does; returns the result and timings."""
+) -> tuple[TrainResult, dict[str, float], float]:
+    """Fine-tune the bundled model as the Train widget does.
+
+    Returns the result, the seconds of each stage (the child's start, then the fine-tune
+    split by the events it relays) and the CPU seconds the child used.
+    """
     train_images, train_labels, val_images, val_labels = split_held_out_strip(images, labels, 0.1)
     marks = {"called": time.perf_counter()}
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     run = events_in_process(
         train_events,
         train_images,
@@ -83,17 +95,28 @@ def fine_tune(
         init="default",
         on_phase=lambda phase: marks.setdefault(phase, time.perf_counter()),
     )
+    events: list[tuple[str, float]] = []
     while True:
         try:
-            next(run)
+            events.append((next(run).kind, time.perf_counter()))
         except StopIteration as finished:
             result = finished.value
             break
-    marks["done"] = time.perf_counter()
-    return result, {
+    done = time.perf_counter()
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child_cpu = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
+    steps = [t for kind, t in events if kind == "step"]
+    seconds = {
         "start": marks["running"] - marks["called"],
-        "fine-tune": marks["done"] - marks["running"],
+        "  model, data, step 1": steps[0] - marks["running"],
+        f"  steps 2-{len(steps)}": 0.0,
+        "  validation": 0.0,
     }
+    for (_, before), (kind, at) in zip(events, events[1:], strict=False):
+        if kind in ("step", "epoch"):
+            seconds[f"  steps 2-{len(steps)}" if kind == "step" else "  validation"] += at - before
+    seconds["  saving, handing over"] = done - events[-1][1] + (events[-1][1] - events[-2][1])
+    return result, seconds, child_cpu
 
 
 def dsb_score(
@@ -148,11 +171,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         early_stopping_patience=None,
         device="cpu",
     )
-    result, timings = fine_tune(images, labels, config)
+    result, timings, child_cpu = fine_tune(images, labels, config)
     seconds.update(timings)
-    clock = time.perf_counter()
+    clock, cpu_clock = time.perf_counter(), time.process_time()
     segment(he[0][0], result.model)
     seconds["segment"] = time.perf_counter() - clock
+    cpu = {"start + fine-tune (child)": child_cpu, "segment": time.process_time() - cpu_clock}
     end_to_end = sum(seconds.values())
     print(
         f"settings: {args.steps} steps in {args.epochs} epochs, patch {args.patch}, batch "
@@ -165,6 +189,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{stage:<28}{value:>10.1f}")
 
     print(f"{'correction -> new labels':<28}{end_to_end:>10.1f}   goal <= {GOAL_SECONDS:g}")
+    # CPU seconds do not grow with other processes' load as wall seconds do.
+    print(
+        "load average "
+        + " ".join(f"{value:.2f}" for value in os.getloadavg())
+        + "; CPU s: "
+        + ", ".join(f"{name} {value:.1f}" for name, value in cpu.items())
+    )
     sys.stdout.flush()  # the scoring below takes minutes
 
     # A fine-tuned model without tuned values of its own is also scored with the bundled

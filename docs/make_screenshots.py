@@ -10,7 +10,8 @@ Run it under a display (a virtual one on a headless machine)::
 (anisotropy 2) segmented as 3D objects by the bundled 2D model (:func:`shoot_volume`).
 ``--docked`` saves only ``widgets_docked_1280x800.png``: the three widgets docked
 together in a 1280x800 window, as on a laptop, after segmenting and scoring the sample
-(:func:`shoot_docked`, also run by ``tests/test_widget_screenshot.py``). Without it, it
+(:func:`shoot_docked`, also run by ``tests/test_widget_screenshot.py``, which saves it in a
+temporary folder: the committed picture changes only when this script runs). Without it, it
 also opens the bundled nuclei sample, trains a small model for a few epochs with the
 Train widget (so the live curves have something to show), segments the image
 with it in the Segment widget, scores the result in the Evaluate widget, and
@@ -65,21 +66,22 @@ def segment_sample(viewer: napari.Viewer, segment: object) -> None:
     wait_for(segment)
 
 
-def shoot(viewer: napari.Viewer, name: str) -> Path:
-    """Save the whole window (canvas, layer list and docks) as ``docs/images/<name>.png``."""
-    path = OUT / f"{name}.png"
+def shoot(viewer: napari.Viewer, name: str, out: Path = OUT) -> Path:
+    """Save the whole window (canvas, layer list and docks) as ``<out>/<name>.png``."""
+    path = out / f"{name}.png"
     viewer.screenshot(str(path), canvas_only=False)
     print(f"wrote {path}")
     return path
 
 
-def shoot_docked(viewer: napari.Viewer) -> Path:
+def shoot_docked(viewer: napari.Viewer, out: Path = OUT) -> Path:
     """Dock Train, Segment and Evaluate together at 1280x800, segment and score, and shoot.
 
-    ``viewer`` must be shown. Segment uses the bundled model (the newest session model
-    when it is not installed); the sample's ground truth is the Evaluate widget's truth.
+    ``viewer`` must be shown; the picture goes to ``out`` (``docs/images/`` by default,
+    a temporary folder in the test). Segment uses the bundled model (the newest session
+    model when it is not installed); the sample's ground truth is the Evaluate widget's truth.
     """
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     viewer.window._qt_window.resize(*DOCKED_SIZE)
     viewer.open_sample("napari-unet", "nuclei")
     widgets = [
@@ -92,7 +94,7 @@ def shoot_docked(viewer: napari.Viewer) -> Path:
     evaluate.start()
     wait_for(evaluate)
     train.update_state()
-    return shoot(viewer, "widgets_docked_1280x800")
+    return shoot(viewer, "widgets_docked_1280x800", out)
 
 
 def shoot_volume(viewer: napari.Viewer) -> Path:

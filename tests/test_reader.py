@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import imageio.v3 as iio
 import numpy as np
+import pytest
 import tifffile
 
 from napari_unet import io
 from napari_unet._reader import get_reader, is_label_file
 from napari_unet._writer import write_labels_tiff
+from napari_unet.errors import DataError
 from napari_unet.io import SAMPLES_DIR
 
 
@@ -92,6 +94,19 @@ def test_a_training_folder_of_one_shape_opens_as_one_image_and_one_labels_stack(
     np.testing.assert_array_equal(stack[1], labels)
     assert image_meta["metadata"]["files"] == ["a", "b", "c"]
     assert image_meta["visible"] and labels_meta["visible"]
+    # The images are read when shown (labels at once: the brush paints numpy arrays).
+    assert io.is_lazy(images) and isinstance(stack, np.ndarray)
+
+
+def test_a_folder_image_changed_after_opening_is_refused_when_read(tmp_path):
+    image, labels = image_and_labels()
+    for stem in ("a", "b"):
+        io.write_tiff(tmp_path / "images" / f"{stem}.tif", image)
+        io.write_labels(tmp_path / "labels" / f"{stem}.png", labels)
+    (images, _, _), _ = read(tmp_path)
+    io.write_tiff(tmp_path / "images" / "b.tif", image.astype(np.float32))
+    with pytest.raises(DataError, match="b.tif.*as when its folder was opened"):
+        np.asarray(images[1])
 
 
 def test_a_folder_of_several_shapes_shows_only_its_first_stack_or_pair(tmp_path):

@@ -17,7 +17,7 @@ import torch
 
 from conftest import make_blobs
 from napari_unet.checkpoint import load_model
-from napari_unet.config import ModelConfig, NormalizationConfig
+from napari_unet.config import ModelConfig, NormalizationConfig, PredictConfig
 from napari_unet.data import load_pairs_from_folders, prepare_training_planes
 from napari_unet.errors import ConfigError, DataError, ModelFileError, TrainingDivergedError
 from napari_unet.io import SAMPLES_DIR
@@ -192,6 +192,59 @@ def test_init_fine_tunes_an_existing_model(blobs, tmp_path) -> None:
     assert not same_weights(weights_of(base.model), weights_of(tuned.model))
 
 
+def batchnorm_statistics(model) -> dict[str, torch.Tensor]:
+    return {
+        k: v for k, v in weights_of(model).items() if k.endswith(("running_mean", "running_var"))
+    }
+
+
+def test_fine_tuning_keeps_the_init_models_tuned_post_processing(blobs, tmp_path) -> None:
+    base = train(*blobs, small_config(epochs=1)).model
+    base.metadata["postprocess"] = {"threshold": 0.7, "min_size": 9, "tuned_on": "blobs"}
+    tuned = train(*blobs, small_config(epochs=1), init=base, out=tmp_path / "t.pt")
+    for model in (tuned.model, load_model(tmp_path / "t.pt")):
+        assert model.metadata["postprocess"]["threshold"] == 0.7
+        assert model.metadata["postprocess"]["tuned_on"].startswith("blobs, for the model")
+        assert PredictConfig().for_model(model).min_size == 9
+    # A resumed fine-tune keeps them too; a model trained from scratch has none.
+    resumed = train(*blobs, small_config(epochs=2), resume=tmp_path / "t.ckpt.pt")
+    assert resumed.model.metadata["postprocess"]["threshold"] == 0.7
+    assert resumed.model.metadata["init"] == base.source
+    assert "postprocess" not in train(*blobs, small_config(epochs=1)).model.metadata
+
+
+def test_fine_tuning_keeps_batchnorm_statistics_when_told(blobs) -> None:
+    base = train(*blobs, small_config(epochs=1)).model
+    kept = train(*blobs, small_config(epochs=1, freeze_batchnorm=True), init=base).model
+    assert same_weights(batchnorm_statistics(base), batchnorm_statistics(kept))
+    assert not same_weights(weights_of(base), weights_of(kept))  # the rest trains
+    moved = train(*blobs, small_config(epochs=1), init=base).model  # the default: off
+    assert not same_weights(batchnorm_statistics(base), batchnorm_statistics(moved))
+    # From scratch the option changes nothing: the statistics are estimated.
+    scratch = [
+        train(*blobs, small_config(epochs=1, freeze_batchnorm=f)).model for f in (False, True)
+    ]
+    assert same_weights(*(weights_of(model) for model in scratch))
+
+
+def test_a_fine_tune_replays_bundled_samples_and_training_from_scratch_does_not(
+    blobs, tmp_path
+) -> None:
+    scratch = train(*blobs, small_config(epochs=1, val_fraction=0), out=tmp_path / "s.pt")
+    own = scratch.model.metadata["data"]["train_planes"]
+    assert "replayed_samples" not in scratch.model.metadata["data"]
+    tuned = train(
+        *blobs, small_config(epochs=1, val_fraction=0, replay_samples=2), init=scratch.model
+    )
+    assert tuned.model.metadata["data"]["replayed_samples"] == 2
+    assert tuned.model.metadata["data"]["train_planes"] == own + 2
+    plain = train(
+        *blobs, small_config(epochs=1, val_fraction=0, replay_samples=0), init=scratch.model
+    )
+    assert "replayed_samples" not in plain.model.metadata["data"]
+    assert not same_weights(weights_of(tuned.model), weights_of(plain.model))
+
+
 def test_cancel_before_first_epoch_keeps_a_valid_model(blobs, tmp_path) -> None:
     stop = threading.Event()
     events = train_events(*blobs, small_config(epochs=5), out=tmp_path / "m.pt", stop=stop)
@@ -255,7 +308,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_model(blobs, tmp_path) -> None:
     # Values near float32's limit overflow inside the network: the loss is not finite.
     huge = [image.astype(np.float32) * 1e36 for image in blobs[0]]
     with pytest.raises(TrainingDivergedError, match="NaN or infinite.*learning rate"):
-        train(huge, blobs[1], raw, init=tmp_path / "m.pt", out=tmp_path / "m.pt")
+        # No replayed samples: their finite patches would outnumber the blobs' huge ones.
+        train(huge, blobs[1], raw, init=tmp_path / "m.pt", out=tmp_path / "m.pt", replay_samples=0)
     assert same_weights(weights_of(load_model(tmp_path / "m.pt", device="cpu")), before)
     assert good.best_epoch == 1
 

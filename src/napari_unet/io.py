@@ -33,14 +33,8 @@ _SIGNATURES = {
 }
 _SUFFIX_FORMATS = {".tif": "TIFF", ".tiff": "TIFF", ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 #: numpy dtypes of Pillow's image modes other than 8 bits per band.
-_PIL_DTYPES = {
-    "1": bool,
-    "I;16": np.uint16,
-    "I;16B": np.uint16,
-    "I;16L": np.uint16,
-    "I": np.int32,
-    "F": np.float32,
-}
+_PIL_DTYPES = {"1": bool, "I": np.int32, "F": np.float32}
+_PIL_DTYPES.update(dict.fromkeys(("I;16", "I;16B", "I;16L"), np.uint16))
 #: Temporary files of :func:`atomic_write`: ``.<name>.<pid>-<random>.part<suffix>``.
 _PART_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[^.]+\.part")
 #: The record of the model and settings whose results a folder holds (see claim_output_folder).
@@ -371,6 +365,11 @@ def check_memory(nbytes: int, what: str, hint: str = "crop or downsample it firs
         )
 
 
+def is_lazy(image: Any) -> bool:
+    """True for a dask array (read chunk by chunk, never whole)."""
+    return type(image).__module__.startswith("dask.")
+
+
 def as_image(data: Any, what: str = "the image") -> Any:
     """Any image a Python caller gives, as a numeric numpy array (dask arrays stay lazy).
 
@@ -385,10 +384,9 @@ def as_image(data: Any, what: str = "the image") -> Any:
     """
     if isinstance(data, (str, os.PathLike)):
         return read_image(data)
-    module = type(data).__module__
-    if module.startswith("dask."):
+    if is_lazy(data):
         return data
-    if module.startswith("torch"):
+    if type(data).__module__.startswith("torch"):
         if getattr(data, "requires_grad", False):
             raise DataError(
                 f"{what} is a torch tensor that requires grad; give tensor.detach() instead."

@@ -50,7 +50,7 @@ from napari_unet.ddp import all_mean, any_rank, init_from_env, rank_rng, wrap_mo
 from napari_unet.ddp import validate as distributed_validate
 from napari_unet.errors import ConfigError
 from napari_unet.events import plain_form
-from napari_unet.io import as_image
+from napari_unet.io import SAMPLES_DIR, as_image, find_pairs, read_image
 from napari_unet.model import select_device
 from napari_unet.patches import PatchSampler, PlaneData
 from napari_unet.settings import check
@@ -190,8 +190,12 @@ def _prepare_data(
     config: TrainConfig,
     model_config: ModelConfig,
     data_description: dict[str, Any] | None,
+    fine_tune: bool = False,
 ) -> tuple[list[PlaneData], list[PlaneData], dict[str, Any]]:
-    """Training and validation planes (all read and checked) and their description."""
+    """Training and validation planes (all read and checked) and their description.
+
+    A fine-tune (``fine_tune``) also trains on :func:`replay_planes` (validation stays
+    the caller's data)."""
     # Paths are read here; arrays are checked to be images.
     images, labels = _as_images(images, "training"), _as_images(labels, "training label")
     if val_images is not None and val_labels is not None:
@@ -208,6 +212,7 @@ def _prepare_data(
     train_planes = prepare_training_planes(
         images, labels, contact_weight=config.contact_weight, **prepare
     )
+    replayed = replay_planes(config, model_config) if fine_tune else []
     if val_images is not None and val_labels is not None:
         val_planes = prepare_training_planes(val_images, val_labels, what="validation", **prepare)
         validation = "explicit"
@@ -227,10 +232,12 @@ def _prepare_data(
         # Validation unweighted: contact weights imply instance or mask labels, whose
         # unweighted planes count every pixel once (weights None).
         val_planes = [dataclasses.replace(plane, weights=None) for plane in val_planes]
+    train_planes += replayed
     description = {
         # planes, or volumes of a 3D model (ndim 3)
         "ndim": model_config.ndim,
         "train_planes": len(train_planes),
+        **({"replayed_samples": len(replayed)} if replayed else {}),
         "val_planes": len(val_planes),
         "train_pixels": int(sum(plane.size for plane in train_planes)),
         "validation": validation,
@@ -254,6 +261,32 @@ def patch_shape(
         deepest = max(plane.shape[0] for plane in planes)
         depth = min(deepest, max(1, round(side / model_config.anisotropy)))
     return depth, side, side
+
+
+def replay_planes(config: TrainConfig, model_config: ModelConfig) -> list[PlaneData]:
+    """The first ``config.replay_samples`` bundled DSB 2018 samples as training planes.
+
+    Mixed into a fine-tune's own images so that the model keeps what it knew of the
+    images it was trained on. None for scribbles (``sparse`` labels mean something else),
+    for a model of other than 1 or 3 channels, or for a 3D model (the samples are planes).
+    """
+    if (
+        not config.replay_samples
+        or config.label_mode == "sparse"
+        or model_config.in_channels not in (1, 3)
+        or model_config.ndim != 2
+    ):
+        return []
+    pairs = find_pairs(SAMPLES_DIR / "images", SAMPLES_DIR / "labels")[: config.replay_samples]
+    return prepare_training_planes(
+        [read_image(image) for image, _ in pairs],
+        [read_image(labels) for _, labels in pairs],
+        in_channels=model_config.in_channels,
+        normalization=model_config.normalization,
+        target=model_config.target,
+        what="replayed sample",
+        contact_weight=config.contact_weight,
+    )
 
 
 def _patch_sampler(
@@ -500,8 +533,14 @@ def train_events(
     else:
         model_config = init_model.config if init_model is not None else config.model
     _check_dimensions(config, model_config, init_model)
+    # A resumed fine-tune replays the samples as the run it continues did.
+    fine_tune = init is not None or (
+        resume_payload is not None
+        and isinstance(resume_payload.get("metadata"), dict)
+        and resume_payload["metadata"].get("init") is not None
+    )
     train_planes, val_planes, description = _prepare_data(
-        images, labels, val_images, val_labels, config, model_config, data_description
+        images, labels, val_images, val_labels, config, model_config, data_description, fine_tune
     )
 
     sampler, steps_per_epoch = _patch_sampler(train_planes, config, model_config, group)

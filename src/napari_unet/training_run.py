@@ -12,7 +12,6 @@ with one line before any epoch runs, never used half-way.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -32,12 +31,22 @@ from napari_unet.losses import compute_loss
 from napari_unet.metrics import pixel_metrics
 from napari_unet.model import build_model
 from napari_unet.patches import PlaneData
+from napari_unet.training_state import (
+    is_number,
+    optimizer_problem,
+    plain_rng_state,
+    restore_rng_state,
+    rng_problem,
+    scheduler_problem,
+)
 
 if TYPE_CHECKING:
     from napari_unet.config import TrainConfig
 
 #: Tag of a training state (a plain model file has none).
 CHECKPOINT_FORMAT = "napari-unet-training-state"
+#: Layers whose running statistics a fine-tune keeps (``TrainConfig.freeze_batchnorm``).
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 #: Columns of the CSV log and of the history rows, one row per epoch.
 LOG_COLUMNS = (
     "epoch",
@@ -50,24 +59,17 @@ LOG_COLUMNS = (
 )
 
 
-def _is_number(value: Any) -> bool:
-    """A real number (int, float or a 0-d real tensor), not a bool."""
-    if isinstance(value, torch.Tensor):
-        return value.ndim == 0 and not value.dtype.is_complex
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _is_row(row: Any) -> bool:
-    return isinstance(row, dict) and all(_is_number(row.get(key)) for key in LOG_COLUMNS)
+    return isinstance(row, dict) and all(is_number(row.get(key)) for key in LOG_COLUMNS)
 
 
 def _is_metrics(value: Any) -> bool:
     return isinstance(value, dict) and all(
-        isinstance(key, str) and _is_number(number) for key, number in value.items()
+        isinstance(key, str) and is_number(number) for key, number in value.items()
     )
 
 
@@ -81,10 +83,10 @@ STATE_PARTS: dict[str, Callable[[Any], bool]] = {
     "history": lambda value: isinstance(value, list) and all(map(_is_row, value)),
     "best_state_dict": lambda value: value is None or isinstance(value, dict),
     "best_epoch": _is_count,
-    "best_val_loss": _is_number,
+    "best_val_loss": is_number,
     "best_metrics": _is_metrics,
     "epochs_since_best": _is_count,
-    "elapsed_s": lambda value: _is_number(value) and 0 <= value < math.inf,
+    "elapsed_s": lambda value: is_number(value) and 0 <= value < math.inf,
     "rng": lambda value: isinstance(value, dict),
 }
 
@@ -132,102 +134,6 @@ def weights_problem(network: nn.Module, weights: Any, what: str) -> str | None:
     return None
 
 
-def structure_differs(saved: Any, fresh: Any, extra_keys: bool) -> bool:
-    """Whether ``saved`` differs from ``fresh`` in structure or types (values may differ).
-
-    Numbers may differ in value; strings may not (they are the constants a scheduler is
-    built with); tensors must match in shape and dtype. ``extra_keys`` allows keys that
-    ``fresh`` lacks (an optimizer's groups carry the keys of the schedule that ran).
-    """
-    if isinstance(fresh, dict):
-        return (
-            not isinstance(saved, dict)
-            or not (extra_keys or set(saved) <= set(fresh))
-            or any(
-                structure_differs(saved[key], fresh[key], extra_keys)
-                for key in saved.keys() & fresh.keys()
-            )
-        )
-    if isinstance(fresh, (list, tuple)):
-        return (
-            not isinstance(saved, (list, tuple))
-            or len(saved) != len(fresh)
-            or any(structure_differs(s, f, extra_keys) for s, f in zip(saved, fresh, strict=True))
-        )
-    if isinstance(fresh, bool) or fresh is None:
-        return not (saved is None or isinstance(saved, bool))
-    if isinstance(fresh, (int, float)):
-        return not _is_number(saved) or isinstance(saved, torch.Tensor)
-    if isinstance(fresh, torch.Tensor):
-        return (
-            not isinstance(saved, torch.Tensor)
-            or saved.shape != fresh.shape
-            or saved.dtype != fresh.dtype
-        )
-    return saved != fresh if isinstance(fresh, str) else type(saved) is not type(fresh)
-
-
-def optimizer_problem(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> str | None:
-    """What keeps ``saved`` (an optimizer's ``state_dict``) from continuing ``optimizer``."""
-    wrong = f"its optimizer state is not one of {type(optimizer).__name__} for this network"
-    fresh = optimizer.state_dict()
-    if not isinstance(saved.get("state"), dict) or structure_differs(
-        saved.get("param_groups"), fresh["param_groups"], extra_keys=True
-    ):
-        return wrong
-    ids = [index for group in saved["param_groups"] for index in group["params"]]
-    params = [param for group in optimizer.param_groups for param in group["params"]]
-    if len(set(ids)) != len(ids) or not set(saved["state"]) <= set(ids):
-        return wrong
-    for index, param in zip(ids, params, strict=True):
-        entry = saved["state"].get(index, {})
-        fits = isinstance(entry, dict) and (
-            not entry
-            or _is_number(entry.get("step"))
-            and all(
-                isinstance(entry.get(key), torch.Tensor) and entry[key].shape == param.shape
-                for key in ("exp_avg", "exp_avg_sq")
-            )
-        )
-        if not fits:
-            return f"its optimizer state of parameter {index} does not fit the network"
-    return None
-
-
-def scheduler_problem(scheduler: Any, saved: dict[str, Any]) -> str | None:
-    """What keeps ``saved`` from continuing ``scheduler`` (of the same kind)."""
-    if structure_differs(saved, scheduler.state_dict(), extra_keys=False):
-        return f"its scheduler state is not one of {type(scheduler).__name__}"
-    return None
-
-
-def plain_rng_state(rng: np.random.Generator) -> dict[str, Any]:
-    """The generator's state as plain types (its 128-bit integers as strings)."""
-    state = copy.deepcopy(rng.bit_generator.state)
-    inner = state["state"]
-    state["state"] = {key: str(value) for key, value in inner.items()}
-    return state
-
-
-def restore_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
-    """Inverse of :func:`plain_rng_state`; raises ValueError for a state it cannot take."""
-    try:
-        state = copy.deepcopy(state)
-        state["state"] = {key: int(value) for key, value in state["state"].items()}
-        rng.bit_generator.state = state
-    except (TypeError, KeyError, AttributeError, OverflowError) as error:
-        raise ValueError(f"invalid random state ({error})") from None
-
-
-def rng_problem(rng: np.random.Generator, state: dict[str, Any]) -> str | None:
-    """What keeps ``state`` from restoring ``rng`` (tried on a throwaway generator)."""
-    try:
-        restore_rng_state(np.random.Generator(type(rng.bit_generator)()), state)
-    except ValueError:
-        return "its random state (rng) is invalid"
-    return None
-
-
 def seeded_network(model_config: ModelConfig, seed: int) -> nn.Module:
     """The network with seeded initial weights, leaving torch's global random state alone."""
     with torch.random.fork_rng(devices=[]):
@@ -262,6 +168,11 @@ class TrainingRun:
         self.rng = rng if rng is not None else np.random.default_rng(config.seed)
         self.data_description = dict(data_description or {})
         self.init_source = init_source
+        # The init model's tuned post-processing, kept: its probabilities are what the
+        # fine-tuned model starts from, and defaults would undo the tuning.
+        self.postprocess: dict[str, Any] | None = None
+        # Fine-tuning on a few images: BatchNorm keeps the init model's statistics.
+        self.freeze_batchnorm = config.freeze_batchnorm and init_source is not None
         self.cuda = device.type == "cuda"
         # channels-last convolutions on CUDA only: on this project's CPU a training step
         # measured 10-20% slower than NCHW for the fast preset (128 and 256 px patches) and
@@ -335,12 +246,11 @@ class TrainingRun:
     ) -> TrainingRun:
         """A new run: seeded initial weights, or those of ``init_model`` (fine-tuning)."""
         network = seeded_network(model_config, config.seed)
-        init_source = None
         if init_model is not None:
             network.load_state_dict(init_model.network.state_dict())
-            init_source = init_model.source
         network.to(device)
-        return cls(
+        init_source = init_model.source if init_model is not None else None
+        run = cls(
             config,
             model_config,
             network,
@@ -350,6 +260,9 @@ class TrainingRun:
             data_description,
             init_source,
         )
+        if init_model is not None and init_model.metadata.get("postprocess"):
+            run.postprocess = inherited_postprocess(init_model.metadata["postprocess"], init_source)
+        return run
 
     @classmethod
     def from_checkpoint(
@@ -382,8 +295,20 @@ class TrainingRun:
             problem = weights_problem(network, state["best_state_dict"], "best weights")
         if problem is None:
             network.load_state_dict(payload["state_dict"])
-            network.to(device)
-            run = cls(config, model_config, network, device, steps_per_epoch, rng, data_description)
+            saved = payload.get("metadata") if isinstance(payload.get("metadata"), dict) else {}
+            init_source = saved.get("init") if isinstance(saved.get("init"), str) else None
+            run = cls(
+                config,
+                model_config,
+                network.to(device),
+                device,
+                steps_per_epoch,
+                rng,
+                data_description,
+                init_source,
+            )
+            if isinstance(saved.get("postprocess"), dict):
+                run.postprocess = dict(saved["postprocess"])
             problem = run._restore(state)
         if problem is not None:
             raise ModelFileError(
@@ -487,6 +412,7 @@ class TrainingRun:
             "torch_version": str(torch.__version__),
             "napari_unet_version": __version__,
             "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **({"postprocess": dict(self.postprocess)} if self.postprocess else {}),
         }
 
     def best_network(self) -> nn.Module:
@@ -525,6 +451,10 @@ class TrainingRun:
         x = self.to_device(images, image=True)
         t, w = self.to_device(targets), self.to_device(weights)
         self.network.train()
+        if self.freeze_batchnorm:
+            for module in self.network.modules():
+                if isinstance(module, BATCH_NORMS):
+                    module.eval()
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             outputs = self.train_network(x)
@@ -573,6 +503,12 @@ class TrainingRun:
 
     def state_dict_copy(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.network.state_dict().items()}
+
+
+def inherited_postprocess(tuned: dict[str, Any], init_source: str | None) -> dict[str, Any]:
+    """The init model's tuned post-processing values, marked as taken over by a fine-tune."""
+    origin = tuned.get("tuned_on", "unknown data")
+    return {**tuned, "tuned_on": f"{origin}, for the model fine-tuned ({init_source})"}
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -45,10 +45,11 @@ from napari_unet._widgets._common import (
     prediction_metadata,
 )
 from napari_unet._widgets._registry import MODEL_CACHE
-from napari_unet.blockwise import is_lazy, segment_to_zarr_events
+from napari_unet.blockwise import segment_to_zarr_events
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.config import ModelConfig
 from napari_unet.errors import ConfigError, DataError
+from napari_unet.io import is_lazy
 from napari_unet.native3d import check_model_input
 from napari_unet.prediction import PredictConfig, Progress, Segmentation, predict_events
 

@@ -59,7 +59,6 @@ _API = {
     "LazyTiff": "reading",
     "open_array": "reading",
     "open_image": "reading",
-    "is_lazy": "reading",
     "match_strips": "stitching",
     "relabel_tables": "stitching",
     "LOCAL_SCHEDULERS": "schedulers",

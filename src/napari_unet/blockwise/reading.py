@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from napari_unet.errors import DataError
+from napari_unet.io import is_lazy
 from napari_unet.layout import Layout
 
 #: File suffixes read through ``tifffile``'s Zarr interface.
@@ -148,11 +149,6 @@ def open_array(
         f"{str(path)!r} is a Zarr group without NGFF multiscales or an array '0'; "
         "give the path of the array inside it."
     )
-
-
-def is_lazy(image: Any) -> bool:
-    """True for a dask array (read chunk by chunk, never whole)."""
-    return type(image).__module__.startswith("dask.")
 
 
 class PlaneReader:

@@ -822,6 +822,9 @@ def test_one_volume_validates_on_a_z_slab_and_scribbles_and_fine_tuning_work(
     )
     assert tuned.model.config == result.model.config
     assert not same_weights(weights_of(result.model), weights_of(tuned.model))
+    # An instance-label fine-tune too; the bundled 2D samples are not replayed into it.
+    again = train([image[0]], [labels], config_3d(epochs=1, steps_per_epoch=1), init=result.model)
+    assert "replayed_samples" not in again.model.metadata["data"]
 
 
 def test_dimensions_that_do_not_fit_are_refused_before_any_work(blobs, volumes, tmp_path) -> None:

@@ -69,8 +69,8 @@ def calibrate(
         model_config.normalization,
         model_config.target,
     )
-    from napari_unet.data import PatchSampler
     from napari_unet.model import build_model
+    from napari_unet.patches import PatchSampler
 
     network = build_model(model_config)
     run = TrainingRun(config, model_config, network, torch.device("cpu"), steps_per_epoch=10_000)

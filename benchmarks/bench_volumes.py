@@ -27,31 +27,55 @@ every view with one range for the whole volume (the model's percentiles taken ov
 all voxels), and predicts the XY planes in batches too; the ``planes`` row is then
 left out (``link`` labels the planes with the model's settings first).
 
+**Native 3D models** (rows ``3D tiny``, ``3D fast``): for each anisotropy, a 3D U-Net of
+the preset (``ModelConfig(ndim=3)``) is trained from scratch on 3 generated *crowded*
+volumes (validated on a fourth; seeds other than the scored volumes') for
+``--train-minutes`` of wall-clock time (``TrainConfig.max_minutes``, default 12, 2 with
+``--quick``), then
+predicts each scored volume natively (``predict``, 3D tiles, 3D watershed). Its seconds
+are the prediction's; the training's time, epochs and validation Dice are printed
+above the table. ``--native`` picks the presets (none: ``--native`` alone).
+
+Every row has the peak resident memory of the process while it ran (``peak MiB``: the
+Linux high-water mark, reset before each row through ``/proc/self/clear_refs``; the XY
+prediction that the 2D methods share counts in each of theirs). The machine's load
+average is printed first: on a shared machine, seconds (and the training's progress
+within its budget) depend on it.
+
 Usage::
 
     python benchmarks/bench_volumes.py [--quick] [--volume-range] [--model default] [--seed 0]
-        [--json FILE]
+        [--native tiny fast] [--train-minutes 12] [--anisotropies 1 2]
+        [--layouts sparse crowded] [--no-2d] [--json FILE]
 
 Full run: 32 x 256 x 256 volumes with 20 (sparse) and 60 (crowded) nuclei, 10-28 px
-across. ``--quick``: 24 x 128 x 128 with 5 and 12 nuclei, 12-20 px.
+across. ``--quick``: 24 x 128 x 128 with 5 and 12 nuclei, 12-20 px. The goal of issue
+#17 for a native 3D model (``tiny``: AP50 >= 0.85 and DSB >= 0.6 on the unseen crowded
+volume after 12 minutes on 2 CPU cores) is checked by::
+
+    python benchmarks/bench_volumes.py --native tiny --layouts crowded --anisotropies 2 --no-2d
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from napari_unet.config import NormalizationConfig, PredictConfig
+from napari_unet.checkpoint import TrainedModel
+from napari_unet.config import ModelConfig, NormalizationConfig, PredictConfig, TrainConfig
 from napari_unet.data import apply_intensity_range, intensity_range, prepare_plane
 from napari_unet.metrics import instance_metrics
 from napari_unet.postprocess import probabilities_to_labels
 from napari_unet.prediction import TilePredictor, predict, resolve_model
 from napari_unet.synthetic import nuclei_volume
+from napari_unet.training import train
 from napari_unet.volume import (
     ORTHOGONAL_SEED_THRESHOLD,
     link_planes,
@@ -64,6 +88,55 @@ QUICK = {"shape": (24, 128, 128), "sparse": 5, "crowded": 12, "diameter": (12.0,
 #: Network input pixels per batch of planes (a few 256 x 256 planes).
 BATCH_PIXELS = 1 << 18
 POSTPROCESS_KEYS = ("threshold", "min_size", "seed_threshold", "core_threshold", "fill_holes")
+#: Training recipe of the native 3D rows (a time budget, not epochs, ends the run): 64 px
+#: patches in XY, as deep in Z as wide physically; a higher rate than the 2D reference's
+#: 1e-4, as a budget of minutes allows few steps; epochs of 25 steps, each validated on
+#: the whole validation volume.
+NATIVE_TRAINING = {
+    "patch_size": 64,
+    "batch_size": 2,
+    "learning_rate": 3e-3,
+    "steps_per_epoch": 25,
+    "epochs": 100_000,
+    "early_stopping_patience": None,
+    "device": "cpu",
+}
+#: Seed offset of the native models' training volumes (never the scored volumes' seeds).
+TRAINING_SEEDS = 1000
+
+
+class PeakMemory:
+    """Peak resident memory (MiB) of this process within a ``with`` block.
+
+    On Linux the kernel's high-water mark (``VmHWM``) is reset on entry through
+    ``/proc/self/clear_refs`` and read on exit; elsewhere ``mib`` is the process's peak
+    so far (``resource.getrusage``), an upper bound.
+    """
+
+    def __init__(self) -> None:
+        self.mib = float("nan")
+
+    def __enter__(self) -> PeakMemory:
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+        except OSError:
+            pass
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        try:
+            with open("/proc/self/status") as handle:
+                for line in handle:
+                    if line.startswith("VmHWM:"):
+                        self.mib = int(line.split()[1]) / 1024
+                        return
+        except OSError:
+            pass
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        self.mib = peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
 def batched_plane_predictor(
@@ -114,41 +187,71 @@ def score(truth: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     }
 
 
-def run_case(
-    model: Any,
-    layout: str,
-    anisotropy: float,
-    sizes: dict[str, Any],
-    seed: int,
-    one_range: bool = False,
-) -> list[dict[str, Any]]:
-    """Every method on one synthetic volume; one row per method.
+def crowded_volumes(sizes: dict[str, Any], anisotropy: float, seed: int, n: int) -> list[Any]:
+    """``n`` crowded (image, labels) volumes of the benchmark's size."""
+    return [
+        nuclei_volume(
+            sizes["shape"],
+            sizes["crowded"],
+            layout="crowded",
+            anisotropy=anisotropy,
+            diameter=sizes["diameter"],
+            seed=seed + k,
+        )
+        for k in range(n)
+    ]
+
+
+def train_native(
+    preset: str, anisotropy: float, sizes: dict[str, Any], seed: int, minutes: float
+) -> tuple[TrainedModel, dict[str, Any]]:
+    """A native 3D ``preset`` model trained for ``minutes`` on 3 crowded volumes.
+
+    Returns the model and a summary: epochs, seconds, best validation Dice, peak MiB.
+    """
+    volumes = crowded_volumes(sizes, anisotropy, TRAINING_SEEDS + seed, 4)
+    images, labels = [image for image, _ in volumes], [truth for _, truth in volumes]
+    model = ModelConfig.from_preset(
+        preset, ndim=3, anisotropy=anisotropy, in_channels=1, target="contour"
+    )
+    config = TrainConfig(model=model, max_minutes=minutes, seed=seed, **NATIVE_TRAINING)
+    with PeakMemory() as memory:
+        result = train(images[:3], labels[:3], config, val_images=images[3:], val_labels=labels[3:])
+    summary = {
+        "preset": preset,
+        "anisotropy": anisotropy,
+        "epochs": len(result.history),
+        "seconds": result.model.metadata["elapsed_s"],
+        "val_dice": result.model.metadata["val_metrics"].get("dice"),
+        "stop_reason": result.stop_reason,
+        "peak_mib": memory.mib,
+    }
+    return result.model, summary
+
+
+def planes_rows(
+    model: Any, image: np.ndarray, anisotropy: float, one_range: bool
+) -> dict[str, tuple[np.ndarray, float, float]]:
+    """The 2D model's methods on one volume: ``method -> (labels, seconds, peak MiB)``.
 
     ``one_range``: normalise with the volume's intensity range (``--volume-range``).
     """
-    image, truth = nuclei_volume(
-        sizes["shape"],
-        sizes[layout],
-        layout=layout,
-        anisotropy=anisotropy,
-        diameter=sizes["diameter"],
-        seed=seed,
-    )
     config = PredictConfig(return_probabilities=True).for_model(model)
     settings = {key: getattr(config, key) for key in POSTPROCESS_KEYS}
     target = model.config.target
 
     start = time.perf_counter()
-    if one_range:
-        predict_planes = batched_plane_predictor(
-            model, intensity_range(image, model.config.normalization)
-        )
-        probabilities = predict_planes(image)
-        plane_labels = None
-    else:
-        predict_planes = batched_plane_predictor(model)
-        segmentation = predict(image, model, config)
-        probabilities, plane_labels = segmentation.probabilities, segmentation.labels
+    with PeakMemory() as xy_memory:
+        if one_range:
+            predict_planes = batched_plane_predictor(
+                model, intensity_range(image, model.config.normalization)
+            )
+            probabilities = predict_planes(image)
+            plane_labels = None
+        else:
+            predict_planes = batched_plane_predictor(model)
+            segmentation = predict(image, model, config)
+            probabilities, plane_labels = segmentation.probabilities, segmentation.labels
     xy_seconds = time.perf_counter() - start
 
     def link() -> np.ndarray:
@@ -162,12 +265,13 @@ def run_case(
             )
         return link_planes(planes)
 
-    def timed(method: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
+    def timed(method: Callable[[], np.ndarray]) -> tuple[np.ndarray, float, float]:
         begin = time.perf_counter()
-        result = method()
-        return result, xy_seconds + time.perf_counter() - begin
+        with PeakMemory() as memory:
+            result = method()
+        return result, xy_seconds + time.perf_counter() - begin, max(memory.mib, xy_memory.mib)
 
-    results = {} if plane_labels is None else {"planes": (plane_labels, xy_seconds)}
+    results = {} if plane_labels is None else {"planes": (plane_labels, xy_seconds, xy_memory.mib)}
     results |= {
         "link": timed(link),
         "watershed": timed(lambda: watershed_volume(probabilities, target, anisotropy, **settings)),
@@ -180,14 +284,51 @@ def run_case(
             )
         ),
     }
+    return results
+
+
+def run_case(
+    model: Any,
+    layout: str,
+    anisotropy: float,
+    sizes: dict[str, Any],
+    seed: int,
+    one_range: bool = False,
+    native: dict[str, TrainedModel] | None = None,
+) -> list[dict[str, Any]]:
+    """Every method on one synthetic volume; one row per method.
+
+    ``model``: the 2D model (None: no 2D rows); ``native``: 3D models by preset, each
+    predicting the volume natively at its anisotropy.
+    """
+    image, truth = nuclei_volume(
+        sizes["shape"],
+        sizes[layout],
+        layout=layout,
+        anisotropy=anisotropy,
+        diameter=sizes["diameter"],
+        seed=seed,
+    )
+    results = {} if model is None else planes_rows(model, image, anisotropy, one_range)
+    for preset, model_3d in (native or {}).items():
+        begin = time.perf_counter()
+        with PeakMemory() as memory:
+            labels = predict(image, model_3d, PredictConfig(anisotropy=anisotropy)).labels
+        results[f"3D {preset}"] = (labels, time.perf_counter() - begin, memory.mib)
     case = f"{layout} {'x'.join(map(str, image.shape))} aniso {anisotropy:g}"
     return [
-        {"case": case, "method": method, **score(truth, labels), "seconds": seconds}
-        for method, (labels, seconds) in results.items()
+        {
+            "case": case,
+            "method": method,
+            **score(truth, labels),
+            "seconds": seconds,
+            "peak_mib": mib,
+        }
+        for method, (labels, seconds, mib) in results.items()
     ]
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small volumes (a few minutes)")
     parser.add_argument(
@@ -197,27 +338,71 @@ def main() -> None:
     )
     parser.add_argument("--model", default="default", help="2D model file or 'default'")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic volumes")
+    parser.add_argument(
+        "--native",
+        nargs="*",
+        default=["tiny", "fast"],
+        choices=["tiny", "fast"],
+        help="native 3D presets to train and score (default tiny fast; none: --native)",
+    )
+    parser.add_argument(
+        "--train-minutes",
+        type=float,
+        default=None,
+        help="wall-clock budget of each native 3D training (default 12; 2 with --quick)",
+    )
+    parser.add_argument("--anisotropies", type=float, nargs="+", default=[1.0, 2.0])
+    parser.add_argument(
+        "--layouts", nargs="+", default=["sparse", "crowded"], choices=["sparse", "crowded"]
+    )
+    parser.add_argument("--no-2d", action="store_true", help="leave out the 2D model's rows")
     parser.add_argument("--json", help="also write the rows to this JSON file")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    import torch
+
+    args = parse_arguments()
     sizes = QUICK if args.quick else FULL
-    model = resolve_model(args.model, "cpu")
-    rows = []
-    header = f"{'volume':<32} {'method':<11} {'found/true':>10} {'AP50':>6} {'DSB':>6} {'s':>7}"
+    if args.train_minutes is None:
+        args.train_minutes = 2.0 if args.quick else 12.0
+    model = None if args.no_2d else resolve_model(args.model, "cpu")
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, load {load}")
+    rows, trainings = [], []
+    for anisotropy in args.anisotropies:
+        native = {}
+        for preset in args.native:
+            native[preset], summary = train_native(
+                preset, anisotropy, sizes, args.seed, args.train_minutes
+            )
+            trainings.append(summary)
+            print(
+                f"3D {preset} aniso {anisotropy:g}: {summary['epochs']} epochs in "
+                f"{summary['seconds']:.0f} s ({summary['stop_reason']}), val Dice "
+                f"{summary['val_dice']:.3f}, peak {summary['peak_mib']:.0f} MiB",
+                flush=True,
+            )
+        for layout in args.layouts:
+            rows += run_case(model, layout, anisotropy, sizes, args.seed, args.volume_range, native)
+    header = (
+        f"{'volume':<32} {'method':<11} {'found/true':>10} {'AP50':>6} {'DSB':>6} {'s':>7} "
+        f"{'peak MiB':>9}"
+    )
     print(header)
     print("-" * len(header))
-    for layout in ("sparse", "crowded"):
-        for anisotropy in (1.0, 2.0):
-            for row in run_case(model, layout, anisotropy, sizes, args.seed, args.volume_range):
-                rows.append(row)
-                found = f"{row['found']}/{row['true']}"
-                print(
-                    f"{row['case']:<32} {row['method']:<11} {found:>10} {row['ap50']:>6.3f} "
-                    f"{row['dsb']:>6.3f} {row['seconds']:>7.1f}",
-                    flush=True,
-                )
+    for row in rows:
+        found = f"{row['found']}/{row['true']}"
+        print(
+            f"{row['case']:<32} {row['method']:<11} {found:>10} {row['ap50']:>6.3f} "
+            f"{row['dsb']:>6.3f} {row['seconds']:>7.1f} {row['peak_mib']:>9.0f}",
+            flush=True,
+        )
+    print(f"load after: {', '.join(f'{value:.1f}' for value in os.getloadavg())}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as stream:
-            json.dump(rows, stream, indent=1)
+            json.dump({"rows": rows, "trainings": trainings}, stream, indent=1)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from napari_unet.config import ModelConfig, NormalizationConfig
-from napari_unet.data import PatchSampler, load_pairs_from_folders, prepare_training_planes
+from napari_unet.data import load_pairs_from_folders, prepare_training_planes
 from napari_unet.model import build_model, select_device
+from napari_unet.patches import PatchSampler
 from napari_unet.training import TrainConfig
 from napari_unet.training_run import TrainingRun
 

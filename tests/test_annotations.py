@@ -7,13 +7,16 @@ import numpy as np
 import pytest
 
 from napari_unet.annotations import (
+    MIN_SLAB,
     MIN_STRIP,
     check_training_labels,
     count_planes,
     is_annotated,
+    split_held_out_slab,
     split_held_out_strip,
 )
 from napari_unet.errors import DataError
+from napari_unet.patches import PlaneData
 
 
 def test_labels_that_cannot_train_are_refused_with_what_to_paint() -> None:
@@ -82,3 +85,27 @@ def test_a_part_without_annotation_is_refused() -> None:
         split_held_out_strip([np.zeros((100, 40))], [labels[::-1]], 0.2)
     with pytest.raises(DataError, match="too small to split"):
         split_held_out_strip([np.zeros((1, 1))], [np.ones((1, 1), np.uint8)], 0.2)
+
+
+def volume_of(labels: np.ndarray) -> PlaneData:
+    """A prepared-like volume whose foreground target is ``labels > 0``."""
+    targets = ((labels > 0) * 255).astype(np.uint8)[None]
+    return PlaneData(labels[None].astype(np.float32), targets, None)
+
+
+def test_a_volume_holds_out_its_last_planes() -> None:
+    labels = np.zeros((20, 8, 8), np.uint16)
+    labels[:, 2:5, 2:5] = 1
+    train, held = split_held_out_slab(volume_of(labels), 0.1, sparse=False)
+    assert held.shape == (MIN_SLAB, 8, 8) and train.shape == (20 - MIN_SLAB, 8, 8)
+    train, held = split_held_out_slab(volume_of(labels[:6]), 0.1, sparse=False)
+    assert held.shape[0] == 3  # at most half
+    with pytest.raises(DataError, match="1 plane\\(s\\) has no planes to spare"):
+        split_held_out_slab(volume_of(labels[:1]), 0.1, sparse=False)
+    labels[-MIN_SLAB:] = 0
+    with pytest.raises(DataError, match="held-out Z slab of the volume .* has no annotation"):
+        split_held_out_slab(volume_of(labels), 0.1, sparse=False)
+    # Scribbles count where they are painted (weights), object or background.
+    scribbles = volume_of(labels)
+    scribbles.weights = np.ones_like(scribbles.targets)
+    assert split_held_out_slab(scribbles, 0.1, sparse=True)[1].shape[0] == MIN_SLAB

@@ -61,6 +61,8 @@ TRAIN_EXAMPLES: dict[str, tuple[list[str], Any]] = {
     "half_precision": ([], True),
     "loader_threads": (["2"], 2),
     "contact_weight": (["5"], 5),
+    "max_minutes": (["1.5"], 1.5),
+    "patch_depth": (["16"], 16),
     "replay_samples": (["2"], 2),
     "freeze_batchnorm": ([], True),
 }

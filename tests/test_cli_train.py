@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -261,3 +262,81 @@ def test_choices_are_checked_by_argparse(flag) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--images", "x", "--labels", "y", "--out", "m.pt", flag, "nonsense"])
     assert exit_info.value.code == 2
+
+
+# -- native 3D models ----------------------------------------------------------------------
+
+FAST_3D = [
+    *("--ndim", "3", "--preset", "tiny", "--base-filters", "4", "--depth", "2"),
+    *("--epochs", "3", "--steps-per-epoch", "2", "--batch-size", "1", "--patch-size", "16"),
+    *("--device", "cpu", "--quiet"),
+]
+
+
+def write_volumes(folder: Path, n: int = 2, voxel_z: float = 0.5) -> tuple[Path, Path]:
+    """``n`` ImageJ TIFF nuclei volumes (Z step ``voxel_z`` micron, 0.25 micron pixels)."""
+    import tifffile
+
+    from napari_unet.synthetic import nuclei_volume
+
+    for index in range(n):
+        image, labels = nuclei_volume((8, 32, 32), 3, anisotropy=2.0, diameter=(8, 10), seed=index)
+        for kind, data in (("images", image.astype(np.uint16)), ("labels", labels)):
+            (folder / kind).mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(
+                folder / kind / f"vol{index}.tif",
+                data,
+                imagej=True,
+                resolution=(4.0, 4.0),
+                metadata={"axes": "ZYX", "spacing": voxel_z, "unit": "micron"},
+            )
+    return folder / "images", folder / "labels"
+
+
+def test_train_a_3d_model_on_tiff_volumes_within_a_time_budget(tmp_path, capsys) -> None:
+    images, labels = write_volumes(tmp_path / "data")
+    out = tmp_path / "run" / "model3d.pt"
+    args = ["train", "--images", str(images), "--labels", str(labels), "--out", str(out)]
+    code = main([*args, *FAST_3D, "--max-minutes", "1e-6"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "stopped on the time budget (1e-06 min)" in printed and "epoch 1/3" in printed
+    model = load_model(out, device="cpu")
+    # The anisotropy comes from the files' voxel size: 0.5 micron planes, 0.25 micron pixels.
+    assert model.config.ndim == 3 and model.config.anisotropy == pytest.approx(2.0)
+    assert model.metadata["data"]["anisotropy_from"] == "the images' voxel size"
+    assert model.metadata["epochs_run"] == 1 and model.metadata["stop_reason"] == "time budget"
+
+
+def test_3d_user_errors_exit_2_and_write_nothing(tmp_path, capsys) -> None:
+    volumes, volume_labels = write_volumes(tmp_path / "volumes")
+    planes, plane_labels = write_pairs(tmp_path / "planes")
+    shifted, shifted_labels = write_volumes(tmp_path / "shape")
+    narrow = np.zeros((8, 32, 30), np.uint16)
+    narrow[2:5, 4:9, 4:9] = 1
+    write_tiff(shifted_labels / "vol1.tif", narrow)
+    odd, odd_labels = write_volumes(tmp_path / "odd", n=1, voxel_z=1.0)
+    (odd / "vol0.tif").rename(odd / "vol5.tif")
+    (odd_labels / "vol0.tif").rename(odd_labels / "vol5.tif")
+    for kind in ("images", "labels"):  # and one of 0.5 micron planes
+        shutil.copy(tmp_path / "volumes" / kind / "vol0.tif", tmp_path / "odd" / kind)
+    config = ModelConfig.from_preset("tiny", ndim=3, in_channels=1, base_filters=4, depth=2)
+    torch.save(model_payload(build_model(config), config), tmp_path / "model3d.pt")
+    data = ["--images", str(volumes), "--labels", str(volume_labels)]
+    cases = {
+        "2D files": (["--images", str(planes), "--labels", str(plane_labels)], "not a (Z, Y, X)"),
+        "3D init for a 2D run": ([*FAST, "--init", str(tmp_path / "model3d.pt")], "3D model"),
+        "anisotropy 0": (["--anisotropy", "0"], "anisotropy must be"),
+        "negative anisotropy": (["--anisotropy", "-2"], "anisotropy must be"),
+        "shape mismatch": (["--images", str(shifted), "--labels", str(shifted_labels)], "shape"),
+        "two voxel sizes": (["--images", str(odd), "--labels", str(odd_labels)], "anisotropies"),
+    }
+    for name, (words, message) in cases.items():
+        out_dir = tmp_path / f"out_{name.replace(' ', '_')}"
+        options = words if name == "3D init for a 2D run" else [*FAST_3D, *words]
+        code = main(["train", *data, "--out", str(out_dir / "m.pt"), *options])
+        err = capsys.readouterr().err
+        assert code == 2, name
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, (name, err)
+        assert message in err, (name, err)
+        assert not out_dir.exists() or not any(out_dir.iterdir()), name

@@ -16,8 +16,9 @@ from napari_unet.colour_augment import (
     to_grey,
 )
 from napari_unet.config import ModelConfig, NormalizationConfig, TrainConfig
-from napari_unet.data import PatchSampler, crop_patch, prepare_training_planes
+from napari_unet.data import prepare_training_planes
 from napari_unet.modality import classify_modality
+from napari_unet.patches import PatchSampler, crop_patch
 from napari_unet.training import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -41,7 +42,7 @@ def modalities(pairs) -> list[str]:
 
 
 def he_patch(planes, modalities, size: int = 96):
-    return crop_patch(planes[modalities.index("H&E")], 0, 0, size)
+    return crop_patch(planes[modalities.index("H&E")], (0, 0), size)
 
 
 def test_colour_changes_keep_shape_range_and_what_is_an_object(planes, modalities) -> None:
@@ -58,7 +59,7 @@ def test_colour_changes_keep_shape_range_and_what_is_an_object(planes, modalitie
     assert not is_colour(grey) and grey.shape == image.shape
     np.testing.assert_allclose(grey[0], image.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(invert(invert(grey)), grey, atol=1e-6)
-    fluorescence = crop_patch(planes[modalities.index("fluorescence")], 0, 0, 96)[0]
+    fluorescence = crop_patch(planes[modalities.index("fluorescence")], (0, 0), 96)[0]
     assert not is_colour(fluorescence)
     # Fluorescence (light on black) becomes brightfield-like (dark on light).
     assert fluorescence.mean() < 0.5 < invert(fluorescence).mean()
@@ -66,7 +67,7 @@ def test_colour_changes_keep_shape_range_and_what_is_an_object(planes, modalitie
 
 @pytest.mark.parametrize("zoom", [0.75, 1.0, 1.33])
 def test_rescale_keeps_targets_and_weights_aligned_with_the_image(planes, zoom) -> None:
-    _, targets, weights = crop_patch(planes[0], 0, 0, 128)
+    _, targets, weights = crop_patch(planes[0], (0, 0), 128)
     # The foreground target as the image: after the zoom, image and target must agree.
     image = np.repeat(targets[:1], 3, axis=0)
     out_image, out_targets, out_weights = rescale_patch(

@@ -18,7 +18,8 @@ from napari_unet.config import ModelConfig
 from napari_unet.metrics import pixel_metrics
 from napari_unet.model import build_model
 from napari_unet.prediction import predict
-from napari_unet.training import TrainConfig, default_checkpoint_path, train
+from napari_unet.training import TrainConfig, train
+from napari_unet.training_outputs import default_checkpoint_path
 from napari_unet.training_run import TrainingRun
 from test_ddp import torchrun, write_blob_folders
 from test_training import small_config

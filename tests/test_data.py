@@ -1,11 +1,9 @@
-"""Tests of the training-data part of napari_unet.data: pairs, planes, targets, patches.
+"""Tests of the training-data part of napari_unet.data: pairs, planes, volumes, targets.
 
 (Channel layout and normalisation are tested in test_data_prep.py.)
 """
 
 from __future__ import annotations
-
-import threading
 
 import numpy as np
 import pytest
@@ -14,10 +12,7 @@ from conftest import make_blobs
 from napari_unet.config import NormalizationConfig
 from napari_unet.data import (
     CONTOUR_WIDTH,
-    PatchSampler,
-    augment_patch,
     contact_pixels,
-    crop_patch,
     infer_in_channels,
     load_dsb,
     load_pairs_from_folders,
@@ -137,6 +132,58 @@ def test_split_planes_handles_rgb_and_stacks() -> None:
     assert infer_in_channels(two_channels, grey_labels) == 2
 
 
+def two_touching_boxes() -> np.ndarray:
+    """A (9, 12, 20) volume of two boxes touching across X = 10, planes 2 to 6."""
+    labels = np.zeros((9, 12, 20), np.int32)
+    labels[2:7, 2:10, 2:10] = 1
+    labels[2:7, 2:10, 10:18] = 2
+    return labels
+
+
+def test_contour_target_in_3d_marks_boundaries_along_every_axis() -> None:
+    labels = two_touching_boxes()
+    contour = make_targets(labels, "contour")[0][1] > 0
+    assert not contour[labels == 0].any()
+    assert contour[4, 5, 10 - CONTOUR_WIDTH : 10 + CONTOUR_WIDTH].all()  # between the boxes
+    assert contour[2:4, 5, 5].all() and not contour[4, 5, 5]  # top, not the middle plane
+    # At anisotropy 2 the boundary is one plane thick along Z: the same physical width.
+    coarse = make_targets(labels, "contour", anisotropy=2.0)[0][1] > 0
+    assert coarse[2, 5, 5] and not coarse[3, 5, 5]
+    assert contact_pixels(labels)[4, 5, 9] and not contact_pixels(labels)[4, 5, 5]
+
+
+def test_distance_and_contact_weight_targets_in_3d() -> None:
+    labels = two_touching_boxes()
+    targets, weights = make_targets(labels, "distance", contact_weight=5, anisotropy=2.0)
+    assert targets.shape == weights.shape == (2, 9, 12, 20)
+    distance = targets[1].astype(float) / 255
+    assert distance[labels == 1].max() == pytest.approx(1) and not distance[labels == 0].any()
+    assert weights[0, 4, 5, 10] == 5 and weights[0, 4, 5, 4] == 1
+    scribbles, scribble_weights = make_targets(np.clip(labels, 0, 2), "contour", "sparse")
+    assert scribbles.shape == scribble_weights.shape == (2, 9, 12, 20)
+
+
+def test_volumes_are_split_normalised_as_a_whole_and_refused_as_planes() -> None:
+    labels = two_touching_boxes()
+    image = (labels > 0) * 100.0 + np.arange(9)[:, None, None]
+    volumes, label_volumes, channels_last = split_planes(
+        [np.stack([image, image])], [np.stack([labels, labels])], ndim=3
+    )  # (T, Z, Y, X): two volumes
+    assert len(volumes) == 2 and volumes[0].shape == labels.shape and not channels_last
+    (volume,) = prepare_training_planes(
+        [image], [labels], 1, NormalizationConfig(mode="minmax"), "contour", ndim=3
+    )
+    assert volume.image.shape == (1, 9, 12, 20) and volume.targets.shape == (2, 9, 12, 20)
+    assert volume.image.min() == 0 and volume.image.max() == 1  # one range for all planes
+    rgb = np.repeat(image[..., None], 3, axis=-1)
+    (colour,) = prepare_training_planes(
+        [rgb], [labels], 3, NormalizationConfig(), "contour", ndim=3
+    )
+    assert colour.image.shape == (3, 9, 12, 20)
+    with pytest.raises(DataError, match=r"2D image, not a \(Z, Y, X\) volume"):
+        split_planes([image[0]], [labels[0]], ndim=3)
+
+
 @pytest.mark.parametrize(
     ("images", "labels", "message"),
     [
@@ -172,80 +219,6 @@ def test_all_empty_labels_are_refused() -> None:
             "foreground",
             "sparse",
         )
-
-
-def test_small_planes_are_reflect_padded_and_padding_is_masked() -> None:
-    images, labels = make_blobs(n=1, shape=(20, 12))
-    (plane,) = prepare_training_planes(images, labels, 1, NormalizationConfig(), "contour")
-    image, targets, weights = crop_patch(plane, 0, 0, 32)
-    assert image.shape == (1, 32, 32) and targets.shape == weights.shape == (2, 32, 32)
-    assert weights[:, :20, :12].all() and not weights[:, 20:].any() and not weights[:, :, 12:].any()
-    assert np.array_equal(image[0, :20, :12], plane.image[0])
-    assert np.array_equal(image[0, 20, :12], plane.image[0, 18])  # reflection
-
-
-def test_augmentation_keeps_image_and_targets_aligned() -> None:
-    rng = np.random.default_rng(0)
-    target = (rng.random((1, 16, 16)) > 0.5).astype(np.float32)
-    image = target.copy() * 0.8 + 0.1
-    weights = np.ones_like(target)
-    weights[0, 0, :3] = 0
-    for _ in range(20):
-        aug_image, aug_target, aug_weights = augment_patch(image, target, weights, rng)
-        assert aug_image.shape == image.shape and aug_image.dtype == np.float32
-        # Intensity changes are monotonic and the noise small: objects stay brighter.
-        inside, outside = aug_image[aug_target > 0], aug_image[aug_target == 0]
-        assert np.median(inside) > np.median(outside)
-        assert aug_weights.sum() == weights.sum() and aug_target.sum() == target.sum()
-
-
-def test_sampler_area_weighting_and_epoch_size() -> None:
-    images = [np.zeros((64, 64), np.uint8), np.zeros((16, 16), np.uint8)]
-    labels = [np.ones((64, 64), int), np.ones((16, 16), int)]
-    planes = prepare_training_planes(images, labels, 1, NormalizationConfig(), "foreground")
-    area = PatchSampler(planes, 16, "area", False, np.random.default_rng(0))
-    assert area.probabilities == pytest.approx([64 * 64 / (64 * 64 + 256), 256 / (64 * 64 + 256)])
-    assert area.patches_per_epoch() == 17
-    uniform = PatchSampler(planes, 16, "image", False, np.random.default_rng(0))
-    assert uniform.probabilities == pytest.approx([0.5, 0.5])
-    x, t, w = uniform.batch(3)
-    assert x.shape == (3, 1, 16, 16) and t.shape == w.shape == (3, 1, 16, 16)
-
-
-def _blob_sampler(seed: int = 0) -> PatchSampler:
-    images, labels = make_blobs(n=4, shape=(48, 48))
-    planes = prepare_training_planes(images, labels, 1, NormalizationConfig(), "contour")
-    return PatchSampler(planes, 32, "area", True, np.random.default_rng(seed))
-
-
-def test_threaded_batches_are_the_same_for_any_thread_count() -> None:
-    runs = {}
-    for threads in (1, 3):
-        sampler = _blob_sampler()
-        runs[threads] = list(sampler.epoch_batches(4, 7, threads))
-        runs[threads, "next"] = sampler.rng.integers(1 << 30)  # where the generator ends
-    assert len(runs[1]) == 7
-    for one, three in zip(runs[1], runs[3], strict=True):
-        assert all(np.array_equal(a, b) for a, b in zip(one, three, strict=True))
-    assert runs[1, "next"] == runs[3, "next"]
-    # Different batches of the epoch are different draws.
-    assert not np.array_equal(runs[1][0][0], runs[1][1][0])
-
-
-def test_unthreaded_batches_follow_the_sampler_stream() -> None:
-    direct = _blob_sampler()
-    expected = [direct.batch(4) for _ in range(3)]
-    batches = list(_blob_sampler().epoch_batches(4, 3, threads=0))
-    for got, want in zip(batches, expected, strict=True):
-        assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
-
-
-def test_closing_the_threaded_batches_early_stops_the_threads() -> None:
-    batches = _blob_sampler().epoch_batches(4, 1000, threads=2)
-    first = next(batches)
-    assert first[0].shape == (4, 1, 32, 32)
-    batches.close()  # what training does when the user stops
-    assert not [t for t in threading.enumerate() if t.name.startswith("napari-unet-patches")]
 
 
 def test_folder_readers(tmp_path) -> None:

@@ -115,3 +115,23 @@ def test_ranks_draw_their_own_patches(monkeypatch) -> None:
         alone.integers(1 << 30, size=4).tolist()
         == np.random.default_rng(0).integers(1 << 30, size=4).tolist()
     )
+
+
+def test_torchrun_trains_a_3d_model_and_every_rank_stops_on_the_time_budget(tmp_path) -> None:
+    from napari_unet.synthetic import nuclei_volume
+
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
+    for k in range(3):
+        image, labels = nuclei_volume((8, 32, 32), 3, anisotropy=2.0, diameter=(8, 10), seed=k)
+        tifffile.imwrite(tmp_path / "images" / f"vol{k}.tif", image.astype(np.uint16))
+        tifffile.imwrite(tmp_path / "labels" / f"vol{k}.tif", labels)
+    result = torchrun(
+        tmp_path,
+        *("--ndim", "3", "--base-filters", "4", "--depth", "2", "--patch-size", "16"),
+        *("--batch-size", "1", "--epochs", "3", "--max-minutes", "1e-6"),
+    )
+    assert "stopped on the time budget" in result.stdout
+    model = load_model(tmp_path / "model.pt", device="cpu")
+    assert model.config.ndim == 3 and model.metadata["epochs_run"] == 1
+    assert model.metadata["data"]["val_planes"] == 1  # one volume of three validates

@@ -18,21 +18,23 @@ import torch
 from conftest import make_blobs
 from napari_unet.checkpoint import load_model
 from napari_unet.config import ModelConfig, NormalizationConfig, PredictConfig
-from napari_unet.data import PatchSampler, load_pairs_from_folders, prepare_training_planes
+from napari_unet.data import load_pairs_from_folders, prepare_training_planes
 from napari_unet.errors import ConfigError, DataError, ModelFileError, TrainingDivergedError
 from napari_unet.io import SAMPLES_DIR
 from napari_unet.losses import compute_loss
+from napari_unet.patches import PatchSampler
+from napari_unet.prediction import predict
+from napari_unet.synthetic import nuclei_volume
 from napari_unet.training import (
-    LOG_COLUMNS,
     MIN_PATCHES_PER_EPOCH,
     TrainConfig,
     auto_steps_per_epoch,
-    check_output_paths,
-    default_checkpoint_path,
+    patch_shape,
     train,
     train_events,
 )
-from napari_unet.training_run import TrainingRun
+from napari_unet.training_outputs import check_output_paths, default_checkpoint_path
+from napari_unet.training_run import LOG_COLUMNS, TrainingRun
 
 
 def small_config(**overrides) -> TrainConfig:
@@ -243,9 +245,7 @@ def test_a_fine_tune_replays_bundled_samples_and_training_from_scratch_does_not(
     assert not same_weights(weights_of(tuned.model), weights_of(plain.model))
 
 
-def test_a_modality_balanced_fine_tune_draws_from_the_replayed_samples_too(
-    blobs, tmp_path
-) -> None:
+def test_a_modality_balanced_fine_tune_draws_from_the_replayed_samples_too(blobs, tmp_path) -> None:
     scratch = train(*blobs, small_config(epochs=1, val_fraction=0), out=tmp_path / "s.pt")
     tuned = train(
         *blobs,
@@ -288,6 +288,22 @@ def test_cancel_mid_run_keeps_the_best_epoch(blobs, tmp_path) -> None:
         *blobs, small_config(epochs=2), resume=default_checkpoint_path(tmp_path / "m.pt")
     )
     assert [row["epoch"] for row in resumed.history] == [1, 2]
+
+
+def test_a_time_budget_ends_the_run_with_a_validated_saved_model(blobs, tmp_path) -> None:
+    # A budget spent before the first step ends: that step finishes, then one validation.
+    config = small_config(epochs=50, max_minutes=1e-6)
+    result = train(*blobs, config, out=tmp_path / "m.pt", log_csv=tmp_path / "log.csv")
+    assert result.out_of_time and result.stop_reason == "time budget"
+    assert not result.cancelled and not result.stopped_early
+    assert [row["epoch"] for row in result.history] == [1] and result.best_epoch == 1
+    saved = load_model(tmp_path / "m.pt", device="cpu")
+    assert saved.metadata["stop_reason"] == "time budget" and saved.metadata["epochs_run"] == 1
+    assert math.isfinite(saved.metadata["val_metrics"]["dice"])
+    with open(tmp_path / "log.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 1
+    # Without a budget the same run goes on (here: to its 2 epochs).
+    assert train(*blobs, small_config()).stop_reason == "epochs"
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_model(blobs, tmp_path) -> None:
@@ -750,3 +766,89 @@ def test_a_stop_during_validation_starts_no_further_step(blobs) -> None:
             stop.set()  # as a Stop pressed while the first epoch was validated
     assert kinds == ["step"] * 3 + ["epoch", "done"]
     assert result.cancelled and len(result.history) == 1
+
+
+# -- native 3D models ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def volumes() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Three small synthetic nuclei volumes (8 x 32 x 32, Z step twice the pixel)."""
+    pairs = [
+        nuclei_volume((8, 32, 32), 3, anisotropy=2.0, diameter=(8, 10), seed=seed)
+        for seed in range(3)
+    ]
+    return [image for image, _ in pairs], [labels for _, labels in pairs]
+
+
+def config_3d(**overrides) -> TrainConfig:
+    """A 3D network small enough for a test, trained for a few steps on 16 px patches."""
+    model = ModelConfig.from_preset(
+        "tiny", ndim=3, anisotropy=2.0, base_filters=4, depth=2, in_channels=1, target="contour"
+    )
+    return small_config(**{"model": model, "batch_size": 2, "patch_size": 16, **overrides})
+
+
+def test_a_3d_model_trains_on_volumes_validates_on_one_and_describes_itself(
+    volumes, tmp_path
+) -> None:
+    result = train(*volumes, config_3d(epochs=1, steps_per_epoch=2), out=tmp_path / "m.pt")
+    model = load_model(tmp_path / "m.pt", device="cpu")
+    assert model.config.ndim == 3 and model.config.anisotropy == 2.0
+    data = model.metadata["data"]
+    assert data["ndim"] == 3 and data["train_planes"] == 2 and data["val_planes"] == 1
+    assert math.isfinite(result.history[0]["val_loss"]) and math.isfinite(
+        result.history[0]["val_dice"]
+    )
+    with torch.no_grad():
+        logits = model.network(torch.zeros(1, 1, 8, 32, 32))
+    assert logits.shape == (1, 2, 8, 32, 32)
+    # The model file predicts a volume natively: labels of its shape, ids across Z.
+    labels = predict(volumes[0][0], tmp_path / "m.pt", device="cpu", tile_size=32, overlap=8).labels
+    assert labels.shape == (8, 32, 32) and np.issubdtype(labels.dtype, np.integer)
+    # Patches: 16 x 16 in XY and, by default, the same extent in Z (8 planes at anisotropy
+    # 2), at most the deepest volume; or patch_depth planes.
+    planes = prepare_training_planes(
+        volumes[0], volumes[1], 1, NormalizationConfig(), "contour", ndim=3
+    )
+    assert patch_shape(config_3d(patch_size=16), model.config, planes) == (8, 16, 16)
+    assert patch_shape(config_3d(patch_size=64), model.config, planes) == (8, 64, 64)
+    assert patch_shape(config_3d(patch_depth=3), model.config, planes) == (3, 16, 16)
+
+
+def test_one_volume_validates_on_a_z_slab_and_scribbles_and_fine_tuning_work(
+    volumes, tmp_path
+) -> None:
+    image, labels = volumes[0], volumes[1][0]
+    result = train([image[0]], [labels], config_3d(epochs=1, steps_per_epoch=1, patch_depth=4))
+    data = result.model.metadata["data"]
+    assert data["validation"].startswith("held-out Z slab") and data["val_planes"] == 1
+    # Scribbles (1 = background, 2 = object, 0 = unannotated), fine-tuning the 3D model.
+    scribbles = np.zeros_like(labels)
+    scribbles[labels > 0] = 2
+    scribbles[:, :3] = 1
+    tuned = train(
+        [image[0]],
+        [scribbles],
+        config_3d(epochs=1, steps_per_epoch=1, label_mode="sparse", val_fraction=0.0),
+        init=result.model,
+    )
+    assert tuned.model.config == result.model.config
+    assert not same_weights(weights_of(result.model), weights_of(tuned.model))
+    # An instance-label fine-tune too; the bundled 2D samples are not replayed into it.
+    again = train([image[0]], [labels], config_3d(epochs=1, steps_per_epoch=1), init=result.model)
+    assert "replayed_samples" not in again.model.metadata["data"]
+
+
+def test_dimensions_that_do_not_fit_are_refused_before_any_work(blobs, volumes, tmp_path) -> None:
+    two_d = train(*blobs, small_config(epochs=1, steps_per_epoch=1))
+    with pytest.raises(ConfigError, match="is a 2D model .* trains a 3D model"):
+        train(*volumes, config_3d(), init=two_d.model, out=tmp_path / "a.pt")
+    with pytest.raises(ConfigError, match="patch_depth is for 3D models"):
+        train(*blobs, small_config(patch_depth=4), out=tmp_path / "b.pt")
+    for planes_only in ({"sampling": "modality"}, {"colour_augment": True}):
+        with pytest.raises(ConfigError, match="are for 2D models"):
+            train(*volumes, config_3d(**planes_only), out=tmp_path / "d.pt")
+    with pytest.raises(DataError, match="not a \\(Z, Y, X\\) volume"):
+        train(*blobs, config_3d(), out=tmp_path / "c.pt")
+    assert not list(tmp_path.iterdir())

@@ -170,6 +170,13 @@ def test_the_floor_on_an_epochs_patches_is_stated(make_napari_viewer):
     assert f"≥ {MIN_PATCHES_PER_EPOCH} patches" in widget.steps_per_epoch.specialValueText()
 
 
+def test_the_time_budget_goes_into_the_config(viewer_with_pair):
+    widget = dock(viewer_with_pair)
+    assert widget.plan(snapshot=False).config.max_minutes is None  # "none"
+    widget.max_minutes.setValue(2.5)
+    assert widget.plan(snapshot=False).config.max_minutes == 2.5
+
+
 def test_fine_tune_a_session_model_on_scribbles(viewer_with_pair, qtbot):
     widget = dock(viewer_with_pair)
     tiny_settings(widget, epochs=1, steps=1)
@@ -251,3 +258,46 @@ def test_error_in_the_run_is_reported_and_the_widget_recovers(viewer_with_pair, 
     assert "Training failed" in widget.status.text()
     assert widget.start_button.isEnabled()
     assert REGISTRY.entries() == []
+
+
+@pytest.fixture
+def viewer_with_volume(make_napari_viewer):
+    from napari_unet.synthetic import nuclei_volume
+
+    viewer = make_napari_viewer()
+    image, labels = nuclei_volume((8, 32, 32), 3, anisotropy=2.0, diameter=(8, 10), seed=0)
+    viewer.add_image(image, name="nuclei", scale=(2.0, 1.0, 1.0))
+    viewer.add_labels(labels, name="nuclei labels", scale=(2.0, 1.0, 1.0))
+    return viewer
+
+
+def test_a_3d_model_trains_on_volume_layers_until_the_time_budget(viewer_with_volume, qtbot):
+    widget = dock(viewer_with_volume)
+    assert widget.dimensions.currentText() == "3D model"  # a volume without a time axis
+    assert widget.patch_size.value() == 64  # not the 2D default of 256
+    tiny_settings(widget, epochs=5, steps=100_000)  # the budget ends the first epoch
+    widget.patch_size.setValue(16)
+    widget.max_minutes.setValue(0.1)  # 6 s, then one validation
+    plan = widget.plan(snapshot=False)
+    assert plan.config.model.ndim == 3 and plan.config.model.anisotropy == 2.0  # the scale
+    assert plan.config.max_minutes == pytest.approx(0.1)
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+
+    result = widget.result
+    assert result is not None and result.stop_reason == "time budget"
+    assert len(result.history) == 1  # validated once
+    assert result.model.config.ndim == 3 and "time budget" in widget.status.text()
+    assert REGISTRY.entries()[0].model is result.model
+    # A 2D model on the planes stays possible; a 2D layer calls for a 2D model.
+    widget.init_model.select(widget.init_model.DEFAULT)  # the bundled model is 2D
+    assert "The model to start from is 2D" in widget.update_state()
+    widget.dimensions.setCurrentText("2D model on the planes")
+    assert widget.plan(snapshot=False).config.model.ndim == 2
+    assert widget.patch_size.value() == 16  # a size the user chose stays
+    viewer_with_volume.add_image(np.zeros((32, 32)), name="plane")
+    viewer_with_volume.add_labels(np.zeros((32, 32), np.uint16), name="plane labels")
+    widget.rows[0].image.set_layer(viewer_with_volume.layers["plane"])
+    assert widget.dimensions.currentText() == "2D model on the planes"
+    widget.dimensions.setCurrentText("3D model")
+    assert "a 3D model trains on volumes" in widget.update_state()

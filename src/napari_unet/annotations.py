@@ -9,6 +9,8 @@ with no annotation. These checks work on numpy or dask arrays of any depth
 :func:`split_held_out_strip` holds out the last part of every plane along its longer
 side (bottom or right), so that one annotated image can both train and validate a
 model; the Train widget calls it for its *held-out strip* validation.
+:func:`split_held_out_slab` does the same for a single training volume of a 3D model
+with its last planes (a Z slab), after the volume is prepared as a whole.
 """
 
 from __future__ import annotations
@@ -20,9 +22,18 @@ from typing import Any
 import numpy as np
 
 from napari_unet.errors import DataError
+from napari_unet.patches import PlaneData
 
 #: Fewest rows/columns a held-out validation strip gets (unless the plane is smaller).
 MIN_STRIP = 16
+#: Fewest planes a held-out Z slab of a volume gets (unless the volume is shallower).
+MIN_SLAB = 4
+
+
+def held_out_size(size: int, fraction: float, minimum: int = MIN_STRIP) -> int:
+    """Rows, columns or planes held out of an axis of ``size``: ``fraction`` of it, at
+    least ``minimum`` and at most half the axis (0 when the axis has a single one)."""
+    return min(max(math.ceil(size * fraction), minimum), size // 2)
 
 
 def count_planes(labels: Any) -> int:
@@ -109,7 +120,7 @@ def split_held_out_strip(
         height, width = label.shape[-2:]
         axis = label.ndim - 2 if height >= width else label.ndim - 1
         size = label.shape[axis]
-        strip = min(max(math.ceil(size * fraction), MIN_STRIP), size // 2)
+        strip = held_out_size(size, fraction)
         if strip < 1:
             raise DataError(f"An image of shape {label.shape} is too small to split.")
         cut = size - strip
@@ -128,3 +139,48 @@ def split_held_out_strip(
                 "paint some there, or validate on whole images."
             )
     return train_images, train_labels, val_images, val_labels
+
+
+def split_held_out_slab(
+    volume: PlaneData, fraction: float, sparse: bool
+) -> tuple[PlaneData, PlaneData]:
+    """Hold out the last ``fraction`` of a prepared volume's planes (a Z slab) to validate.
+
+    The slab has at least :data:`MIN_SLAB` planes and at most half the volume; both
+    parts are views of the volume (normalised, targets built, as a whole).
+
+    Parameters
+    ----------
+    volume : PlaneData
+        A ``(C, Z, Y, X)`` training volume.
+    fraction : float
+        Share of the planes held out, in (0, 1).
+    sparse : bool
+        Whether the labels are scribbles (annotated = any scribble, else any object).
+
+    Returns
+    -------
+    train, validation : PlaneData
+
+    Raises
+    ------
+    DataError
+        If the volume has a single plane, or either part holds no annotation.
+    """
+    depth = volume.shape[0]
+    slab = held_out_size(depth, fraction, MIN_SLAB)
+    if slab < 1:
+        raise DataError(
+            f"A single volume of {depth} plane(s) has no planes to spare for validation; "
+            "give validation volumes, or set val_fraction to 0 (validate on the training data)."
+        )
+    parts = volume.part(0, 0, depth - slab), volume.part(0, depth - slab, depth)
+    for what, part in zip(("training part", "held-out Z slab"), parts, strict=True):
+        counted = part.weights[0] if sparse and part.weights is not None else part.targets[0]
+        if not counted.any():
+            raise DataError(
+                f"The {what} of the volume (validation holds out its last {slab} of {depth} "
+                "planes) has no annotation; annotate some there, give validation volumes, "
+                "or set val_fraction to 0."
+            )
+    return parts

@@ -27,8 +27,8 @@ import numpy as np
 from skimage.color import hed2rgb, rgb2hed
 from skimage.transform import resize
 
-from napari_unet.data import PatchSampler, PlaneData
 from napari_unet.modality import balanced_probabilities
+from napari_unet.patches import PatchSampler, PlaneData
 
 Patch = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -72,7 +72,7 @@ def rescale_patch(patch: Patch, zoom: float, rng: np.random.Generator) -> Patch:
 
     Zooming in (``zoom`` > 1) enlarges a random window of ``S / zoom`` pixels; zooming
     out shrinks the patch and reflect-pads it back to ``S`` (the padding gets weight 0, as
-    in :func:`napari_unet.data.crop_patch`). The image is resized linearly, the targets and
+    in :func:`napari_unet.patches.crop_patch`). The image is resized linearly, the targets and
     weights by nearest neighbour, so they stay aligned and keep their values.
     """
     image, targets, weights = patch
@@ -127,12 +127,12 @@ def modality_augment(
 
 
 class ModalitySampler(PatchSampler):
-    """A :class:`~napari_unet.data.PatchSampler` with the augmentations of this module.
+    """A :class:`~napari_unet.patches.PatchSampler` with the augmentations of this module.
 
     Parameters
     ----------
     planes, patch_size, augment, rng
-        As for :class:`~napari_unet.data.PatchSampler` (``augment`` also switches
+        As for :class:`~napari_unet.patches.PatchSampler` (``augment`` also switches
         :func:`modality_augment` on).
     modalities : sequence of str, optional
         Each plane's modality: planes are then drawn so that every modality is drawn
@@ -145,7 +145,7 @@ class ModalitySampler(PatchSampler):
     def __init__(
         self,
         planes: Sequence[PlaneData],
-        patch_size: int,
+        patch_size: int | Sequence[int],
         augment: bool,
         rng: np.random.Generator,
         modalities: Sequence[str] | None = None,

@@ -346,10 +346,15 @@ class TrainConfig(Settings):
     learning_rate : float
         Adam learning rate (the peak rate for ``onecycle``).
     patch_size : int
-        Side of the square training patches; smaller images are reflect-padded.
+        Side of the square training patches (in Y and X for a 3D model); smaller images
+        are reflect-padded.
+    patch_depth : int or None
+        3D models (``model.ndim == 3``): planes (Z) of each training patch. None: the
+        same physical extent as ``patch_size`` (``patch_size`` over the model's
+        anisotropy), at most the depth of the deepest training volume.
     augment : bool
         Random flips, 90-degree rotations, intensity and noise changes
-        (see :func:`napari_unet.data.augment_patch`).
+        (see :func:`napari_unet.patches.augment_patch`).
     loss : {"bce", "dice", "bce+dice"}
         Training loss (see :mod:`napari_unet.losses`).
     label_mode : {"instance", "binary", "sparse"}
@@ -374,7 +379,7 @@ class TrainConfig(Settings):
         improvement. ``onecycle``: warm-up to ``learning_rate`` then anneal to ~0 over the
         run, per step. ``cosine``: cosine decay from ``learning_rate`` to ``min_lr``, per step.
     sampling : {"area", "image", "modality"}
-        How patches pick their image (see :class:`napari_unet.data.PatchSampler`);
+        How patches pick their image (see :class:`napari_unet.patches.PatchSampler`);
         ``modality``: every imaging modality equally often, then its images equally
         (:class:`napari_unet.colour_augment.ModalitySampler`).
     colour_augment : bool
@@ -386,7 +391,7 @@ class TrainConfig(Settings):
         Save weights as float16 (half the file size).
     loader_threads : int or None
         Threads that prepare batches ahead of the training step
-        (:meth:`napari_unet.data.PatchSampler.epoch_batches`). None chooses: 0 on a CPU,
+        (:meth:`napari_unet.patches.PatchSampler.epoch_batches`). None chooses: 0 on a CPU,
         where the step itself uses every core, and up to 4 on a GPU: on an H200 the
         ``fast`` preset's step (256 px, batch 8) takes 11.5 ms, but a training run without
         threads took 57-66 ms per step, the rest being batch preparation on one core (30 ms
@@ -399,6 +404,11 @@ class TrainConfig(Settings):
         Validation stays unweighted, so its loss and Dice compare across runs. Instance
         or binary labels only. On the DSB 2018 val split a fine-tune of the bundled model
         with 10 split single nuclei too and lowered F1 at IoU 0.5 (see the model card).
+    max_minutes : float or None
+        Wall-clock budget of the run in minutes (from the call, data preparation included),
+        checked between steps: when it is spent the current step finishes, validation runs
+        once so that the best model is kept and saved, and the run ends (before ``epochs``
+        are done). A resumed run gets the budget afresh. None: no limit.
     replay_samples : int
         When fine-tuning (``init``), this many of the bundled DSB 2018 samples (0-4,
         ``napari_unet.io.SAMPLES_DIR``, instance labels) train alongside the given images,
@@ -442,6 +452,15 @@ class TrainConfig(Settings):
         high=4096,
         hint="multiples of 16 (e.g. 128 or 256) train fastest",
         help="side of the square training patches",
+    )
+    patch_depth: int | None = setting(
+        None,
+        kind="int",
+        low=1,
+        high=4096,
+        none="patch-size over the anisotropy, at most the volumes' depth",
+        hint="e.g. 16",
+        help="3D models: planes (Z) of each training patch",
     )
     augment: bool = setting(True, kind="bool", help="random flips, rotations, intensity, noise")
     loss: Literal["bce", "dice", "bce+dice"] = setting(
@@ -521,6 +540,17 @@ class TrainConfig(Settings):
         high=100,
         help="loss weight of the pixels between touching objects, 1 (off) to 100; higher "
         "values split touching objects more, and single ones too",
+    )
+    max_minutes: float | None = setting(
+        None,
+        kind="float",
+        low=0,
+        high=1e6,
+        open_low=True,
+        none="no time limit",
+        hint="e.g. 12",
+        help="stop after this many minutes of wall-clock time, keeping the best model "
+        "(the current step finishes and validation runs once)",
     )
     replay_samples: int = setting(
         4,

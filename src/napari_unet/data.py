@@ -3,28 +3,35 @@
 These functions are shared by training and prediction so that a model sees its
 inputs prepared identically in both. Which axis is channel, stack or plane is
 :mod:`napari_unet.layout`'s decision; :func:`prepare_plane` is that layout's
-``(C, H, W)`` float32 network input of one plane, normalised.
+``(C, H, W)`` float32 network input of one plane, normalised, and
+:func:`prepare_volume` the ``(C, Z, Y, X)`` input of a 3D model, normalised as a whole.
 
 The second part serves training: reading image/label folders (:func:`load_pairs_from_folders`,
-:func:`load_dsb`), splitting stacks into planes (:func:`split_planes`), building targets
-(:func:`make_targets`), and drawing augmented random patches (:class:`PatchSampler`).
+:func:`load_dsb`), splitting stacks into planes or volumes (:func:`split_planes`) and
+building their targets (:func:`make_targets`, in 2D and 3D). Patches and augmentation
+are :mod:`napari_unet.patches`'.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from napari_unet.config import SPARSE_CONTACT_WEIGHT_ERROR, TARGET_CHANNELS, NormalizationConfig
+from napari_unet.config import (
+    SPARSE_CONTACT_WEIGHT_ERROR,
+    TARGET_CHANNELS,
+    ModelConfig,
+    NormalizationConfig,
+    TrainConfig,
+)
 from napari_unet.errors import DataError
-from napari_unet.io import find_dsb_samples, find_pairs, read_dsb_sample, read_image
-from napari_unet.layout import layout_for_labels, to_channels_first
+from napari_unet.io import SAMPLES_DIR, find_dsb_samples, find_pairs, read_dsb_sample, read_image
+from napari_unet.layout import layout_for_labels, match_channels, to_channels_first
+from napari_unet.modality import classify_modality
+from napari_unet.patches import PlaneData
 
 
 def intensity_range(image: np.ndarray, config: NormalizationConfig) -> tuple[float, float]:
@@ -89,6 +96,20 @@ def prepare_plane(
     return normalize(to_channels_first(plane, in_channels, channel_axis), normalization)
 
 
+def prepare_volume(
+    volume: np.ndarray,
+    in_channels: int,
+    normalization: NormalizationConfig,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """The ``(C, Z, Y, X)`` float32 input of a 3D model: ``(Z, Y, X)`` or, with
+    ``channels_last``, ``(Z, Y, X, C)`` channels matched to the model
+    (:func:`napari_unet.layout.match_channels`), normalised over the whole volume."""
+    volume = np.asarray(volume)
+    channels_first = np.moveaxis(volume, -1, 0) if channels_last else volume[None]
+    return normalize(match_channels(channels_first, in_channels), normalization)
+
+
 # --------------------------------------------------------------------------------------
 # Training data: reading pairs, splitting stacks into planes, targets, patches, augmentation
 # --------------------------------------------------------------------------------------
@@ -98,7 +119,21 @@ def prepare_plane(
 CONTOUR_WIDTH = 2
 
 
-def contact_pixels(instances: np.ndarray) -> np.ndarray:
+def contour_window(ndim: int, anisotropy: float = 1.0) -> tuple[int, ...]:
+    """Sides of the window within which :data:`CONTOUR_WIDTH` pixels count as near.
+
+    ``2 * CONTOUR_WIDTH + 1`` along Y and X; along the Z of a volume the same physical
+    width in planes (``anisotropy`` = Z step / XY pixel), at least one plane each side,
+    so that the top and bottom of an object are boundary too.
+    """
+    side = 2 * CONTOUR_WIDTH + 1
+    if ndim == 2:
+        return side, side
+    planes = max(1, round(CONTOUR_WIDTH / anisotropy))
+    return 2 * planes + 1, side, side
+
+
+def contact_pixels(instances: np.ndarray, anisotropy: float = 1.0) -> np.ndarray:
     """Pixels where two different objects lie within :data:`CONTOUR_WIDTH` pixels.
 
     These are the gaps and borders between touching or nearly touching objects, the
@@ -108,16 +143,18 @@ def contact_pixels(instances: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     instances : np.ndarray
-        ``(H, W)`` instance labels, 0 = background.
+        ``(H, W)`` or ``(Z, Y, X)`` instance labels, 0 = background.
+    anisotropy : float
+        A volume's Z step over its XY pixel size (see :func:`contour_window`).
 
     Returns
     -------
     np.ndarray
-        ``(H, W)`` bool.
+        Bool, of the labels' shape.
     """
     from scipy import ndimage
 
-    size = 2 * CONTOUR_WIDTH + 1
+    size = contour_window(np.ndim(instances), anisotropy)
     instances = np.asarray(instances, dtype=np.int64)
     highest = ndimage.maximum_filter(instances, size=size)
     # For the lowest label in the window, background must not count: it becomes a
@@ -167,9 +204,10 @@ def load_dsb(folder: str | Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 
 def split_planes(
-    images: Sequence[Any], labels: Sequence[Any]
+    images: Sequence[Any], labels: Sequence[Any], ndim: int = 2
 ) -> tuple[list[np.ndarray], list[np.ndarray], bool]:
-    """Turn image/label pairs (2D planes or stacks) into lists of 2D planes.
+    """Turn image/label pairs (2D planes or stacks) into lists of 2D planes, or of 3D
+    volumes with ``ndim=3``.
 
     Parameters
     ----------
@@ -179,19 +217,23 @@ def split_planes(
         ``(Z, H, W[, C])`` / ``(Z, C, H, W)`` with labels ``(Z, H, W)``.
     labels : sequence of array-like
         Integer label images of the image shape without its channel axis.
+    ndim : {2, 3}
+        2: every plane on its own; 3: every ``(Z, H, W)`` volume (the axes before Z,
+        such as T, are split).
 
     Returns
     -------
     image_planes, label_planes : list of np.ndarray
         ``(H, W)`` or ``(H, W, C)`` image planes (channels moved last) and ``(H, W)``
-        label planes.
+        label planes; ``(Z, H, W[, C])`` and ``(Z, H, W)`` volumes with ``ndim=3``.
     channels_last : bool
         Whether image planes carry a trailing channel axis.
 
     Raises
     ------
     DataError
-        If the lists are empty or differ in length, or a pair's shapes do not match.
+        If the lists are empty or differ in length, or a pair's shapes do not match,
+        or (``ndim=3``) a pair is not a volume.
     """
     if len(images) == 0:
         raise DataError("no training images were given; add at least one image with labels.")
@@ -215,12 +257,18 @@ def split_planes(
             image_shape = tuple(image.shape)
         if len(label_shape) < 2:
             raise DataError(f"pair {index}: labels of shape {label_shape} are not an image.")
+        if len(label_shape) < ndim:
+            raise DataError(
+                f"pair {index}: labels of shape {label_shape} are a 2D image, not a (Z, Y, X) "
+                "volume; a 3D model (ndim 3) trains on volumes: give volumes, or train a 2D "
+                "model (ndim 2)."
+            )
         label_array = checked_labels(label, f"pair {index}")
         colour_flags.add(colour)
-        # Flatten any leading stack axes (Z, T, ...) into a list of planes.
-        n_planes = int(np.prod(label_shape[:-2], dtype=np.int64))
-        image_stack = image.reshape((n_planes, *image_shape[len(label_shape) - 2 :]))
-        label_stack = label_array.reshape((n_planes, *label_shape[-2:]))
+        # Flatten any leading stack axes (Z, T, ... or T of volumes) into a list of samples.
+        n_planes = int(np.prod(label_shape[:-ndim], dtype=np.int64))
+        image_stack = image.reshape((n_planes, *image_shape[len(label_shape) - ndim :]))
+        label_stack = label_array.reshape((n_planes, *label_shape[-ndim:]))
         for plane in range(n_planes):
             image_planes.append(np.asarray(image_stack[plane]))
             label_planes.append(label_stack[plane])
@@ -275,7 +323,7 @@ def checked_labels(labels: Any, where: str) -> np.ndarray:
 
 
 def _instances(labels: np.ndarray, label_mode: str) -> np.ndarray:
-    """Instance labels of one plane: connected components in binary mode."""
+    """Instance labels of one plane or volume: connected components in binary mode."""
     if label_mode == "binary":
         from skimage.measure import label as connected_components
 
@@ -284,14 +332,19 @@ def _instances(labels: np.ndarray, label_mode: str) -> np.ndarray:
 
 
 def make_targets(
-    labels: np.ndarray, target: str, label_mode: str = "instance", contact_weight: int = 1
+    labels: np.ndarray,
+    target: str,
+    label_mode: str = "instance",
+    contact_weight: int = 1,
+    anisotropy: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Network targets for one label plane.
+    """Network targets for one label plane, or one volume (in 3D: objects, boundaries
+    and distances in 3D).
 
     Parameters
     ----------
     labels : np.ndarray
-        ``(H, W)`` integer labels, read as ``label_mode`` says
+        ``(H, W)`` or ``(Z, Y, X)`` integer labels, read as ``label_mode`` says
         (see :data:`napari_unet.config.LABEL_MODES`).
     target : {"foreground", "contour", "distance"}
         ``foreground``: ch0 = object. ``contour``: ch0 = object, ch1 = the
@@ -303,11 +356,15 @@ def make_targets(
     contact_weight : int
         Loss weight of the :func:`contact_pixels` between objects (every channel); other
         pixels weigh 1. 1 = no extra weight. Not for sparse labels, which mark no objects.
+    anisotropy : float
+        A volume's Z step over its XY pixel size: the boundary's width and the distances
+        along Z are physical (see :func:`contour_window`).
 
     Returns
     -------
     targets : np.ndarray
-        ``(C, H, W)`` uint8, 0..255 meaning 0..1 (one byte per value keeps big sets in memory).
+        ``(C, H, W)`` (``(C, Z, Y, X)``) uint8, 0..255 meaning 0..1 (one byte per value
+        keeps big sets in memory).
     weights : np.ndarray or None
         ``(C, H, W)`` uint8 loss weights, or None when every pixel counts once. In sparse mode
         only annotated pixels count, and only for ch0 (scribbles say nothing about boundaries).
@@ -338,7 +395,7 @@ def make_targets(
     foreground = instances > 0
     channels = [foreground.astype(np.uint8) * 255]
     if target in ("contour", "distance"):
-        size = 2 * CONTOUR_WIDTH + 1
+        size = contour_window(labels.ndim, anisotropy)
         # A pixel touches another label (or the background) within CONTOUR_WIDTH pixels.
         near_other = (ndimage.maximum_filter(instances, size=size) != instances) | (
             ndimage.minimum_filter(instances, size=size) != instances
@@ -350,7 +407,8 @@ def make_targets(
             # nuclei get separate distance peaks.
             spread = ndimage.maximum_filter(instances, size=3)
             touching = (spread != ndimage.minimum_filter(instances, size=3)) & foreground
-            distance = ndimage.distance_transform_edt(foreground & ~touching)
+            sampling = (anisotropy, 1.0, 1.0) if labels.ndim == 3 else None
+            distance = ndimage.distance_transform_edt(foreground & ~touching, sampling=sampling)
             _, inverse = np.unique(instances, return_inverse=True)
             inverse = inverse.reshape(instances.shape)
             maxima = ndimage.maximum(distance, inverse, np.arange(inverse.max() + 1))
@@ -364,32 +422,8 @@ def make_targets(
     if contact_weight == 1:
         return targets, None
     weights = np.ones(targets.shape, np.uint8)
-    weights[:, contact_pixels(instances)] = contact_weight
+    weights[:, contact_pixels(instances, anisotropy)] = contact_weight
     return targets, weights
-
-
-@dataclass
-class PlaneData:
-    """One training plane ready for patch sampling.
-
-    Attributes
-    ----------
-    image : np.ndarray
-        ``(C, H, W)`` float32, normalised.
-    targets : np.ndarray
-        ``(C_out, H, W)`` uint8 targets (0..255 = 0..1), see :func:`make_targets`.
-    weights : np.ndarray or None
-        ``(C_out, H, W)`` uint8 loss weights, None = all ones.
-    """
-
-    image: np.ndarray
-    targets: np.ndarray
-    weights: np.ndarray | None
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """Plane height and width."""
-        return self.image.shape[1], self.image.shape[2]
 
 
 def prepare_training_planes(
@@ -401,10 +435,14 @@ def prepare_training_planes(
     label_mode: str = "instance",
     what: str = "training",
     contact_weight: int = 1,
+    ndim: int = 2,
+    anisotropy: float = 1.0,
 ) -> list[PlaneData]:
-    """Split, normalise and build targets for every plane of a set of pairs.
+    """Split, normalise and build targets for every plane of a set of pairs, or (``ndim=3``)
+    every volume (normalised as a whole, :func:`prepare_volume`; targets in 3D).
 
-    ``contact_weight`` weights the pixels between objects (see :func:`make_targets`).
+    ``contact_weight`` weights the pixels between objects and ``anisotropy`` is the
+    volumes' Z step over their XY pixel size (see :func:`make_targets`).
 
     Raises
     ------
@@ -412,14 +450,17 @@ def prepare_training_planes(
         On empty sets, shape mismatches, or a set whose labels mark no object at all
         (nothing to learn from).
     """
-    image_planes, label_planes, channels_last = split_planes(images, labels)
+    image_planes, label_planes, channels_last = split_planes(images, labels, ndim)
     channel_axis = -1 if channels_last else None
     planes = []
     for image, label in zip(image_planes, label_planes, strict=True):
-        if image.shape[0] < 1 or image.shape[1] < 1:
+        if min(label.shape) < 1:
             raise DataError(f"a {what} image of shape {image.shape} is empty.")
-        prepared = prepare_plane(image, in_channels, normalization, channel_axis)
-        targets, weights = make_targets(label, target, label_mode, contact_weight)
+        if ndim == 3:
+            prepared = prepare_volume(image, in_channels, normalization, channels_last)
+        else:
+            prepared = prepare_plane(image, in_channels, normalization, channel_axis)
+        targets, weights = make_targets(label, target, label_mode, contact_weight, anisotropy)
         planes.append(PlaneData(prepared, targets, weights))
     if label_mode == "sparse":
         if not any(plane.weights is not None and plane.weights[0].any() for plane in planes):
@@ -435,165 +476,32 @@ def prepare_training_planes(
     return planes
 
 
-def crop_patch(
-    plane: PlaneData, top: int, left: int, size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cut a ``size`` x ``size`` patch at (``top``, ``left``), reflect-padding small planes.
+def replay_planes(
+    config: TrainConfig, model_config: ModelConfig
+) -> tuple[list[PlaneData], list[str]]:
+    """The first ``config.replay_samples`` bundled DSB 2018 samples as training planes.
 
-    Returns ``(image (C,S,S) float32, targets (C_out,S,S) float32 in 0..1, weights
-    (C_out,S,S) float32)``. Padded pixels get weight 0 so they never enter the loss.
+    Mixed into a fine-tune's own images so that the model keeps what it knew of the
+    images it was trained on. None for scribbles (``sparse`` labels mean something else),
+    for a model of other than 1 or 3 channels, or for a 3D model (the samples are planes).
+    Also returns each sample's modality (for ``sampling="modality"``).
     """
-    height, width = plane.shape
-    bottom, right = min(top + size, height), min(left + size, width)
-    image = plane.image[:, top:bottom, left:right]
-    targets = plane.targets[:, top:bottom, left:right].astype(np.float32) / 255.0
-    if plane.weights is None:
-        weights = np.ones(targets.shape, np.float32)
-    else:
-        weights = plane.weights[:, top:bottom, left:right].astype(np.float32)
-    pad_h, pad_w = size - (bottom - top), size - (right - left)
-    if pad_h or pad_w:
-        pad = ((0, 0), (0, pad_h), (0, pad_w))
-        # Reflect keeps the image statistics; numpy reflects repeatedly for big pads.
-        mode = "reflect" if image.shape[1] > 1 and image.shape[2] > 1 else "edge"
-        image = np.pad(image, pad, mode=mode)
-        targets = np.pad(targets, pad, mode=mode)
-        weights = np.pad(weights, pad, mode="constant")
-    return np.ascontiguousarray(image), np.ascontiguousarray(targets), weights
-
-
-def augment_patch(
-    image: np.ndarray, targets: np.ndarray, weights: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Random augmentation of one square patch (numpy; cheap next to a training step).
-
-    Geometry (applied identically to image, targets and weights): horizontal and vertical
-    flips with probability 1/2 each, rotation by a random multiple of 90 degrees.
-    Intensity (image only): contrast scale x U(0.75, 1.33), brightness shift + U(-0.1, 0.1),
-    gamma U(0.7, 1.4) on the positive part of the normalised values, and with probability
-    1/2 Gaussian noise of standard deviation U(0, 0.05). These mirror the variation between
-    microscopes and stains; none changes what is an object.
-    """
-    if rng.random() < 0.5:
-        image, targets, weights = image[:, :, ::-1], targets[:, :, ::-1], weights[:, :, ::-1]
-    if rng.random() < 0.5:
-        image, targets, weights = image[:, ::-1], targets[:, ::-1], weights[:, ::-1]
-    turns = int(rng.integers(4))
-    if turns:
-        image = np.rot90(image, turns, axes=(1, 2))
-        targets = np.rot90(targets, turns, axes=(1, 2))
-        weights = np.rot90(weights, turns, axes=(1, 2))
-    image = np.array(image, dtype=np.float32)  # own copy before in-place edits
-    gamma = np.float32(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
-    # In place where positive: half the time of gathering and scattering those pixels.
-    np.power(image, gamma, out=image, where=image > 0)
-    image *= np.float32(np.exp(rng.uniform(np.log(0.75), np.log(1.33))))
-    image += np.float32(rng.uniform(-0.1, 0.1))
-    if rng.random() < 0.5:
-        sigma = rng.uniform(0.0, 0.05)
-        image += rng.normal(0.0, sigma, size=image.shape).astype(np.float32)
-    return image, np.ascontiguousarray(targets), np.ascontiguousarray(weights)
-
-
-class PatchSampler:
-    """Draws random training batches of square patches from a list of planes.
-
-    Parameters
-    ----------
-    planes : list of PlaneData
-        The training planes.
-    patch_size : int
-        Side of each square patch; planes smaller than it are reflect-padded (and the
-        padding is masked out of the loss).
-    sampling : {"area", "image"}
-        ``area``: a plane is picked with probability proportional to its pixel count, so
-        every pixel of the set is equally likely to be seen (large images are not
-        under-used). ``image``: every plane equally often, whatever its size.
-    augment : bool
-        Apply :func:`augment_patch`.
-    rng : np.random.Generator
-        Source of randomness (seeded by the caller for reproducibility).
-    """
-
-    def __init__(
-        self,
-        planes: Sequence[PlaneData],
-        patch_size: int,
-        sampling: str,
-        augment: bool,
-        rng: np.random.Generator,
-    ) -> None:
-        self.planes = list(planes)
-        self.patch_size = patch_size
-        self.augment = augment
-        self.rng = rng
-        areas = np.array([h * w for h, w in (p.shape for p in self.planes)], dtype=np.float64)
-        weights = areas if sampling == "area" else np.ones_like(areas)
-        self.probabilities = weights / weights.sum()
-
-    def patches_per_epoch(self) -> int:
-        """Patches that cover the set's area about once (at least one per plane)."""
-        area = sum(h * w for h, w in (p.shape for p in self.planes))
-        return max(len(self.planes), int(np.ceil(area / self.patch_size**2)))
-
-    def sample(
-        self, rng: np.random.Generator | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One random patch ``(image, targets, weights)`` as float32 arrays.
-
-        Drawn with ``rng``, or with the sampler's own generator when None.
-        """
-        rng = self.rng if rng is None else rng
-        plane = self.planes[int(rng.choice(len(self.planes), p=self.probabilities))]
-        height, width = plane.shape
-        top = int(rng.integers(max(height - self.patch_size, 0) + 1))
-        left = int(rng.integers(max(width - self.patch_size, 0) + 1))
-        patch = crop_patch(plane, top, left, self.patch_size)
-        if self.augment:
-            patch = augment_patch(*patch, rng)
-        return patch
-
-    def batch(
-        self, batch_size: int, rng: np.random.Generator | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A stacked batch ``(N,C,S,S), (N,C_out,S,S), (N,C_out,S,S)`` (see :meth:`sample`)."""
-        patches = [self.sample(rng) for _ in range(batch_size)]
-        return tuple(np.stack(parts) for parts in zip(*patches, strict=True))  # type: ignore[return-value]
-
-    def epoch_batches(
-        self, batch_size: int, steps: int, threads: int = 0
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """The ``steps`` batches of one epoch, in order.
-
-        With ``threads=0`` each batch is drawn from the sampler's generator when it is
-        asked for. With ``threads > 0`` every batch gets its own generator, seeded from the
-        sampler's one at the start of the epoch, and a pool of that many threads prepares
-        up to ``2 * threads`` batches ahead while the caller trains on the current one
-        (numpy releases the GIL in the array work). The batches are then the same for any
-        number of threads (not the same as with 0), and the sampler's generator ends the
-        epoch in the same state, so a resumed run continues identically. Closing the
-        iterator early drops the batches not yet started.
-        """
-        if threads == 0:
-            for _ in range(steps):
-                yield self.batch(batch_size)
-            return
-        seeds = iter(self.rng.integers(2**63, size=steps).tolist())
-        with ThreadPoolExecutor(threads, thread_name_prefix="napari-unet-patches") as pool:
-            pending: deque[Future[tuple[np.ndarray, np.ndarray, np.ndarray]]] = deque()
-
-            def submit_next() -> None:
-                seed = next(seeds, None)
-                if seed is not None:
-                    pending.append(pool.submit(self.batch, batch_size, np.random.default_rng(seed)))
-
-            for _ in range(2 * threads):
-                submit_next()
-            try:
-                while pending:
-                    batch = pending.popleft().result()
-                    submit_next()
-                    yield batch
-            finally:
-                for future in pending:
-                    future.cancel()
+    if (
+        not config.replay_samples
+        or config.label_mode == "sparse"
+        or model_config.in_channels not in (1, 3)
+        or model_config.ndim != 2
+    ):
+        return [], []
+    pairs = find_pairs(SAMPLES_DIR / "images", SAMPLES_DIR / "labels")[: config.replay_samples]
+    sample_images = [read_image(image) for image, _ in pairs]
+    planes = prepare_training_planes(
+        sample_images,
+        [read_image(labels) for _, labels in pairs],
+        in_channels=model_config.in_channels,
+        normalization=model_config.normalization,
+        target=model_config.target,
+        what="replayed sample",
+        contact_weight=config.contact_weight,
+    )
+    return planes, [classify_modality(image) for image in sample_images]

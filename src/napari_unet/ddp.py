@@ -158,6 +158,19 @@ def all_mean(value: float, group: ProcessGroup) -> float:
     return float(tensor[0]) / group.world_size
 
 
+def any_rank(flag: bool, group: ProcessGroup) -> bool:
+    """Whether ``flag`` is true on any rank (``flag`` itself outside a distributed run), so
+    that every rank takes a decision based on its own clock at the same step."""
+    import torch
+    import torch.distributed as dist
+
+    if not group.active:
+        return flag
+    tensor = torch.tensor([int(flag)], dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor[0])
+
+
 def quiet_unless_main() -> bool:
     """Silence stdout on non-zero ranks (one progress line per run); True on rank 0."""
     import sys
@@ -171,6 +184,7 @@ def quiet_unless_main() -> bool:
 __all__ = [
     "ProcessGroup",
     "all_mean",
+    "any_rank",
     "environment_group",
     "init_from_env",
     "is_main_process",

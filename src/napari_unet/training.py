@@ -6,12 +6,13 @@ and cancel, and a script can simply iterate. :func:`train` runs it to the end.
 
 What one run does (the reference recipe unless configured otherwise):
 
-- Each plane is normalised (percentile by default; the settings are stored in the model
-  file so prediction repeats them) and its targets are built once
+- Each plane (each volume, for a 3D model) is normalised (percentile by default; stored in
+  the model file so prediction repeats it) and its targets are built once
   (:func:`napari_unet.data.make_targets`).
-- Training draws random square patches (:class:`napari_unet.data.PatchSampler`), augmented
-  by default; an epoch is ``steps_per_epoch`` batches (default: enough patches to cover the
-  training area about once, and at least :data:`MIN_PATCHES_PER_EPOCH`).
+- Training draws random square (3D: ``(Z, Y, X)``) patches (:mod:`napari_unet.patches`),
+  augmented by default; an epoch is ``steps_per_epoch`` batches (default: enough patches to
+  cover the training area about once, and at least :data:`MIN_PATCHES_PER_EPOCH`);
+  ``max_minutes`` ends a run on a wall-clock budget.
 - After each epoch the network is evaluated on the **whole** validation images, one at a
   time (any size works): validation loss (mean over images), and pixel Dice/IoU of the
   thresholded foreground channel (mean over images; an image with no object in both truth
@@ -26,10 +27,10 @@ What one run does (the reference recipe unless configured otherwise):
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import math
 import threading
+import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,29 +39,28 @@ from typing import Any, Literal
 import numpy as np
 
 from napari_unet.allocator import reuse_freed_memory
+from napari_unet.annotations import split_held_out_slab
 from napari_unet.checkpoint import (
     TrainedModel,
     load_model,
-    save_model,
-    save_payload,
 )
 from napari_unet.colour_augment import ModalitySampler
 from napari_unet.config import ModelConfig, TrainConfig
-from napari_unet.data import (
-    PatchSampler,
-    PlaneData,
-    prepare_training_planes,
-    split_planes,
-)
-from napari_unet.ddp import all_mean, init_from_env, rank_rng, wrap_model
+from napari_unet.data import prepare_training_planes, replay_planes, split_planes
+from napari_unet.ddp import all_mean, any_rank, init_from_env, rank_rng, wrap_model
 from napari_unet.ddp import validate as distributed_validate
 from napari_unet.errors import ConfigError
 from napari_unet.events import plain_form
-from napari_unet.io import SAMPLES_DIR, as_image, atomic_write, check_output, find_pairs, read_image
+from napari_unet.io import as_image
 from napari_unet.modality import classify_modality
 from napari_unet.model import select_device
+from napari_unet.patches import PatchSampler, PlaneData
+from napari_unet.settings import check
+from napari_unet.training_outputs import (
+    RunOutputs,
+    check_output_paths,
+)
 from napari_unet.training_run import (
-    LOG_COLUMNS,
     TrainingRun,
     checkpoint_model_config,
     read_checkpoint,
@@ -70,10 +70,8 @@ from napari_unet.training_run import (
 #: otherwise make an epoch of a single step, whose validation says nothing.
 MIN_PATCHES_PER_EPOCH = 32
 
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
+#: Why a run ended (``TrainResult.stop_reason``, the model's ``metadata["stop_reason"]``).
+STOP_REASONS = ("epochs", "cancelled", "early stopping", "time budget")
 
 
 @dataclass
@@ -107,13 +105,17 @@ class TrainResult:
         Epoch (1-based) of the best model.
     best_val_loss : float
     history : list of dict
-        One row per epoch with the :data:`LOG_COLUMNS`.
+        One row per epoch with the :data:`~napari_unet.training_run.LOG_COLUMNS`.
     model_path, log_path, checkpoint_path : Path or None
         Where the model, the CSV log and the resume checkpoint were written.
     cancelled : bool
         The ``stop`` event ended the run.
     stopped_early : bool
         Early stopping ended the run.
+    out_of_time : bool
+        The wall-clock budget (``TrainConfig.max_minutes``) ended the run.
+    stop_reason : str
+        Why the run ended, one of :data:`STOP_REASONS` (also in the model's metadata).
     """
 
     model: TrainedModel
@@ -125,79 +127,28 @@ class TrainResult:
     cancelled: bool
     stopped_early: bool
     checkpoint_path: Path | None = None
-
-
-def default_checkpoint_path(out: str | Path) -> Path:
-    """Resume checkpoint written next to a model file: ``model.pt`` -> ``model.ckpt.pt``."""
-    out = Path(out)
-    return out.with_name(f"{out.stem}.ckpt.pt")
-
-
-def check_output_paths(
-    out: str | Path | None,
-    log_csv: str | Path | None = None,
-    checkpoint: str | Path | None = None,
-) -> tuple[Path | None, Path | None, Path | None]:
-    """The model, log and checkpoint paths of a run, checked before any work.
-
-    ``checkpoint`` defaults to :func:`default_checkpoint_path` of ``out`` (none without
-    ``out``). Each path must name a file (an existing one is replaced) that can be written:
-    see :func:`napari_unet.io.check_output`.
-
-    Returns
-    -------
-    model, log, checkpoint : Path or None
-
-    Raises
-    ------
-    DataError
-        A path is a folder or another non-file, a folder on the way is a file, or the
-        folder does not take new files.
-    ConfigError
-        Two outputs are the same file.
-    """
-    model = Path(out) if out is not None else None
-    log = Path(log_csv) if log_csv is not None else None
-    if checkpoint is not None:
-        state: Path | None = Path(checkpoint)
-    else:
-        state = default_checkpoint_path(model) if model is not None else None
-    named = {"out (--out)": model, "log_csv (--log)": log, "checkpoint": state}
-    given = {option: path for option, path in named.items() if path is not None}
-    for option, path in given.items():
-        check_output(path, "file", option)
-    if len({path.resolve() for path in given.values()}) < len(given):
-        raise ConfigError(
-            f"{', '.join(given)} must be different files; give the log or the checkpoint "
-            "another path."
-        )
-    return model, log, state
+    out_of_time: bool = False
+    stop_reason: str = "epochs"
 
 
 @dataclass(frozen=True)
-class _Outputs:
-    """Where a run writes (None: not written); every write is atomic."""
+class _Budget:
+    """The run's wall-clock deadline (``TrainConfig.max_minutes``), the same on every rank."""
 
-    model: Path | None = None
-    log: Path | None = None
-    checkpoint: Path | None = None
+    deadline: float | None
+    group: Any
 
-    def save_model(self, run: TrainingRun) -> None:
-        if self.model is not None:
-            network, metadata = run.best_network(), run.metadata()
-            save_model(self.model, network, run.model_config, metadata, run.config.half_precision)
+    @classmethod
+    def start(cls, max_minutes: float | None, group: Any) -> _Budget:
+        """A budget of ``max_minutes`` from now (None: no limit)."""
+        limit = None if max_minutes is None else time.monotonic() + 60.0 * max_minutes
+        return cls(limit, group)
 
-    def save_log(self, run: TrainingRun) -> None:
-        """Rewrite the whole CSV log atomically (a reader never sees a half row)."""
-        if self.log is not None:
-            with atomic_write(self.log) as tmp, open(tmp, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS, extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(run.history)
-
-    def save_checkpoint(self, run: TrainingRun) -> None:
-        if self.checkpoint is not None:
-            save_payload(self.checkpoint, run.to_checkpoint())
+    def spent(self) -> bool:
+        """Whether the time is up (on any rank: all of them stop at the same step)."""
+        if self.deadline is None:
+            return False
+        return any_rank(time.monotonic() >= self.deadline, self.group)
 
 
 def _split(n_planes: int, fraction: float, seed: int) -> tuple[list[int], list[int], str]:
@@ -207,6 +158,32 @@ def _split(n_planes: int, fraction: float, seed: int) -> tuple[list[int], list[i
     n_val = min(max(1, round(n_planes * fraction)), n_planes - 1)
     order = np.random.default_rng(seed).permutation(n_planes)
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist()), f"fraction {fraction}"
+
+
+def _check_dimensions(
+    config: TrainConfig, model_config: ModelConfig, init_model: TrainedModel | None
+) -> None:
+    """Refuse an ``init`` model of other dimensions than the run's, and 3D-only settings
+    for a 2D model."""
+    wanted = config.model.ndim
+    if init_model is not None and init_model.config.ndim != wanted:
+        have = init_model.config.ndim
+        raise ConfigError(
+            f"init {init_model.source!r} is a {have}D model (ndim {have}) but this run trains "
+            f"a {wanted}D model (ndim {wanted}); fine-tune it with ndim={have} (--ndim {have}) "
+            "or train from scratch."
+        )
+    check(
+        config.patch_depth is None or model_config.ndim == 3,
+        "patch_depth is for 3D models (ndim=3); leave it unset for a 2D model.",
+    )
+    # Modalities are told apart per plane and the colour/zoom steps work on planes.
+    check(
+        model_config.ndim == 2
+        or not (config.sampling == "modality" or config.colour_augment or config.scale_augment),
+        "sampling='modality', colour_augment and scale_augment are for 2D models; "
+        "use sampling='area' or 'image' and the default augmentation for a 3D model.",
+    )
 
 
 def _as_images(images: Sequence[Any], what: str) -> list[Any]:
@@ -239,6 +216,8 @@ def _prepare_data(
         normalization=model_config.normalization,
         target=model_config.target,
         label_mode=config.label_mode,
+        ndim=model_config.ndim,
+        anisotropy=model_config.anisotropy,
     )
     train_planes = prepare_training_planes(
         images, labels, contact_weight=config.contact_weight, **prepare
@@ -250,6 +229,12 @@ def _prepare_data(
     if val_images is not None and val_labels is not None:
         val_planes = prepare_training_planes(val_images, val_labels, what="validation", **prepare)
         validation = "explicit"
+    elif model_config.ndim == 3 and len(train_planes) == 1 and config.val_fraction > 0:
+        # One volume: its last planes validate (normalised and labelled with the rest).
+        sparse = config.label_mode == "sparse"
+        train_part, val_part = split_held_out_slab(train_planes[0], config.val_fraction, sparse)
+        train_planes, val_planes = [train_part], [val_part]
+        validation = f"held-out Z slab ({val_planes[0].shape[0]} planes)"
     else:
         train_index, val_index, validation = _split(
             len(train_planes), config.val_fraction, config.seed
@@ -257,18 +242,20 @@ def _prepare_data(
         val_planes = [train_planes[i] for i in val_index]
         train_planes = [train_planes[i] for i in train_index]
         modalities = None if modalities is None else [modalities[i] for i in train_index]
-        if config.contact_weight != 1:
-            # Validation unweighted: contact weights imply instance or mask labels, whose
-            # unweighted planes count every pixel once (weights None).
-            val_planes = [dataclasses.replace(plane, weights=None) for plane in val_planes]
+    if validation != "explicit" and config.contact_weight != 1:
+        # Validation unweighted: contact weights imply instance or mask labels, whose
+        # unweighted planes count every pixel once (weights None).
+        val_planes = [dataclasses.replace(plane, weights=None) for plane in val_planes]
     train_planes += replayed
     if modalities is not None:
         modalities += replayed_modalities
     description = {
+        # planes, or volumes of a 3D model (ndim 3)
+        "ndim": model_config.ndim,
         "train_planes": len(train_planes),
         **({"replayed_samples": len(replayed)} if replayed else {}),
         "val_planes": len(val_planes),
-        "train_pixels": int(sum(h * w for h, w in (p.shape for p in train_planes))),
+        "train_pixels": int(sum(plane.size for plane in train_planes)),
         "validation": validation,
         "label_mode": config.label_mode,
         **(data_description or {}),
@@ -276,38 +263,28 @@ def _prepare_data(
     return train_planes, val_planes, description, modalities
 
 
-def replay_planes(
-    config: TrainConfig, model_config: ModelConfig
-) -> tuple[list[PlaneData], list[str]]:
-    """The first ``config.replay_samples`` bundled DSB 2018 samples as training planes.
-
-    Mixed into a fine-tune's own images so that the model keeps what it knew of the
-    images it was trained on. None for scribbles (``sparse`` labels mean something else)
-    or for a model of other than 1 or 3 channels. Also returns each sample's modality
-    (for ``sampling="modality"``).
-    """
-    if (
-        not config.replay_samples
-        or config.label_mode == "sparse"
-        or model_config.in_channels not in (1, 3)
-    ):
-        return [], []
-    pairs = find_pairs(SAMPLES_DIR / "images", SAMPLES_DIR / "labels")[: config.replay_samples]
-    sample_images = [read_image(image) for image, _ in pairs]
-    planes = prepare_training_planes(
-        sample_images,
-        [read_image(labels) for _, labels in pairs],
-        in_channels=model_config.in_channels,
-        normalization=model_config.normalization,
-        target=model_config.target,
-        what="replayed sample",
-        contact_weight=config.contact_weight,
-    )
-    return planes, [classify_modality(image) for image in sample_images]
+def patch_shape(
+    config: TrainConfig, model_config: ModelConfig, planes: Sequence[PlaneData]
+) -> tuple[int, ...]:
+    """The training patch shape: ``(S, S)`` for a 2D model; ``(D, S, S)`` for a 3D one,
+    ``D`` = ``config.patch_depth``, or when None the same physical extent as ``S`` (``S``
+    over the anisotropy) but no deeper than the deepest training volume."""
+    side = config.patch_size
+    if model_config.ndim == 2:
+        return side, side
+    depth = config.patch_depth
+    if depth is None:
+        deepest = max(plane.shape[0] for plane in planes)
+        depth = min(deepest, max(1, round(side / model_config.anisotropy)))
+    return depth, side, side
 
 
 def _patch_sampler(
-    planes: Sequence[PlaneData], config: TrainConfig, group: Any, modalities: list[str] | None
+    planes: Sequence[PlaneData],
+    config: TrainConfig,
+    model_config: ModelConfig,
+    group: Any,
+    modalities: list[str] | None,
 ) -> tuple[PatchSampler, int]:
     """The seeded patch sampler of the training planes, and the steps of an epoch.
 
@@ -315,10 +292,11 @@ def _patch_sampler(
     """
     rng = np.random.default_rng(config.seed)
     rank_rng(rng, config.seed, group)  # each rank its own patches
+    shape = patch_shape(config, model_config, planes)
     if modalities is not None or config.colour_augment or config.scale_augment:
         sampler: PatchSampler = ModalitySampler(
             planes,
-            config.patch_size,
+            shape,
             config.augment,
             rng,
             modalities,
@@ -326,7 +304,7 @@ def _patch_sampler(
             config.scale_augment,
         )
     else:
-        sampler = PatchSampler(planes, config.patch_size, config.sampling, config.augment, rng)
+        sampler = PatchSampler(planes, shape, config.sampling, config.augment, rng)
     steps_per_epoch = config.steps_per_epoch or auto_steps_per_epoch(
         sampler.patches_per_epoch(), config.batch_size, group.world_size
     )
@@ -341,9 +319,14 @@ def auto_steps_per_epoch(patches: int, batch_size: int, world_size: int = 1) -> 
 
 
 def _train_steps(
-    run: TrainingRun, sampler: PatchSampler, stop: threading.Event | None, model_path: Path | None
-) -> Generator[TrainEvent, None, tuple[list[float], bool]]:
-    """The steps of one epoch, one event each; returns their losses and whether stopped."""
+    run: TrainingRun,
+    sampler: PatchSampler,
+    stop: threading.Event | None,
+    model_path: Path | None,
+    budget: _Budget,
+) -> Generator[TrainEvent, None, tuple[list[float], str | None]]:
+    """The steps of one epoch, one event each; returns their losses and why they stopped
+    early (``"cancelled"``, ``"time budget"``) or None."""
     config = run.config
     losses: list[float] = []
     threads = config.resolved_loader_threads(run.device)
@@ -370,8 +353,10 @@ def _train_steps(
                 elapsed_s=run.elapsed(),
             )
             if stop is not None and stop.is_set():
-                return losses, True
-    return losses, False
+                return losses, "cancelled"
+            if budget.spent():
+                return losses, "time budget"
+    return losses, None
 
 
 def _epoch(
@@ -379,15 +364,22 @@ def _epoch(
     sampler: PatchSampler,
     val_planes: Sequence[PlaneData],
     group: Any,
-    outputs: _Outputs,
+    outputs: RunOutputs,
     stop: threading.Event | None,
-) -> Generator[TrainEvent, None, tuple[bool, bool]]:
-    """One epoch: steps, validation, files, its event; returns (cancelled, stopped early)."""
-    if stop is not None and stop.is_set() and run.best_state is not None:
-        return True, False  # stopped during the last validation: no further step starts
-    losses, cancelled = yield from _train_steps(run, sampler, stop, outputs.model)
+    budget: _Budget,
+) -> Generator[TrainEvent, None, str | None]:
+    """One epoch: steps, validation, files, its event; returns why the run ends (one of
+    :data:`STOP_REASONS`) or None to go on."""
+    if run.best_state is not None:
+        # Stopped, or out of time, during the last validation: no further step starts.
+        if stop is not None and stop.is_set():
+            return "cancelled"
+        if budget.spent():
+            return "time budget"
+    losses, ended = yield from _train_steps(run, sampler, stop, outputs.model, budget)
+    cancelled = ended == "cancelled"
     if cancelled and run.best_state is not None:
-        return True, False  # a partial epoch is neither validated nor checkpointed
+        return ended  # a partial epoch is neither validated nor checkpointed
     val_loss, val_metrics = distributed_validate(run, val_planes, group)
     if not math.isfinite(val_loss):
         raise run.diverged("validation", outputs.model)
@@ -410,13 +402,16 @@ def _epoch(
         row["learning_rate"],
         run.elapsed(),
     )
-    return cancelled, run.should_stop_early()
+    if ended is None and run.should_stop_early():
+        return "early stopping"
+    return ended
 
 
 def _finish(
-    run: TrainingRun, outputs: _Outputs, cancelled: bool, stopped_early: bool
+    run: TrainingRun, outputs: RunOutputs, ended: str
 ) -> Generator[TrainEvent, None, TrainResult]:
     """Save the final model (complete metadata), yield ``done`` and return the result."""
+    run.stop_reason = ended
     outputs.save_model(run)
     model_path = outputs.model
     model = TrainedModel(
@@ -447,9 +442,11 @@ def _finish(
         history=[dict(row) for row in run.history],
         model_path=model_path,
         log_path=outputs.log,
-        cancelled=cancelled,
-        stopped_early=stopped_early,
+        cancelled=ended == "cancelled",
+        stopped_early=ended == "early stopping",
         checkpoint_path=checkpoint if checkpoint is not None and checkpoint.exists() else None,
+        out_of_time=ended == "time budget",
+        stop_reason=ended,
     )
 
 
@@ -493,9 +490,11 @@ def train_events(
         CSV log, one row per epoch.
     stop : threading.Event, optional
         When set, the run ends after the current step, keeping the best model.
+        ``config.max_minutes`` ends it likewise, validating that step's epoch first.
     checkpoint : str or Path, optional
         Where to write the resume checkpoint each epoch; defaults to
-        :func:`default_checkpoint_path` of ``out`` (none without ``out``).
+        :func:`~napari_unet.training_outputs.default_checkpoint_path` of ``out`` (none
+        without ``out``).
     data_description : dict, optional
         Plain-typed description of the data, stored in the model metadata.
     **overrides
@@ -522,15 +521,16 @@ def train_events(
     config = TrainConfig.with_overrides(config, overrides)
     if resume is not None and init is not None:
         raise ConfigError("give either resume (continue a run) or init (fine-tune), not both.")
-    _check((val_images is None) == (val_labels is None), "give both val_images and val_labels.")
+    check((val_images is None) == (val_labels is None), "give both val_images and val_labels.")
     try:
         # Under torchrun: join the process group (NCCL on this rank's GPU, gloo on a CPU).
         group, device = init_from_env(select_device(config.device))
     except ValueError as error:
         raise ConfigError(str(error)) from error
+    budget = _Budget.start(config.max_minutes, group)
     # Only rank 0 writes the model, log and checkpoint; their paths are checked first.
     outputs = (
-        _Outputs(*check_output_paths(out, log_csv, checkpoint)) if group.is_main else _Outputs()
+        RunOutputs(*check_output_paths(out, log_csv, checkpoint)) if group.is_main else RunOutputs()
     )
 
     # Model config and starting weights come from the resumed run or the init model.
@@ -540,6 +540,7 @@ def train_events(
         model_config = checkpoint_model_config(resume_payload, str(resume))
     else:
         model_config = init_model.config if init_model is not None else config.model
+    _check_dimensions(config, model_config, init_model)
     # A resumed fine-tune replays the samples as the run it continues did.
     fine_tune = init is not None or (
         resume_payload is not None
@@ -550,7 +551,7 @@ def train_events(
         images, labels, val_images, val_labels, config, model_config, data_description, fine_tune
     )
 
-    sampler, steps_per_epoch = _patch_sampler(train_planes, config, group, modalities)
+    sampler, steps_per_epoch = _patch_sampler(train_planes, config, model_config, group, modalities)
     rng = sampler.rng
     if resume_payload is not None:
         run = TrainingRun.from_checkpoint(
@@ -565,10 +566,10 @@ def train_events(
     if group.active:
         run.train_network = wrap_model(run.network, device)
 
-    cancelled = stopped_early = False
-    while run.epoch < config.epochs and not cancelled and not stopped_early:
-        cancelled, stopped_early = yield from _epoch(run, sampler, val_planes, group, outputs, stop)
-    return (yield from _finish(run, outputs, cancelled, stopped_early))
+    ended = None
+    while run.epoch < config.epochs and ended is None:
+        ended = yield from _epoch(run, sampler, val_planes, group, outputs, stop, budget)
+    return (yield from _finish(run, outputs, ended or "epochs"))
 
 
 train = plain_form(train_events, "train", "Train a network and return its :class:`TrainResult`.")

@@ -26,11 +26,11 @@ from torch import nn
 from napari_unet import __version__
 from napari_unet.checkpoint import TrainedModel, model_payload, read_payload
 from napari_unet.config import ModelConfig
-from napari_unet.data import PlaneData
 from napari_unet.errors import ConfigError, ModelFileError, TrainingDivergedError
 from napari_unet.losses import compute_loss
 from napari_unet.metrics import pixel_metrics
 from napari_unet.model import build_model
+from napari_unet.patches import PlaneData
 from napari_unet.training_state import (
     is_number,
     optimizer_problem,
@@ -177,7 +177,8 @@ class TrainingRun:
         # channels-last convolutions on CUDA only: on this project's CPU a training step
         # measured 10-20% slower than NCHW for the fast preset (128 and 256 px patches) and
         # within noise for tiny (benchmarks/bench_train.py compares both layouts).
-        self.memory_format = torch.channels_last if self.cuda else torch.contiguous_format
+        channels_last = torch.channels_last_3d if model_config.ndim == 3 else torch.channels_last
+        self.memory_format = channels_last if self.cuda else torch.contiguous_format
         network.to(memory_format=self.memory_format)
         # What the training step calls: the network, or its DistributedDataParallel wrapper.
         self.train_network: nn.Module = network
@@ -206,6 +207,8 @@ class TrainingRun:
         self.epochs_since_best = 0
         self.elapsed_before = 0.0
         self.started = time.perf_counter()
+        # Why the run ended (napari_unet.training.STOP_REASONS); None while it runs.
+        self.stop_reason: str | None = None
 
     # -- the training state, out and back in ---------------------------------------------
 
@@ -400,6 +403,7 @@ class TrainingRun:
             "best_val_loss": self.best_val_loss,
             "val_metrics": dict(self.best_metrics),
             "epochs_run": self.epoch,
+            "stop_reason": self.stop_reason,
             "history": [dict(row) for row in self.history],
             "elapsed_s": round(self.elapsed(), 2),
             "data": self.data_description,

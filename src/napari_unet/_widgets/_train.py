@@ -15,11 +15,10 @@ so the Segment widget can use it at once.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -35,7 +34,6 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_unet._pairs import spatial_shape
 from napari_unet._widgets._common import (
     ModelPicker,
     PairRow,
@@ -48,8 +46,15 @@ from napari_unet._widgets._common import (
 )
 from napari_unet._widgets._plots import TrainingCurves
 from napari_unet._widgets._registry import POOR_DICE, REGISTRY
+from napari_unet._widgets._train_plan import (
+    DIMENSIONS,
+    TrainPlan,
+    check_pairs,
+    copy_of_labels,
+    suggested_ndim,
+)
 from napari_unet.annotations import check_training_labels, count_planes, split_held_out_strip
-from napari_unet.checkpoint import TrainedModel
+from napari_unet.checkpoint import DEFAULT_MODEL_NAME, TrainedModel
 from napari_unet.config import PRESETS, TARGET_CHANNELS, TrainConfig
 from napari_unet.errors import ConfigError, DataError, ModelFileError
 from napari_unet.process import CHILD_PROCESSES, PHASES, events_in_process
@@ -65,6 +70,8 @@ LABEL_MODES = {
     "scribbles (1 = bg, 2 = object)": "sparse",
 }
 VALIDATION_REGION = "held-out strip"
+#: Patch side the widget sets for a 3D model in place of the 2D default (256).
+PATCH_3D = 64
 VALIDATION_IMAGES = "whole images"
 
 
@@ -74,21 +81,6 @@ def _default(name: str) -> Any:
         if item.name == name:
             return item.default
     raise KeyError(name)
-
-
-@dataclass
-class TrainPlan:
-    """Everything one run needs, built and checked before a thread starts."""
-
-    images: list[Any]
-    labels: list[Any]
-    config: TrainConfig
-    val_images: list[Any] | None = None
-    val_labels: list[Any] | None = None
-    init: str | Path | TrainedModel | None = None
-    out: Path | None = None
-    log_csv: Path | None = None
-    description: dict[str, Any] = field(default_factory=dict)
 
 
 class TrainWidget(ScrollingDock):
@@ -138,11 +130,13 @@ class TrainWidget(ScrollingDock):
         layout.addWidget(self.curves)
         layout.addStretch(1)
 
+        self.dimensions.currentIndexChanged.connect(self._on_dimensions_changed)
         self.rows: list[PairRow] = []
         self.add_pair()
         for combo in self.content.findChildren(QComboBox):
             shrink(combo)
         for signal in (
+            self.dimensions.currentIndexChanged,
             self.label_mode.currentIndexChanged,
             self.validation.currentIndexChanged,
             self.val_fraction.valueChanged,
@@ -156,6 +150,7 @@ class TrainWidget(ScrollingDock):
             self.steps_per_epoch.valueChanged,
             self.loss.currentIndexChanged,
             self.contact_weight.valueChanged,
+            self.max_minutes.valueChanged,
             self.device.currentIndexChanged,
             self.save_path.textChanged,
         ):
@@ -183,8 +178,9 @@ class TrainWidget(ScrollingDock):
         self.validation.addItems([VALIDATION_REGION, VALIDATION_IMAGES])
         self.validation.setToolTip(
             "Held-out strip: the last part (this fraction) of each plane along its longer "
-            "side, bottom or right, is never trained on and scores each epoch. Whole "
-            "images: a seeded fraction of the images/planes is held out."
+            "side, bottom or right (through every plane of a volume), is never trained on "
+            "and scores each epoch. Whole images: a seeded fraction of the images/planes "
+            "(volumes for a 3D model; of a single volume, its last planes) is held out."
         )
         self.val_fraction = QDoubleSpinBox()
         self.val_fraction.setRange(0.05, 0.5)
@@ -204,6 +200,16 @@ class TrainWidget(ScrollingDock):
         self.init_model = ModelPicker(allow_scratch=True)
         self.init_model.setToolTip("Fine-tune a model (keeps its architecture), or start anew.")
         model_form.addRow("Start from", self.init_model)
+        self.dimensions = QComboBox()
+        for text, ndim in DIMENSIONS.items():
+            self.dimensions.addItem(text, ndim)
+        self.dimensions.setCurrentIndex(self.dimensions.findData(2))
+        self.dimensions.setToolTip(
+            "For volumes: a native 3D model (3D convolutions, objects learnt in 3D, the Z "
+            "step from the layer's scale), or a 2D model trained on every plane. The "
+            "default: a 3D model for a volume layer without a time axis."
+        )
+        model_form.addRow("Dimensions", self.dimensions)
         self.preset = QComboBox()
         self.preset.addItems(list(PRESETS))
         for index, name in enumerate(PRESETS):
@@ -265,6 +271,16 @@ class TrainWidget(ScrollingDock):
             "the result on held-out images. Needs instance labels or masks, not scribbles."
         )
         run_form.addRow("Contact weight", self.contact_weight)
+        self.max_minutes = QDoubleSpinBox()
+        self.max_minutes.setRange(0, 100_000)
+        self.max_minutes.setDecimals(1)
+        self.max_minutes.setSuffix(" min")
+        self.max_minutes.setSpecialValueText("none")
+        self.max_minutes.setToolTip(
+            "Wall-clock budget: when it is spent the run validates once more and ends, "
+            "keeping the best model (none = run all epochs)."
+        )
+        run_form.addRow("Time budget", self.max_minutes)
         self.augment = QCheckBox("flips, rotations, intensity, noise")
         self.augment.setChecked(_default("augment"))
         run_form.addRow("Augment", self.augment)
@@ -295,12 +311,29 @@ class TrainWidget(ScrollingDock):
         if unused:
             row.image.set_layer(unused[0])
         row.image.layer_changed.connect(self.schedule_check)
+        if not self.rows:  # the first pair's image decides the default dimensions
+            row.image.layer_changed.connect(self.suggest_dimensions)
         row.labels.layer_changed.connect(self.schedule_check)
         row.remove.clicked.connect(lambda: self.remove_pair(row))
         self.rows.append(row)
         self._rows_layout.addWidget(row)
+        if len(self.rows) == 1:
+            self.suggest_dimensions()
         self.schedule_check()
         return row
+
+    def suggest_dimensions(self) -> None:
+        """A 3D model for a volume layer without a time axis, else a 2D one (first pair)."""
+        layer = self.rows[0].image.layer() if self.rows else None
+        self.dimensions.setCurrentIndex(self.dimensions.findData(suggested_ndim(layer)))
+
+    def _on_dimensions_changed(self) -> None:
+        # A 256 px patch (the 2D default) makes a 3D patch of millions of voxels: 64 px then.
+        three_d = self.dimensions.currentData() == 3
+        if three_d and self.patch_size.value() == _default("patch_size"):
+            self.patch_size.setValue(PATCH_3D)
+        elif not three_d and self.patch_size.value() == PATCH_3D:
+            self.patch_size.setValue(_default("patch_size"))
 
     def remove_pair(self, row: PairRow) -> None:
         """Remove a pair row."""
@@ -370,23 +403,9 @@ class TrainWidget(ScrollingDock):
             A setting the core refuses (its message is shown as the hint).
         """
         pairs = [row.pair() for row in self.rows]
-        if not pairs or any(image is None or labels is None for image, labels in pairs):
-            raise DataError(
-                "Add an Image layer and a Labels layer to train on (paint the Labels layer "
-                "with the brush), then pick them as a pair."
-            )
+        ndim = int(self.dimensions.currentData())
+        anisotropy = check_pairs(pairs, ndim)
         images = [image for image, _ in pairs]
-        if len({id(image) for image in images}) != len(images):
-            raise DataError("An image is picked twice; give each pair its own image.")
-        for image, labels in pairs:
-            shape = spatial_shape(layer_data(image).shape, image.rgb)
-            if tuple(layer_data(labels).shape) != shape:
-                raise DataError(
-                    f"Labels {labels.name!r} has shape {tuple(layer_data(labels).shape)} but image "
-                    f"{image.name!r} has {shape}; pick the labels painted on this image."
-                )
-        if len({bool(image.rgb) for image in images}) > 1:
-            raise DataError("Mix of RGB and grey images; train on one kind at a time.")
         try:
             learning_rate = float(self.learning_rate.text())
         except ValueError:
@@ -396,7 +415,7 @@ class TrainWidget(ScrollingDock):
         mode = LABEL_MODES[self.label_mode.currentText()]
         label_arrays = [layer_data(labels) for _, labels in pairs]
         if snapshot:
-            label_arrays = [_snapshot(array) for array in label_arrays]
+            label_arrays = [copy_of_labels(array) for array in label_arrays]
         for (_, labels), array in zip(pairs, label_arrays, strict=True):
             check_training_labels(labels.name, array, mode)
         image_arrays = [layer_data(image) for image in images]
@@ -405,11 +424,22 @@ class TrainWidget(ScrollingDock):
         problem = self.init_model.problem()
         if problem:
             raise ModelFileError(problem)
+        if isinstance(init, TrainedModel):
+            init_ndim = init.config.ndim
+        else:  # the bundled model is 2D; a model file's are checked when it is read
+            init_ndim = 2 if init == DEFAULT_MODEL_NAME else ndim
+        if init_ndim != ndim:
+            raise ConfigError(
+                f"The model to start from is {init_ndim}D; choose "
+                f"{'3D model' if init_ndim == 3 else '2D model on the planes'!r}."
+            )
         region = self.validation.currentText() == VALIDATION_REGION
         fraction = float(self.val_fraction.value())
         # The option names of the command line (TrainConfig.from_options builds both).
         config = TrainConfig.from_options(
             preset=self.preset.currentText(),
+            ndim=ndim,
+            anisotropy=anisotropy,
             in_channels=3 if images[0].rgb else 1,
             target=self.target.currentText(),
             epochs=self.epochs.value(),
@@ -423,6 +453,7 @@ class TrainWidget(ScrollingDock):
             device=self.device.currentText(),
             steps_per_epoch=self.steps_per_epoch.value() or None,
             contact_weight=self.contact_weight.value(),
+            max_minutes=self.max_minutes.value() or None,
         )
         plan = TrainPlan(image_arrays, label_arrays, config, init=init)
         plan.description = {
@@ -437,7 +468,7 @@ class TrainWidget(ScrollingDock):
             plan.images, plan.labels, plan.val_images, plan.val_labels = split_held_out_strip(
                 plan.images, plan.labels, fraction
             )
-        elif sum(count_planes(array) for array in label_arrays) < 2:
+        elif ndim == 2 and sum(count_planes(array) for array in label_arrays) < 2:
             raise DataError(
                 "Whole-image validation needs at least 2 images or planes; choose "
                 f"{VALIDATION_REGION!r} or add another pair."
@@ -528,7 +559,11 @@ class TrainWidget(ScrollingDock):
         dice = result.model.metadata.get("val_metrics", {}).get("dice")
         poor = dice is None or not dice >= POOR_DICE  # NaN or unknown counts as poor
         entry = REGISTRY.add(result.model, self._label, result.model_path, poor=poor)
-        how = "Stopped" if result.cancelled else "Stopped early" if result.stopped_early else "Done"
+        how = {
+            "cancelled": "Stopped",
+            "early stopping": "Stopped early",
+            "time budget": "Stopped on the time budget",
+        }.get(result.stop_reason, "Done")
         quality = f", val Dice {dice:.3f}" if dice is not None else ", not validated"
         saved = f" Saved to {result.model_path}." if result.model_path else ""
         if poor:
@@ -549,11 +584,6 @@ class TrainWidget(ScrollingDock):
             # Hand the run's cached GPU memory back (to a Segment run, other programs).
             _free_gpu_memory()
         self.update_state()
-
-
-def _snapshot(data: Any) -> Any:
-    """A copy of numpy labels (painting during a run must not change its data); dask as is."""
-    return np.array(data) if isinstance(data, np.ndarray) else data
 
 
 def _free_gpu_memory() -> None:

@@ -44,7 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--val-dsb", type=Path, metavar="DIR", help="DSB 2018 folder used for validation"
     )
     model = parser.add_argument_group(
-        "model", "settings not given (architecture, base filters, depth) come from --preset"
+        "model",
+        "settings not given (architecture, base filters, depth) come from --preset; --ndim 3 "
+        "trains a native 3D model on (Z, Y, X) volumes, whose --anisotropy is read from the "
+        "images' voxel size when not given",
     )
     model.add_argument(
         "--out", type=Path, required=True, metavar="MODEL", help="model file to write (*.pt)"
@@ -93,19 +96,52 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, dict[str, Any]]
     return images, labels, val_images, val_labels, description
 
 
+def file_anisotropy(args: argparse.Namespace) -> float | None:
+    """The Z step over the XY pixel size that the ``--images`` files record (ImageJ or OME
+    voxel size); None when none records one.
+
+    Raises
+    ------
+    DataError
+        If the files record different anisotropies (one 3D model takes one).
+    """
+    from napari_unet.io import find_pairs
+    from napari_unet.metadata import anisotropy_from, image_metadata
+
+    if args.images is None:
+        return None
+    found = {}
+    for image_path, _ in find_pairs(args.images, args.labels):
+        value = anisotropy_from(image_metadata(image_path))
+        if value is not None:
+            found[image_path.name] = value
+    if found and max(found.values()) > 1.001 * min(found.values()):
+        shown = ", ".join(f"{name}: {value:.3g}" for name, value in list(found.items())[:4])
+        raise DataError(
+            f"the images' voxel sizes give different anisotropies ({shown}); a 3D model "
+            "takes one: give --anisotropy, or resample the volumes to one voxel size."
+        )
+    return next(iter(found.values()), None)
+
+
 def run(args: argparse.Namespace) -> int:
     """Train and report; user errors propagate to the CLI frame (exit code 2)."""
     from tqdm import tqdm
 
     from napari_unet.data import infer_in_channels
     from napari_unet.ddp import quiet_unless_main
-    from napari_unet.training import check_output_paths, train_events
+    from napari_unet.training import train_events
+    from napari_unet.training_outputs import check_output_paths
 
     if not quiet_unless_main():
         args.quiet = True  # under torchrun, rank 0 alone shows progress and the summary
     log = args.log if args.log is not None else args.out.with_suffix(".csv")
     check_output_paths(args.out, log)  # before reading any data: a bad --out fails at once
     images, labels, val_images, val_labels, description = _load(args)
+    if args.ndim == 3 and args.anisotropy is None:
+        args.anisotropy = file_anisotropy(args)
+        if args.anisotropy is not None:
+            description["anisotropy_from"] = "the images' voxel size"
     config = config_from_args(
         args, TrainConfig, exclude=NOT_OPTIONS, in_channels=infer_in_channels(images, labels)
     )
@@ -155,7 +191,11 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     best = result.history[result.best_epoch - 1] if result.best_epoch else {}
-    how = "cancelled" if result.cancelled else "stopped early" if result.stopped_early else "done"
+    how = {"cancelled": "cancelled", "early stopping": "stopped early"}.get(
+        result.stop_reason, "done"
+    )
+    if result.out_of_time:
+        how = f"stopped on the time budget ({config.max_minutes:g} min)"
     print(
         f"{how}: best epoch {result.best_epoch} (val_loss {result.best_val_loss:.4f}, "
         f"val_dice {best.get('val_dice', float('nan')):.4f}, "

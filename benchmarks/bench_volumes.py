@@ -69,13 +69,20 @@ from typing import Any
 import numpy as np
 
 from napari_unet.checkpoint import TrainedModel
-from napari_unet.config import ModelConfig, NormalizationConfig, PredictConfig, TrainConfig
+from napari_unet.config import (
+    ModelConfig,
+    NormalizationConfig,
+    PostprocessGrid,
+    PredictConfig,
+    TrainConfig,
+)
 from napari_unet.data import apply_intensity_range, intensity_range, prepare_plane
 from napari_unet.metrics import instance_metrics
 from napari_unet.postprocess import probabilities_to_labels
 from napari_unet.prediction import TilePredictor, predict, resolve_model
 from napari_unet.synthetic import nuclei_volume
 from napari_unet.training import train
+from napari_unet.tuning import tune
 from napari_unet.volume import (
     ORTHOGONAL_SEED_THRESHOLD,
     link_planes,
@@ -101,6 +108,13 @@ NATIVE_TRAINING = {
     "early_stopping_patience": None,
     "device": "cpu",
 }
+#: Post-processing values tried for a native model after training (min sizes in voxels).
+NATIVE_GRID = PostprocessGrid(
+    thresholds=(0.4, 0.5, 0.6),
+    seed_thresholds=(0.2, 0.35, 0.5, 0.65),
+    core_thresholds=(0.0,),
+    min_sizes=(64, 256),
+)
 #: Seed offset of the native models' training volumes (never the scored volumes' seeds).
 TRAINING_SEEDS = 1000
 
@@ -217,6 +231,12 @@ def train_native(
     config = TrainConfig(model=model, max_minutes=minutes, seed=seed, **NATIVE_TRAINING)
     with PeakMemory() as memory:
         result = train(images[:3], labels[:3], config, val_images=images[3:], val_labels=labels[3:])
+    # As a user would next: tune the post-processing on the annotated validation volume
+    # (never a scored one) and keep it in the model.
+    start = time.perf_counter()
+    tuning = tune(images[3:], labels[3:], result.model, grid=NATIVE_GRID, device="cpu")
+    tuning.apply(result.model, tuned_on="validation volume")
+    tune_seconds = time.perf_counter() - start
     summary = {
         "preset": preset,
         "anisotropy": anisotropy,
@@ -225,6 +245,8 @@ def train_native(
         "val_dice": result.model.metadata["val_metrics"].get("dice"),
         "stop_reason": result.stop_reason,
         "peak_mib": memory.mib,
+        "tuned": {key: tuning.best[key] for key in POSTPROCESS_KEYS if key in tuning.best},
+        "tune_seconds": tune_seconds,
     }
     return result.model, summary
 
@@ -381,7 +403,8 @@ def main() -> None:
             print(
                 f"3D {preset} aniso {anisotropy:g}: {summary['epochs']} epochs in "
                 f"{summary['seconds']:.0f} s ({summary['stop_reason']}), val Dice "
-                f"{summary['val_dice']:.3f}, peak {summary['peak_mib']:.0f} MiB",
+                f"{summary['val_dice']:.3f}, peak {summary['peak_mib']:.0f} MiB; tuned "
+                f"{summary['tuned']} in {summary['tune_seconds']:.0f} s",
                 flush=True,
             )
         for layout in args.layouts:

@@ -31,7 +31,8 @@ left out (``link`` labels the planes with the model's settings first).
 the preset (``ModelConfig(ndim=3)``) is trained from scratch on 3 generated *crowded*
 volumes (validated on a fourth; seeds other than the scored volumes') for
 ``--train-minutes`` of wall-clock time (``TrainConfig.max_minutes``, default 12, 2 with
-``--quick``), then
+``--quick``), its post-processing is tuned on the validation volume (``tune``, a small
+grid, min sizes in voxels), then it
 predicts each scored volume natively (``predict``, 3D tiles, 3D watershed). Its seconds
 are the prediction's; the training's time, epochs and validation Dice are printed
 above the table. ``--native`` picks the presets (none: ``--native`` alone).

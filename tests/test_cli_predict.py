@@ -25,6 +25,18 @@ def model_file(tmp_path: Path, in_channels: int = 1) -> Path:
     return save_model(tmp_path / f"model{in_channels}.pt", model.network, model.config)
 
 
+def write_imagej_volume(path: Path, volume: np.ndarray, z_step: float) -> Path:
+    """``volume`` as an ImageJ ZYX TIFF whose planes are ``z_step`` um apart (1 um pixels)."""
+    tifffile.imwrite(
+        path,
+        volume,
+        imagej=True,
+        resolution=(1.0, 1.0),
+        metadata={"axes": "ZYX", "spacing": z_step, "unit": "um"},
+    )
+    return path
+
+
 def outputs(folder: Path) -> list[str]:
     """Files in ``folder`` other than its record of the run (see napari_unet.io.RUN_RECORD)."""
     if not folder.exists():
@@ -460,14 +472,7 @@ def test_a_3d_tiff_gives_one_id_per_nucleus_across_z(tmp_path: Path, capsys) -> 
     model = make_threshold_model(target="contour")
     model_path = str(save_model(tmp_path / "contour.pt", model.network, model.config))
     # An ImageJ volume whose planes are 2 pixels apart: the anisotropy comes from the file.
-    source = tmp_path / "volume.tif"
-    tifffile.imwrite(
-        source,
-        image,
-        imagej=True,
-        resolution=(1.0, 1.0),
-        metadata={"axes": "ZYX", "spacing": 2.0, "unit": "um"},
-    )
+    source = write_imagej_volume(tmp_path / "volume.tif", image, z_step=2.0)
 
     def probabilities(out: str, *options: str) -> np.ndarray:
         common = ["predict", "--model", model_path, str(source), "--quiet"]
@@ -512,14 +517,7 @@ def test_a_3d_model_segments_a_3d_tiff_natively(tmp_path: Path) -> None:
     image, truth = nuclei_volume((20, 64, 64), 6, anisotropy=2.0, diameter=(12.0, 18.0), seed=1)
     model = make_threshold_model(ndim=3, anisotropy=2.0)
     model_path = save_model(tmp_path / "m3d.pt", model.network, model.config)
-    source = tmp_path / "volume.tif"
-    tifffile.imwrite(
-        source,
-        image,
-        imagej=True,
-        resolution=(1.0, 1.0),
-        metadata={"axes": "ZYX", "spacing": 2.0, "unit": "um"},
-    )
+    source = write_imagej_volume(tmp_path / "volume.tif", image, z_step=2.0)
     out = tmp_path / "out"
     code = main(
         ["predict", "--model", str(model_path), str(source), "--out", str(out)]

@@ -115,6 +115,14 @@ def test_modality_sampling_draws_the_one_he_image_half_the_time(planes, modaliti
     assert image.shape == (3, 64, 64) and targets.shape == weights.shape == (2, 64, 64)
 
 
+def test_without_modalities_planes_are_drawn_as_sampling_says(planes) -> None:
+    sizes = np.array([plane.size for plane in planes], dtype=np.float64)
+    by_area = ModalitySampler(planes, 64, True, np.random.default_rng(3), sampling="area")
+    np.testing.assert_allclose(by_area.probabilities, sizes / sizes.sum())
+    by_image = ModalitySampler(planes, 64, True, np.random.default_rng(3), sampling="image")
+    np.testing.assert_allclose(by_image.probabilities, 1 / len(planes))
+
+
 def test_training_with_modality_sampling_and_augmentation_runs(pairs) -> None:
     config = TrainConfig(
         model=ModelConfig.from_preset("tiny", target="contour"),

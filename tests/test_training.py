@@ -19,6 +19,7 @@ from conftest import make_blobs
 from napari_unet.checkpoint import load_model
 from napari_unet.config import ModelConfig, NormalizationConfig, PredictConfig
 from napari_unet.data import load_pairs_from_folders, prepare_training_planes
+from napari_unet.ddp import ProcessGroup
 from napari_unet.errors import ConfigError, DataError, ModelFileError, TrainingDivergedError
 from napari_unet.io import SAMPLES_DIR
 from napari_unet.losses import compute_loss
@@ -28,6 +29,7 @@ from napari_unet.synthetic import nuclei_volume
 from napari_unet.training import (
     MIN_PATCHES_PER_EPOCH,
     TrainConfig,
+    _patch_sampler,
     auto_steps_per_epoch,
     patch_shape,
     train,
@@ -256,6 +258,22 @@ def test_a_modality_balanced_fine_tune_draws_from_the_replayed_samples_too(blobs
     assert tuned.model.metadata["data"]["train_planes"] == (
         scratch.model.metadata["data"]["train_planes"] + 2
     )
+
+
+@pytest.mark.parametrize("sampling", ["area", "image"])
+def test_colour_augmentation_keeps_the_chosen_sampling(sampling) -> None:
+    # Two planes of different areas: "area" draws the larger one four times as often.
+    planes = prepare_training_planes(
+        [np.ones((32, 32), np.float32), np.ones((64, 64), np.float32)],
+        [np.ones((32, 32), np.uint16), np.ones((64, 64), np.uint16)],
+        1,
+        NormalizationConfig(),
+        "foreground",
+    )
+    config = small_config(sampling=sampling, colour_augment=True)
+    sampler, _ = _patch_sampler(planes, config, config.model, ProcessGroup(), None)
+    expected = [0.2, 0.8] if sampling == "area" else [0.5, 0.5]
+    np.testing.assert_allclose(sampler.probabilities, expected)
 
 
 def test_cancel_before_first_epoch_keeps_a_valid_model(blobs, tmp_path) -> None:

@@ -137,9 +137,12 @@ class ModalitySampler(PatchSampler):
     modalities : sequence of str, optional
         Each plane's modality: planes are then drawn so that every modality is drawn
         equally often (:func:`~napari_unet.modality.balanced_probabilities`); None
-        draws every plane equally often (``sampling="image"``).
+        draws them as ``sampling`` says.
     colour, scale : bool
         The ``colour`` and ``scale`` switches of :func:`modality_augment`.
+    sampling : {"area", "image"}
+        How planes are drawn without ``modalities`` (see
+        :class:`~napari_unet.patches.PatchSampler`).
     """
 
     def __init__(
@@ -151,8 +154,9 @@ class ModalitySampler(PatchSampler):
         modalities: Sequence[str] | None = None,
         colour: bool = False,
         scale: bool = False,
+        sampling: str = "image",
     ) -> None:
-        super().__init__(planes, patch_size, "image", augment, rng)
+        super().__init__(planes, patch_size, sampling, augment, rng)
         if modalities is not None:
             self.probabilities = balanced_probabilities(modalities)
         self.colour = colour

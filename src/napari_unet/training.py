@@ -302,6 +302,7 @@ def _patch_sampler(
             modalities,
             config.colour_augment,
             config.scale_augment,
+            sampling="image" if modalities is not None else config.sampling,
         )
     else:
         sampler = PatchSampler(planes, shape, config.sampling, config.augment, rng)

@@ -5,7 +5,12 @@ split touching nuclei with a seeded watershed, whose seeds depend on what the
 model predicts (its ``target``):
 
 * ``contour``: seeds are the object cores, pixels of foreground whose boundary
-  probability is under 0.5; the watershed floods the boundary probability.
+  probability is under 0.5; the watershed floods the distance to the nearest core
+  (each pixel goes to the core nearest to it). Flooding the boundary probability
+  instead lets a core flow around its neighbour: the boundary band is a plateau,
+  and any dip along its outer rim is flooded before its crest between two nuclei
+  (on the exact targets of a crowded synthetic volume, smoothed by one voxel,
+  AP50 0.53 against 0.89).
 * ``distance``: seeds are the h-maxima of the predicted (per-object scaled)
   distance to the background; the watershed floods its negative.
 * ``foreground``: seeds are the h-maxima of the Euclidean distance transform of
@@ -26,7 +31,7 @@ over ``threshold`` that hold no confident pixel are dropped.
 Every step works the same in 3D on ``(C, Z, Y, X)`` probabilities (a stack of planes
 predicted by a 2D model, see :mod:`napari_unet.volume`): seeds, watershed, connected
 components and holes are then 3D, with face (6-)connectivity; ``spacing`` gives the
-distance transform of the ``foreground`` target the voxel size of an anisotropic volume.
+distance transforms the voxel size of an anisotropic volume.
 """
 
 from __future__ import annotations
@@ -127,15 +132,16 @@ def _split(
 
     ``probabilities`` is ``(C, *S)`` and ``mask`` ``S`` boolean (``S`` the plane's or
     volume's shape); both returned arrays are ``S``. The elevation is the one the
-    target's watershed floods, taken outside the mask too: the boundary probability
-    (``contour``), the negative predicted distance (``distance``), else the negative
+    target's watershed floods, taken outside the mask too: the distance to the nearest
+    core (``contour``), the negative predicted distance (``distance``), else the negative
     foreground probability.
     """
     if not separate:
         return connected_components(mask, connectivity=1), -probabilities[0]
     if target == "contour":
-        boundary = probabilities[1]
-        return _seeded_watershed(boundary, boundary < seed_threshold, mask), boundary
+        cores = mask & (probabilities[1] < seed_threshold)
+        distance = ndi.distance_transform_edt(~cores, sampling=spacing).astype(np.float32)
+        return _seeded_watershed(distance, cores, mask), distance
     if target == "distance":
         distance = np.where(mask, probabilities[1], 0.0)
         seeds = _h_maxima_seeds(distance, mask, PREDICTED_DISTANCE_H, floor=0.0)
@@ -185,7 +191,8 @@ def probabilities_to_labels(
         At or below ``threshold`` (the default 0) objects are split at ``threshold``.
     spacing : tuple of float, optional
         Pixel or voxel size per spatial axis (e.g. ``(anisotropy, 1, 1)``), used by the
-        ``foreground`` target's distance transform; None is 1 on every axis.
+        distance transforms (of the mask for ``foreground``, to the nearest core for
+        ``contour``); None is 1 on every axis.
 
     Returns
     -------

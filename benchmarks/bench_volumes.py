@@ -98,12 +98,17 @@ BATCH_PIXELS = 1 << 18
 POSTPROCESS_KEYS = ("threshold", "min_size", "seed_threshold", "core_threshold", "fill_holes")
 #: Training recipe of the native 3D rows (a time budget, not epochs, ends the run): 64 px
 #: patches in XY, as deep in Z as wide physically; a higher rate than the 2D reference's
-#: 1e-4, as a budget of minutes allows few steps; epochs of 25 steps, each validated on
-#: the whole validation volume.
+#: 1e-4, as a budget of minutes allows few steps, annealed (cosine) over the budget; the
+#: Dice term makes the thin boundary channel count as much as the objects; epochs of 25
+#: steps, each validated on the whole validation volume. (400 steps on the goal's data,
+#: post-processing tuned on the validation volume, scored on the unseen one: AP50 0.34
+#: with bce and the plateau schedule, 0.75 with bce+dice and cosine.)
 NATIVE_TRAINING = {
     "patch_size": 64,
     "batch_size": 2,
     "learning_rate": 3e-3,
+    "loss": "bce+dice",
+    "schedule": "cosine",
     "steps_per_epoch": 25,
     "epochs": 100_000,
     "early_stopping_patience": None,
@@ -112,7 +117,7 @@ NATIVE_TRAINING = {
 #: Post-processing values tried for a native model after training (min sizes in voxels).
 NATIVE_GRID = PostprocessGrid(
     thresholds=(0.4, 0.5, 0.6),
-    seed_thresholds=(0.2, 0.35, 0.5, 0.65),
+    seed_thresholds=(0.1, 0.15, 0.2, 0.35, 0.5),
     core_thresholds=(0.0,),
     min_sizes=(64, 256),
 )

@@ -324,6 +324,21 @@ def test_a_time_budget_ends_the_run_with_a_validated_saved_model(blobs, tmp_path
     assert train(*blobs, small_config()).stop_reason == "epochs"
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_a_per_step_schedule_runs_over_the_time_budget(blobs, schedule) -> None:
+    # 30,000 steps would take the schedule far past the 6 s budget: it keeps pace with
+    # the clock instead, and the rate has come down when the time is up.
+    config = small_config(
+        epochs=10_000, steps_per_epoch=3, schedule=schedule, max_minutes=0.1, min_lr=1e-6
+    )
+    rates = [e.learning_rate for e in train_events(*blobs, config) if e.kind == "step"]
+    assert len(rates) >= 2
+    assert rates[-1] <= 1e-3 * config.learning_rate
+    assert max(rates) <= config.learning_rate * (1 + 1e-6)
+    if schedule == "cosine":
+        assert all(later <= earlier for earlier, later in zip(rates, rates[1:]))
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_model(blobs, tmp_path) -> None:
     raw = small_config(
         model=ModelConfig.from_preset(

@@ -408,7 +408,11 @@ class TrainConfig(Settings):
         Wall-clock budget of the run in minutes (from the call, data preparation included),
         checked between steps: when it is spent the current step finishes, validation runs
         once so that the best model is kept and saved, and the run ends (before ``epochs``
-        are done). A resumed run gets the budget afresh. None: no limit.
+        are done). A resumed run gets the budget afresh. None: no limit. A ``cosine`` or
+        ``onecycle`` schedule runs over the budget as well as the epochs: it is kept at
+        least as far along as the share of the budget used, so that the rate has come
+        down when the time is up (a native 3D ``tiny`` model trained for 400 steps: AP50
+        0.75 with ``cosine`` against 0.34 with ``plateau``, see the README's *Volumes*).
     replay_samples : int
         When fine-tuning (``init``), this many of the bundled DSB 2018 samples (0-4,
         ``napari_unet.io.SAMPLES_DIR``, instance labels) train alongside the given images,

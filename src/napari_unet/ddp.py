@@ -158,17 +158,22 @@ def all_mean(value: float, group: ProcessGroup) -> float:
     return float(tensor[0]) / group.world_size
 
 
-def any_rank(flag: bool, group: ProcessGroup) -> bool:
-    """Whether ``flag`` is true on any rank (``flag`` itself outside a distributed run), so
-    that every rank takes a decision based on its own clock at the same step."""
+def all_max(value: float, group: ProcessGroup) -> float:
+    """Largest ``value`` over ranks (the value itself outside a distributed run)."""
     import torch
     import torch.distributed as dist
 
     if not group.active:
-        return flag
-    tensor = torch.tensor([int(flag)], dtype=torch.int64)
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor[0])
+    return float(tensor[0])
+
+
+def any_rank(flag: bool, group: ProcessGroup) -> bool:
+    """Whether ``flag`` is true on any rank (``flag`` itself outside a distributed run), so
+    that every rank takes a decision based on its own clock at the same step."""
+    return all_max(float(flag), group) > 0
 
 
 def quiet_unless_main() -> bool:
@@ -184,6 +189,7 @@ def quiet_unless_main() -> bool:
 __all__ = [
     "ProcessGroup",
     "all_mean",
+    "all_max",
     "any_rank",
     "environment_group",
     "init_from_env",

@@ -47,7 +47,7 @@ from napari_unet.checkpoint import (
 from napari_unet.colour_augment import ModalitySampler
 from napari_unet.config import ModelConfig, TrainConfig
 from napari_unet.data import prepare_training_planes, replay_planes, split_planes
-from napari_unet.ddp import all_mean, any_rank, init_from_env, rank_rng, wrap_model
+from napari_unet.ddp import all_max, all_mean, init_from_env, rank_rng, wrap_model
 from napari_unet.ddp import validate as distributed_validate
 from napari_unet.errors import ConfigError
 from napari_unet.events import plain_form
@@ -133,22 +133,26 @@ class TrainResult:
 
 @dataclass(frozen=True)
 class _Budget:
-    """The run's wall-clock deadline (``TrainConfig.max_minutes``), the same on every rank."""
+    """The run's wall-clock budget (``TrainConfig.max_minutes``), the same on every rank."""
 
-    deadline: float | None
+    started: float
+    seconds: float | None
     group: Any
 
     @classmethod
     def start(cls, max_minutes: float | None, group: Any) -> _Budget:
         """A budget of ``max_minutes`` from now (None: no limit)."""
-        limit = None if max_minutes is None else time.monotonic() + 60.0 * max_minutes
-        return cls(limit, group)
+        return cls(time.monotonic(), None if max_minutes is None else 60.0 * max_minutes, group)
+
+    def fraction(self) -> float:
+        """The share of the budget used, the largest over ranks (0 without a limit)."""
+        if self.seconds is None:
+            return 0.0
+        return all_max((time.monotonic() - self.started) / self.seconds, self.group)
 
     def spent(self) -> bool:
         """Whether the time is up (on any rank: all of them stop at the same step)."""
-        if self.deadline is None:
-            return False
-        return any_rank(time.monotonic() >= self.deadline, self.group)
+        return self.fraction() >= 1.0
 
 
 def _split(n_planes: int, fraction: float, seed: int) -> tuple[list[int], list[int], str]:
@@ -343,6 +347,8 @@ def _train_steps(
             if not math.isfinite(value):
                 raise run.diverged("training", model_path)
             losses.append(value)
+            used = budget.fraction()
+            run.pace_schedule(used)
             yield TrainEvent(
                 "step",
                 run.epoch + 1,
@@ -355,7 +361,7 @@ def _train_steps(
             )
             if stop is not None and stop.is_set():
                 return losses, "cancelled"
-            if budget.spent():
+            if used >= 1.0:
                 return losses, "time budget"
     return losses, None
 

@@ -470,6 +470,31 @@ class TrainingRun:
             self.scheduler.step()
         return value
 
+    def pace_schedule(self, fraction: float) -> None:
+        """Keep a per-step schedule at least ``fraction`` (0..1) of the way through.
+
+        Under a time budget (``max_minutes``) a run may end long before its ``epochs``:
+        a cosine or one-cycle schedule is then moved on with the clock (``fraction`` =
+        the budget's share used), so that the rate has come down when the time is up.
+        A schedule ahead of the clock, or a run without a budget, is left alone.
+        """
+        if not self.per_step_schedule or self.config.max_minutes is None:
+            return
+        length = self._schedule_length()
+        step = min(length, math.ceil(fraction * length))
+        if step <= self.scheduler.last_epoch:
+            return
+        if self.config.schedule == "onecycle":
+            self.scheduler.last_epoch = step - 1
+            self.scheduler.step()  # OneCycleLR's rate (and momentum) is a function of the step
+            return
+        # Cosine annealing's closed form; the scheduler's next step continues from it.
+        low = self.config.min_lr
+        rate = low + (self.config.learning_rate - low) * (1 + math.cos(math.pi * step / length)) / 2
+        self.scheduler.last_epoch = step
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
+
     def _schedule_length(self) -> int:
         scheduler = self.scheduler
         return scheduler.total_steps - 1 if hasattr(scheduler, "total_steps") else scheduler.T_max

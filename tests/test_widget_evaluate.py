@@ -12,13 +12,13 @@ from skimage.draw import disk
 from conftest import make_threshold_model
 from napari_unet import metrics
 from napari_unet._widgets import EvaluateWidget
-from napari_unet._widgets._common import is_prediction, prediction_metadata
 from napari_unet._widgets._evaluate import (
     SEGMENT,
     SUMMARY_ROWS,
     THRESHOLD_COLUMNS,
     pick_roles,
 )
+from napari_unet._widgets._outputs import is_prediction, prediction_metadata
 from napari_unet._widgets._registry import REGISTRY
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.config import ModelConfig

@@ -436,6 +436,7 @@ def test_loading_a_model_file_shows_a_busy_bar_with_its_name(
     widget = dock(viewer)
     widget.model.select(widget.model.FILE)
     widget.model.path_edit.setText(str(path))
+    widget.tile_size.setValue(32)  # several tiles: counts follow the loading step
     # Choosing the model loads it in the background (for its tuned values); forget it.
     qtbot.waitUntil(lambda: widget.threshold.specialValueText() != _segment.TUNED)
     MODEL_CACHE.clear()
@@ -452,6 +453,17 @@ def test_loading_a_model_file_shows_a_busy_bar_with_its_name(
     seen.clear()
     run(widget, qtbot)
     assert seen and "Loading the model…" not in [text for text, _ in seen]
+
+
+def test_a_single_tile_shows_no_count(viewer, qtbot):
+    image, _ = blob_pair(seed=3)
+    viewer.add_image(image, name="cells")
+    widget = dock(viewer)  # 64 px tiles: the image is one tile
+    texts: list[str] = []
+    widget.controls.yielded.connect(lambda _: texts.append(widget.status.text()))
+    run(widget, qtbot)
+    assert texts and set(texts) == {"Segmenting 'cells'…"}  # "1/1" would repaint for nothing
+    assert widget.status.text().startswith("Added 'cells segmentation'")
 
 
 def test_an_export_shows_a_busy_bar_until_it_ends(viewer, qtbot, tmp_path, monkeypatch):

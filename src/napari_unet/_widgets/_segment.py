@@ -423,6 +423,8 @@ class SegmentWidget(ScrollingDock):
         self.controls.stop()
 
     def _on_progress(self, progress: Progress) -> None:
+        if progress.total == 1:
+            return  # one tile: "1/1" tells nothing the run's end does not (and repaints)
         message = progress.message or f"{progress.done}/{progress.total}"
         self.controls.show_progress(progress.done, progress.total, message)
 

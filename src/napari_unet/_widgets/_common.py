@@ -547,9 +547,7 @@ class RunControls(QWidget):
 
     def _on_finished(self) -> None:
         self.worker = None
-        self._busy_timer.stop()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
+        self.show_progress(1, 1)
         self.running_changed.emit()
 
 

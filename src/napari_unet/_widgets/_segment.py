@@ -3,8 +3,10 @@
 The widget gathers its settings into a :class:`~napari_unet.prediction.PredictConfig`
 and runs :func:`napari_unet.prediction.predict_events` in a napari ``thread_worker``
 with a progress bar and a Stop button. The input layer is never modified: the
-result is a new Labels layer named ``"<image> segmentation"`` (and, on request, the
-probability maps as Image layers), with the image's scale and translation.
+result is a Labels layer named ``"<image> segmentation"`` (and, on request, the
+probability maps as Image layers), with the image's scale and translation. A run puts
+its result into the widget's earlier result of that name while it is unedited, else
+adds a layer (:class:`~napari_unet._widgets._outputs.ResultLayers`).
 
 2D, RGB, multichannel (pick the channel axis), 3D and time stacks (segmented
 plane by plane) and dask-backed layers work alike. A dask layer goes through the

@@ -289,6 +289,7 @@ def test_roles_follow_the_stated_rule_as_layers_come_and_go(make_napari_viewer, 
         "Prediction: 'nuclei segmentation' · Ground truth: 'nuclei labels'"
     )
     # A second segmentation becomes the prediction; the truth stays on the loaded labels.
+    produced.name = "first segmentation"  # kept: the next run adds a layer, not updates it
     segment.start()
     qtbot.waitUntil(lambda: not segment.running, timeout=TIMEOUT_MS)
     second = viewer.layers[-1]

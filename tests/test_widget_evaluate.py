@@ -12,13 +12,13 @@ from skimage.draw import disk
 from conftest import make_threshold_model
 from napari_unet import metrics
 from napari_unet._widgets import EvaluateWidget
-from napari_unet._widgets._common import is_prediction, prediction_metadata
 from napari_unet._widgets._evaluate import (
     SEGMENT,
     SUMMARY_ROWS,
     THRESHOLD_COLUMNS,
     pick_roles,
 )
+from napari_unet._widgets._outputs import is_prediction, prediction_metadata
 from napari_unet._widgets._registry import REGISTRY
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.config import ModelConfig
@@ -289,6 +289,7 @@ def test_roles_follow_the_stated_rule_as_layers_come_and_go(make_napari_viewer, 
         "Prediction: 'nuclei segmentation' · Ground truth: 'nuclei labels'"
     )
     # A second segmentation becomes the prediction; the truth stays on the loaded labels.
+    produced.name = "first segmentation"  # kept: the next run adds a layer, not updates it
     segment.start()
     qtbot.waitUntil(lambda: not segment.running, timeout=TIMEOUT_MS)
     second = viewer.layers[-1]

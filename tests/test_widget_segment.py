@@ -17,7 +17,7 @@ import pytest
 
 from conftest import blob_pair, make_threshold_model
 from napari_unet import metrics
-from napari_unet._widgets import SegmentWidget, TrainWidget, _segment
+from napari_unet._widgets import SegmentWidget, TrainWidget, _lazy, _segment
 from napari_unet._widgets._registry import REGISTRY
 from napari_unet._widgets._segment import segment_layer
 from napari_unet.checkpoint import TrainedModel, default_model_path, load_model
@@ -127,9 +127,9 @@ def test_compiled_network_gives_the_same_labels_in_the_worker_thread(viewer, qtb
         run(widget, qtbot)
     assert not [w for w in caught if "torch.compile failed" in str(w.message)]
     assert "failed" not in widget.status.text()
-    compiled = viewer.layers[-1]
-    assert compiled.name != "cells segmentation"  # a second labels layer, next to the first
-    np.testing.assert_array_equal(compiled.data, eager)
+    # The first result, unedited, took the compiled run's labels (see test_widget_outputs).
+    assert widget.status.text().startswith("Updated 'cells segmentation'")
+    np.testing.assert_array_equal(viewer.layers["cells segmentation"].data, eager)
 
 
 def test_stack_is_segmented_plane_by_plane_with_progress(viewer, qtbot):
@@ -199,7 +199,7 @@ def test_large_dask_result_is_shown_from_disk_and_its_folder_removed(
     tiny_model, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(_segment, "IN_MEMORY_LIMIT", 0)  # every result counts as large
+    monkeypatch.setattr(_lazy, "IN_MEMORY_LIMIT", 0)  # every result counts as large
     config = PredictConfig(tile_size=64, overlap=16, device="cpu")
     segmentation, _ = run_to_end(
         segment_layer(lazy_stack(), tiny_model, config, False, None, threading.Event())
@@ -413,7 +413,8 @@ def test_a_model_file_is_read_once_for_two_runs(viewer, qtbot, tmp_path, tiny_mo
     run(widget, qtbot)
     run(widget, qtbot)
     assert reads == [path]
-    assert len([layer for layer in viewer.layers if "segmentation" in layer.name]) == 2
+    # The second run updated the first, unedited result (see test_widget_outputs).
+    assert len([layer for layer in viewer.layers if "segmentation" in layer.name]) == 1
     # A new version of the file is read again.
     path.write_bytes(path.read_bytes())
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
@@ -422,28 +423,51 @@ def test_a_model_file_is_read_once_for_two_runs(viewer, qtbot, tmp_path, tiny_mo
     _registry.MODEL_CACHE.clear()
 
 
-def test_loading_a_model_file_shows_a_busy_bar_with_its_name(viewer, qtbot, tmp_path, tiny_model):
+def test_loading_a_model_file_shows_a_busy_bar_with_its_name(
+    viewer, qtbot, tmp_path, tiny_model, monkeypatch
+):
     from napari_unet._widgets._registry import MODEL_CACHE
 
     MODEL_CACHE.clear()
+    monkeypatch.setattr(_segment, "BUSY_DELAY_MS", 0)  # busy at once (the test is quick)
     path = tiny_model.save(tmp_path / "tiny.pt")
     image, _ = blob_pair(seed=3)
     viewer.add_image(image, name="cells")
     widget = dock(viewer)
     widget.model.select(widget.model.FILE)
     widget.model.path_edit.setText(str(path))
+    widget.tile_size.setValue(32)  # several tiles: counts follow the loading step
+    # Choosing the model loads it in the background (for its tuned values); forget it.
+    qtbot.waitUntil(lambda: widget.threshold.specialValueText() != _segment.TUNED)
+    MODEL_CACHE.clear()
     seen: list[tuple[str, int]] = []
     widget.controls.yielded.connect(
         lambda _: seen.append((widget.status.text(), widget.progress.maximum()))
     )
     widget.start()
-    assert widget.progress.maximum() == 0  # busy from the start
+    assert widget.status.text() == "Segmenting 'cells'…"
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
     assert seen[0] == ("Loading the model…", 0)
     assert all(maximum > 0 for _, maximum in seen[1:])
+    # The model is cached now: the next run has no loading step.
+    seen.clear()
+    run(widget, qtbot)
+    assert seen and "Loading the model…" not in [text for text, _ in seen]
 
 
-def test_an_export_shows_a_busy_bar_until_it_ends(viewer, qtbot, tmp_path):
+def test_a_single_tile_shows_no_count(viewer, qtbot):
+    image, _ = blob_pair(seed=3)
+    viewer.add_image(image, name="cells")
+    widget = dock(viewer)  # 64 px tiles: the image is one tile
+    texts: list[str] = []
+    widget.controls.yielded.connect(lambda _: texts.append(widget.status.text()))
+    run(widget, qtbot)
+    assert texts and set(texts) == {"Segmenting 'cells'…"}  # "1/1" would repaint for nothing
+    assert widget.status.text().startswith("Added 'cells segmentation'")
+
+
+def test_an_export_shows_a_busy_bar_until_it_ends(viewer, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setattr(_segment, "BUSY_DELAY_MS", 0)  # busy at once (the export is quick)
     widget = dock(viewer)
     widget.export_model(tmp_path / "model.txt")  # refused by the exporter, in the worker
     assert widget.progress.maximum() == 0
@@ -535,3 +559,19 @@ def test_tuned_values_shown_are_those_of_the_chosen_images_modality(make_napari_
     widget.show_tuned_values()
     assert widget.threshold.text() == "tuned: 0.55"
     REGISTRY.clear()
+
+
+def test_the_result_appears_with_the_run_ended(viewer, qtbot):
+    """The layer, the status, the bar and the buttons change together (one window
+    repaint, tens of ms under software GL, instead of two)."""
+    viewer.add_image(blob_pair(seed=3)[0], name="cells")
+    widget = dock(viewer)
+    seen: list[tuple[bool, bool, int]] = []
+
+    def on_inserted(event) -> None:
+        bar = widget.progress
+        seen.append((widget.running, widget.run_button.isEnabled(), bar.maximum() - bar.value()))
+
+    viewer.layers.events.inserted.connect(on_inserted)
+    run(widget, qtbot)
+    assert seen == [(False, True, 0)]

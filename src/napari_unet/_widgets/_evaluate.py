@@ -49,10 +49,9 @@ from napari_unet._widgets._common import (
     RunControls,
     ScrollingDock,
     connect_until_destroyed,
-    is_prediction,
     layer_data,
-    prediction_metadata,
 )
+from napari_unet._widgets._outputs import is_prediction, prediction_metadata
 from napari_unet._widgets._registry import MODEL_CACHE, REGISTRY
 from napari_unet._widgets._segment import layer_anisotropy, stack_choice
 from napari_unet.checkpoint import TrainedModel
@@ -102,7 +101,7 @@ def pick_roles(layers: Sequence[Labels]) -> tuple[Labels | None, Labels | None]:
     """The (prediction, ground truth) pair among ``layers`` by :data:`ROLE_RULE`.
 
     The prediction is the newest segmentation this plugin produced (see
-    :func:`~napari_unet._widgets._common.is_prediction`), else the newest layer when
+    :func:`~napari_unet._widgets._outputs.is_prediction`), else the newest layer when
     there are two or more (a single loaded layer is ground truth). The ground truth is
     the newest other layer that was loaded or painted, else the newest other layer.
 

@@ -112,21 +112,39 @@ class ModelCache:
         """
         if isinstance(model, TrainedModel):
             return model
-        path = default_model_path() if str(model) == DEFAULT_MODEL_NAME else Path(model)
-        try:
-            stat = path.stat()
-            key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, device)
-        except OSError:
-            return load_model(path, device=device)  # its own message says what is wrong
+        key = self._key(model, device)
+        if key is None:  # load_model's own message says what is wrong
+            return load_model(self._path(model), device=device)
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-            loaded = load_model(path, device=device)
+            loaded = load_model(self._path(model), device=device)
             self._models[key] = loaded
             while len(self._models) > self._capacity:
                 self._models.popitem(last=False)
             return loaded
+
+    @staticmethod
+    def _path(model: str | os.PathLike[str]) -> Path:
+        return default_model_path() if str(model) == DEFAULT_MODEL_NAME else Path(model)
+
+    def _key(self, model: str | os.PathLike[str], device: str) -> tuple[str, int, int, str] | None:
+        """The file's identity (path, modification time, size) and device; None if unreadable."""
+        path = self._path(model)
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        return (str(path.resolve()), stat.st_mtime_ns, stat.st_size, device)
+
+    def holds(self, model: str | os.PathLike[str] | TrainedModel, device: str) -> bool:
+        """Whether :meth:`get` returns ``model`` without reading a file."""
+        if isinstance(model, TrainedModel):
+            return True
+        key = self._key(model, device)
+        with self._lock:
+            return key is not None and key in self._models
 
     def clear(self) -> None:
         """Forget every loaded model."""

@@ -3,8 +3,10 @@
 The widget gathers its settings into a :class:`~napari_unet.prediction.PredictConfig`
 and runs :func:`napari_unet.prediction.predict_events` in a napari ``thread_worker``
 with a progress bar and a Stop button. The input layer is never modified: the
-result is a new Labels layer named ``"<image> segmentation"`` (and, on request, the
-probability maps as Image layers), with the image's scale and translation.
+result is a Labels layer named ``"<image> segmentation"`` (and, on request, the
+probability maps as Image layers), with the image's scale and translation. A run puts
+its result into the widget's earlier result of that name while it is unedited, else
+adds a layer (:class:`~napari_unet._widgets._outputs.ResultLayers`).
 
 2D, RGB, multichannel (pick the channel axis), 3D and time stacks (segmented
 plane by plane) and dask-backed layers work alike. A dask layer goes through the
@@ -15,11 +17,7 @@ stack is never loaded whole. A 3D model segments a volume in memory, in 3D (nati
 
 from __future__ import annotations
 
-import math
-import shutil
-import tempfile
 import threading
-import weakref
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,10 +41,10 @@ from napari_unet._widgets._common import (
     available_devices,
     layer_data,
     layer_modality,
-    prediction_metadata,
 )
+from napari_unet._widgets._lazy import segment_lazy
+from napari_unet._widgets._outputs import ResultLayers, prediction_metadata
 from napari_unet._widgets._registry import MODEL_CACHE
-from napari_unet.blockwise import segment_to_zarr_events
 from napari_unet.checkpoint import TrainedModel
 from napari_unet.config import ModelConfig
 from napari_unet.errors import ConfigError, DataError
@@ -58,8 +56,8 @@ if TYPE_CHECKING:
     import napari
     from napari.layers import Image
 
-#: A dask layer's result bigger than this is shown from a temporary Zarr, not memory.
-IN_MEMORY_LIMIT = 2**30
+#: A wait shorter than this shows its step's name but no busy animation (RunControls).
+BUSY_DELAY_MS = 1000
 #: Shown by the post-processing fields when they take the model's tuned value.
 TUNED = "tuned for the model"
 #: Names of the probability channels per model target.
@@ -111,12 +109,12 @@ def segment_layer(
     channel_axis: int | None,
     stop: threading.Event,
 ) -> Generator[Progress, None, tuple[Segmentation, str]]:
-    """Segment ``data`` with ``model``; a dask layer block by block (see :func:`_segment_lazy`).
+    """Segment ``data`` with ``model``; a dask layer block by block (``_lazy``).
 
     Yields
     ------
     Progress
-        "Loading the model" (total 0: busy) unless ``model`` is loaded, then the
+        "Loading the model" (total 0: busy) unless ``model`` is loaded or cached, then the
         core's progress: tiles of an in-memory image, block tasks of a dask one.
 
     Returns
@@ -126,11 +124,11 @@ def segment_layer(
         ended it early) and the model's target, which names the probability maps.
     """
     # Session models are used as they are; a file is read once per version and device.
-    if not isinstance(model, TrainedModel):
+    if not MODEL_CACHE.holds(model, config.device):
         yield Progress(0, 0, "Loading the model…")  # seconds for a file not read yet
     trained = MODEL_CACHE.get(model, config.device)
     if is_lazy(data) and trained.config.ndim == 2:  # block-wise prediction is 2D only
-        segmentation = yield from _segment_lazy(data, trained, config, rgb, channel_axis, stop)
+        segmentation = yield from segment_lazy(data, trained, config, rgb, channel_axis, stop)
     else:
         segmentation = yield from predict_events(
             data, trained, config, rgb=rgb, channel_axis=channel_axis, stop=stop
@@ -141,77 +139,6 @@ def segment_layer(
 def _load_for(model: str | Path, device: str) -> tuple[TrainedModel, tuple[str | Path, str]]:
     """The cached model for ``(model, device)``, returned with the pair that asked for it."""
     return MODEL_CACHE.get(model, device), (model, device)
-
-
-def _segment_lazy(
-    data: Any,
-    model: TrainedModel,
-    config: PredictConfig,
-    rgb: bool,
-    channel_axis: int | None,
-    stop: threading.Event,
-) -> Generator[Progress, None, Segmentation]:
-    """Segment a dask layer block by block (the core's one path for large stacks).
-
-    :func:`~napari_unet.blockwise.segment_to_zarr_events` writes into a temporary folder.
-    A result under :data:`IN_MEMORY_LIMIT` is read into memory and the folder removed at
-    once; a larger one is shown from disk, and its folder is removed when the arrays are
-    garbage collected (their layers deleted) or at exit. Stop or an error removes it at
-    once; a stopped run gives empty labels.
-    """
-    import zarr
-
-    folder = Path(tempfile.mkdtemp(prefix="napari-unet-"))
-    keep = False  # set once large arrays are shown from the folder
-    try:
-        result = yield from segment_to_zarr_events(
-            data,
-            folder / "labels.zarr",
-            model,
-            config,
-            ome=False,
-            rgb=rgb,
-            channel_axis=channel_axis,
-            probabilities_out=folder / "probabilities.zarr"
-            if config.return_probabilities
-            else None,
-            stop=stop,
-        )
-        if result.cancelled:
-            return Segmentation(_zeros(result.shape), cancelled=True)
-        arrays = [zarr.open_array(str(result.path), mode="r")]
-        if result.probabilities is not None:
-            arrays.append(zarr.open_array(str(result.probabilities), mode="r"))
-        if sum(array.nbytes for array in arrays) <= IN_MEMORY_LIMIT:
-            return Segmentation(*(array[...] for array in arrays))
-        _remove_when_collected(folder, arrays)
-        keep = True
-        return Segmentation(*arrays)
-    finally:
-        if not keep:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _zeros(shape: tuple[int, ...]) -> Any:
-    """Empty labels of ``shape``: in memory, or lazy when large."""
-    if math.prod(shape) <= IN_MEMORY_LIMIT:
-        return np.zeros(shape, np.uint8)
-    import dask.array as da
-
-    return da.zeros(shape, dtype=np.uint8)
-
-
-def _remove_when_collected(folder: Path, arrays: list[Any]) -> None:
-    """Remove ``folder`` once every one of ``arrays`` is garbage collected (or at exit)."""
-    remaining = [len(arrays)]
-
-    def release() -> None:
-        remaining[0] -= 1
-        if remaining[0] == 0:
-            shutil.rmtree(folder, ignore_errors=True)
-
-    for array in arrays:
-        weakref.finalize(array, release)
 
 
 class SegmentWidget(ScrollingDock):
@@ -229,6 +156,7 @@ class SegmentWidget(ScrollingDock):
         super().__init__()
         self.viewer = napari_viewer
         self.output: Any = None
+        self.results = ResultLayers(napari_viewer)
         # The layer and channel axis of the run in progress.
         self._source: Image | None = None
         self._axis: int | None = None
@@ -261,10 +189,18 @@ class SegmentWidget(ScrollingDock):
         self.export_button.clicked.connect(self._export_dialog)
         self.export_worker: Any = None
         self.controls = controls = RunControls(
-            "Segment", "Segmentation failed", rows=[self.export_button]
+            "Segment",
+            "Segmentation failed",
+            rows=[self.export_button],
+            # A small image takes well under a second: no busy animation meanwhile.
+            busy_delay_ms=BUSY_DELAY_MS,
         )
         controls.run_button.clicked.connect(self.start)
         controls.running_changed.connect(self.update_state)
+        # The result is shown when the run has ended, with the buttons and the bar: one
+        # window repaint instead of two (each tens of ms under software GL).
+        self._result: tuple[Segmentation, str] | None = None
+        controls.running_changed.connect(self._show_result)
         layout.addWidget(controls)
         # The widget's own names for its controls (used by tests and scripts).
         self.run_button, self.stop_button = controls.run_button, controls.stop_button
@@ -485,7 +421,7 @@ class SegmentWidget(ScrollingDock):
             self._axis,
             message=f"Segmenting {image.name!r}…",
             on_yielded=self._on_progress,
-            on_returned=self._on_result,
+            on_returned=self._keep_result,
         )
 
     def stop(self) -> None:
@@ -493,18 +429,28 @@ class SegmentWidget(ScrollingDock):
         self.controls.stop()
 
     def _on_progress(self, progress: Progress) -> None:
+        if progress.total == 1:
+            return  # one tile: "1/1" tells nothing the run's end does not (and repaints)
         message = progress.message or f"{progress.done}/{progress.total}"
         self.controls.show_progress(progress.done, progress.total, message)
 
-    def _on_result(self, result: tuple[Segmentation, str]) -> None:
-        segmentation, target = result
+    def _keep_result(self, result: tuple[Segmentation, str]) -> None:
+        self._result = result
+
+    def _show_result(self) -> None:
+        if self.running or self._result is None:
+            return
+        segmentation, target = self._result
+        self._result = None
         stopped = segmentation.cancelled
         source = self._source
         scale, translate = _spatial(source, self._axis)
         suffix = " (stopped)" if stopped else ""
-        self.output = self.viewer.add_labels(
+        # An earlier result of the same name takes the new data unless edited (ResultLayers).
+        self.output, replaced = self.results.show(
+            "labels",
             segmentation.labels,
-            name=f"{source.name} segmentation{suffix}",
+            f"{source.name} segmentation{suffix}",
             scale=scale,
             translate=translate,
             metadata=prediction_metadata(self._model_name),
@@ -513,9 +459,10 @@ class SegmentWidget(ScrollingDock):
             names = CHANNEL_NAMES.get(target, ())
             for index, channel in enumerate(segmentation.probabilities):
                 what = names[index] if index < len(names) else f"channel {index}"
-                self.viewer.add_image(
+                self.results.show(
+                    "image",
                     channel,
-                    name=f"{source.name} {what}",
+                    f"{source.name} {what}",
                     colormap="magma",
                     blending="additive",
                     contrast_limits=(0.0, 1.0),
@@ -528,7 +475,8 @@ class SegmentWidget(ScrollingDock):
         if stopped:
             self.status.setText(f"Stopped: {self.output.name!r} holds the planes done so far.")
         else:
-            self.status.setText(f"Added {self.output.name!r}{objects}.")
+            verb = "Updated" if replaced else "Added"
+            self.status.setText(f"{verb} {self.output.name!r}{objects}.")
 
     def _export_dialog(self) -> None:
         from qtpy.QtWidgets import QFileDialog

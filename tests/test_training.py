@@ -229,6 +229,29 @@ def test_fine_tuning_keeps_batchnorm_statistics_when_told(blobs) -> None:
     assert same_weights(*(weights_of(model) for model in scratch))
 
 
+@pytest.mark.parametrize(
+    ("freeze", "frozen"),
+    [
+        ("none", ()),
+        ("encoder", ("encoders.",)),
+        ("encoder+bottleneck", ("encoders.", "bottleneck.")),
+    ],
+)
+def test_fine_tuning_keeps_the_frozen_parts_only(blobs, freeze, frozen) -> None:
+    base = train(*blobs, small_config(epochs=1)).model
+    tuned = train(*blobs, small_config(epochs=1, freeze=freeze), init=base).model
+    before, after = weights_of(base), weights_of(tuned)
+    for name in before:
+        kept = torch.equal(before[name], after[name])
+        if name.startswith(frozen):  # weights and BatchNorm statistics alike
+            assert kept, name
+        elif name.startswith(("decoders.", "head.")) and not name.endswith("num_batches_tracked"):
+            assert not kept, name
+    # From scratch nothing is frozen: the option changes nothing.
+    scratch = [train(*blobs, small_config(epochs=1, freeze=f)).model for f in ("none", "encoder")]
+    assert same_weights(*(weights_of(model) for model in scratch))
+
+
 def test_a_fine_tune_replays_bundled_samples_and_training_from_scratch_does_not(
     blobs, tmp_path
 ) -> None:

@@ -428,6 +428,11 @@ class TrainConfig(Settings):
         (``benchmarks/bench_hitl.py --score-on selection``) scored DSB 0.266 on H&E and
         0.604 on fluorescence with it, 0.371 and 0.646 without (bundled: 0.368, 0.654).
         No effect when training from scratch.
+    freeze : {"encoder+bottleneck", "encoder", "none"}
+        When fine-tuning (``init``), the parts of the network that keep the init model's
+        weights and BatchNorm statistics (U-Net: ``encoders``, ``bottleneck``; U-Net++
+        has no bottleneck). No gradient flows through a frozen encoder, so a step costs
+        less. No effect when training from scratch.
     """
 
     WHAT: ClassVar[str] = "training"
@@ -565,6 +570,12 @@ class TrainConfig(Settings):
         kind="bool",
         help="when fine-tuning (init), keep the model's BatchNorm statistics rather than "
         "re-estimate them from the few new images",
+    )
+    freeze: Literal["none", "encoder", "encoder+bottleneck"] = setting(
+        "none",
+        kind="choice",
+        choices=("none", "encoder", "encoder+bottleneck"),
+        help="when fine-tuning (init), parts of the network that keep their weights",
     )
 
     def _check_together(self) -> None:

@@ -47,6 +47,12 @@ if TYPE_CHECKING:
 CHECKPOINT_FORMAT = "napari-unet-training-state"
 #: Layers whose running statistics a fine-tune keeps (``TrainConfig.freeze_batchnorm``).
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+#: The submodules each ``TrainConfig.freeze`` choice keeps fixed in a fine-tune.
+FROZEN_PARTS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "encoder": ("encoders",),
+    "encoder+bottleneck": ("encoders", "bottleneck"),
+}
 #: Columns of the CSV log and of the history rows, one row per epoch.
 LOG_COLUMNS = (
     "epoch",
@@ -173,6 +179,10 @@ class TrainingRun:
         self.postprocess: dict[str, Any] | None = None
         # Fine-tuning on a few images: BatchNorm keeps the init model's statistics.
         self.freeze_batchnorm = config.freeze_batchnorm and init_source is not None
+        # Fine-tuning: the encoder keeps the init model's weights and statistics.
+        self.frozen = frozen_modules(network, FROZEN_PARTS[config.freeze]) if init_source else []
+        for module in self.frozen:
+            module.requires_grad_(False)
         self.cuda = device.type == "cuda"
         # channels-last convolutions on CUDA, and for 3D models on a CPU too: on this
         # project's CPU a 2D training step measured 10-20% slower than NCHW for the fast
@@ -184,7 +194,8 @@ class TrainingRun:
         network.to(memory_format=self.memory_format)
         # What the training step calls: the network, or its DistributedDataParallel wrapper.
         self.train_network: nn.Module = network
-        self.optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate)
+        trained = [parameter for parameter in network.parameters() if parameter.requires_grad]
+        self.optimizer = torch.optim.Adam(trained, lr=config.learning_rate)
         total_steps = config.epochs * steps_per_epoch
         self.per_step_schedule = config.schedule in ("onecycle", "cosine")
         self.scheduler: Any
@@ -457,6 +468,8 @@ class TrainingRun:
             for module in self.network.modules():
                 if isinstance(module, BATCH_NORMS):
                     module.eval()
+        for module in self.frozen:
+            module.eval()
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             outputs = self.train_network(x)
@@ -505,6 +518,15 @@ class TrainingRun:
 
     def state_dict_copy(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.network.state_dict().items()}
+
+
+def frozen_modules(network: nn.Module, parts: tuple[str, ...]) -> list[nn.Module]:
+    """The submodules of ``network`` named in ``parts`` that it has."""
+    return [
+        getattr(network, name)
+        for name in parts
+        if isinstance(getattr(network, name, None), nn.Module)
+    ]
 
 
 def inherited_postprocess(tuned: dict[str, Any], init_source: str | None) -> dict[str, Any]:

@@ -70,6 +70,8 @@ LOSSES = ("bce", "dice", "bce+dice")
 LABEL_MODES = ("instance", "binary", "sparse")
 SCHEDULES = ("plateau", "onecycle", "cosine")
 SAMPLINGS = ("area", "image", "modality")
+#: What a fine-tune can keep fixed (``TrainConfig.freeze``).
+FREEZE_CHOICES = ("encoder+bottleneck", "encoder", "none")
 #: How prediction treats the planes of a stack: one 3D volume, or each plane on its own.
 STACK_MODES = ("volume", "planes")
 #: The ways :mod:`napari_unet.volume` turns a 2D model's planes into 3D objects.
@@ -571,10 +573,10 @@ class TrainConfig(Settings):
         help="when fine-tuning (init), keep the model's BatchNorm statistics rather than "
         "re-estimate them from the few new images",
     )
-    freeze: Literal["none", "encoder", "encoder+bottleneck"] = setting(
-        "none",
+    freeze: Literal["encoder+bottleneck", "encoder", "none"] = setting(
+        "encoder+bottleneck",
         kind="choice",
-        choices=("none", "encoder", "encoder+bottleneck"),
+        choices=FREEZE_CHOICES,
         help="when fine-tuning (init), parts of the network that keep their weights",
     )
 

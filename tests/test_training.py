@@ -256,6 +256,17 @@ def test_fine_tuning_keeps_the_frozen_parts_only(blobs, freeze, frozen) -> None:
         assert same_weights(*(weights_of(model) for model in scratch))
 
 
+def test_a_resumed_fine_tune_keeps_the_parts_it_froze(blobs, tmp_path) -> None:
+    base = train(*blobs, small_config(epochs=1)).model
+    train(*blobs, small_config(epochs=1, freeze="encoder"), init=base, out=tmp_path / "t.pt")
+    # Resumed with the default freeze (encoder+bottleneck): the bottleneck still trains.
+    resumed = train(*blobs, small_config(epochs=2), resume=tmp_path / "t.ckpt.pt").model
+    assert resumed.metadata["train_config"]["freeze"] == "encoder"
+    before, after = weights_of(base), weights_of(resumed)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoders."))
+    assert not torch.equal(before["bottleneck.0.weight"], after["bottleneck.0.weight"])
+
+
 def test_a_fine_tune_replays_bundled_samples_and_training_from_scratch_does_not(
     blobs, tmp_path
 ) -> None:

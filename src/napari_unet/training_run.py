@@ -12,6 +12,7 @@ with one line before any epoch runs, never used half-way.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -179,8 +180,10 @@ class TrainingRun:
         self.postprocess: dict[str, Any] | None = None
         # Fine-tuning on a few images: BatchNorm keeps the init model's statistics.
         self.freeze_batchnorm = config.freeze_batchnorm and init_source is not None
-        # Fine-tuning: the encoder keeps the init model's weights and statistics.
-        self.frozen = frozen_modules(network, FROZEN_PARTS[config.freeze]) if init_source else []
+        # Fine-tuning: the frozen parts keep the init model's weights and BatchNorm
+        # statistics, and no gradient is computed through them (a cheaper step).
+        frozen = FROZEN_PARTS[config.freeze] if init_source is not None else ()
+        self.frozen = frozen_modules(network, frozen)
         for module in self.frozen:
             module.requires_grad_(False)
         self.cuda = device.type == "cuda"
@@ -310,6 +313,8 @@ class TrainingRun:
             network.load_state_dict(payload["state_dict"])
             saved = payload.get("metadata") if isinstance(payload.get("metadata"), dict) else {}
             init_source = saved.get("init") if isinstance(saved.get("init"), str) else None
+            # The optimiser state fits the parts the run trained: it keeps its freeze.
+            config = dataclasses.replace(config, freeze=saved_freeze(saved))
             run = cls(
                 config,
                 model_config,
@@ -518,6 +523,13 @@ class TrainingRun:
 
     def state_dict_copy(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.network.state_dict().items()}
+
+
+def saved_freeze(metadata: dict[str, Any]) -> str:
+    """The ``freeze`` a run saved in its metadata; ``"none"`` for runs from before it."""
+    saved = metadata.get("train_config")
+    freeze = saved.get("freeze", "none") if isinstance(saved, dict) else "none"
+    return freeze if freeze in FROZEN_PARTS else "none"
 
 
 def frozen_modules(network: nn.Module, parts: tuple[str, ...]) -> list[nn.Module]:

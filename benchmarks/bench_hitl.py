@@ -30,7 +30,7 @@ The fine-tuning child uses PyTorch's default thread count (the machine's cores).
 
     python benchmarks/bench_hitl.py                          # the settings chosen
     python benchmarks/bench_hitl.py --data /work/shared/data/dsb2018
-    python benchmarks/bench_hitl.py --score-on selection --steps 20 --lr 3e-4
+    python benchmarks/bench_hitl.py --score-on selection --steps 20 --lr 3e-4 --freeze none
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ import torch
 
 from napari_unet.annotations import split_held_out_strip
 from napari_unet.checkpoint import TrainedModel, load_model
+from napari_unet.config import FREEZE_CHOICES
 from napari_unet.evaluation import classify_modality, evaluate
 from napari_unet.io import find_pairs, read_image
 from napari_unet.prediction import PredictConfig, segment
@@ -141,6 +142,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--loss", default="bce", help="bce (the Train widget's default), bce+dice")
     parser.add_argument(
+        "--freeze",
+        default=TrainConfig().freeze,
+        choices=FREEZE_CHOICES,
+        help="parts of the bundled model kept fixed (default: TrainConfig's, as the widget)",
+    )
+    parser.add_argument(
         "--threads", type=int, default=2, help="torch threads of the scoring (the goal: 2)"
     )
     parser.add_argument(
@@ -168,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         learning_rate=args.lr,
         augment=args.augment,
         loss=args.loss,
+        freeze=args.freeze,
         early_stopping_patience=None,
         device="cpu",
     )
@@ -181,6 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"settings: {args.steps} steps in {args.epochs} epochs, patch {args.patch}, batch "
         f"{args.batch}, lr {args.lr:g}, loss {args.loss}, augment {args.augment}, "
+        f"frozen {args.freeze}, "
         f"{args.threads} threads; "
         f"best epoch {result.best_epoch}; scored on {args.score_on}"
     )

@@ -65,6 +65,7 @@ TRAIN_EXAMPLES: dict[str, tuple[list[str], Any]] = {
     "patch_depth": (["16"], 16),
     "replay_samples": (["2"], 2),
     "freeze_batchnorm": ([], True),
+    "freeze": (["none"], "none"),
 }
 PREDICT_EXAMPLES: dict[str, tuple[list[str] | None, Any]] = {
     "tile_size": (["256"], 256),

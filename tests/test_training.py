@@ -229,6 +229,44 @@ def test_fine_tuning_keeps_batchnorm_statistics_when_told(blobs) -> None:
     assert same_weights(*(weights_of(model) for model in scratch))
 
 
+@pytest.mark.parametrize(
+    ("freeze", "frozen"),
+    [
+        (None, ("encoders.", "bottleneck.")),  # the default
+        ("encoder+bottleneck", ("encoders.", "bottleneck.")),
+        ("encoder", ("encoders.",)),
+        ("none", ()),
+    ],
+)
+def test_fine_tuning_keeps_the_frozen_parts_only(blobs, freeze, frozen) -> None:
+    base = train(*blobs, small_config(epochs=1)).model
+    chosen = {} if freeze is None else {"freeze": freeze}
+    tuned = train(*blobs, small_config(epochs=1, **chosen), init=base).model
+    before, after = weights_of(base), weights_of(tuned)
+    for name in before:
+        kept = torch.equal(before[name], after[name])
+        if name.startswith(frozen):  # weights and BatchNorm statistics alike
+            assert kept, name
+        elif name.startswith(("decoders.", "head.")) and not name.endswith("num_batches_tracked"):
+            assert not kept, name
+    if freeze == "none":  # from scratch nothing is frozen: the option changes nothing
+        scratch = [
+            train(*blobs, small_config(epochs=1, freeze=f)).model for f in ("none", "encoder")
+        ]
+        assert same_weights(*(weights_of(model) for model in scratch))
+
+
+def test_a_resumed_fine_tune_keeps_the_parts_it_froze(blobs, tmp_path) -> None:
+    base = train(*blobs, small_config(epochs=1)).model
+    train(*blobs, small_config(epochs=1, freeze="encoder"), init=base, out=tmp_path / "t.pt")
+    # Resumed with the default freeze (encoder+bottleneck): the bottleneck still trains.
+    resumed = train(*blobs, small_config(epochs=2), resume=tmp_path / "t.ckpt.pt").model
+    assert resumed.metadata["train_config"]["freeze"] == "encoder"
+    before, after = weights_of(base), weights_of(resumed)
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoders."))
+    assert not torch.equal(before["bottleneck.0.weight"], after["bottleneck.0.weight"])
+
+
 def test_a_fine_tune_replays_bundled_samples_and_training_from_scratch_does_not(
     blobs, tmp_path
 ) -> None:

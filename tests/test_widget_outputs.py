@@ -91,6 +91,16 @@ def test_an_edited_result_is_kept_and_the_run_adds_a_layer(viewer, qtbot, edit):
     np.testing.assert_array_equal(corrected.data, kept)
 
 
+def test_another_models_result_is_kept_for_comparison(viewer, qtbot):
+    widget = segment(viewer, qtbot=qtbot)
+    first = widget.output
+    entry = REGISTRY.add(make_threshold_model(target="contour"), "another threshold")
+    widget.model.select(entry.name)
+    segment(viewer, widget, qtbot)
+    assert widget.output is not first and labels_layers(viewer) == [first, widget.output]
+    assert widget.status.text().startswith("Added")
+
+
 def test_a_renamed_or_removed_result_is_not_reused(viewer, qtbot):
     widget = segment(viewer, qtbot=qtbot)
     renamed = widget.output

@@ -8,9 +8,10 @@ result (a layer of the same name is updated), a new result goes into the layer o
 widget's latest result of that name instead of a new layer, which also costs far less
 than building a layer (its visuals and controls). Unlike that rule, only a layer nobody
 touched is reused: the widget's own result, still in the viewer, under the name and with
-the shape it was shown with, never painted, filled, erased or given new data (napari's
-``paint`` and ``data`` events). A corrected result, one renamed to keep it for
-comparison, and every other layer stay as they are; the run adds a new layer instead.
+the shape it was shown with, from the same model, never painted, filled, erased or
+given new data (napari's ``paint`` and ``data`` events). A corrected result, one renamed
+to keep it for comparison, another model's result, and every other layer stay as they
+are; the run adds a new layer instead.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ PREDICTION_KEY = "napari_unet_prediction"
 
 
 def prediction_metadata(model: str) -> dict[str, Any]:
-    """Metadata for a Labels layer this plugin predicts (read by :func:`is_prediction`).
+    """Metadata for a layer this plugin predicts (read by :func:`is_prediction`).
 
     Parameters
     ----------
@@ -88,7 +89,7 @@ class ResultLayers:
             key: shown for key, shown in self._shown.items() if shown.layer in self._viewer.layers
         }
         shown = self._shown.get(name)
-        replaced = shown is not None and self.reusable(shown, data)
+        replaced = shown is not None and self.reusable(shown, data, properties.get("metadata"))
         if replaced:
             layer = shown.layer
             with layer.events.data.blocker(shown.mark_edited):
@@ -105,15 +106,17 @@ class ResultLayers:
                 layer.events.paint.connect(shown.mark_edited)
         return layer, replaced
 
-    def reusable(self, shown: _Shown, data: Any) -> bool:
+    def reusable(self, shown: _Shown, data: Any, metadata: dict[str, Any] | None = None) -> bool:
         """Whether a result layer may take ``data``: still in the viewer, under the name
-        it was shown with, of the same shape, and not edited."""
+        it was shown with, of the same shape, not edited, and (``metadata`` given) from
+        the same source: another model's result is kept for comparison."""
         layer = shown.layer
         return (
             not shown.edited
             and layer in self._viewer.layers
             and layer.name == shown.name
             and tuple(layer.data.shape) == tuple(data.shape)
+            and (metadata is None or _same(layer.metadata, metadata))
         )
 
 

@@ -469,6 +469,7 @@ class SegmentWidget(ScrollingDock):
                     scale=scale,
                     translate=translate,
                     visible=index == 0,
+                    metadata=prediction_metadata(self._model_name),
                 )
         count = _count_objects(segmentation.labels)
         objects = f" ({count} objects)" if count is not None else ""

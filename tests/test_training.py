@@ -365,9 +365,11 @@ def test_a_time_budget_ends_the_run_with_a_validated_saved_model(blobs, tmp_path
 @pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
 def test_a_per_step_schedule_runs_over_the_time_budget(blobs, schedule) -> None:
     # 30,000 steps would take the schedule far past the 6 s budget: it keeps pace with
-    # the clock instead, and the rate has come down when the time is up.
+    # the clock instead, and the rate has come down when the time is up. One epoch
+    # outlasts the budget, so the run ends at a step (not in a validation that crossed
+    # the deadline, after which no step paces the schedule).
     config = small_config(
-        epochs=10_000, steps_per_epoch=3, schedule=schedule, max_minutes=0.1, min_lr=1e-6
+        epochs=3, steps_per_epoch=10_000, schedule=schedule, max_minutes=0.1, min_lr=1e-6
     )
     rates = [e.learning_rate for e in train_events(*blobs, config) if e.kind == "step"]
     assert len(rates) >= 2

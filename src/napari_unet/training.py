@@ -223,13 +223,16 @@ def _prepare_data(
         ndim=model_config.ndim,
         anisotropy=model_config.anisotropy,
     )
+    modalities = None
+    if config.sampling == "modality":
+        # Told from the planes as read, before normalisation; split once (a lazy image is
+        # read once), the planes then go on as the training images.
+        images, labels, _ = split_planes(images, labels)
+        modalities = [classify_modality(plane) for plane in images]
     train_planes = prepare_training_planes(
         images, labels, contact_weight=config.contact_weight, **prepare
     )
     replayed, replayed_modalities = replay_planes(config, model_config) if fine_tune else ([], [])
-    modalities = None
-    if config.sampling == "modality":  # from the planes as read, before normalisation
-        modalities = [classify_modality(plane) for plane in split_planes(images, labels)[0]]
     if val_images is not None and val_labels is not None:
         val_planes = prepare_training_planes(val_images, val_labels, what="validation", **prepare)
         validation = "explicit"

@@ -19,7 +19,7 @@ from napari_unet.checkpoint import (
     read_payload,
     save_model,
 )
-from napari_unet.config import ModelConfig, NormalizationConfig
+from napari_unet.config import ModelConfig, NormalizationConfig, PredictConfig
 from napari_unet.errors import ModelFileError
 from napari_unet.model import build_model
 
@@ -334,3 +334,23 @@ def test_3d_model_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
     assert loaded.config == config and loaded.config.ndim == 3
     x = torch.rand(1, 1, 5, 19, 23)
     assert torch.equal(outputs(loaded.network, x), outputs(net, x))
+
+
+@pytest.mark.parametrize("target", ["contour", "distance"])
+def test_format_1_distance_models_lose_the_seed_threshold_they_ignored(target: str) -> None:
+    config = ModelConfig.from_preset("tiny", base_filters=2, depth=1, in_channels=1, target=target)
+    tuned = {
+        "threshold": 0.6,
+        "seed_threshold": 0.4,
+        "per_modality": {"H&E": {"seed_threshold": 0.5, "min_size": 30}},
+    }
+    payload = model_payload(build_model(config), config, {"postprocess": tuned})
+    assert model_from_payload(payload).metadata["postprocess"] == tuned
+    old = model_from_payload({**payload, "format_version": 1}).metadata["postprocess"]
+    if target == "contour":
+        assert old == tuned
+    else:
+        # Format 1 ignored a distance model's seed threshold; now it is the peak height.
+        assert old == {"threshold": 0.6, "per_modality": {"H&E": {"min_size": 30}}}
+        filled = PredictConfig().for_model(model_from_payload({**payload, "format_version": 1}))
+        assert (filled.threshold, filled.seed_threshold) == (0.6, 0.2)

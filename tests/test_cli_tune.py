@@ -29,7 +29,7 @@ def test_tune_prints_the_best_settings_and_stores_them_in_the_copy(tmp_path, cap
     args = ["--images", str(images), "--labels", str(labels), "--quiet", "--holdout-splits", "4"]
     assert main(["tune", "--model", str(model), *args, *grid, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "best: threshold 0.5, seed_threshold 0.4, core_threshold 0, min_size 8" in printed
+    assert "best: threshold 0.5, seed_threshold 0.5, core_threshold 0, min_size 8" in printed
     assert "4 random halvings" in printed
     tuned = load_model(out, device="cpu").metadata["postprocess"]
     assert (tuned["threshold"], tuned["core_threshold"], tuned["min_size"]) == (0.5, 0.0, 8)

@@ -9,6 +9,7 @@ import math
 import pytest
 
 from napari_unet.config import (
+    DEFAULT_POSTPROCESS,
     PRESETS,
     PRESETS_3D,
     TARGET_CHANNELS,
@@ -17,6 +18,7 @@ from napari_unet.config import (
     PostprocessGrid,
     PredictConfig,
     TrainConfig,
+    default_postprocess,
     pool_kernels,
 )
 from napari_unet.errors import ConfigError
@@ -346,3 +348,18 @@ def test_old_model_configs_without_ndim_load_as_2d() -> None:
     del old["ndim"], old["anisotropy"]
     config = ModelConfig.from_dict(old)
     assert (config.ndim, config.anisotropy) == (2, 1.0)
+
+
+def test_grid_and_default_seed_thresholds_follow_the_target() -> None:
+    def seeds(grid: PostprocessGrid, target: str) -> list[float]:
+        return sorted({combo["seed_threshold"] for combo in grid.combinations(target)})
+
+    grid = PostprocessGrid(thresholds=(0.5,), core_thresholds=(0.0,), min_sizes=(8,))
+    assert seeds(grid, "contour") == [0.4, 0.5, 0.6]
+    assert seeds(grid, "distance") == [0.1, 0.2, 0.3]
+    assert seeds(grid, "foreground") == [0.5]
+    given = grid.replace(seed_thresholds=(0.05, 0.15))
+    assert seeds(given, "contour") == seeds(given, "distance") == [0.05, 0.15]
+    assert seeds(given, "foreground") == [0.5]
+    assert default_postprocess("distance")["seed_threshold"] == 0.2
+    assert default_postprocess("contour") == DEFAULT_POSTPROCESS

@@ -48,12 +48,17 @@ def test_contour_target_splits_along_the_predicted_boundary() -> None:
 def test_distance_target_seeds_from_predicted_distance_maxima() -> None:
     rows, cols = np.mgrid[:64, :96]
     distance = np.zeros((64, 96), np.float32)
-    for centre in (30, 56):
+    for centre, peak in ((30, 1.0), (56, 0.8)):
         radius = np.sqrt((rows - 32) ** 2 + (cols - centre) ** 2)
-        distance = np.maximum(distance, np.clip(1 - radius / 15, 0, 1))
+        distance = np.maximum(distance, peak * np.clip(1 - radius / 15, 0, 1))
     probabilities = np.stack([(distance > 0).astype(np.float32), distance])
     assert probabilities_to_labels(probabilities, "distance").max() == 2
     assert probabilities_to_labels(probabilities, "distance", separate=False).max() == 1
+    # The lower peak (0.8) rises about 0.65 above the saddle between the cones: a seed
+    # threshold (peak height) over that leaves one seed.
+    for height, objects in ((0.05, 2), (0.6, 2), (0.7, 1)):
+        split = probabilities_to_labels(probabilities, "distance", seed_threshold=height)
+        assert split.max() == objects, height
 
 
 def hysteresis_scene() -> tuple[np.ndarray, np.ndarray]:

@@ -275,11 +275,14 @@ def test_a_3d_model_trains_on_volume_layers_until_the_time_budget(viewer_with_vo
     widget = dock(viewer_with_volume)
     assert widget.dimensions.currentText() == "3D model"  # a volume without a time axis
     assert widget.patch_size.value() == 64  # not the 2D default of 256
+    # The 3D recipe that splits crowded nuclei (README *Volumes*).
+    assert (widget.target.currentText(), widget.contact_weight.value()) == ("distance", 5)
     tiny_settings(widget, epochs=5, steps=100_000)  # the budget ends the first epoch
     widget.patch_size.setValue(16)
     widget.max_minutes.setValue(0.1)  # 6 s, then one validation
     plan = widget.plan(snapshot=False)
     assert plan.config.model.ndim == 3 and plan.config.model.anisotropy == 2.0  # the scale
+    assert (plan.config.model.target, plan.config.contact_weight) == ("distance", 5)
     assert plan.config.max_minutes == pytest.approx(0.1)
     widget.start()
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
@@ -295,6 +298,7 @@ def test_a_3d_model_trains_on_volume_layers_until_the_time_budget(viewer_with_vo
     widget.dimensions.setCurrentText("2D model on the planes")
     assert widget.plan(snapshot=False).config.model.ndim == 2
     assert widget.patch_size.value() == 16  # a size the user chose stays
+    assert (widget.target.currentText(), widget.contact_weight.value()) == ("contour", 1)
     viewer_with_volume.add_image(np.zeros((32, 32)), name="plane")
     viewer_with_volume.add_labels(np.zeros((32, 32), np.uint16), name="plane labels")
     widget.rows[0].image.set_layer(viewer_with_volume.layers["plane"])

@@ -36,7 +36,9 @@ from napari_unet.io import atomic_write
 from napari_unet.model import MAX_PARAMETERS, build_model, check_weights, select_device
 
 FORMAT = "napari-unet-model"
-FORMAT_VERSION = 1
+#: 2: a ``distance`` model's ``seed_threshold`` is the height of its seeds' distance peaks
+#: (format 1 ignored it; :func:`_from_format_1` drops the value those files hold).
+FORMAT_VERSION = 2
 #: Name accepted wherever a model path is, meaning the model shipped in the package.
 DEFAULT_MODEL_NAME = "default"
 #: Largest model file read: the largest network napari-unet builds, as float32, plus metadata.
@@ -309,7 +311,27 @@ def _payload_parts(
         raise ModelFileError(f"{source!r} holds no valid weights (state_dict); re-save the model.")
     if not isinstance(metadata, dict):
         raise ModelFileError(f"{source!r} has invalid metadata (not a mapping); re-save the model.")
+    if version < 2 and config.target == "distance":
+        metadata = _from_format_1(metadata)
     return config, state, metadata
+
+
+def _from_format_1(metadata: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 ``distance`` model's metadata without the ``seed_threshold`` values its
+    tuning stored: they were ignored then, and would now set its seeds' peak height."""
+    tuned = metadata.get("postprocess")
+    if not isinstance(tuned, dict):
+        return metadata
+    tuned = {name: value for name, value in tuned.items() if name != "seed_threshold"}
+    per_modality = tuned.get("per_modality")
+    if isinstance(per_modality, dict):
+        tuned["per_modality"] = {
+            modality: {k: v for k, v in values.items() if k != "seed_threshold"}
+            if isinstance(values, dict)
+            else values
+            for modality, values in per_modality.items()
+        }
+    return {**metadata, "postprocess": tuned}
 
 
 def model_from_payload(

@@ -91,6 +91,15 @@ DEFAULT_POSTPROCESS: dict[str, float | int] = {
     # 0: no hysteresis, objects are split at ``threshold``.
     "core_threshold": 0.0,
 }
+#: ``seed_threshold`` by target, where it differs from :data:`DEFAULT_POSTPROCESS`'s:
+#: for ``distance`` it is the height a peak of the predicted distance (0..1 per object)
+#: must rise above the saddle to a higher peak to seed an object of its own.
+DEFAULT_SEED_THRESHOLDS: dict[str, float] = {"contour": 0.5, "distance": 0.2}
+#: Tuning grids' seed values by target (see :class:`PostprocessGrid`).
+GRID_SEED_THRESHOLDS: dict[str, tuple[float, ...]] = {
+    "contour": (0.4, 0.5, 0.6),
+    "distance": (0.1, 0.2, 0.3),
+}
 #: The settings a :class:`PostprocessGrid` varies, in table order.
 GRID_SETTINGS = ("threshold", "seed_threshold", "core_threshold", "min_size")
 #: Most combinations one grid may hold (each costs one post-processing of every image).
@@ -617,6 +626,13 @@ class TunedModel(Protocol):
 
     metadata: dict[str, Any]
     source: str
+    config: ModelConfig
+
+
+def default_postprocess(target: str) -> dict[str, float | int]:
+    """:data:`DEFAULT_POSTPROCESS` with the ``seed_threshold`` of ``target``."""
+    seed = DEFAULT_SEED_THRESHOLDS.get(target, DEFAULT_POSTPROCESS["seed_threshold"])
+    return {**DEFAULT_POSTPROCESS, "seed_threshold": seed}
 
 
 @dataclass(frozen=True)
@@ -650,7 +666,9 @@ class PredictConfig(Settings):
         Objects with fewer pixels are removed.
     seed_threshold : float or None
         ``contour`` models: boundary probability under which a foreground pixel
-        seeds an object (see :mod:`napari_unet.postprocess`).
+        seeds an object; ``distance`` models: how far a peak of the predicted distance
+        must rise above the saddle to a higher one to seed an object (see
+        :mod:`napari_unet.postprocess`).
     core_threshold : float or None
         Hysteresis: objects are found and split where the foreground probability
         is over ``core_threshold``, then grown to ``threshold``; at or below
@@ -681,7 +699,7 @@ class PredictConfig(Settings):
 
     ``threshold``, ``min_size``, ``seed_threshold`` and ``core_threshold`` left at None
     take the value tuned for the model (its ``metadata["postprocess"]``), else
-    :data:`DEFAULT_POSTPROCESS`; see :meth:`for_model`.
+    :func:`default_postprocess` of its target; see :meth:`for_model`.
     """
 
     WHAT: ClassVar[str] = "prediction"
@@ -729,8 +747,9 @@ class PredictConfig(Settings):
         None,
         kind="float",
         **OPEN_UNIT,
-        none=_TUNED + " 0.5",
-        help="contour models: boundary probability under which pixels seed objects",
+        none=_TUNED + " 0.5 (distance models: 0.2)",
+        help="contour models: boundary probability under which pixels seed objects; "
+        "distance models: height of a distance peak that seeds an object",
     )
     core_threshold: float | None = setting(
         None,
@@ -789,7 +808,7 @@ class PredictConfig(Settings):
         Order: the value given here, then the model's ``metadata["postprocess"]``
         (tuned on its validation data; its ``per_modality`` values for ``modality``
         when it holds them, see :func:`napari_unet.modality.postprocess_for_modality`),
-        then :data:`DEFAULT_POSTPROCESS`.
+        then :func:`default_postprocess` of its target.
         """
         if all(getattr(self, name) is not None for name in DEFAULT_POSTPROCESS):
             return self
@@ -804,7 +823,7 @@ class PredictConfig(Settings):
         tuned = postprocess_for_modality(tuned, modality)
         filled = {
             name: tuned.get(name, default) if getattr(self, name) is None else getattr(self, name)
-            for name, default in DEFAULT_POSTPROCESS.items()
+            for name, default in default_postprocess(model.config.target).items()
         }
         try:
             return dataclasses.replace(self, **filled)
@@ -825,9 +844,9 @@ class PostprocessGrid(Settings):
     ----------
     thresholds : tuple of float
         Foreground probabilities, each strictly between 0 and 1.
-    seed_thresholds : tuple of float
-        Boundary probabilities under which pixels seed objects (``contour`` models;
-        other targets use the first value only, as they ignore it).
+    seed_thresholds : tuple of float or None
+        ``seed_threshold`` values (``contour`` and ``distance`` models; ``foreground``
+        ones ignore it). None: :data:`GRID_SEED_THRESHOLDS` of the model's target.
     core_thresholds : tuple of float
         Hysteresis thresholds, from 0 (off) to under 1.
     min_sizes : tuple of int
@@ -842,11 +861,12 @@ class PostprocessGrid(Settings):
         **OPEN_UNIT,
         help="foreground probabilities to try",
     )
-    seed_thresholds: tuple[float, ...] = setting(
-        (0.4, 0.5, 0.6),
+    seed_thresholds: tuple[float, ...] | None = setting(
+        None,
         kind="floats",
         **OPEN_UNIT,
-        help="seed thresholds to try (contour models only)",
+        none="0.4 0.5 0.6 for contour models, 0.1 0.2 0.3 for distance models",
+        help="seed thresholds to try (contour and distance models)",
     )
     core_thresholds: tuple[float, ...] = setting(
         (0.0, 0.85, 0.9),
@@ -868,7 +888,11 @@ class PostprocessGrid(Settings):
 
     def combinations(self, target: str) -> list[dict[str, Any]]:
         """Every combination of settings, as ``probabilities_to_labels`` keywords."""
-        seeds = self.seed_thresholds if target == "contour" else self.seed_thresholds[:1]
+        if target in GRID_SEED_THRESHOLDS:
+            seeds = self.seed_thresholds or GRID_SEED_THRESHOLDS[target]
+        else:
+            # The seed threshold means nothing to this target: one value, any.
+            seeds = (default_postprocess(target)["seed_threshold"],)
         return [
             dict(zip(GRID_SETTINGS, values))
             for values in itertools.product(

@@ -12,7 +12,8 @@ model predicts (its ``target``):
   (on the exact targets of a crowded synthetic volume, smoothed by one voxel,
   AP50 0.53 against 0.89).
 * ``distance``: seeds are the h-maxima of the predicted (per-object scaled)
-  distance to the background; the watershed floods its negative.
+  distance to the background, peaks rising at least ``seed_threshold`` above the
+  saddle to a higher one; the watershed floods its negative.
 * ``foreground``: seeds are the h-maxima of the Euclidean distance transform of
   the mask (classic shape-based splitting); the watershed floods its negative.
 
@@ -42,15 +43,11 @@ from skimage.measure import label as connected_components
 from skimage.morphology import h_maxima, remove_small_objects
 from skimage.segmentation import relabel_sequential, watershed
 
-from napari_unet.config import TARGET_CHANNELS
+from napari_unet.config import TARGET_CHANNELS, default_postprocess
 
 #: Minimum height of a distance-transform maximum (pixels) that makes a seed for
 #: the ``foreground`` target: bumps from ragged outlines are lower than this.
 DISTANCE_TRANSFORM_H = 2.0
-#: Same for the predicted distance of the ``distance`` target (scaled 0..1 per object).
-PREDICTED_DISTANCE_H = 0.2
-#: Boundary probability under which a foreground pixel is an object core (``contour``).
-CONTOUR_CORE_THRESHOLD = 0.5
 
 
 def label_dtype(count: int) -> np.dtype:
@@ -144,7 +141,7 @@ def _split(
         return _seeded_watershed(distance, cores, mask), distance
     if target == "distance":
         distance = np.where(mask, probabilities[1], 0.0)
-        seeds = _h_maxima_seeds(distance, mask, PREDICTED_DISTANCE_H, floor=0.0)
+        seeds = _h_maxima_seeds(distance, mask, seed_threshold, floor=0.0)
         return _seeded_watershed(-distance, seeds, mask), -probabilities[1]
     # Inside the mask the distance transform is at least 1.
     distance = ndi.distance_transform_edt(mask, sampling=spacing)
@@ -159,7 +156,7 @@ def probabilities_to_labels(
     separate: bool = True,
     min_size: int = 0,
     fill_holes: bool = True,
-    seed_threshold: float = CONTOUR_CORE_THRESHOLD,
+    seed_threshold: float | None = None,
     core_threshold: float = 0.0,
     spacing: tuple[float, ...] | None = None,
 ) -> np.ndarray:
@@ -182,9 +179,12 @@ def probabilities_to_labels(
         Objects with fewer pixels are removed.
     fill_holes : bool
         Fill background holes that lie inside one object.
-    seed_threshold : float
+    seed_threshold : float, optional
         ``contour`` target: boundary probability under which a foreground pixel is an
-        object core (a watershed seed). Lower values give fewer, safer seeds.
+        object core (a watershed seed); lower values give fewer, safer seeds.
+        ``distance`` target: how far a peak of the predicted distance must rise above
+        the saddle to a higher peak to seed an object; lower values split more.
+        None: the target's default (:func:`napari_unet.config.default_postprocess`).
     core_threshold : float
         Hysteresis: objects are found and split where the foreground probability is
         over ``core_threshold``, then grown to ``threshold`` (see the module notes).
@@ -210,6 +210,8 @@ def probabilities_to_labels(
             f"target {target!r} needs ({TARGET_CHANNELS[target]}, H, W) or "
             f"({TARGET_CHANNELS[target]}, Z, Y, X) probabilities, got shape {probabilities.shape}"
         )
+    if seed_threshold is None:
+        seed_threshold = float(default_postprocess(target)["seed_threshold"])
     foreground = probabilities[0]
     mask = foreground > threshold
     core = foreground > core_threshold if core_threshold > threshold else mask

@@ -241,7 +241,8 @@ class SegmentWidget(ScrollingDock):
         self.separate.setChecked(defaults.separate)
         form.addRow("Separate", self.separate)
         self.seed_threshold = tuned_probability_box(
-            "Contour models: boundary probability under which an object pixel seeds an object."
+            "Contour models: boundary probability under which an object pixel seeds an object. "
+            "Distance models: height a distance peak must have to seed an object."
         )
         form.addRow("Seed threshold", self.seed_threshold)
         self.core_threshold = tuned_probability_box(

@@ -70,8 +70,10 @@ LABEL_MODES = {
     "scribbles (1 = bg, 2 = object)": "sparse",
 }
 VALIDATION_REGION = "held-out strip"
-#: Patch side the widget sets for a 3D model in place of the 2D default (256).
-PATCH_3D = 64
+#: What the widget sets for a 3D model in place of the 2D defaults: a 64 px patch (a 256 px
+#: one makes millions of voxels), and the target and contact weight that split crowded
+#: nuclei in 3D best (README *Volumes*).
+SETTINGS_3D = {"patch_size": 64, "target": "distance", "contact_weight": 5}
 VALIDATION_IMAGES = "whole images"
 
 
@@ -328,12 +330,16 @@ class TrainWidget(ScrollingDock):
         self.dimensions.setCurrentIndex(self.dimensions.findData(suggested_ndim(layer)))
 
     def _on_dimensions_changed(self) -> None:
-        # A 256 px patch (the 2D default) makes a 3D patch of millions of voxels: 64 px then.
+        # Swap the 2D and 3D values of the settings the user has left as they were.
         three_d = self.dimensions.currentData() == 3
-        if three_d and self.patch_size.value() == _default("patch_size"):
-            self.patch_size.setValue(PATCH_3D)
-        elif not three_d and self.patch_size.value() == PATCH_3D:
-            self.patch_size.setValue(_default("patch_size"))
+        for name, value_3d in SETTINGS_3D.items():
+            box = getattr(self, name)
+            value_2d = "contour" if name == "target" else _default(name)
+            old, new = (value_2d, value_3d) if three_d else (value_3d, value_2d)
+            if isinstance(box, QComboBox) and box.currentText() == old:
+                box.setCurrentText(new)
+            elif not isinstance(box, QComboBox) and box.value() == old:
+                box.setValue(new)
 
     def remove_pair(self, row: PairRow) -> None:
         """Remove a pair row."""

@@ -49,7 +49,7 @@ Usage::
 
     python benchmarks/bench_volumes.py [--quick] [--volume-range] [--model default] [--seed 0]
         [--native tiny fast] [--train-minutes 12] [--anisotropies 1 2]
-        [--layouts sparse crowded] [--no-2d] [--json FILE]
+        [--layouts sparse crowded] [--no-2d] [--json FILE] [--keep-models DIR]
 
 Full run: 32 x 256 x 256 volumes with 20 (sparse) and 60 (crowded) nuclei, 10-28 px
 across. ``--quick``: 24 x 128 x 128 with 5 and 12 nuclei, 12-20 px. The goal of issue
@@ -394,6 +394,11 @@ def parse_arguments() -> argparse.Namespace:
     )
     parser.add_argument("--no-2d", action="store_true", help="leave out the 2D model's rows")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--keep-models",
+        metavar="DIR",
+        help="save each native 3D model, tuned, as DIR/<preset>_aniso<A>_seed<S>.pt",
+    )
     return parser.parse_args()
 
 
@@ -405,6 +410,8 @@ def main() -> None:
     if args.train_minutes is None:
         args.train_minutes = 2.0 if args.quick else 12.0
     model = None if args.no_2d else resolve_model(args.model, "cpu")
+    if args.keep_models:
+        os.makedirs(args.keep_models, exist_ok=True)
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     print(f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, load {load}")
     rows, trainings = [], []
@@ -415,6 +422,9 @@ def main() -> None:
                 preset, anisotropy, sizes, args.seed, args.train_minutes
             )
             trainings.append(summary)
+            if args.keep_models:
+                name = f"{preset}_aniso{anisotropy:g}_seed{args.seed}.pt"
+                native[preset].save(os.path.join(args.keep_models, name))
             print(
                 f"3D {preset} aniso {anisotropy:g}: {summary['epochs']} epochs in "
                 f"{summary['seconds']:.0f} s ({summary['stop_reason']}), val Dice "

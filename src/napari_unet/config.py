@@ -94,7 +94,7 @@ DEFAULT_POSTPROCESS: dict[str, float | int] = {
 #: ``seed_threshold`` by target, where it differs from :data:`DEFAULT_POSTPROCESS`'s:
 #: for ``distance`` it is the height a peak of the predicted distance (0..1 per object)
 #: must rise above the saddle to a higher peak to seed an object of its own.
-DEFAULT_SEED_THRESHOLDS: dict[str, float] = {"contour": 0.5, "distance": 0.2}
+DEFAULT_SEED_THRESHOLDS: dict[str, float] = {"distance": 0.2}
 #: Tuning grids' seed values by target (see :class:`PostprocessGrid`).
 GRID_SEED_THRESHOLDS: dict[str, tuple[float, ...]] = {
     "contour": (0.4, 0.5, 0.6),
@@ -865,7 +865,10 @@ class PostprocessGrid(Settings):
         None,
         kind="floats",
         **OPEN_UNIT,
-        none="0.4 0.5 0.6 for contour models, 0.1 0.2 0.3 for distance models",
+        none=", ".join(
+            f"{' '.join(map(str, seeds))} for {target} models"
+            for target, seeds in GRID_SEED_THRESHOLDS.items()
+        ),
         help="seed thresholds to try (contour and distance models)",
     )
     core_thresholds: tuple[float, ...] = setting(
